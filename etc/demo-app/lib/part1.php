@@ -1,0 +1,2 @@
+<?php
+echo "part1 @RELEASE@\n";

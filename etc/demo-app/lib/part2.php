@@ -1,0 +1,2 @@
+<?php
+echo "part2 @RELEASE@\n";

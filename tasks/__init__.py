@@ -1,0 +1,20 @@
+"""fpm-fleet: zero-downtime, atomic deploys of PHP applications to PHP-FPM replica pools
+behind Apache, over SSH. This module only assembles the invoke Collection.
+"""
+
+from __future__ import annotations
+
+from invoke import Collection
+
+from . import cli_fleet, cli_sandbox
+from .cli_common import DEFAULT_INVENTORY
+
+
+def collection() -> Collection:
+    ns = Collection()
+    for t in (cli_fleet.setup, cli_fleet.check, cli_fleet.list_, cli_fleet.status,
+              cli_fleet.start, cli_fleet.stop, cli_fleet.restart):
+        ns.add_task(t)
+    ns.add_collection(Collection("sandbox", cli_sandbox.up, cli_sandbox.down))
+    ns.configure({"inventory": DEFAULT_INVENTORY})
+    return ns

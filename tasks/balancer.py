@@ -1,0 +1,153 @@
+"""balancer-manager: parse its XML (pure) and change member flags over SSH.
+
+Traps handled here (DESIGN.md section 3): changes are form POSTs that Apache ignores
+silently without a same-host Referer and the current nonce, so every change is read back;
+status strings are flags run together, so they are parsed as tokens.
+"""
+
+from __future__ import annotations
+
+import time
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+
+from . import shell
+from .errors import RemoteError, RolloutError
+from .inventory import Host, Pool
+from .remote import Executor
+
+NS = "{http://httpd.apache.org}"
+OUT_FLAGS = frozenset({"Dis", "Drn", "Stop", "Err", "HcFl", "Stby", "Spar"})
+
+
+@dataclass(frozen=True)
+class Member:
+    """One balancer member as balancer-manager reports it."""
+
+    worker: str
+    flags: frozenset[str]
+    busy: int
+    elected: int
+
+    @property
+    def identity(self) -> str:
+        """`fcgi://<pool>-<n>`: the part after the unix socket path."""
+        return self.worker.rsplit("|", 1)[-1]
+
+    @property
+    def status(self) -> str:
+        order = ("Init", "Ign", "Drn", "Dis", "Stop", "Stby", "Spar", "HcFl", "Err", "Ok")
+        return " ".join(f for f in order if f in self.flags) or "?"
+
+    @property
+    def enabled(self) -> bool:
+        """Taking new requests: Ok and none of the flags that keep it out."""
+        return "Ok" in self.flags and not (self.flags & OUT_FLAGS)
+
+    @property
+    def out(self) -> bool:
+        """Set aside by an operator (drained, disabled or stopped)."""
+        return bool(self.flags & {"Dis", "Drn", "Stop"})
+
+
+@dataclass(frozen=True)
+class Balancer:
+    name: str
+    nonce: str
+    members: tuple[Member, ...]
+
+    def member(self, identity: str) -> Member | None:
+        for m in self.members:
+            if m.identity == identity:
+                return m
+        return None
+
+
+def parse_xml(text: str) -> dict[str, Balancer]:
+    """balancer-manager `?xml=1` -> balancers by short name (without `balancer://`)."""
+    try:
+        root = ET.fromstring(text)
+    except ET.ParseError as exc:
+        raise ValueError(f"balancer-manager did not answer XML ({exc})") from None
+    out: dict[str, Balancer] = {}
+    for b in root.iter(f"{NS}balancer"):
+        name = _text(b, "name").removeprefix("balancer://")
+        members = tuple(
+            Member(worker=_text(w, "name"), flags=frozenset(_text(w, "status").split()),
+                   busy=int(_text(w, "busy") or 0), elected=int(_text(w, "elected") or 0))
+            for w in b.iter(f"{NS}worker"))
+        out[name] = Balancer(name=name, nonce=_text(b, "nonce"), members=members)
+    return out
+
+
+def _text(node: ET.Element, tag: str) -> str:
+    child = node.find(f"{NS}{tag}")
+    return (child.text or "").strip() if child is not None else ""
+
+
+def read(ex: Executor, host: Host, pool: Pool) -> Balancer:
+    """The pool's balancer as Apache sees it now."""
+    url = host.manager_url(pool)
+    result = ex.run(shell.balancer_xml(url), f"read balancer-manager {url}")
+    return _pick(host, pool, result.stdout)
+
+
+def _pick(host: Host, pool: Pool, text: str) -> Balancer:
+    try:
+        balancers = parse_xml(text)
+    except ValueError as exc:
+        raise RolloutError(f"{host.name}: {exc}") from None
+    if pool.balancer not in balancers:
+        raise RolloutError(f"{host.name}: balancer://{pool.balancer} is not configured in "
+                           f"Apache (found: {', '.join(balancers) or 'none'}); run `fab setup`")
+    return balancers[pool.balancer]
+
+
+def member_of(balancer: Balancer, host: Host, pool: Pool, n: int) -> Member:
+    member = balancer.member(pool.member(n))
+    if member is None:
+        raise RolloutError(f"{host.name}: {pool.member(n)} is not a member of "
+                           f"balancer://{pool.balancer}; run `fab setup`")
+    return member
+
+
+def set_member(ex: Executor, host: Host, pool: Pool, n: int, flags: dict[str, int],
+               attempts: int = 3) -> Member:
+    """Change a member's flags and confirm from a fresh read that Apache applied them."""
+    url = host.manager_url(pool)
+    for _ in range(attempts):
+        balancer = read(ex, host, pool)
+        member = member_of(balancer, host, pool, n)
+        if _applied(member, flags):
+            return member
+        try:
+            result = ex.run(shell.balancer_set(url, pool.balancer, member.worker,
+                                               balancer.nonce, flags),
+                            f"set {pool.member(n)} {flags} in balancer-manager")
+        except RemoteError as exc:
+            raise RolloutError(f"{host.name}: balancer-manager refused the change: {exc}") \
+                from None
+        member = member_of(_pick(host, pool, result.stdout), host, pool, n)
+        if _applied(member, flags):
+            return member
+        time.sleep(0.05)
+    raise RolloutError(f"{host.name}: balancer-manager ignored {flags} for {pool.member(n)} "
+                       f"(status {member.status}); check Referer/nonce handling")
+
+
+FLAG_TOKENS = {"D": "Dis", "N": "Drn", "S": "Stop", "I": "Ign", "H": "Stby", "R": "Spar",
+               "E": "Err"}
+
+
+def _applied(member: Member, flags: dict[str, int]) -> bool:
+    return all((FLAG_TOKENS[f] in member.flags) == bool(v) for f, v in flags.items())
+
+
+def disable(ex: Executor, host: Host, pool: Pool, n: int) -> Member:
+    """Take a member out of rotation: no new request reaches it."""
+    return set_member(ex, host, pool, n, {"D": 1})
+
+
+def enable(ex: Executor, host: Host, pool: Pool, n: int) -> Member:
+    """Put a member back: clear disabled, drain and stopped, and clear a stale error."""
+    return set_member(ex, host, pool, n, {"D": 0, "N": 0, "S": 0, "E": 0})

@@ -1,0 +1,189 @@
+"""Tasks on the running fleet: setup, check, list, status, start, stop, restart."""
+
+from __future__ import annotations
+
+from invoke import task
+from invoke.context import Context
+from invoke.exceptions import Exit
+
+from . import output, provision, rollout
+from . import status as status_mod
+from .cli_common import boundary, command_line
+from .errors import FleetError
+from .inventory import Host
+from .remote import Executor
+from .rollout import HostResult, Runner, Selection
+
+SELECT_HELP = {
+    "host": "host name, or a comma list (default: every host)",
+    "pool": "one pool (default: every pool)",
+    "replica": "one replica number (default: every replica)",
+}
+
+
+@task(help={"host": SELECT_HELP["host"]})
+def setup(c: Context, host: str | None = None) -> None:
+    """Provision hosts idempotently: directories, replica configs, the Apache site."""
+    with boundary(c, command_line()) as s:
+        sel = rollout.select(s.fleet, host)
+        reports: dict[str, provision.SetupReport] = {}
+
+        def work(ex: Executor, h: Host, result: HostResult) -> None:
+            reports[h.name] = provision.setup_host(ex, s.fleet, h)
+
+        results = Runner(output.PlainObserver(), stop_on_failure=False).run(sel.hosts, work)
+        rows = []
+        for r in results:
+            rep = reports.get(r.host)
+            what = (r.error if not r.ok else
+                    "; ".join(rep.changes) if rep and rep.changed else "nothing changed")
+            rows.append([r.host, output.ok_text(r.ok), f"{r.seconds:.1f}s", what])
+        output.show(output.table("setup", ["host", "result", "time", "changes"], rows))
+        _exit_on_failure(results)
+
+
+@task(help={"host": SELECT_HELP["host"]})
+def check(c: Context, host: str | None = None) -> None:
+    """Preflight: ssh, root/sudo, tools, Apache modules, php-fpm, balancer members."""
+    with boundary(c, command_line()) as s:
+        sel = rollout.select(s.fleet, host)
+        checks: list[provision.Check] = []
+
+        def work(ex: Executor, h: Host, result: HostResult) -> None:
+            found = provision.check_host(ex, s.fleet, h)
+            checks.extend(found)
+            result.ok = all(ch.ok for ch in found)
+
+        results = Runner(output.PlainObserver(), stop_on_failure=False).run(sel.hosts, work)
+        checks += [provision.Check(r.host, "ssh", False, r.error) for r in results if r.error]
+        rows = [[ch.host, ch.name, output.ok_text(ch.ok), ch.detail] for ch in checks]
+        output.show(output.table("check", ["host", "check", "result", "detail"], rows))
+        if not all(ch.ok for ch in checks) or not all(r.ok for r in results):
+            raise Exit(code=1)
+
+
+@task(name="list", help={"q": "pool names only"})
+def list_(c: Context, q: bool = False) -> None:
+    """Pools, replica counts and balancer settings, per host."""
+    with boundary(c, command_line()) as s:
+        if q:
+            output.out.print("\n".join(p.name for p in s.fleet.pools))
+            return
+        rows = [[h.name, p.name, p.replicas, f"balancer://{p.balancer}", "bybusyness",
+                 h.manager_url(p), ", ".join(p.member(n) for n in p.replica_numbers),
+                 str(h.pool_dir(p))]
+                for h in s.fleet.hosts for p in s.fleet.pools]
+        output.show(output.table("pools", ["host", "pool", "replicas", "balancer", "lbmethod",
+                                           "manager", "members", "root"], rows))
+
+
+@task(help={**SELECT_HELP, "json_": "print a JSON list on stdout", "q": "terse"})
+def status(c: Context, host: str | None = None, pool: str | None = None,
+           replica: str | None = None, json_: bool = False, q: bool = False) -> None:
+    """Every replica: balancer state, Busy, ping, pinned release, pid, uptime; drift."""
+    with boundary(c, command_line()) as s:
+        sel = rollout.select(s.fleet, host, pool, replica)
+        rows = collect_status(sel)
+        drifts = status_mod.drift(rows)
+        if json_:
+            output.print_json(rows)
+        else:
+            _print_status(rows, drifts, q)
+        if not all(r.ok for r in rows) or drifts:
+            raise Exit(code=1)
+
+
+
+def collect_status(sel: Selection) -> list[status_mod.ReplicaStatus]:
+    rows: dict[str, list[status_mod.ReplicaStatus]] = {}
+
+    def work(ex: Executor, h: Host, result: HostResult) -> None:
+        rows[h.name] = [row for p in sel.pools
+                        for row in status_mod.pool_status(ex, h, p, sel.replicas(h, p))]
+
+    results = Runner(output.PlainObserver(), parallel=8, stop_on_failure=False).run(
+        sel.hosts, work)
+    for r in results:
+        if not r.ok:
+            rows[r.host] = status_mod.unreachable(next(h for h in sel.hosts if h.name == r.host),
+                                                  sel.pools, r.error)
+    return [row for h in sel.hosts for row in rows.get(h.name, [])]
+
+
+def _print_status(rows: list[status_mod.ReplicaStatus], drifts: list[status_mod.Drift],
+                  q: bool) -> None:
+    if q:
+        for r in rows:
+            name = f"{r.pool}-{r.replica}" if r.replica else r.pool
+            output.out.print(f"{r.host} {name} {'OK' if r.ok else 'FAIL'}")
+    else:
+        table = [[r.host, r.pool, r.replica or "-", r.lb_status,
+                  "-" if r.busy is None else r.busy, output.ok_text(r.ping_ok, "pong", "no"),
+                  r.release or "-", r.current_release or "-", r.pid or "-",
+                  "-" if r.uptime is None else f"{r.uptime}s",
+                  output.ok_text(r.ok, "OK", "; ".join(r.problems) or "FAIL")] for r in rows]
+        output.show(output.table("status", ["host", "pool", "replica", "balancer", "busy",
+                                            "ping", "pinned", "current", "pid", "uptime",
+                                            "state"], table))
+    for d in drifts:
+        output.note(f"drift: {d.host}/{d.pool}: {d.message}", "bold yellow")
+
+
+def _exit_on_failure(results: list[HostResult]) -> None:
+    if not all(r.ok for r in results):
+        raise Exit(code=4)
+
+
+def _recap(title: str, results: list[HostResult], unreached: list[str]) -> None:
+    rows = [[r.host, output.ok_text(r.ok), r.done, r.failed, f"{r.seconds:.1f}s",
+             r.error or "; ".join(r.notes)] for r in results]
+    rows += [[h, "not reached", 0, 0, "-", "untouched"] for h in unreached]
+    output.show(output.table(title, ["host", "result", "replicas done", "failed", "duration",
+                                     "detail"], rows))
+
+
+LIFECYCLE_HELP = {**SELECT_HELP, "timeout": "seconds to wait for idle / graceful exit",
+                  "plain": "plain lines instead of the live display"}
+
+
+def _lifecycle(c: Context, title: str, host: str | None, pool: str | None,
+               replica: str | None, plain: bool, body: object) -> None:
+    with boundary(c, command_line()) as s:
+        sel = rollout.select(s.fleet, host, pool, replica)
+        with output.progress(plain) as obs:
+            runner = Runner(obs)
+            results = runner.run(sel.hosts, lambda ex, h, r: body(ex, h, sel, obs, r))  # type: ignore[operator]
+        done = {r.host for r in results}
+        _recap(title, results, [h.name for h in sel.hosts if h.name not in done])
+        failed = [r for r in results if not r.ok]
+        if failed:
+            raise FleetErrorExit(failed[0].error)
+
+
+class FleetErrorExit(FleetError):
+    exit_code = 5
+
+
+@task(help=LIFECYCLE_HELP)
+def restart(c: Context, host: str | None = None, pool: str | None = None,
+            replica: str | None = None, timeout: float = 60, plain: bool = False) -> None:
+    """Zero-downtime rolling restart: drain, wait idle, stop, start pinned, gate, enable."""
+    _lifecycle(c, "restart", host, pool, replica, plain,
+               lambda ex, h, sel, obs, r: rollout.restart_host(ex, h, sel, obs, timeout, r))
+
+
+@task(help={k: v for k, v in LIFECYCLE_HELP.items() if k != "timeout"})
+def start(c: Context, host: str | None = None, pool: str | None = None,
+          replica: str | None = None, plain: bool = False) -> None:
+    """Start replicas that are not running (pinned to current.release), gate, enable."""
+    _lifecycle(c, "start", host, pool, replica, plain,
+               lambda ex, h, sel, obs, r: rollout.start_host(ex, h, sel, obs, r))
+
+
+@task(help={**LIFECYCLE_HELP, "force": "skip the guard (may take the last replica out)"})
+def stop(c: Context, host: str | None = None, pool: str | None = None,
+         replica: str | None = None, timeout: float = 60, force: bool = False,
+         plain: bool = False) -> None:
+    """Drain, wait idle, stop gracefully; never the last healthy replica unless --force."""
+    _lifecycle(c, "stop", host, pool, replica, plain,
+               lambda ex, h, sel, obs, r: rollout.stop_host(ex, h, sel, obs, timeout, force, r))

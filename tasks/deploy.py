@@ -1,0 +1,214 @@
+"""Deploy and rollback on one host: lock, upload, shared links, before_activate, activate,
+health-gated rolling restart, and revert of this host by itself when a replica fails its gate.
+"""
+
+from __future__ import annotations
+
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import fpm, release, release_shell, replica, shell
+from .errors import FleetError, RemoteError, RolloutError
+from .events import Event, Observer, step
+from .inventory import Host, Pool
+from .layout import Layout
+from .manifest import Manifest
+from .remote import Executor
+from .replica import Replica
+from .rollout import HostResult, Selection, ordered_replicas, recovering
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What a deploy or rollback does on every host."""
+
+    release: str
+    command: str
+    timeout: float
+    source: Path | None = None
+    manifest: Manifest | None = None
+    force: bool = False
+
+
+@dataclass
+class PoolOutcome:
+    host: str
+    pool: str
+    before: str | None = None
+    after: str | None = None
+    passed_point_of_no_return: bool = False
+    upload: release.Upload | None = None
+    reverted: bool = False
+
+
+def roll_to(ex: Executor, host: Host, pool: Pool, target: str, obs: Observer, timeout: float,
+            result: HostResult, numbers: list[int] | None = None) -> None:
+    """Restart every replica not already pinned to `target`, each health-gated."""
+    procs = fpm.probe(ex, host, pool)
+    wanted = numbers or list(pool.replica_numbers)
+    for n in ordered_replicas(ex, host, pool, wanted):
+        r = Replica(host, pool, n)
+        proc = procs[n]
+        running = proc.alive and proc.is_master_of(r.layout.fpm_conf(n))
+        if running and proc.release == target and fpm.ping(ex, host, pool, n):
+            obs.event(Event("info", host.name, "restart", r.name, f"already on {target}"))
+            continue
+        try:
+            with recovering(ex, r, obs):
+                if running:
+                    replica.restart(ex, r, target, obs, timeout)
+                else:
+                    replica.start(ex, r, target, obs)
+            result.done += 1
+        except RolloutError:
+            result.failed += 1
+            raise
+
+
+def deploy_pool(ex: Executor, host: Host, pool: Pool, plan: Plan, obs: Observer,
+                result: HostResult, outcome: PoolOutcome) -> None:
+    layout = Layout.of(host, pool)
+    with ExitStack() as held:
+        with step(obs, host.name, "lock", pool.name):
+            held.enter_context(release.locked(ex, host, pool, plan.command))
+        outcome.before = fpm.current_release(ex, host, pool)
+        ex.run(release_shell.clear_incoming(layout), "clear interrupted uploads")
+        _upload(ex, host, pool, plan, outcome, obs)
+        with step(obs, host.name, "shared links", pool.name) as s:
+            ex.run(release_shell.link_shared(layout, plan.release, pool.shared), "link shared")
+            s.detail = ", ".join(pool.shared) or "none"
+        for command in pool.before_activate:
+            with step(obs, host.name, "before_activate", pool.name) as s:
+                s.detail = command
+                _before_activate(ex, host, layout, plan.release, command)
+        _activate_and_roll(ex, host, pool, plan, outcome, obs, result)
+
+
+def _upload(ex: Executor, host: Host, pool: Pool, plan: Plan, outcome: PoolOutcome,
+            obs: Observer) -> None:
+    assert plan.source is not None and plan.manifest is not None
+    with step(obs, host.name, "upload", pool.name) as s:
+        up = release.upload(ex, host, pool, plan.source, plan.manifest, plan.release,
+                            base=outcome.before, force=plan.force)
+        outcome.upload = up
+        s.detail = ("already present, identical" if up.reused else
+                    f"{up.sent_files} sent, {up.linked_files} linked, "
+                    f"{up.bytes_sent / 1024:.0f} KiB, verified")
+
+
+def _before_activate(ex: Executor, host: Host, layout: Layout, name: str, command: str) -> None:
+    try:
+        ex.run(release_shell.before_activate(layout, name, command), f"before_activate {command}")
+    except RemoteError as exc:
+        raise RolloutError(f"{host.name}: before_activate `{command}` failed; {name} was not "
+                           f"activated: {exc}") from None
+
+
+def _activate_and_roll(ex: Executor, host: Host, pool: Pool, plan: Plan, outcome: PoolOutcome,
+                       obs: Observer, result: HostResult) -> None:
+    if outcome.before != plan.release:
+        with step(obs, host.name, "activate", pool.name) as s:
+            release.activate(ex, host, pool, plan.release, plan.command)
+            s.detail = f"{outcome.before or '-'} -> {plan.release}"
+    outcome.passed_point_of_no_return = True
+    outcome.after = plan.release
+    try:
+        roll_to(ex, host, pool, plan.release, obs, plan.timeout, result)
+    except RolloutError:
+        if outcome.before and outcome.before != plan.release:
+            revert(ex, host, pool, plan, outcome, obs, result)
+        raise
+
+
+def revert(ex: Executor, host: Host, pool: Pool, plan: Plan, outcome: PoolOutcome,
+           obs: Observer, result: HostResult) -> None:
+    """This host goes back to the release it ran before; the failed release is marked bad."""
+    previous = outcome.before
+    assert previous is not None
+    with step(obs, host.name, "revert", pool.name) as s:
+        release.activate(ex, host, pool, previous, f"revert of {plan.command}")
+        release.mark_bad(ex, host, pool, plan.release)
+        s.detail = f"{plan.release} -> {previous}, {plan.release} marked bad"
+    scratch = HostResult(host.name)
+    roll_to(ex, host, pool, previous, obs, plan.timeout, scratch)
+    outcome.after, outcome.reverted = previous, True
+    result.notes.append(f"reverted to {previous}")
+
+
+def rollback_pool(ex: Executor, host: Host, pool: Pool, plan: Plan, obs: Observer,
+                  result: HostResult, outcome: PoolOutcome) -> None:
+    with ExitStack() as held:
+        with step(obs, host.name, "lock", pool.name):
+            held.enter_context(release.locked(ex, host, pool, plan.command))
+        outcome.before = fpm.current_release(ex, host, pool)
+        _activate_and_roll(ex, host, pool, plan, outcome, obs, result)
+
+
+def rollback_target(ex: Executor, host: Host, pool: Pool, to: str | None) -> str:
+    """--to NAME, or the newest earlier release that is present and not marked bad."""
+    present = {r.name for r in release.list_releases(ex, host, pool)}
+    if to:
+        if to not in present:
+            raise FleetError(f"{host.name}: release {to} of pool {pool.name} is not on this "
+                             f"host (present: {', '.join(sorted(present)) or 'none'})")
+        return to
+    current = fpm.current_release(ex, host, pool)
+    bad = release.bad_releases(ex, host, pool)
+    for act in reversed(release.history(ex, host, pool)):
+        for name in (act.previous, act.release):
+            if name and name != current and name not in bad and name in present:
+                return name
+    raise FleetError(f"{host.name}: pool {pool.name} has no earlier good release to roll "
+                     "back to")
+
+
+def cleanup_pool(ex: Executor, host: Host, pool: Pool, obs: Observer) -> list[str]:
+    """Keep the newest `keep_releases`; never current, previous or a pinned release."""
+    current = fpm.current_release(ex, host, pool)
+    hist = release.history(ex, host, pool)
+    previous = next((a.previous for a in reversed(hist) if a.release == current), None)
+    pinned = {p.release for p in fpm.probe(ex, host, pool).values() if p.alive and p.release}
+    protected = {n for n in (current, previous, *pinned) if n}
+    doomed = release.cleanup_candidates(release.list_releases(ex, host, pool),
+                                        host.keep_releases, protected)
+    for name in doomed:
+        with step(obs, host.name, "cleanup", pool.name) as s:
+            release.remove(ex, host, pool, name)
+            s.detail = f"removed {name}"
+    return doomed
+
+
+def dry_run_commands(host: Host, pool: Pool, plan: Plan, base: str | None) -> list[tuple[str, str]]:
+    """The remote commands a deploy would run on one host, in order (nothing is executed)."""
+    layout = Layout.of(host, pool)
+    name = plan.release
+    cmds = [("lock", release_shell.take_lock(layout, "<holder>")),
+            ("stage", release_shell.prepare_staging(layout, name, base)),
+            ("upload", release_shell.extract(layout, name) + "   < gzip tar of changed files"),
+            ("verify", release_shell.verify(layout, name)),
+            ("commit", release_shell.commit_release(layout, name, plan.force)),
+            ("shared links", release_shell.link_shared(layout, name, pool.shared))]
+    cmds += [("before_activate", release_shell.before_activate(layout, name, c))
+             for c in pool.before_activate]
+    cmds.append(("activate", release_shell.activate(layout, name)))
+    url = host.manager_url(pool)
+    for n in pool.replica_numbers:
+        member = f"unix:{layout.sock(n)}|{pool.member(n)}"
+        cmds += [(f"drain {pool.name}-{n}",
+                  shell.balancer_set(url, pool.balancer, member, "<nonce>", {"D": 1})),
+                 (f"stop {pool.name}-{n}", shell.fpm_stop(layout, n, plan.timeout)),
+                 (f"start {pool.name}-{n}", shell.fpm_start(layout, n, pool.php_fpm, name)),
+                 (f"enable {pool.name}-{n}", shell.balancer_set(
+                     url, pool.balancer, member, "<nonce>", {"D": 0, "N": 0, "S": 0, "E": 0}))]
+    cmds.append(("unlock", release_shell.release_lock(layout, "<holder>")))
+    return cmds
+
+
+def deploy_host(ex: Executor, host: Host, sel: Selection, plan: Plan, obs: Observer,
+                result: HostResult, outcomes: list[PoolOutcome]) -> None:
+    for pool in sel.pools:
+        outcome = PoolOutcome(host.name, pool.name)
+        outcomes.append(outcome)
+        deploy_pool(ex, host, pool, plan, obs, result, outcome)
+        cleanup_pool(ex, host, pool, obs)

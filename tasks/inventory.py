@@ -1,0 +1,348 @@
+"""hosts.toml -> frozen, typed objects, validated once.
+
+Every mistake becomes one ConfigError naming the file, the key and the problem,
+raised before any host is touched.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any, TypeVar
+
+from .errors import ConfigError
+
+HOST_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+POOL_NAME = re.compile(r"^[a-z][a-z0-9-]{0,30}$")
+URL_PATH = re.compile(r"^/[A-Za-z0-9._/-]*$")
+APACHE_MODES = ("system", "instance")
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Apache:
+    """How Apache runs on a host: the system one, or a private instance under the host root."""
+
+    mode: str = "system"
+    listen: str = "*:80"
+    manager_port: int = 8081
+    user: str = "www-data"
+    group: str = "www-data"
+
+
+@dataclass(frozen=True)
+class Pool:
+    """One PHP application, served by `replicas` PHP-FPM masters behind one balancer."""
+
+    name: str
+    replicas: int
+    root: str
+    php_fpm: str
+    user: str
+    group: str
+    ping_path: str
+    status_path: str
+    health_path: str
+    balancer: str
+    manager_url: str | None
+    server_name: str
+    max_children: int
+    retry: int
+    source: str
+    shared: tuple[str, ...]
+    before_activate: tuple[str, ...]
+
+    def member(self, n: int) -> str:
+        """The balancer member's identity (`fcgi://<pool>-<n>`), unique per Apache."""
+        return f"fcgi://{self.name}-{n}"
+
+    @property
+    def replica_numbers(self) -> range:
+        return range(1, self.replicas + 1)
+
+
+@dataclass(frozen=True)
+class Host:
+    """One machine of the fleet with its connection settings and per-host overrides."""
+
+    name: str
+    address: str
+    port: int
+    user: str
+    sudo: bool
+    root: str
+    known_hosts: str | None
+    identity_file: str | None
+    connect_timeout: float
+    command_timeout: float
+    trust_new_host_keys: bool
+    keep_releases: int
+    apache: Apache
+
+    def pool_dir(self, pool: Pool) -> PurePosixPath:
+        """`<root>/<pool>` on this host (an absolute pool root wins)."""
+        return PurePosixPath(self.root) / pool.root
+
+    def manager_url(self, pool: Pool) -> str:
+        if pool.manager_url:
+            return pool.manager_url
+        return f"http://127.0.0.1:{self.apache.manager_port}/balancer-manager"
+
+
+@dataclass(frozen=True)
+class Fleet:
+    """The whole inventory: hosts in order, pools by name."""
+
+    path: str
+    hosts: tuple[Host, ...]
+    pools: tuple[Pool, ...]
+    log_dir: str
+
+    def host(self, name: str) -> Host:
+        for host in self.hosts:
+            if host.name == name:
+                return host
+        raise KeyError(name)
+
+    def pool(self, name: str) -> Pool:
+        for pool in self.pools:
+            if pool.name == name:
+                return pool
+        raise KeyError(name)
+
+
+class _Reader:
+    """Typed access to one TOML table that reports errors as `file: key: problem`."""
+
+    def __init__(self, path: str, prefix: str, table: Mapping[str, Any]) -> None:
+        self.path = path
+        self.prefix = prefix
+        self.table = table
+        self.used: set[str] = set()
+
+    def fail(self, key: str, problem: str) -> ConfigError:
+        where = f"{self.prefix}.{key}" if self.prefix else key
+        return ConfigError(f"{self.path}: {where}: {problem}")
+
+    def get(self, key: str, kind: type[T], default: T | None = None, required: bool = False) -> T:
+        self.used.add(key)
+        if key not in self.table:
+            if required or default is None:
+                raise self.fail(key, "missing required key")
+            return default
+        value = self.table[key]
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            raise self.fail(key, f"must be {_kind_name(kind)}, got {type(value).__name__}")
+        return value
+
+    def optional(self, key: str, kind: type[T]) -> T | None:
+        if key not in self.table:
+            self.used.add(key)
+            return None
+        return self.get(key, kind)
+
+    def strings(self, key: str) -> tuple[str, ...]:
+        values = self.get(key, list, [])
+        if not all(isinstance(v, str) for v in values):
+            raise self.fail(key, "must be a list of strings")
+        return tuple(values)
+
+    def check(self, key: str, ok: Callable[[Any], bool], problem: str) -> None:
+        if key in self.table and not ok(self.table[key]):
+            raise self.fail(key, problem)
+
+    def reject_unknown(self) -> None:
+        for key in self.table:
+            if key not in self.used:
+                raise self.fail(key, "unknown key (typo?)")
+
+
+def _kind_name(kind: type) -> str:
+    return {str: "a string", int: "an integer", float: "a number", bool: "true or false",
+            list: "a list", dict: "a table"}.get(kind, kind.__name__)
+
+
+def _absolute_path(value: str) -> bool:
+    path = PurePosixPath(value)
+    return (path.is_absolute() and ".." not in path.parts and "\n" not in value
+            and "\0" not in value)
+
+
+def _relative_or_absolute(value: str) -> bool:
+    return ".." not in PurePosixPath(value).parts and bool(value) and "\n" not in value
+
+
+HOST_KEYS_DEFAULTS: dict[str, Any] = {
+    "port": 22,
+    "user": "root",
+    "root": "/srv/fpm-fleet",
+    "connect_timeout": 10.0,
+    "command_timeout": 300.0,
+    "trust_new_host_keys": False,
+    "keep_releases": 5,
+}
+
+
+def load(path: str | Path) -> Fleet:
+    """Read and validate an inventory file."""
+    path = str(path)
+    try:
+        with open(path, "rb") as fh:
+            data = tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: inventory file not found") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    return parse(data, path)
+
+
+def parse(data: Mapping[str, Any], path: str = "hosts.toml") -> Fleet:
+    """Validate an already-decoded inventory (kept separate so tests need no files)."""
+    top = _Reader(path, "", data)
+    defaults = top.get("defaults", dict, {})
+    host_tables = top.get("hosts", list, required=True)
+    pool_tables = top.get("pools", dict, required=True)
+    log_dir = top.get("log_dir", str, "logs")
+    top.reject_unknown()
+    if not host_tables:
+        raise top.fail("hosts", "at least one host is required")
+    if not pool_tables:
+        raise top.fail("pools", "at least one pool is required")
+    defaults_reader = _Reader(path, "defaults", defaults)
+    base_apache = _apache(_Reader(path, "defaults.apache",
+                                  defaults_reader.get("apache", dict, {})), Apache())
+    base = _host_settings(defaults_reader, HOST_KEYS_DEFAULTS)
+    defaults_reader.reject_unknown()
+    hosts = tuple(_host(path, i, table, base, base_apache) for i, table in enumerate(host_tables))
+    _reject_duplicates(path, "hosts", [h.name for h in hosts], "name")
+    _reject_duplicates(path, "hosts", [f"{h.address}:{h.port}" for h in hosts], "address")
+    pools = tuple(_pool(path, name, table) for name, table in pool_tables.items())
+    _reject_duplicates(path, "pools", [p.balancer for p in pools], "balancer")
+    return Fleet(path=path, hosts=hosts, pools=pools, log_dir=log_dir)
+
+
+def _reject_duplicates(path: str, section: str, values: list[str], key: str) -> None:
+    seen: set[str] = set()
+    for value in values:
+        if value in seen:
+            raise ConfigError(f"{path}: {section}: duplicate {key} {value!r}")
+        seen.add(value)
+
+
+def _host_settings(reader: _Reader, base: Mapping[str, Any]) -> dict[str, Any]:
+    """The connection/host keys shared by [defaults] and each [[hosts]] entry."""
+    out = dict(base)
+    out["port"] = reader.get("port", int, base["port"])
+    out["user"] = reader.get("user", str, base["user"])
+    out["sudo"] = reader.optional("sudo", bool)
+    if out["sudo"] is None:
+        out["sudo"] = base.get("sudo")
+    out["root"] = reader.get("root", str, base["root"])
+    out["known_hosts"] = reader.optional("known_hosts", str) or base.get("known_hosts")
+    out["identity_file"] = reader.optional("identity_file", str) or base.get("identity_file")
+    out["connect_timeout"] = reader.get("connect_timeout", float, base["connect_timeout"])
+    out["command_timeout"] = reader.get("command_timeout", float, base["command_timeout"])
+    out["trust_new_host_keys"] = reader.get("trust_new_host_keys", bool,
+                                            base["trust_new_host_keys"])
+    out["keep_releases"] = reader.get("keep_releases", int, base["keep_releases"])
+    reader.check("port", lambda v: 0 < v < 65536, "must be a TCP port (1-65535)")
+    reader.check("root", _absolute_path, "must be an absolute path without '..'")
+    reader.check("connect_timeout", lambda v: v > 0, "must be > 0")
+    reader.check("command_timeout", lambda v: v > 0, "must be > 0")
+    reader.check("keep_releases", lambda v: v >= 2, "must be >= 2 (current and previous)")
+    reader.check("user", lambda v: bool(re.match(r"^[a-z_][a-z0-9_-]*$", v)),
+                 "must be a user name")
+    return out
+
+
+def _apache(reader: _Reader, base: Apache) -> Apache:
+    apache = Apache(
+        mode=reader.get("mode", str, base.mode),
+        listen=reader.get("listen", str, base.listen),
+        manager_port=reader.get("manager_port", int, base.manager_port),
+        user=reader.get("user", str, base.user),
+        group=reader.get("group", str, base.group),
+    )
+    reader.check("mode", lambda v: v in APACHE_MODES, f"must be one of {', '.join(APACHE_MODES)}")
+    reader.check("listen", lambda v: bool(re.match(r"^[\w.*:\[\]-]+$", v)),
+                 "must look like ADDRESS:PORT or *:PORT")
+    reader.check("manager_port", lambda v: 0 < v < 65536, "must be a TCP port (1-65535)")
+    reader.reject_unknown()
+    return apache
+
+
+def _host(path: str, index: int, table: Any, base: Mapping[str, Any], apache: Apache) -> Host:
+    if not isinstance(table, dict):
+        raise ConfigError(f"{path}: hosts[{index}]: must be a table")
+    label = table.get("name") if isinstance(table.get("name"), str) else f"hosts[{index}]"
+    reader = _Reader(path, f"hosts.{label}", table)
+    name = reader.get("name", str, required=True)
+    reader.check("name", lambda v: bool(HOST_NAME.match(v)),
+                 "must be letters, digits, '.', '_' or '-'")
+    address = reader.get("address", str, required=True)
+    reader.check("address", lambda v: bool(re.match(r"^[A-Za-z0-9.:_-]+$", v)),
+                 "must be a host name or an IP address")
+    settings = _host_settings(reader, base)
+    host_apache = _apache(_Reader(path, f"hosts.{label}.apache", reader.get("apache", dict, {})),
+                          apache)
+    reader.reject_unknown()
+    sudo = settings["sudo"] if settings["sudo"] is not None else settings["user"] != "root"
+    return Host(name=name, address=address, port=settings["port"], user=settings["user"],
+                sudo=sudo, root=settings["root"], known_hosts=settings["known_hosts"],
+                identity_file=settings["identity_file"],
+                connect_timeout=settings["connect_timeout"],
+                command_timeout=settings["command_timeout"],
+                trust_new_host_keys=settings["trust_new_host_keys"],
+                keep_releases=settings["keep_releases"], apache=host_apache)
+
+
+def _pool(path: str, name: str, table: Any) -> Pool:
+    if not POOL_NAME.match(name):
+        raise ConfigError(f"{path}: pools.{name}: pool names are lower-case letters, digits "
+                          "and '-', starting with a letter")
+    if not isinstance(table, dict):
+        raise ConfigError(f"{path}: pools.{name}: must be a table")
+    r = _Reader(path, f"pools.{name}", table)
+    pool = Pool(
+        name=name,
+        replicas=r.get("replicas", int, required=True),
+        root=r.get("root", str, name),
+        php_fpm=r.get("php_fpm", str, "/usr/sbin/php-fpm8.2"),
+        user=r.get("user", str, "www-data"),
+        group=r.get("group", str, "www-data"),
+        ping_path=r.get("ping_path", str, "/fpm-ping"),
+        status_path=r.get("status_path", str, "/fpm-status"),
+        health_path=r.get("health_path", str, "/health.php"),
+        balancer=r.get("balancer", str, name),
+        manager_url=r.optional("manager_url", str),
+        server_name=r.get("server_name", str, name),
+        max_children=r.get("max_children", int, 5),
+        retry=r.get("retry", int, 1),
+        source=r.get("source", str, f"build/{name}"),
+        shared=r.strings("shared"),
+        before_activate=r.strings("before_activate"),
+    )
+    r.check("replicas", lambda v: v >= 2, "must be >= 2 (a pool needs a spare replica)")
+    r.check("replicas", lambda v: v <= 64, "must be <= 64")
+    r.check("root", _relative_or_absolute, "must be a path without '..'")
+    r.check("php_fpm", _absolute_path, "must be an absolute path")
+    for key in ("ping_path", "status_path", "health_path"):
+        r.check(key, lambda v: bool(URL_PATH.match(v)), "must be a URL path starting with '/'")
+    r.check("balancer", lambda v: bool(POOL_NAME.match(v)), "must be a simple lower-case name")
+    r.check("manager_url", lambda v: bool(re.match(r"^https?://[^\s/]+/\S*$", v)),
+            "must be an http(s) URL")
+    r.check("max_children", lambda v: v >= 1, "must be >= 1")
+    r.check("retry", lambda v: 0 <= v <= 60, "must be 0..60 seconds")
+    r.check("server_name", lambda v: bool(re.match(r"^[A-Za-z0-9.*-]+$", v)),
+            "must be a host name")
+    for item in pool.shared:
+        if not _relative_or_absolute(item) or PurePosixPath(item).is_absolute():
+            raise r.fail("shared", f"{item!r} must be a relative path without '..'")
+    r.reject_unknown()
+    return pool

@@ -1,0 +1,132 @@
+"""Where everything of a pool lives on a host (DESIGN.md section 1). Pure paths, no I/O."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import PurePosixPath
+
+from .inventory import Host, Pool
+
+
+@dataclass(frozen=True)
+class Layout:
+    """The directory model of one pool on one host."""
+
+    dir: PurePosixPath
+    pool: str
+
+    @classmethod
+    def of(cls, host: Host, pool: Pool) -> Layout:
+        return cls(dir=host.pool_dir(pool), pool=pool.name)
+
+    @property
+    def releases(self) -> PurePosixPath:
+        return self.dir / "releases"
+
+    @property
+    def current_release(self) -> PurePosixPath:
+        """The symlink swapped atomically on activation."""
+        return self.dir / "current.release"
+
+    @property
+    def current(self) -> PurePosixPath:
+        """The empty mount point every replica pins its release on."""
+        return self.dir / "current"
+
+    @property
+    def shared(self) -> PurePosixPath:
+        return self.dir / "shared"
+
+    @property
+    def run(self) -> PurePosixPath:
+        return self.dir / "run"
+
+    @property
+    def log(self) -> PurePosixPath:
+        return self.dir / "log"
+
+    @property
+    def conf(self) -> PurePosixPath:
+        return self.dir / "conf"
+
+    @property
+    def state(self) -> PurePosixPath:
+        """Deploy bookkeeping: lock, history, bad releases."""
+        return self.dir / "state"
+
+    @property
+    def incoming(self) -> PurePosixPath:
+        """Uploads land here and become releases only once verified."""
+        return self.dir / "incoming"
+
+    def release(self, name: str) -> PurePosixPath:
+        return self.releases / name
+
+    def sock(self, n: int) -> PurePosixPath:
+        return self.run / f"{self.pool}-{n}.sock"
+
+    def status_sock(self, n: int) -> PurePosixPath:
+        return self.run / f"{self.pool}-{n}-status.sock"
+
+    def pid(self, n: int) -> PurePosixPath:
+        return self.run / f"{self.pool}-{n}.pid"
+
+    def fpm_conf(self, n: int) -> PurePosixPath:
+        return self.conf / f"{self.pool}-{n}.conf"
+
+    def fpm_log(self, n: int) -> PurePosixPath:
+        return self.log / f"{self.pool}-{n}.log"
+
+    def directories(self) -> tuple[PurePosixPath, ...]:
+        return (self.dir, self.releases, self.current, self.shared, self.run, self.log,
+                self.conf, self.state, self.incoming)
+
+
+@dataclass(frozen=True)
+class ApacheLayout:
+    """Where the rendered Apache configuration goes and how Apache is controlled on a host.
+
+    `system` mode writes one site into Debian's /etc/apache2 and drives apache2ctl;
+    `instance` mode runs a private Apache from a main config under the host root
+    (the local test fleet, where every host shares one /etc/apache2).
+    """
+
+    mode: str
+    root: PurePosixPath
+
+    @classmethod
+    def of(cls, host: Host) -> ApacheLayout:
+        return cls(mode=host.apache.mode, root=PurePosixPath(host.root) / "apache")
+
+    @property
+    def is_instance(self) -> bool:
+        return self.mode == "instance"
+
+    @property
+    def site(self) -> PurePosixPath:
+        if self.is_instance:
+            return self.root / "sites" / "fpm-fleet.conf"
+        return PurePosixPath("/etc/apache2/sites-available/fpm-fleet.conf")
+
+    @property
+    def main_config(self) -> PurePosixPath:
+        return self.root / "apache2.conf"
+
+    @property
+    def run_dir(self) -> PurePosixPath:
+        return self.root / "run"
+
+    @property
+    def log_dir(self) -> PurePosixPath:
+        return self.root / "log"
+
+    @property
+    def pid_file(self) -> PurePosixPath:
+        if self.is_instance:
+            return self.run_dir / "apache2.pid"
+        return PurePosixPath("/var/run/apache2/apache2.pid")
+
+    def rendered_files(self) -> tuple[PurePosixPath, ...]:
+        if self.is_instance:
+            return (self.main_config, self.site)
+        return (self.site,)

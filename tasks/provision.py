@@ -1,0 +1,158 @@
+"""`fab setup` (idempotent provisioning) and `fab check` (preflight) for one host."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from dataclasses import dataclass, field
+from pathlib import PurePosixPath
+
+from . import balancer, shell
+from .errors import FleetError, RemoteError
+from .inventory import Fleet, Host
+from .layout import ApacheLayout, Layout
+from .remote import Executor
+from .render import RenderedFile, apache_files, fpm_files
+
+
+@dataclass
+class SetupReport:
+    host: str
+    changes: list[str] = field(default_factory=list)
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.changes)
+
+
+def directories(fleet: Fleet, host: Host) -> list[PurePosixPath]:
+    dirs: list[PurePosixPath] = [PurePosixPath(host.root)]
+    apache = ApacheLayout.of(host)
+    if apache.is_instance:
+        dirs += [apache.root, apache.site.parent, apache.run_dir, apache.log_dir]
+    for pool in fleet.pools:
+        dirs += Layout.of(host, pool).directories()
+    return dirs
+
+
+def create_missing_dirs(paths: list[PurePosixPath]) -> str:
+    """Create what is missing and print each directory created (so a rerun prints nothing)."""
+    return (f"for d in {shell.join(paths)}; do [ -d \"$d\" ] || "
+            f"{{ mkdir -p -- \"$d\" && chmod 0755 -- \"$d\" && printf '%s\\n' \"$d\"; }}; done")
+
+
+def parse_checksums(output: str) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for line in output.splitlines():
+        digest, _, path = line.partition("  ")
+        if path:
+            out[path] = digest
+    return out
+
+
+def changed_files(ex: Executor, files: list[RenderedFile]) -> list[RenderedFile]:
+    result = ex.run(shell.checksums([f.path for f in files]), "checksum installed configs")
+    remote = parse_checksums(result.stdout)
+    return [f for f in files
+            if remote.get(str(f.path)) != hashlib.sha256(f.text.encode()).hexdigest()]
+
+
+def upload_text(ex: Executor, path: PurePosixPath | str, text: str, mode: str = "0644") -> None:
+    ex.stream(shell.write_stdin(path, mode), f"write {path}", io.BytesIO(text.encode()))
+
+
+def setup_host(ex: Executor, fleet: Fleet, host: Host) -> SetupReport:
+    """Directories, replica configs and the Apache site; Apache reloaded only on change."""
+    report = SetupReport(host.name)
+    created = ex.run(create_missing_dirs(directories(fleet, host)), "create directories")
+    report.changes += [f"created {d}" for d in created.stdout.split("\n") if d]
+    for pool in fleet.pools:
+        for f in changed_files(ex, fpm_files(host, pool)):
+            upload_text(ex, f"{f.path}{shell.stage_suffix()}", f.text)
+            test = f"{shell.q(pool.php_fpm)} -t --fpm-config {shell.q(f.path)}"
+            ex.run(shell.install_checked([f.path], test), f"install {f.path}")
+            report.changes.append(f"wrote {f.path}")
+    report.changes += _setup_apache(ex, fleet, host)
+    return report
+
+
+def _setup_apache(ex: Executor, fleet: Fleet, host: Host) -> list[str]:
+    apache = ApacheLayout.of(host)
+    changes = []
+    changed = changed_files(ex, apache_files(fleet, host))
+    if changed:
+        for f in changed:
+            upload_text(ex, f"{f.path}{shell.stage_suffix()}", f.text)
+        test = shell.apache_test(apache)
+        if not apache.is_instance:
+            test = f"{shell.apache_enable_site()} && {test}"
+        try:
+            ex.run(shell.install_checked([f.path for f in changed], test),
+                   "install Apache config")
+        except RemoteError as exc:
+            raise FleetError(f"{host.name}: the new Apache config fails its test and was not "
+                             f"installed: {exc.result.stderr.strip()}") from None
+        changes += [f"wrote {f.path}" for f in changed]
+    running = ex.run(shell.apache_running(apache), "is Apache running", check=False).ok
+    if not running:
+        ex.run(shell.apache_ctl(apache, "start"), "start Apache")
+        changes.append("started Apache")
+    elif changed:
+        ex.run(shell.apache_ctl(apache, "graceful"), "reload Apache")
+        changes.append("reloaded Apache (graceful)")
+    return changes
+
+
+@dataclass(frozen=True)
+class Check:
+    host: str
+    name: str
+    ok: bool
+    detail: str
+
+
+REQUIRED_MODULES = ("proxy_module", "proxy_fcgi_module", "proxy_balancer_module",
+                    "lbmethod_bybusyness_module", "slotmem_shm_module")
+
+
+def check_host(ex: Executor, fleet: Fleet, host: Host) -> list[Check]:
+    """Preflight of one reachable host; each line says what is wrong and where."""
+    checks = [Check(host.name, "ssh", True, f"{host.user}@{host.address}:{host.port}")]
+    uid = ex.run("id -u", "check root", check=False)
+    how = "sudo" if host.sudo else "root login"
+    checks.append(Check(host.name, "root", uid.stdout.strip() == "0",
+                        f"via {how}" if uid.stdout.strip() == "0"
+                        else f"not root via {how}: {uid.stderr.strip()[:80]}"))
+    tools = ex.run(shell.probe_tools(), "probe tools", check=False)
+    for line in tools.stdout.splitlines():
+        name, _, where = line.partition("\t")
+        checks.append(Check(host.name, name, where != "-", where if where != "-" else "missing"))
+    checks += _check_apache(ex, fleet, host)
+    return checks
+
+
+def _check_apache(ex: Executor, fleet: Fleet, host: Host) -> list[Check]:
+    apache = ApacheLayout.of(host)
+    mods = ex.run(shell.apache_modules_loaded(apache), "list Apache modules", check=False)
+    missing = [m for m in REQUIRED_MODULES if m not in mods.stdout]
+    checks = [Check(host.name, "apache modules", not missing,
+                    "missing " + ", ".join(missing) if missing else "proxy, fcgi, balancer")]
+    for pool in fleet.pools:
+        fpm = ex.run(f"test -x {shell.q(pool.php_fpm)}", "check php-fpm", check=False)
+        checks.append(Check(host.name, f"{pool.name}: php-fpm", fpm.ok, pool.php_fpm))
+        checks.append(_check_members(ex, host, pool))
+    return checks
+
+
+def _check_members(ex: Executor, host: Host, pool: balancer.Pool) -> Check:
+    name = f"{pool.name}: balancer-manager"
+    try:
+        bal = balancer.read(ex, host, pool)
+    except FleetError as exc:
+        return Check(host.name, name, False, str(exc).removeprefix(f"{host.name}: "))
+    want = {pool.member(n) for n in pool.replica_numbers}
+    have = {m.identity for m in bal.members}
+    if want != have:
+        return Check(host.name, name, False,
+                     f"members {sorted(have)} differ from inventory {sorted(want)}")
+    return Check(host.name, name, True, f"balancer://{pool.balancer}: {len(have)} members")

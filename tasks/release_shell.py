@@ -1,0 +1,151 @@
+"""Pure builders of the remote commands for releases: upload, verify, activate, history,
+locks, cleanup. Paths come from Layout; every word is quoted with shell.q.
+"""
+
+from __future__ import annotations
+
+from .layout import Layout
+from .shell import q
+
+LOCK_STALE_NOTE = "remove it with `fab unlock` once you are sure no deploy runs"
+
+
+def manifest_path(layout: Layout, name: str) -> str:
+    return str(layout.state / "manifests" / name)
+
+
+def read_manifest(layout: Layout, name: str) -> str:
+    """The stored manifest of release `name`, only if the release itself exists."""
+    return (f"[ -d {q(layout.release(name))} ] && cat -- {q(manifest_path(layout, name))} "
+            f"2>/dev/null; true")
+
+
+def staging(layout: Layout, name: str) -> str:
+    return str(layout.incoming / f"{name}.partial")
+
+
+def prepare_staging(layout: Layout, name: str, base: str | None) -> str:
+    """A fresh staging dir; with a base release, hard-link its whole tree first (link-dest)."""
+    tmp = q(staging(layout, name))
+    cmd = (f"mkdir -p -- {q(layout.state / 'manifests')} && rm -rf -- {tmp} && "
+           f"mkdir -m 0755 -- {tmp}")
+    if base:
+        cmd += f" && cp -al -- {q(str(layout.release(base)) + '/.')} {tmp}/"
+    return cmd
+
+
+def remove_listed(layout: Layout, name: str) -> str:
+    """Remove the NUL-separated relative paths read from stdin inside the staging dir."""
+    return f"cd -- {q(staging(layout, name))} && xargs -0 -r rm -rf --"
+
+
+def extract(layout: Layout, name: str) -> str:
+    """Unpack a gzip tar from stdin; --unlink-first never writes through a hard link."""
+    return (f"tar -xzf - -C {q(staging(layout, name))} --unlink-first --no-same-owner "
+            f"--delay-directory-restore")
+
+
+def verify(layout: Layout, name: str) -> str:
+    """Counts (files, symlinks, dirs) then the sha256 of every file, sorted bytewise."""
+    tmp = q(staging(layout, name))
+    return (f"cd -- {tmp} && printf '%s %s %s\\n' \"$(find . -type f | wc -l)\" "
+            f"\"$(find . -type l | wc -l)\" \"$(find . -mindepth 1 -type d | wc -l)\" && "
+            f"find . -type f -print0 | LC_ALL=C sort -z | xargs -0 -r sha256sum")
+
+
+def commit_release(layout: Layout, name: str, replace: bool) -> str:
+    """Rename the verified staging dir to releases/NAME (rename(2): all or nothing)."""
+    final, tmp = q(layout.release(name)), q(staging(layout, name))
+    if replace:
+        old = q(layout.incoming / f"{name}.replaced")
+        return (f"rm -rf -- {old}; if [ -e {final} ]; then mv -T -- {final} {old}; fi; "
+                f"mv -T -- {tmp} {final} && rm -rf -- {old}")
+    return f"[ ! -e {final} ] && mv -T -- {tmp} {final}"
+
+
+def link_shared(layout: Layout, name: str, items: tuple[str, ...]) -> str:
+    """Replace each shared item in the release by a symlink into shared/ (seeded on first use)."""
+    steps = []
+    for item in items:
+        rel, shared = q(layout.release(name) / item), q(layout.shared / item)
+        steps.append(
+            f"if [ ! -e {shared} ]; then mkdir -p -- \"$(dirname -- {shared})\"; "
+            f"if [ -e {rel} ]; then cp -a -- {rel} {shared}; else mkdir -p -- {shared}; fi; fi; "
+            f"mkdir -p -- \"$(dirname -- {rel})\" && rm -rf -- {rel} && ln -s -- {shared} {rel}")
+    return "; ".join(steps) if steps else "true"
+
+
+def before_activate(layout: Layout, name: str, command: str) -> str:
+    return f"cd -- {q(layout.release(name))} && sh -c {q(command)}"
+
+
+def activate(layout: Layout, name: str) -> str:
+    """Point current.release at releases/NAME atomically (temp symlink + rename(2)).
+
+    Prints the previous target's name first.
+    """
+    tmp = q(f"{layout.current_release}.fpm-fleet-tmp")
+    return (f"[ -d {q(layout.release(name))} ] || {{ echo 'release {name} is missing' >&2; "
+            f"exit 3; }}; basename -- \"$(readlink -- {q(layout.current_release)} || true)\"; "
+            f"rm -f -- {tmp} && ln -s -- {q(f'releases/{name}')} {tmp} && "
+            f"mv -T -f -- {tmp} {q(layout.current_release)}")
+
+
+def append_history(layout: Layout, line: str) -> str:
+    return f"printf '%s\\n' {q(line)} >> {q(layout.state / 'history')}"
+
+
+def read_history(layout: Layout) -> str:
+    return f"cat -- {q(layout.state / 'history')} 2>/dev/null; true"
+
+
+def mark_bad(layout: Layout, name: str) -> str:
+    return f"mkdir -p -- {q(layout.state / 'bad')} && touch -- {q(layout.state / 'bad' / name)}"
+
+
+def list_bad(layout: Layout) -> str:
+    return f"ls -1 -- {q(layout.state / 'bad')} 2>/dev/null; true"
+
+
+def list_releases(layout: Layout) -> str:
+    """name, mtime (epoch), size in KiB, one TSV line per release."""
+    return (f"cd -- {q(layout.releases)} 2>/dev/null || exit 0; for d in */; do "
+            f"[ -d \"$d\" ] || continue; d=${{d%/}}; "
+            f"printf '%s\\t%s\\t%s\\n' \"$d\" \"$(stat -c %Y -- \"$d\")\" "
+            f"\"$(du -sk -- \"$d\" | cut -f1)\"; done")
+
+
+def remove_release(layout: Layout, name: str) -> str:
+    return (f"rm -rf -- {q(layout.release(name))} {q(manifest_path(layout, name))} "
+            f"{q(layout.state / 'bad' / name)}")
+
+
+def take_lock(layout: Layout, info: str) -> str:
+    """mkdir is the test-and-set; on failure print the holder's note and exit 9."""
+    lock = q(layout.state / "lock")
+    return (f"mkdir -p -- {q(layout.state)} && if mkdir -- {lock} 2>/dev/null; then "
+            f"printf '%s\\n' {q(info)} > {lock}/holder; else "
+            f"cat -- {lock}/holder 2>/dev/null || echo unknown; exit 9; fi")
+
+
+def release_lock(layout: Layout, info: str) -> str:
+    """Remove the lock only if we still hold it (same holder line)."""
+    lock = q(layout.state / "lock")
+    return (f"if [ \"$(cat -- {lock}/holder 2>/dev/null)\" = {q(info)} ]; then "
+            f"rm -rf -- {lock}; fi")
+
+
+def force_unlock(layout: Layout) -> str:
+    lock = q(layout.state / "lock")
+    return f"cat -- {lock}/holder 2>/dev/null; rm -rf -- {lock}"
+
+
+def clear_incoming(layout: Layout) -> str:
+    """Leftovers of interrupted uploads (only ever called while holding the lock)."""
+    return f"find {q(layout.incoming)} -mindepth 1 -maxdepth 1 -exec rm -rf -- {{}} +"
+
+
+def write_stdin_manifest(layout: Layout, name: str) -> str:
+    path = q(manifest_path(layout, name))
+    tmp = q(manifest_path(layout, name) + ".tmp")
+    return f"cat > {tmp} && mv -f -- {tmp} {path}"

@@ -1,0 +1,186 @@
+"""The steps of one replica restart (DESIGN.md section 2), each a short named function.
+
+guard -> drain -> wait idle -> stop -> start pinned -> health gate -> enable.
+If a step fails the replica stays out of rotation (or is put back when it was never
+stopped), the other replicas keep serving, and a RolloutError says what happened.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from . import balancer, fpm, shell
+from .errors import RolloutError
+from .events import Observer, step
+from .inventory import Host, Pool
+from .layout import Layout
+from .remote import Executor
+
+POLL = 0.1
+
+
+@dataclass(frozen=True)
+class Replica:
+    """One PHP-FPM master of a pool on a host, as the operator names it: web1/www-2."""
+
+    host: Host
+    pool: Pool
+    n: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.pool.name}-{self.n}"
+
+    @property
+    def label(self) -> str:
+        return f"{self.host.name}/{self.name}"
+
+    @property
+    def layout(self) -> Layout:
+        return Layout.of(self.host, self.pool)
+
+
+@dataclass(frozen=True)
+class Gate:
+    """The outcome of a health gate."""
+
+    ping: bool
+    health: int | None
+    release: str | None
+
+    def problems(self, intended: str) -> list[str]:
+        out = []
+        if not self.ping:
+            out.append("FPM ping did not answer pong")
+        if self.health != 200:
+            out.append(f"health check answered {self.health or 'nothing'} (want 200)")
+        if self.release != intended:
+            out.append(f"pinned release is {self.release or 'none'} (want {intended})")
+        return out
+
+
+def guard(ex: Executor, r: Replica) -> None:
+    """Refuse unless another replica of the pool is enabled in the balancer and answers ping."""
+    bal = balancer.read(ex, r.host, r.pool)
+    for n in r.pool.replica_numbers:
+        if n == r.n:
+            continue
+        member = balancer.member_of(bal, r.host, r.pool, n)
+        if member.enabled and fpm.ping(ex, r.host, r.pool, n):
+            return
+    raise RolloutError(f"{r.host.name}: refusing to take {r.name} out: no other replica of "
+                       f"pool {r.pool.name} is enabled and healthy")
+
+
+def idle_probe(ex: Executor, r: Replica) -> tuple[int, fpm.FpmStatus | None]:
+    """Busy from balancer-manager and the replica's own FPM status, in one round trip."""
+    layout = r.layout
+    cmd = shell.sections([
+        ("bm", shell.balancer_xml(r.host.manager_url(r.pool))),
+        ("fpm", shell.fcgi_request(layout.status_sock(r.n), r.pool.status_path,
+                                   r.pool.status_path, "json")),
+    ])
+    out = shell.split_sections(ex.run(cmd, f"idle probe {r.name}", check=False).stdout)
+    bal = balancer.parse_xml(out.get("bm", ""))[r.pool.balancer]
+    busy = balancer.member_of(bal, r.host, r.pool, r.n).busy
+    resp = fpm.parse_fcgi(out.get("fpm", ""))
+    status = fpm.parse_status(resp.body) if resp.status == 200 else None
+    return busy, status
+
+
+def wait_idle(ex: Executor, r: Replica, timeout: float) -> float:
+    """Wait until Busy is 0 and FPM has no active process and an empty queue, twice in a row.
+
+    Busy alone is not trusted (non-atomic in Apache 2.4). Returns the seconds waited.
+    """
+    started = time.monotonic()
+    quiet = 0
+    while True:
+        busy, status = idle_probe(ex, r)
+        idle = busy == 0 and (status is None or (status.active == 0 and status.listen_queue == 0))
+        quiet = quiet + 1 if idle else 0
+        if quiet >= 2:
+            return time.monotonic() - started
+        if time.monotonic() - started > timeout:
+            active = status.active if status else "?"
+            raise RolloutError(f"{r.host.name}: {r.name} still busy after {timeout:g}s "
+                               f"(Busy={busy}, active={active})")
+        time.sleep(POLL)
+
+
+def health_gate(ex: Executor, r: Replica, release: str, attempts: int = 20) -> Gate:
+    """Ping, the app's health script and the pinned release, over the replica's own socket."""
+    gate = Gate(False, None, None)
+    for _ in range(attempts):
+        proc = fpm.probe(ex, r.host, r.pool, [r.n])[r.n]
+        resp = fpm.health(ex, r.host, r.pool, r.n)
+        gate = Gate(ping=fpm.ping(ex, r.host, r.pool, r.n),
+                    health=resp.status if resp else None, release=proc.release)
+        if not gate.problems(release):
+            return gate
+        if gate.ping and gate.release == release:
+            break  # the replica is up and answers: a failing health script will not heal
+        time.sleep(0.1)
+    raise RolloutError(f"{r.host.name}: {r.name} failed its health gate on {release}: "
+                       + "; ".join(gate.problems(release)) + " (left out of rotation)")
+
+
+def take_out(ex: Executor, r: Replica, obs: Observer, timeout: float, check: bool = True) -> None:
+    """Guard (unless forced), disable in the balancer, wait until idle.
+
+    If it never becomes idle, the replica was not stopped, so it is put back in rotation.
+    """
+    host, target = r.host.name, r.name
+    if check:
+        with step(obs, host, "guard", target):
+            guard(ex, r)
+    with step(obs, host, "drain", target) as s:
+        s.detail = balancer.disable(ex, r.host, r.pool, r.n).status
+    with step(obs, host, "wait idle", target) as s:
+        try:
+            s.detail = f"{wait_idle(ex, r, timeout):.2f}s"
+        except RolloutError:
+            balancer.enable(ex, r.host, r.pool, r.n)
+            raise
+
+
+def restart(ex: Executor, r: Replica, release: str, obs: Observer, timeout: float) -> None:
+    """The whole zero-downtime sequence for one replica."""
+    take_out(ex, r, obs, timeout)
+    stop(ex, r, obs, timeout)
+    start(ex, r, release, obs)
+
+
+def stop(ex: Executor, r: Replica, obs: Observer, timeout: float) -> str:
+    with step(obs, r.host.name, "stop", r.name) as s:
+        outcome = fpm.stop(ex, r.host, r.pool, r.n, timeout)
+        s.detail = outcome
+        if outcome == "escalated":
+            s.detail = f"did not exit within {timeout:g}s after SIGQUIT: sent SIGTERM"
+    return outcome
+
+
+def start(ex: Executor, r: Replica, release: str, obs: Observer) -> None:
+    """Start pinned to `release`, health-gate it, then enable it in the balancer."""
+    with step(obs, r.host.name, "start", r.name) as s:
+        fpm.start(ex, r.host, r.pool, r.n, release)
+        s.detail = f"pinned {release}"
+    with step(obs, r.host.name, "health", r.name):
+        health_gate(ex, r, release)
+    with step(obs, r.host.name, "enable", r.name) as s:
+        s.detail = balancer.enable(ex, r.host, r.pool, r.n).status
+
+
+def recover(ex: Executor, r: Replica) -> str:
+    """After an interruption: put the replica back if it runs and is healthy; say its state."""
+    proc = fpm.running_master(ex, r.host, r.pool, r.n)
+    if proc is None:
+        return "stopped, out of rotation"
+    release = proc.release or ""
+    try:
+        health_gate(ex, r, release, attempts=3)
+    except RolloutError as exc:
+        return f"running but unhealthy, out of rotation ({exc})"
+    member = balancer.enable(ex, r.host, r.pool, r.n)
+    return f"running {release}, {member.status}"

@@ -1,0 +1,207 @@
+"""The plan over hosts, pools and replicas: selection, order, the guard, stop-on-failure.
+
+Hosts are done one after the other in inventory order (or K at a time with `parallel`);
+within a host, pool after pool, replica after replica, those not serving first. The first
+failure stops the rollout: hosts not reached stay untouched.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+from . import balancer, fpm, replica
+from .errors import ConnectError, FleetError, RolloutError, UsageError
+from .events import Event, Observer, step
+from .inventory import Fleet, Host, Pool
+from .remote import Executor, SSHExecutor, connect
+from .replica import Replica
+
+
+@dataclass(frozen=True)
+class Selection:
+    hosts: tuple[Host, ...]
+    pools: tuple[Pool, ...]
+    replica: int | None = None
+
+    def replicas(self, host: Host, pool: Pool) -> list[int]:
+        return [self.replica] if self.replica else list(pool.replica_numbers)
+
+
+def _names(value: str | None) -> list[str]:
+    return [v.strip() for v in (value or "").split(",") if v.strip()]
+
+
+def select(fleet: Fleet, host: str | None = None, pool: str | None = None,
+           replica: int | str | None = None) -> Selection:
+    """Resolve --host (comma list), --pool and --replica; unknown names list the valid ones."""
+    known_hosts = [h.name for h in fleet.hosts]
+    for name in _names(host):
+        if name not in known_hosts:
+            raise UsageError(f"unknown host {name!r}; valid hosts: {', '.join(known_hosts)}")
+    known_pools = [p.name for p in fleet.pools]
+    if pool and pool not in known_pools:
+        raise UsageError(f"unknown pool {pool!r}; valid pools: {', '.join(known_pools)}")
+    hosts = tuple(h for h in fleet.hosts if not _names(host) or h.name in _names(host))
+    pools = tuple(p for p in fleet.pools if not pool or p.name == pool)
+    n = _replica_number(replica, pools)
+    return Selection(hosts, pools, n)
+
+
+def _replica_number(replica: int | str | None, pools: tuple[Pool, ...]) -> int | None:
+    if replica in (None, "", 0, "0"):
+        return None
+    try:
+        n = int(replica)  # type: ignore[arg-type]
+    except ValueError:
+        raise UsageError(f"--replica must be a number, got {replica!r}") from None
+    valid = sorted({i for p in pools for i in p.replica_numbers})
+    if n not in valid or any(n > p.replicas for p in pools):
+        raise UsageError(f"unknown replica {n}; valid replicas: "
+                         f"{', '.join(map(str, valid))} (use --pool to pick one pool)")
+    return n
+
+
+@dataclass
+class HostResult:
+    host: str
+    ok: bool = True
+    error: str = ""
+    done: int = 0
+    failed: int = 0
+    seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)
+    reached: bool = False
+
+
+class Cancelled(Exception):
+    """Raised by the observer hook when the operator interrupts (Ctrl-C, SIGTERM)."""
+
+
+@dataclass
+class Runner:
+    """Runs one per-host operation across the selection and collects HostResults."""
+
+    obs: Observer
+    parallel: int = 1
+    stop_on_failure: bool = True
+    connector: Callable[[Host], Executor] = field(default=lambda h: SSHExecutor(h, connect(h)))
+    _stop: threading.Event = field(default_factory=threading.Event)
+
+    def run(self, hosts: tuple[Host, ...],
+            work: Callable[[Executor, Host, HostResult], None]) -> list[HostResult]:
+        results = {h.name: HostResult(h.name) for h in hosts}
+        if self.parallel <= 1:
+            for h in hosts:
+                if self._stop.is_set():
+                    break
+                self._one(h, work, results[h.name])
+        else:
+            with ThreadPoolExecutor(max_workers=self.parallel) as pool:
+                list(pool.map(lambda h: self._one(h, work, results[h.name]), hosts))
+        return [results[h.name] for h in hosts]
+
+    def _one(self, host: Host, work: Callable[[Executor, Host, HostResult], None],
+             result: HostResult) -> None:
+        if self._stop.is_set():
+            return
+        started = time.monotonic()
+        try:
+            ex = self.connector(host)
+            result.reached = True
+            try:
+                work(ex, host, result)
+            finally:
+                close = getattr(ex, "close", None)
+                if close:
+                    close()
+        except FleetError as exc:
+            result.ok, result.error = False, str(exc)
+            self.obs.event(Event("fail", host.name, "host", detail=str(exc)))
+            if self.stop_on_failure:
+                self._stop.set()
+        finally:
+            result.seconds = time.monotonic() - started
+
+
+def ordered_replicas(ex: Executor, host: Host, pool: Pool, numbers: list[int]) -> list[int]:
+    """Replicas that are not serving go first: restarting them costs no capacity."""
+    bal = balancer.read(ex, host, pool)
+    serving = {n for n in numbers if balancer.member_of(bal, host, pool, n).enabled}
+    return [n for n in numbers if n not in serving] + [n for n in numbers if n in serving]
+
+
+@contextmanager
+def recovering(ex: Executor, r: Replica, obs: Observer) -> Iterator[None]:
+    """On Ctrl-C / SIGTERM mid-step: put a healthy replica back and report its state."""
+    try:
+        yield
+    except (KeyboardInterrupt, Cancelled):
+        state = replica.recover(ex, r)
+        obs.event(Event("warn", r.host.name, "interrupted", r.name, state))
+        raise
+
+
+def restart_host(ex: Executor, host: Host, sel: Selection, obs: Observer, timeout: float,
+                 result: HostResult, release: str | None = None) -> None:
+    """Restart the selected replicas of every selected pool on one host."""
+    for pool in sel.pools:
+        target = release or fpm.current_release(ex, host, pool)
+        if not target:
+            raise RolloutError(f"{host.name}: pool {pool.name} has no current.release; deploy "
+                               "a release first")
+        for n in ordered_replicas(ex, host, pool, sel.replicas(host, pool)):
+            r = Replica(host, pool, n)
+            try:
+                with recovering(ex, r, obs):
+                    replica.restart(ex, r, target, obs, timeout)
+                result.done += 1
+            except RolloutError:
+                result.failed += 1
+                raise
+
+
+def start_host(ex: Executor, host: Host, sel: Selection, obs: Observer,
+               result: HostResult) -> None:
+    """Start what is not running (pinned to current.release), gate it, enable it."""
+    for pool in sel.pools:
+        target = fpm.current_release(ex, host, pool)
+        procs = fpm.probe(ex, host, pool, sel.replicas(host, pool))
+        for n, proc in procs.items():
+            r = Replica(host, pool, n)
+            if proc.alive and proc.is_master_of(r.layout.fpm_conf(n)):
+                obs.event(Event("info", host.name, "start", r.name,
+                                f"already running (pid {proc.pid}, {proc.release}): no-op"))
+                continue
+            if not target:
+                raise RolloutError(f"{host.name}: pool {pool.name} has no current.release")
+            try:
+                with recovering(ex, r, obs):
+                    replica.start(ex, r, target, obs)
+                result.done += 1
+            except RolloutError:
+                result.failed += 1
+                raise
+
+
+def stop_host(ex: Executor, host: Host, sel: Selection, obs: Observer, timeout: float,
+              force: bool, result: HostResult) -> None:
+    """Drain, wait idle and stop; the guard keeps the last healthy replica unless --force."""
+    for pool in sel.pools:
+        for n in sel.replicas(host, pool):
+            r = Replica(host, pool, n)
+            if fpm.running_master(ex, host, pool, n) is None:
+                obs.event(Event("info", host.name, "stop", r.name, "not running: no-op"))
+                balancer.disable(ex, host, pool, n)
+                continue
+            replica.take_out(ex, r, obs, timeout, check=not force)
+            replica.stop(ex, r, obs, timeout)
+            result.done += 1
+
+
+def connect_error_result(host: Host, exc: ConnectError) -> HostResult:
+    return HostResult(host.name, ok=False, error=str(exc))
