@@ -13,7 +13,7 @@ from .cli_common import DEFAULT_INVENTORY
 def collection() -> Collection:
     ns = Collection()
     for t in (cli_fleet.setup, cli_fleet.check, cli_fleet.list_, cli_fleet.status,
-              cli_fleet.start, cli_fleet.stop, cli_fleet.restart):
+              cli_fleet.start, cli_fleet.stop, cli_fleet.restart, cli_fleet.stress):
         ns.add_task(t)
     ns.add_collection(Collection("sandbox", cli_sandbox.up, cli_sandbox.down))
     ns.configure({"inventory": DEFAULT_INVENTORY})

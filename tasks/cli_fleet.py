@@ -8,6 +8,7 @@ from invoke.exceptions import Exit
 
 from . import output, provision, rollout
 from . import status as status_mod
+from . import stress as stress_mod
 from .cli_common import boundary, command_line
 from .errors import FleetError
 from .inventory import Host
@@ -187,3 +188,39 @@ def stop(c: Context, host: str | None = None, pool: str | None = None,
     """Drain, wait idle, stop gracefully; never the last healthy replica unless --force."""
     _lifecycle(c, "stop", host, pool, replica, plain,
                lambda ex, h, sel, obs, r: rollout.stop_host(ex, h, sel, obs, timeout, force, r))
+
+
+@task(help={"host": SELECT_HELP["host"], "duration": "seconds of load (bounded)",
+            "fast": "fast-request workers per host", "slow": "slow-request workers per host",
+            "slow_ms": "duration of a slow request (ms)",
+            "max_requests": "stop a host's load after this many requests",
+            "json_": "print the stats as JSON on stdout"})
+def stress(c: Context, host: str | None = None, duration: float = 10, fast: int = 2,
+           slow: int = 2, slow_ms: int = 2000, max_requests: int = 200_000,
+           json_: bool = False) -> None:
+    """Bounded load (ping.php, sleep.php, atomic.php) on every host; failures and latency."""
+    with boundary(c, command_line()) as s:
+        sel = rollout.select(s.fleet, host)
+        targets = [stress_mod.Target(h.name, h.address, _http_port(h)) for h in sel.hosts]
+        output.note(f"stress: {duration:g}s on {len(targets)} hosts "
+                    f"({fast} fast, {slow} slow x {slow_ms} ms, 1 atomic per host)")
+        stats = stress_mod.run(targets, duration, fast_workers=fast, slow_workers=slow,
+                               slow_ms=slow_ms, max_requests=max_requests)
+        if json_:
+            output.print_json(stats)
+        else:
+            rows = [[st.host, st.requests, st.fast, st.slow,
+                     output.ok_text(st.failures == 0, "0", str(st.failures)),
+                     st.p50_ms, st.p99_ms, st.max_ms,
+                     ", ".join(f"{k}: {v}" for k, v in st.releases.items()),
+                     ", ".join(f"{k}: {v}" for k, v in st.reasons.items())] for st in stats]
+            output.show(output.table("stress", ["host", "requests", "fast", "slow+atomic",
+                                                "failed", "p50 ms", "p99 ms", "max ms",
+                                                "releases", "failures"], rows))
+        if any(st.failures for st in stats):
+            raise Exit(code=1)
+
+
+def _http_port(h: Host) -> int:
+    port = h.apache.listen.rsplit(":", 1)[-1]
+    return int(port) if port.isdigit() else 80

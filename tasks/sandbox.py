@@ -137,12 +137,16 @@ def sshd_config(host: SandboxHost, base: Path) -> str:
         "MaxStartups 64:30:128",
         "LogLevel ERROR",
         "Subsystem sftp internal-sftp",
+        # The machine's own ~/.bashrc (shared by every sandbox host) may be slow to source;
+        # a sandbox login gets a home of its own.
+        f"SetEnv HOME={base / 'home'}",
         "",
     ])
 
 
 def ensure_sshd(host: SandboxHost, base: Path) -> None:
     host.ssh_dir.mkdir(parents=True, exist_ok=True)
+    (base / "home").mkdir(exist_ok=True)
     key = host.ssh_dir / "ssh_host_ed25519_key"
     if not key.exists():
         sh("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", host.name, "-f", str(key))

@@ -1,0 +1,165 @@
+"""A bounded load generator: fast (ping.php) and slow (sleep.php) requests to every host.
+
+It is how zero downtime is proven: every request is counted, every failure (connection
+error, timeout, non-2xx, or an atomic.php answer mixing releases) is kept with its reason.
+Bounded in time (`duration`) and in count (`max_requests` per host).
+"""
+
+from __future__ import annotations
+
+import http.client
+import statistics
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Target:
+    host: str
+    address: str
+    port: int = 80
+
+
+@dataclass
+class Sample:
+    kind: str  # "fast", "slow", "atomic"
+    seconds: float
+    ok: bool
+    reason: str = ""
+    body: str = ""
+
+
+@dataclass
+class HostStats:
+    host: str
+    requests: int = 0
+    failures: int = 0
+    fast: int = 0
+    slow: int = 0
+    p50_ms: float = 0.0
+    p99_ms: float = 0.0
+    max_ms: float = 0.0
+    reasons: dict[str, int] = field(default_factory=dict)
+    releases: dict[str, int] = field(default_factory=dict)
+
+
+def percentile(values: list[float], pct: float) -> float:
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    k = max(0, min(len(ordered) - 1, round(pct / 100 * (len(ordered) - 1))))
+    return ordered[k]
+
+
+def summarize(host: str, samples: list[Sample]) -> HostStats:
+    fast = [s.seconds * 1000 for s in samples if s.kind == "fast" and s.ok]
+    stats = HostStats(host, requests=len(samples), failures=sum(not s.ok for s in samples),
+                      fast=sum(s.kind == "fast" for s in samples),
+                      slow=sum(s.kind != "fast" for s in samples))
+    if fast:
+        stats.p50_ms = round(statistics.median(fast), 1)
+        stats.p99_ms = round(percentile(fast, 99), 1)
+        stats.max_ms = round(max(fast), 1)
+    stats.reasons = dict(Counter(s.reason for s in samples if not s.ok))
+    stats.releases = dict(Counter(release_of(s.body) for s in samples if s.ok and s.body))
+    return stats
+
+
+def release_of(body: str) -> str:
+    """The release named by a demo answer ("pong v1 pid=..", "slept 2000ms v1 ..")."""
+    words = body.split()
+    if words[:1] == ["pong"] and len(words) > 1:
+        return words[1]
+    if words[:1] == ["slept"] and len(words) > 2:
+        return words[2]
+    return "?"
+
+
+def atomic_ok(body: str) -> bool:
+    """atomic.php prints `part1 R` and `part2 R`: both parts must name one release."""
+    parts = dict(line.split(" ", 1) for line in body.splitlines() if " " in line)
+    return "part1" in parts and parts.get("part1") == parts.get("part2")
+
+
+def fetch(target: Target, path: str, timeout: float) -> tuple[int, str]:
+    conn = http.client.HTTPConnection(target.address, target.port, timeout=timeout)
+    try:
+        conn.request("GET", path, headers={"Connection": "close"})
+        resp = conn.getresponse()
+        return resp.status, resp.read().decode(errors="replace")
+    finally:
+        conn.close()
+
+
+Fetcher = Callable[[Target, str, float], tuple[int, str]]
+
+
+class Stress:
+    """Load against a set of targets on background threads; `stop()` returns the stats."""
+
+    def __init__(self, targets: list[Target], fast_workers: int = 2, slow_workers: int = 2,
+                 slow_ms: int = 2000, atomic_workers: int = 1, max_requests: int = 200_000,
+                 fetcher: Fetcher = fetch) -> None:
+        self.targets = targets
+        self.plan = [("fast", "/ping.php", fast_workers),
+                     ("slow", f"/sleep.php?ms={slow_ms}", slow_workers),
+                     ("atomic", f"/atomic.php?ms={max(1, slow_ms // 2)}", atomic_workers)]
+        self.timeout = slow_ms / 1000 + 30
+        self.max_requests = max_requests
+        self.fetcher = fetcher
+        self.samples: dict[str, list[Sample]] = {t.host: [] for t in targets}
+        self.lock = threading.Lock()
+        self.stopping = threading.Event()
+        self.threads: list[threading.Thread] = []
+
+    def start(self) -> Stress:
+        for target in self.targets:
+            for kind, path, workers in self.plan:
+                for _ in range(workers):
+                    t = threading.Thread(target=self._loop, args=(target, kind, path),
+                                         daemon=True)
+                    t.start()
+                    self.threads.append(t)
+        return self
+
+    def _loop(self, target: Target, kind: str, path: str) -> None:
+        while not self.stopping.is_set():
+            with self.lock:
+                if len(self.samples[target.host]) >= self.max_requests:
+                    return
+            sample = self._one(target, kind, path)
+            with self.lock:
+                self.samples[target.host].append(sample)
+
+    def _one(self, target: Target, kind: str, path: str) -> Sample:
+        started = time.monotonic()
+        try:
+            status, body = self.fetcher(target, path, self.timeout)
+        except (OSError, http.client.HTTPException) as exc:
+            return Sample(kind, time.monotonic() - started, False, type(exc).__name__)
+        elapsed = time.monotonic() - started
+        if not 200 <= status < 300:
+            return Sample(kind, elapsed, False, f"HTTP {status}")
+        if kind == "atomic" and not atomic_ok(body):
+            return Sample(kind, elapsed, False, "mixed releases", body)
+        return Sample(kind, elapsed, True, body=body if kind != "atomic" else "")
+
+    def stop(self) -> list[HostStats]:
+        """Stop issuing requests, let those in flight finish, and summarize per host."""
+        self.stopping.set()
+        for t in self.threads:
+            t.join(timeout=self.timeout + 5)
+        with self.lock:
+            return [summarize(t.host, list(self.samples[t.host])) for t in self.targets]
+
+
+def run(targets: list[Target], duration: float, **kwargs: int) -> list[HostStats]:
+    """Load for `duration` seconds (bounded), then the per-host stats."""
+    load = Stress(targets, **kwargs).start()
+    deadline = time.monotonic() + duration
+    while time.monotonic() < deadline and any(t.is_alive() for t in load.threads):
+        time.sleep(0.1)
+    return load.stop()
