@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from invoke import Collection
 
-from . import cli_fleet, cli_sandbox
+from . import cli_deploy, cli_fleet, cli_sandbox
 from .cli_common import DEFAULT_INVENTORY
 
 
@@ -15,6 +15,9 @@ def collection() -> Collection:
     for t in (cli_fleet.setup, cli_fleet.check, cli_fleet.list_, cli_fleet.status,
               cli_fleet.start, cli_fleet.stop, cli_fleet.restart, cli_fleet.stress):
         ns.add_task(t)
-    ns.add_collection(Collection("sandbox", cli_sandbox.up, cli_sandbox.down))
+    for t in (cli_deploy.deploy_, cli_deploy.rollback, cli_deploy.releases, cli_deploy.cleanup,
+              cli_deploy.unlock):
+        ns.add_task(t)
+    ns.add_collection(Collection("sandbox", cli_sandbox.up, cli_sandbox.down, cli_sandbox.build))
     ns.configure({"inventory": DEFAULT_INVENTORY})
     return ns

@@ -92,3 +92,17 @@ def _check(results: list[HostResult]) -> None:
     failed = [r for r in results if not r.ok]
     if failed:
         raise FleetError("sandbox: " + "; ".join(r.error for r in failed))
+
+
+@task(help={"release": "release name written into every file of the demo app",
+            "dest": "where to write it (default: the sandbox pool's source directory)",
+            "unhealthy": "make health.php answer 500 (to try the automatic revert)",
+            "files": "add this many ~10 KB filler files (upload benchmarks)",
+            "dir": "sandbox directory"})
+def build(c: Context, release: str = "v2", dest: str | None = None, unhealthy: bool = False,
+          files: int = 0, dir: str = DEFAULT_DIR) -> None:
+    """Build the demo application as release NAME, ready for `fab deploy`."""
+    target = Path(dest) if dest else Path(dir).resolve() / "build" / "www"
+    demo.build(target, release, healthy=not unhealthy, filler_files=files)
+    output.note(f"built demo release {release} in {target}"
+                + (" (health.php fails)" if unhealthy else ""))

@@ -71,6 +71,14 @@ def plan_delta(new: Manifest, base: dict[str, Entry] | None) -> tuple[list[Entry
     return send, remove
 
 
+def without_shared(entries: dict[str, Entry], shared: tuple[str, ...]) -> dict[str, Entry]:
+    """A deployed release holds symlinks into shared/ where its manifest says otherwise:
+    those paths are removed from the hard-linked copy and sent again."""
+    prefixes = [f"./{item.strip('/')}" for item in shared]
+    return {p: e for p, e in entries.items()
+            if not any(p == pre or p.startswith(pre + "/") for pre in prefixes)}
+
+
 @dataclass
 class Upload:
     release: str
@@ -100,7 +108,11 @@ def upload(ex: Executor, host: Host, pool: Pool, source: Path, manifest: Manifes
             raise RolloutError(f"{host.name}: release {name} already exists with different "
                                "content; pick a new name or use --force")
     base_entries = stored_manifest(ex, layout, base) if base and base != name else None
+    if base_entries is not None:
+        base_entries = without_shared(base_entries, pool.shared)
     send, remove = plan_delta(manifest, base_entries)
+    if base_entries is not None:
+        remove = sorted({*remove, *(f"./{item}" for item in pool.shared)})
     ex.run(rs.prepare_staging(layout, name, base if base_entries is not None else None),
            f"stage {name}")
     if remove:
