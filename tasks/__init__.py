@@ -18,6 +18,7 @@ def collection() -> Collection:
     for t in (cli_deploy.deploy_, cli_deploy.rollback, cli_deploy.releases, cli_deploy.cleanup,
               cli_deploy.unlock):
         ns.add_task(t)
-    ns.add_collection(Collection("sandbox", cli_sandbox.up, cli_sandbox.down, cli_sandbox.build))
+    ns.add_collection(Collection("sandbox", cli_sandbox.up, cli_sandbox.down,
+                                 cli_sandbox.build, cli_sandbox.demo))
     ns.configure({"inventory": DEFAULT_INVENTORY})
     return ns

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -9,7 +12,8 @@ from invoke import task
 from invoke.context import Context
 from invoke.exceptions import Exit
 
-from . import demo, inventory, manifest, output, provision, rollout, sandbox
+from . import demo as demo_app
+from . import inventory, manifest, output, provision, rollout, sandbox, stress
 from .deploy import Plan, PoolOutcome, deploy_host
 from .errors import FleetError
 from .inventory import Host
@@ -79,7 +83,7 @@ def provision_and_deploy(fleet: inventory.Fleet, base: Path, release: str) -> No
 
     _check(Runner(obs, parallel=4).run(fleet.hosts, setup))
     pool = fleet.pools[0]
-    source = demo.build(Path(pool.source), release)
+    source = demo_app.build(Path(pool.source), release)
     plan = Plan(release=release, command="sandbox.up", timeout=30, source=source,
                 manifest=manifest.scan(source))
     sel = rollout.select(fleet)
@@ -103,6 +107,39 @@ def build(c: Context, release: str = "v2", dest: str | None = None, unhealthy: b
           files: int = 0, dir: str = DEFAULT_DIR) -> None:
     """Build the demo application as release NAME, ready for `fab deploy`."""
     target = Path(dest) if dest else Path(dir).resolve() / "build" / "www"
-    demo.build(target, release, healthy=not unhealthy, filler_files=files)
+    demo_app.build(target, release, healthy=not unhealthy, filler_files=files)
     output.note(f"built demo release {release} in {target}"
                 + (" (health.php fails)" if unhealthy else ""))
+
+
+@task(help={"hosts": "how many hosts", "dir": "sandbox directory"})
+def demo(c: Context, hosts: int = 3, dir: str = DEFAULT_DIR) -> None:
+    """Bring up the sandbox, then deploy release v2 under load and show 0 failed requests."""
+    base = Path(dir).resolve()
+    up(c, hosts=hosts, dir=dir, release="v1")
+    fleet = inventory.load(base / "hosts.toml")
+    demo_app.build(Path(fleet.pools[0].source), "v2")
+    targets = [stress.Target(h.name, h.address) for h in fleet.hosts]
+    output.note("load: 2 fast + 2 slow (2 s) + 1 atomic.php client per host; deploying v2",
+                "bold")
+    load = stress.Stress(targets, slow_ms=2000).start()
+    time.sleep(2)
+    env = {**os.environ, "FABRIC_INVENTORY": str(base / "hosts.toml")}
+    fab = Path(sys.executable).with_name("fab")
+    deployed = subprocess.run([str(fab), "deploy", "--release", "v2"], env=env, check=False)
+    time.sleep(2)
+    stats = load.stop()
+    rows = [[st.host, st.requests, output.ok_text(st.failures == 0, "0", str(st.failures)),
+             st.p50_ms, st.p99_ms, st.max_ms,
+             ", ".join(f"{k}: {v}" for k, v in sorted(st.releases.items()))] for st in stats]
+    output.show(output.table("requests during the deploy", ["host", "requests", "failed",
+                                                            "p50 ms", "p99 ms", "max ms",
+                                                            "answered by"], rows))
+    subprocess.run([str(fab), "status"], env=env, check=False)
+    failed = sum(st.failures for st in stats)
+    output.note(f"deploy exit {deployed.returncode}; {failed} failed requests of "
+                f"{sum(st.requests for st in stats)}. The fleet is still up: try "
+                f"`curl http://{fleet.hosts[0].address}/ping.php`; remove it with "
+                "`.venv/bin/fab sandbox.down`.", "bold green" if not failed else "bold red")
+    if deployed.returncode or failed:
+        raise Exit(code=1)
