@@ -135,19 +135,40 @@ def set_member(ex: Executor, host: Host, pool: Pool, n: int, flags: dict[str, in
                        f"(status {member.status}); check Referer/nonce handling")
 
 
-FLAG_TOKENS = {"D": "Dis", "N": "Drn", "S": "Stop", "I": "Ign", "H": "Stby", "R": "Spar",
-               "E": "Err"}
+FLAG_TOKENS = {"D": "Dis", "N": "Drn", "S": "Stop", "I": "Ign", "H": "Stby", "R": "Spar"}
 
 
 def _applied(member: Member, flags: dict[str, int]) -> bool:
     return all((FLAG_TOKENS[f] in member.flags) == bool(v) for f, v in flags.items())
 
 
+def drain(ex: Executor, host: Host, pool: Pool, n: int) -> Member:
+    """Take a member out of rotation: no new request is routed to it.
+
+    Drain, not disable: a request Apache routed to the member just before the change still
+    connects to a draining member, whereas a disabled one fails it at connect time (it is
+    retried on another member, but the member is marked Err).
+    """
+    return set_member(ex, host, pool, n, {"N": 1})
+
+
 def disable(ex: Executor, host: Host, pool: Pool, n: int) -> Member:
-    """Take a member out of rotation: no new request reaches it."""
-    return set_member(ex, host, pool, n, {"D": 1})
+    """Mark a stopped member disabled, so status shows it is out on purpose."""
+    return set_member(ex, host, pool, n, {"D": 1, "N": 1})
 
 
-def enable(ex: Executor, host: Host, pool: Pool, n: int) -> Member:
-    """Put a member back: clear disabled, drain and stopped, and clear a stale error."""
-    return set_member(ex, host, pool, n, {"D": 0, "N": 0, "S": 0, "E": 0})
+def enable(ex: Executor, host: Host, pool: Pool, n: int) -> tuple[Member, str]:
+    """Clear drain, disabled and stopped; then wait for `Ok`.
+
+    An `Err` left by an earlier failed connection is cleared by Apache itself, only when a
+    request tries the member after `retry` seconds: without traffic it stays displayed. The
+    note says so instead of failing a healthy replica.
+    """
+    member = set_member(ex, host, pool, n, {"D": 0, "N": 0, "S": 0})
+    deadline = time.monotonic() + pool.retry + 2
+    while "Err" in member.flags and time.monotonic() < deadline:
+        time.sleep(0.2)
+        member = member_of(read(ex, host, pool), host, pool, n)
+    note = "" if "Err" not in member.flags else \
+        f"Err from an earlier failed connection; Apache retries it after retry={pool.retry}s"
+    return member, note

@@ -196,11 +196,11 @@ def dry_run_commands(host: Host, pool: Pool, plan: Plan, base: str | None) -> li
     for n in pool.replica_numbers:
         member = f"unix:{layout.sock(n)}|{pool.member(n)}"
         cmds += [(f"drain {pool.name}-{n}",
-                  shell.balancer_set(url, pool.balancer, member, "<nonce>", {"D": 1})),
+                  shell.balancer_set(url, pool.balancer, member, "<nonce>", {"N": 1})),
                  (f"stop {pool.name}-{n}", shell.fpm_stop(layout, n, plan.timeout)),
                  (f"start {pool.name}-{n}", shell.fpm_start(layout, n, pool.php_fpm, name)),
                  (f"enable {pool.name}-{n}", shell.balancer_set(
-                     url, pool.balancer, member, "<nonce>", {"D": 0, "N": 0, "S": 0, "E": 0}))]
+                     url, pool.balancer, member, "<nonce>", {"D": 0, "N": 0, "S": 0}))]
     cmds.append(("unlock", release_shell.release_lock(layout, "<holder>")))
     return cmds
 

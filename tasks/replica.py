@@ -61,14 +61,24 @@ class Gate:
 
 
 def guard(ex: Executor, r: Replica) -> None:
-    """Refuse unless another replica of the pool is enabled in the balancer and answers ping."""
+    """Refuse unless another replica of the pool is in rotation and answers ping.
+
+    A member in `Err` counts only once its retry interval has passed (Apache then tries it
+    again); taking the last other member out inside that window would answer 503.
+    """
     bal = balancer.read(ex, r.host, r.pool)
     for n in r.pool.replica_numbers:
         if n == r.n:
             continue
         member = balancer.member_of(bal, r.host, r.pool, n)
-        if member.enabled and fpm.ping(ex, r.host, r.pool, n):
-            return
+        if member.out or not fpm.ping(ex, r.host, r.pool, n):
+            continue
+        if "Err" in member.flags:
+            time.sleep(r.pool.retry + 0.5)
+            member = balancer.member_of(balancer.read(ex, r.host, r.pool), r.host, r.pool, n)
+            if member.out:
+                continue
+        return
     raise RolloutError(f"{r.host.name}: refusing to take {r.name} out: no other replica of "
                        f"pool {r.pool.name} is enabled and healthy")
 
@@ -89,20 +99,32 @@ def idle_probe(ex: Executor, r: Replica) -> tuple[int, fpm.FpmStatus | None]:
     return busy, status
 
 
-def wait_idle(ex: Executor, r: Replica, timeout: float) -> float:
-    """Wait until Busy is 0 and FPM has no active process and an empty queue, twice in a row.
+STALE_BUSY_GRACE = 1.0
 
-    Busy alone is not trusted (non-atomic in Apache 2.4). Returns the seconds waited.
+
+def wait_idle(ex: Executor, r: Replica, timeout: float) -> tuple[float, str]:
+    """Wait until the replica has no request in flight. Returns (seconds waited, note).
+
+    Idle means Busy = 0 and FPM shows no active process and an empty queue, twice in a row.
+    Busy is not fully trustworthy (non-atomic in Apache 2.4, it can stay stuck above 0), so
+    when FPM itself has been idle, with no new connection accepted, for STALE_BUSY_GRACE
+    seconds after the drain, the replica is idle whatever Busy says (and the note says so).
     """
     started = time.monotonic()
-    quiet = 0
+    quiet, idle_since, accepted = 0, None, None
     while True:
         busy, status = idle_probe(ex, r)
-        idle = busy == 0 and (status is None or (status.active == 0 and status.listen_queue == 0))
-        quiet = quiet + 1 if idle else 0
+        now = time.monotonic()
+        fpm_idle = status is None or (status.active == 0 and status.listen_queue == 0)
+        same_conns = status is None or accepted is None or status.accepted == accepted
+        idle_since = (idle_since or now) if fpm_idle and same_conns else None
+        accepted = status.accepted if status else None
+        quiet = quiet + 1 if fpm_idle and busy == 0 else 0
         if quiet >= 2:
-            return time.monotonic() - started
-        if time.monotonic() - started > timeout:
+            return now - started, ""
+        if idle_since is not None and now - idle_since >= STALE_BUSY_GRACE:
+            return now - started, f"Busy={busy} is stale: FPM idle for {STALE_BUSY_GRACE:g}s"
+        if now - started > timeout:
             active = status.active if status else "?"
             raise RolloutError(f"{r.host.name}: {r.name} still busy after {timeout:g}s "
                                f"(Busy={busy}, active={active})")
@@ -136,10 +158,11 @@ def take_out(ex: Executor, r: Replica, obs: Observer, timeout: float, check: boo
         with step(obs, host, "guard", target):
             guard(ex, r)
     with step(obs, host, "drain", target) as s:
-        s.detail = balancer.disable(ex, r.host, r.pool, r.n).status
+        s.detail = balancer.drain(ex, r.host, r.pool, r.n).status
     with step(obs, host, "wait idle", target) as s:
         try:
-            s.detail = f"{wait_idle(ex, r, timeout):.2f}s"
+            waited, note = wait_idle(ex, r, timeout)
+            s.detail = f"{waited:.2f}s" + (f" ({note})" if note else "")
         except RolloutError:
             balancer.enable(ex, r.host, r.pool, r.n)
             raise
@@ -167,9 +190,14 @@ def start(ex: Executor, r: Replica, release: str, obs: Observer) -> None:
         fpm.start(ex, r.host, r.pool, r.n, release)
         s.detail = f"pinned {release}"
     with step(obs, r.host.name, "health", r.name):
-        health_gate(ex, r, release)
+        try:
+            health_gate(ex, r, release)
+        except RolloutError:
+            balancer.disable(ex, r.host, r.pool, r.n)
+            raise
     with step(obs, r.host.name, "enable", r.name) as s:
-        s.detail = balancer.enable(ex, r.host, r.pool, r.n).status
+        member, note = balancer.enable(ex, r.host, r.pool, r.n)
+        s.detail = member.status + (f" ({note})" if note else "")
 
 
 def recover(ex: Executor, r: Replica) -> str:
@@ -182,5 +210,5 @@ def recover(ex: Executor, r: Replica) -> str:
         health_gate(ex, r, release, attempts=3)
     except RolloutError as exc:
         return f"running but unhealthy, out of rotation ({exc})"
-    member = balancer.enable(ex, r.host, r.pool, r.n)
+    member, _ = balancer.enable(ex, r.host, r.pool, r.n)
     return f"running {release}, {member.status}"

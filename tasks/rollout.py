@@ -200,6 +200,7 @@ def stop_host(ex: Executor, host: Host, sel: Selection, obs: Observer, timeout: 
                 continue
             replica.take_out(ex, r, obs, timeout, check=not force)
             replica.stop(ex, r, obs, timeout)
+            balancer.disable(ex, host, pool, n)
             result.done += 1
 
 

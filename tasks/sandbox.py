@@ -187,7 +187,7 @@ def ensure_sudo_user(base: Path) -> None:
     try:
         pwd.getpwnam(SUDO_USER)
     except KeyError:
-        sh("useradd", "--system", "--no-create-home", "--home-dir", str(base),
+        sh("useradd", "--system", "--no-create-home", "--home-dir", str(base), "-p", "*",
            "--shell", "/bin/sh", SUDO_USER)
     SUDOERS.write_text(f"{SUDO_USER} ALL=(root) NOPASSWD: ALL\n")
     os.chmod(SUDOERS, 0o440)

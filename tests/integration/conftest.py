@@ -1,0 +1,144 @@
+"""The integration tests run fpm-fleet for real against a local fleet: network namespaces,
+each with its own OpenSSH, Apache and PHP-FPM from Debian's packages. Root is required.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tasks import inventory, sandbox, stress
+from tasks.inventory import Fleet
+
+ROOT = Path(__file__).resolve().parents[2]
+FAB = str(Path(sys.executable).with_name("fab"))
+SANDBOX = ROOT / "sandbox"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "integration" in str(item.fspath):
+            item.add_marker(pytest.mark.integration)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _needs_root() -> None:
+    if os.geteuid() != 0:
+        pytest.fail("integration tests need root (network namespaces); run scripts/test as root")
+
+
+def fab(*args: str, inventory_path: Path | None = SANDBOX / "hosts.toml", timeout: float = 300,
+        env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run the real `fab` command line, as an operator would."""
+    full_env = {**os.environ, **(env or {})}
+    full_env.pop("CI", None)
+    if inventory_path is not None:
+        full_env["FABRIC_INVENTORY"] = str(inventory_path)
+    return subprocess.run([FAB, *args], cwd=ROOT, env=full_env, capture_output=True, text=True,
+                          timeout=timeout, check=False)
+
+
+def ok(proc: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[str]:
+    assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
+    return proc
+
+
+@dataclass
+class Sandbox:
+    fleet: Fleet
+    path: Path
+
+    def addresses(self) -> list[str]:
+        return [h.address for h in self.fleet.hosts]
+
+    def pool_dir(self, host: int = 0) -> Path:
+        h = self.fleet.hosts[host]
+        return Path(h.pool_dir(self.fleet.pools[0]))
+
+    def status(self, *args: str) -> list[dict[str, Any]]:
+        proc = fab("status", "--json", *args)
+        rows: list[dict[str, Any]] = json.loads(proc.stdout)
+        return rows
+
+    def build(self, release: str, unhealthy: bool = False, files: int = 0) -> None:
+        args = ["sandbox.build", "--release", release, "--files", str(files)]
+        ok(fab(*args, *(["--unhealthy"] if unhealthy else [])))
+
+
+def bring_up(hosts: int) -> Sandbox:
+    fab("sandbox.down", inventory_path=None)
+    ok(fab("sandbox.up", "--hosts", str(hosts), inventory_path=None))
+    path = SANDBOX / "hosts.toml"
+    return Sandbox(inventory.load(path), path)
+
+
+def tear_down() -> list[str]:
+    ok(fab("sandbox.down", inventory_path=None))
+    deadline = time.monotonic() + 10
+    left = sandbox.leftovers(SANDBOX)
+    while left and time.monotonic() < deadline:
+        time.sleep(0.2)
+        left = sandbox.leftovers(SANDBOX)
+    return left
+
+
+@pytest.fixture(scope="module")
+def fleet2() -> Iterator[Sandbox]:
+    box = bring_up(2)
+    yield box
+    assert tear_down() == []
+
+
+@pytest.fixture(scope="module")
+def fleet3() -> Iterator[Sandbox]:
+    box = bring_up(3)
+    yield box
+    assert tear_down() == []
+
+
+def get(address: str, path: str, timeout: float = 10) -> tuple[int, str]:
+    conn = http.client.HTTPConnection(address, 80, timeout=timeout)
+    try:
+        conn.request("GET", path)
+        resp = conn.getresponse()
+        return resp.status, resp.read().decode()
+    finally:
+        conn.close()
+
+
+@contextmanager
+def load(box: Sandbox, slow_ms: int = 2000, hosts: list[str] | None = None
+         ) -> Iterator[list[stress.HostStats]]:
+    """fab-stress-like load on the sandbox while the block runs; stats filled in at the end.
+
+    Bounded: at most 100,000 requests per host, and it stops with the block.
+    """
+    targets = [stress.Target(h.name, h.address) for h in box.fleet.hosts
+               if hosts is None or h.name in hosts]
+    runner = stress.Stress(targets, fast_workers=2, slow_workers=2, slow_ms=slow_ms,
+                           max_requests=100_000).start()
+    stats: list[stress.HostStats] = []
+    time.sleep(1.0)  # slow requests are in flight before anything happens
+    try:
+        yield stats
+    finally:
+        time.sleep(0.5)
+        stats.extend(runner.stop())
+
+
+def assert_no_failures(stats: list[stress.HostStats]) -> None:
+    assert stats, "no load ran"
+    for st in stats:
+        assert st.requests > 0, f"{st.host}: no requests"
+        assert st.failures == 0, f"{st.host}: {st.failures} failed: {st.reasons}"

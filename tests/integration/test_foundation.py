@@ -1,0 +1,65 @@
+"""Foundation on a real 2-host sandbox: setup is idempotent, check passes, Apache serves the
+demo app on every host, and sandbox.down leaves nothing behind."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+
+from .conftest import SANDBOX, Sandbox, bring_up, fab, get, ok, tear_down
+
+
+def test_setup_rewrites_what_changed_and_a_second_run_changes_nothing(fleet2: Sandbox) -> None:
+    conf = fleet2.pool_dir(0) / "conf" / "www-1.conf"
+    conf.write_text("; tampered\n")
+    apache_pid = (fleet2.pool_dir(0).parent / "apache" / "run" / "apache2.pid").read_text()
+    first = ok(fab("setup"))
+    assert f"wrote {conf}" in first.stdout
+    assert "[global]" in conf.read_text()
+    second = ok(fab("setup"))
+    assert second.stdout.count("nothing changed") == 2, second.stdout
+    assert "reloaded" not in second.stdout
+    same_pid = (fleet2.pool_dir(0).parent / "apache" / "run" / "apache2.pid").read_text()
+    assert same_pid == apache_pid, "Apache was restarted although its config did not change"
+
+
+def test_check_passes_on_every_host(fleet2: Sandbox) -> None:
+    proc = ok(fab("check"))
+    for host in ("h1", "h2"):
+        assert host in proc.stdout
+    assert "FAIL" not in proc.stdout
+    assert "via root login" in proc.stdout
+    assert "balancer://www: 2 members" in proc.stdout
+
+
+def test_every_host_serves_ping_and_static_release_through_its_apache(fleet2: Sandbox) -> None:
+    for address in fleet2.addresses():
+        status, body = get(address, "/ping.php")
+        assert status == 200 and body.startswith("pong v1"), body
+        status, body = get(address, "/release.txt")
+        assert (status, body.strip()) == (200, "v1")
+
+
+def test_balancer_manager_is_not_reachable_from_outside_the_host(fleet2: Sandbox) -> None:
+    address = fleet2.addresses()[0]
+    probe = subprocess.run(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}",
+                            "--max-time", "3", f"http://{address}:8081/balancer-manager"],
+                           capture_output=True, text=True, check=False)
+    assert probe.stdout in ("000", "403"), probe.stdout
+    status, _ = get(address, "/balancer-manager")
+    assert status == 404
+
+
+def test_up_twice_and_down_twice_are_harmless() -> None:
+    box = bring_up(2)
+    again = ok(fab("sandbox.up", "--hosts", "2", inventory_path=None))
+    assert "2 hosts" in again.stderr
+    assert get(box.addresses()[1], "/ping.php")[0] == 200
+    assert tear_down() == []
+    ok(fab("sandbox.down", inventory_path=None))
+    netns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    assert "fpmf-" not in netns
+    assert not SANDBOX.exists()
+    mounts = open("/proc/self/mountinfo").read()
+    assert str(SANDBOX) not in mounts
+    assert not os.path.exists("/etc/sudoers.d/fpm-fleet-sandbox")

@@ -1,0 +1,222 @@
+"""tasks.fpm: parsers of cgi-fcgi output, FPM status JSON and the replica probe."""
+
+from __future__ import annotations
+
+import json
+from pathlib import PurePosixPath
+
+import pytest
+
+from tasks import fpm, shell
+from tasks.errors import RemoteResult, RolloutError
+from tasks.layout import Layout
+
+CONF = PurePosixPath("/srv/fpm-fleet/www/conf/www-1.conf")
+TITLE = f"php-fpm: master process ({CONF})"
+
+# --- FastCGI answers ---------------------------------------------------------------------------
+
+def test_parse_fcgi_without_status_header_is_200_with_lowercased_headers():
+    resp = fpm.parse_fcgi("X-Powered-By: PHP/8.2.36\r\nContent-type: text/plain;charset=UTF-8"
+                          "\r\n\r\npong")
+    assert resp.status == 200
+    assert resp.headers == {"x-powered-by": "PHP/8.2.36",
+                            "content-type": "text/plain;charset=UTF-8"}
+    assert resp.body == "pong"
+
+
+def test_parse_fcgi_reads_the_status_header():
+    resp = fpm.parse_fcgi("Status: 404 Not Found\r\nContent-type: text/html\r\n\r\n"
+                          "File not found.\n")
+    assert resp.status == 404
+    assert resp.body == "File not found.\n"
+
+
+def test_parse_fcgi_with_plain_newlines_and_a_body_holding_blank_lines():
+    resp = fpm.parse_fcgi("Status: 500 Internal Server Error\n\nline1\n\nline3")
+    assert resp.status == 500
+    assert resp.body == "line1\n\nline3"
+
+
+def test_parse_fcgi_of_output_without_header_block_is_status_0():
+    assert fpm.parse_fcgi("").status == 0
+    resp = fpm.parse_fcgi("Could not connect to /srv/www-1.sock")
+    assert (resp.status, resp.headers, resp.body) == (0, {}, "Could not connect to /srv/www-1.sock")
+
+
+def test_parse_fcgi_with_an_unreadable_status_is_0():
+    assert fpm.parse_fcgi("Status: teapot\r\n\r\n").status == 0
+
+
+# --- FPM status --------------------------------------------------------------------------------
+
+STATUS = {"pool": "www-1", "process manager": "static", "start time": 1700000000,
+          "start since": 42, "accepted conn": 1234, "listen queue": 0, "max listen queue": 3,
+          "listen queue len": 511, "idle processes": 7, "active processes": 1,
+          "total processes": 8, "max active processes": 8, "max children reached": 0,
+          "slow requests": 0}
+
+
+def test_parse_status_reads_active_idle_total_accepted_and_queue():
+    status = fpm.parse_status(json.dumps(STATUS))
+    assert status == fpm.FpmStatus(active=1, idle=7, total=8, accepted=1234, listen_queue=0)
+
+
+@pytest.mark.parametrize("body", ["", "pong", "<html>", "[]", "null", '{"pool": "www-1"}',
+                                  json.dumps({**STATUS, "active processes": "many"})])
+def test_parse_status_of_anything_else_is_a_value_error_quoting_the_answer(body):
+    with pytest.raises(ValueError, match="unexpected FPM status answer"):
+        fpm.parse_status(body)
+
+
+# --- the probe ---------------------------------------------------------------------------------
+
+def test_parse_probe_reads_one_process_per_replica_line():
+    out = (f"1\t4242\tS\t3600\t{TITLE}\t/srv/fpm-fleet/www/releases/v7\n"
+           "2\t-\t-\t-\t-\t-\n")
+    procs = fpm.parse_probe(out)
+    assert procs[1] == fpm.Process(1, 4242, "S", 3600, TITLE, "/srv/fpm-fleet/www/releases/v7")
+    assert procs[1].release == "v7"
+    assert procs[1].alive
+    assert procs[1].is_master_of(CONF)
+    assert procs[2] == fpm.Process(2, None, "-", None, "", None)
+    assert procs[2].release is None
+    assert not procs[2].alive
+
+
+def test_parse_probe_skips_noise_and_malformed_lines():
+    out = "sh: 1: ps: not found\n\n1\t10\tS\n3\t11\tS\t1\tt\t-\nx\t1\t2\t3\t4\t5\n"
+    assert list(fpm.parse_probe(out)) == [3]
+
+
+def test_parse_probe_marks_a_deleted_pinned_release():
+    out = f"1\t4242\tS\t5\t{TITLE}\t/srv/fpm-fleet/www/releases/v3//deleted\n"
+    proc = fpm.parse_probe(out)[1]
+    assert proc.release == "v3"
+    assert proc.release_deleted
+
+
+def test_parse_probe_unescapes_a_mountinfo_path_with_a_space():
+    out = f"1\t4242\tS\t5\t{TITLE}\t/srv/fpm\\040fleet/www/releases/v1\n"
+    proc = fpm.parse_probe(out)[1]
+    assert proc.pinned == "/srv/fpm fleet/www/releases/v1"
+    assert proc.release == "v1"
+    assert not proc.release_deleted
+
+
+def test_parse_probe_keeps_a_pid_with_unknown_elapsed_and_title():
+    proc = fpm.parse_probe("1\t99\tR\t-\t-\t-\n")[1]
+    assert (proc.pid, proc.elapsed, proc.title, proc.pinned) == (99, None, "", None)
+    assert proc.alive
+    assert not proc.is_master_of(CONF)
+
+
+@pytest.mark.parametrize("state", ["Z", "X", "-"])
+def test_zombie_dead_or_unknown_state_is_not_alive(state):
+    assert not fpm.Process(1, 10, state, 1, TITLE, None).alive
+
+
+def test_is_master_of_needs_the_exact_config_path():
+    proc = fpm.Process(1, 10, "S", 1, TITLE, None)
+    assert proc.is_master_of(CONF)
+    assert not proc.is_master_of(PurePosixPath("/srv/fpm-fleet/www/conf/www-11.conf"))
+    worker = fpm.Process(1, 10, "S", 1, "php-fpm: pool www-1", None)
+    assert not worker.is_master_of(CONF)
+
+
+def test_the_probe_and_stop_commands_use_the_title_the_parser_expects():
+    layout = Layout(dir=PurePosixPath("/srv/fpm-fleet/www"), pool="www")
+    assert shell.FPM_MASTER_TITLE.format(conf=layout.fpm_conf(1)) == TITLE
+    assert shell.q(TITLE) in shell.fpm_stop(layout, 1, 1)
+
+
+# --- operations over an executor ---------------------------------------------------------------
+
+class Answers:
+    """An executor answering each command from a list of (exit, stdout)."""
+
+    def __init__(self, host, *answers: tuple[int, str]) -> None:
+        self.host = host
+        self.answers = list(answers)
+        self.commands: list[str] = []
+
+    def run(self, command, what, *, check=True, timeout=None):
+        self.commands.append(command)
+        code, out = self.answers.pop(0)
+        return RemoteResult(command, code, out, "")
+
+    def stream(self, command, what, source, *, timeout=None):
+        raise AssertionError("not used")
+
+
+@pytest.fixture
+def web(inventory_data, build_fleet):
+    fleet = build_fleet(inventory_data)
+    return fleet.hosts[0], fleet.pool("www")
+
+
+@pytest.mark.parametrize(("answer", "ok"), [
+    ((0, "Content-type: text/plain\r\n\r\npong"), True),
+    ((0, "Content-type: text/plain\r\n\r\npong\n"), True),
+    ((0, "Status: 404 Not Found\r\n\r\npong"), False),
+    ((0, "Content-type: text/plain\r\n\r\nFile not found."), False),
+    ((124, ""), False),
+])
+def test_ping_is_true_only_for_200_pong_over_the_replica_socket(web, answer, ok):
+    host, pool = web
+    ex = Answers(host, answer)
+    assert fpm.ping(ex, host, pool, 2) is ok
+    assert ex.commands == [shell.fcgi_request("/srv/fpm-fleet/www/run/www-2.sock",
+                                              "/fpm-ping", "/fpm-ping")]
+
+
+def test_status_asks_the_separate_status_socket_for_json(web):
+    host, pool = web
+    ex = Answers(host, (0, "Content-type: application/json\r\n\r\n" + json.dumps(STATUS)))
+    assert fpm.status(ex, host, pool, 1) == fpm.FpmStatus(1, 7, 8, 1234, 0)
+    assert "/srv/fpm-fleet/www/run/www-1-status.sock" in ex.commands[0]
+    assert "QUERY_STRING=json" in ex.commands[0]
+
+
+def test_health_runs_the_apps_script_from_the_pinned_current_dir(web):
+    host, pool = web
+    ex = Answers(host, (0, "Status: 200 OK\r\n\r\nok v7"))
+    resp = fpm.health(ex, host, pool, 1)
+    assert resp is not None and resp.body == "ok v7"
+    assert "SCRIPT_FILENAME=/srv/fpm-fleet/www/current/health.php" in ex.commands[0]
+
+
+@pytest.mark.parametrize(("out", "word"), [("stopped\n", "stopped"),
+                                           ("escalated\nstopped\n", "escalated"),
+                                           ("not-running\n", "not-running")])
+def test_stop_reports_what_the_stop_command_printed(web, out, word):
+    host, pool = web
+    assert fpm.stop(Answers(host, (0, out)), host, pool, 1, timeout=1) == word
+
+
+def test_stop_of_a_foreign_pid_is_a_rollout_error(web):
+    host, pool = web
+
+    class Refusing(Answers):
+        def run(self, command, what, *, check=True, timeout=None):
+            from tasks.errors import RemoteError
+            raise RemoteError(self.host.name, what,
+                              RemoteResult(command, 3, "", "pid 1 is not this replica's"))
+
+    with pytest.raises(RolloutError, match="www-1 could not be stopped"):
+        fpm.stop(Refusing(host), host, pool, 1, timeout=1)
+
+
+def test_current_release_is_the_basename_of_the_symlink_or_none(web):
+    host, pool = web
+    assert fpm.current_release(Answers(host, (0, "releases/v7\n")), host, pool) == "v7"
+    assert fpm.current_release(Answers(host, (1, "")), host, pool) is None
+
+
+def test_probe_fills_in_replicas_the_host_did_not_report(web):
+    host, pool = web
+    ex = Answers(host, (0, f"1\t4242\tS\t5\t{TITLE}\t-\n"))
+    procs = fpm.probe(ex, host, pool)
+    assert sorted(procs) == [1, 2]
+    assert procs[1].pid == 4242
+    assert procs[2].pid is None and not procs[2].alive

@@ -1,0 +1,144 @@
+"""tasks.status: per-replica rows and the per-pool drift warnings."""
+
+from __future__ import annotations
+
+import pytest
+
+from tasks import shell, status
+from tasks.errors import RemoteResult
+from tasks.status import ReplicaStatus
+
+
+def row(n: int | None, release: str | None, current: str | None = "v2", host: str = "web1",
+        pool: str = "www") -> ReplicaStatus:
+    return ReplicaStatus(host, pool, n, release=release, current_release=current)
+
+
+def test_no_drift_when_every_replica_pins_current_release():
+    assert status.drift([row(1, "v2"), row(2, "v2"), row(3, "v2")]) == []
+
+
+def test_replicas_pinning_different_releases_is_drift_naming_each_replica():
+    drifts = status.drift([row(1, "v2"), row(2, "v1")])
+    assert drifts[0] == status.Drift("web1", "www",
+                                     "replicas pin different releases: www-1=v2, www-2=v1")
+
+
+def test_a_replica_pinning_something_other_than_current_release_is_drift():
+    drifts = status.drift([row(1, "v1", current="v2"), row(2, "v1", current="v2")])
+    assert drifts == [status.Drift("web1", "www", "current.release is v2 but www-1 pins v1, "
+                                   "www-2 pins v1 (restart to apply)")]
+
+
+def test_mixed_releases_report_both_the_split_and_the_stale_replicas():
+    messages = [d.message for d in status.drift([row(1, "v2"), row(2, "v1")])]
+    assert len(messages) == 2
+    assert "www-2 pins v1" in messages[1]
+    assert "www-1" not in messages[1]
+
+
+def test_stopped_replicas_do_not_count_as_drift():
+    assert status.drift([row(1, "v2"), row(2, None)]) == []
+
+
+def test_drift_is_judged_per_host_and_pool():
+    rows = [row(1, "v1", current="v1", host="web1"), row(2, "v1", current="v1", host="web1"),
+            row(1, "v2", host="web2"), row(2, "v2", host="web2"),
+            row(1, "a1", current="a1", pool="api"), row(2, "a0", current="a1", pool="api")]
+    drifts = status.drift(rows)
+    assert {(d.host, d.pool) for d in drifts} == {("web1", "api")}
+
+
+def test_host_wide_rows_without_replica_are_ignored():
+    assert status.drift([row(None, "v1"), row(1, "v2")]) == []
+
+
+def test_unreachable_host_gives_one_failing_row_per_pool(inventory_data, build_fleet):
+    inventory_data["pools"]["api"] = {"replicas": 2}
+    fleet = build_fleet(inventory_data)
+    rows = status.unreachable(fleet.hosts[1], fleet.pools, "web2: unreachable: timed out")
+    assert [(r.host, r.pool, r.replica, r.lb_status, r.ok) for r in rows] == [
+        ("web2", "www", None, "unreachable", False), ("web2", "api", None, "unreachable", False)]
+    assert rows[0].problems == ["web2: unreachable: timed out"]
+
+
+# --- pool_status over a fake host --------------------------------------------------------------
+
+def xml(*statuses: str) -> str:
+    workers = "".join(
+        f"<httpd:worker><httpd:name>unix:/s/www-{n}.sock|fcgi://www-{n}</httpd:name>"
+        f"<httpd:status>{s}</httpd:status><httpd:busy>{n}</httpd:busy></httpd:worker>"
+        for n, s in enumerate(statuses, 1))
+    return ("<httpd:manager xmlns:httpd='http://httpd.apache.org'><httpd:balancers>"
+            "<httpd:balancer><httpd:name>balancer://www</httpd:name><httpd:nonce>n</httpd:nonce>"
+            f"<httpd:workers>{workers}</httpd:workers></httpd:balancer></httpd:balancers>"
+            "</httpd:manager>")
+
+
+class FakeHost:
+    def __init__(self, host, probe: str, page: str, ping: str = "pong") -> None:
+        self.host, self.probe, self.page, self.ping = host, probe, page, ping
+
+    def run(self, command, what, *, check=True, timeout=None):
+        if command.startswith("readlink"):
+            out = "releases/v2\n"
+        elif command.startswith(shell.PROBE_FUNCTION):
+            out = self.probe
+        elif command.startswith("curl"):
+            out = self.page
+        elif "cgi-fcgi" in command:
+            out = f"Content-type: text/plain\r\n\r\n{self.ping}"
+        else:
+            raise AssertionError(command)
+        return RemoteResult(command, 0, out, "")
+
+    def stream(self, command, what, source, *, timeout=None):
+        raise AssertionError("not used")
+
+
+@pytest.fixture
+def web(inventory_data, build_fleet):
+    fleet = build_fleet(inventory_data)
+    return fleet.hosts[0], fleet.pool("www")
+
+
+def probe_line(n: int, release: str) -> str:
+    title = f"php-fpm: master process (/srv/fpm-fleet/www/conf/www-{n}.conf)"
+    return f"{n}\t{100 + n}\tS\t60\t{title}\t/srv/fpm-fleet/www/releases/{release}\n"
+
+
+def test_pool_status_of_a_healthy_pool_is_ok_and_consistent(web):
+    host, pool = web
+    ex = FakeHost(host, probe_line(1, "v2") + probe_line(2, "v2"), xml("Init Ok", "Init Ok"))
+    rows = status.pool_status(ex, host, pool, [1, 2])
+    assert [(r.replica, r.ok, r.release, r.current_release, r.pid, r.lb_status, r.busy)
+            for r in rows] == [(1, True, "v2", "v2", 101, "Init Ok", 1),
+                               (2, True, "v2", "v2", 102, "Init Ok", 2)]
+    assert status.drift(rows) == []
+
+
+def test_pool_status_flags_a_drained_member_and_a_stopped_replica(web):
+    host, pool = web
+    ex = FakeHost(host, probe_line(1, "v1") + "2\t-\t-\t-\t-\t-\n", xml("Init Drn Ok", "Init Ok"))
+    one, two = status.pool_status(ex, host, pool, [1, 2])
+    assert one.problems == ["not in rotation (Init Drn Ok)"]
+    assert two.problems == ["not running"]
+    assert two.release is None and two.pid is None
+    assert [d.message for d in status.drift([one, two])] == [
+        "current.release is v2 but www-1 pins v1 (restart to apply)"]
+
+
+def test_pool_status_reports_a_replica_that_does_not_answer_ping(web):
+    host, pool = web
+    ex = FakeHost(host, probe_line(1, "v2"), xml("Init Ok", "Init Ok"), ping="File not found.")
+    (one,) = status.pool_status(ex, host, pool, [1])
+    assert one.problems == ["no ping"]
+    assert not one.ok
+
+
+def test_pool_status_with_balancer_manager_unreadable_keeps_the_error(web):
+    host, pool = web
+    ex = FakeHost(host, probe_line(1, "v2"), "<html>403 Forbidden")
+    (one,) = status.pool_status(ex, host, pool, [1])
+    assert one.lb_status == "unreachable"
+    assert any("did not answer XML" in p for p in one.problems)
