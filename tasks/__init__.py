@@ -4,7 +4,7 @@ behind Apache, over SSH. This module only assembles the invoke Collection.
 
 from __future__ import annotations
 
-from invoke import Collection
+from invoke.collection import Collection
 
 from . import cli_deploy, cli_fleet, cli_sandbox
 from .cli_common import DEFAULT_INVENTORY

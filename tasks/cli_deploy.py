@@ -5,14 +5,15 @@ from __future__ import annotations
 import datetime
 from pathlib import Path
 
-from invoke import task
 from invoke.context import Context
+from invoke.tasks import task
 
 from . import deploy, fpm, manifest, output, rollout
 from . import release as release_ops
 from .cli_common import Session, boundary, command_line
 from .deploy import Plan, PoolOutcome
-from .errors import ConfigError, FleetError, RolloutError, UsageError
+from .errors import ConfigError, FleetError, UsageError
+from .events import Observer
 from .inventory import Host, Pool
 from .remote import Executor
 from .rollout import HostResult, Runner, Selection
@@ -70,7 +71,7 @@ def deploy_(c: Context, release: str = "", source: str | None = None, host: str 
 
 
 def _deploy_host(ex: Executor, host: Host, sel: Selection, plans: dict[str, Plan],
-                 obs: output.Observer, result: HostResult, outcomes: list[PoolOutcome]) -> None:
+                 obs: Observer, result: HostResult, outcomes: list[PoolOutcome]) -> None:
     for pool in sel.pools:
         outcome = PoolOutcome(host.name, pool.name)
         outcomes.append(outcome)
@@ -86,15 +87,13 @@ def _run_rollout(s: Session, sel: Selection, title: str, parallel: int, plain: b
         results = runner.run(sel.hosts,
                              lambda ex, h, r: body(ex, h, obs, r, outcomes))  # type: ignore[operator]
     _recap(title, sel, results, outcomes)
-    failed = [r for r in results if not r.ok]
-    if failed:
-        raise RolloutError(f"{title} stopped: {failed[0].error}")
+    rollout.stopped(title, results)
 
 
 def _recap(title: str, sel: Selection, results: list[HostResult],
            outcomes: list[PoolOutcome]) -> None:
     by_host = {r.host: r for r in results}
-    rows = []
+    rows: list[list[object]] = []
     for h in sel.hosts:
         res = by_host.get(h.name)
         mine = [o for o in outcomes if o.host == h.name]
@@ -163,7 +162,7 @@ def _rollback_targets(sel: Selection, to: str | None) -> dict[tuple[str, str], s
 
 def _rollback_host(ex: Executor, host: Host, sel: Selection,
                    targets: dict[tuple[str, str], str], command: str, timeout: float,
-                   obs: output.Observer, result: HostResult, outcomes: list[PoolOutcome]
+                   obs: Observer, result: HostResult, outcomes: list[PoolOutcome]
                    ) -> None:
     for pool in sel.pools:
         outcome = PoolOutcome(host.name, pool.name)

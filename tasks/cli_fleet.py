@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-from invoke import task
 from invoke.context import Context
 from invoke.exceptions import Exit
+from invoke.tasks import task
 
 from . import output, provision, rollout
 from . import status as status_mod
 from . import stress as stress_mod
 from .cli_common import boundary, command_line
-from .errors import FleetError
 from .inventory import Host
 from .remote import Executor
 from .rollout import HostResult, Runner, Selection
@@ -156,13 +155,7 @@ def _lifecycle(c: Context, title: str, host: str | None, pool: str | None,
             results = runner.run(sel.hosts, lambda ex, h, r: body(ex, h, sel, obs, r))  # type: ignore[operator]
         done = {r.host for r in results}
         _recap(title, results, [h.name for h in sel.hosts if h.name not in done])
-        failed = [r for r in results if not r.ok]
-        if failed:
-            raise FleetErrorExit(failed[0].error)
-
-
-class FleetErrorExit(FleetError):
-    exit_code = 5
+        rollout.stopped(title, results)
 
 
 @task(help=LIFECYCLE_HELP)

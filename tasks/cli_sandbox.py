@@ -8,9 +8,9 @@ import sys
 import time
 from pathlib import Path
 
-from invoke import task
 from invoke.context import Context
 from invoke.exceptions import Exit
+from invoke.tasks import task
 
 from . import demo as demo_app
 from . import inventory, manifest, output, provision, rollout, sandbox, stress

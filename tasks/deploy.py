@@ -51,7 +51,8 @@ def roll_to(ex: Executor, host: Host, pool: Pool, target: str, obs: Observer, ti
         r = Replica(host, pool, n)
         proc = procs[n]
         running = proc.alive and proc.is_master_of(r.layout.fpm_conf(n))
-        if running and proc.release == target and fpm.ping(ex, host, pool, n):
+        current = running and proc.release == target and not proc.release_deleted
+        if current and fpm.ping(ex, host, pool, n):
             obs.event(Event("info", host.name, "restart", r.name, f"already on {target}"))
             continue
         try:

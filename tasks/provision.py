@@ -9,7 +9,7 @@ from pathlib import PurePosixPath
 
 from . import balancer, shell
 from .errors import FleetError, RemoteError
-from .inventory import Fleet, Host
+from .inventory import Fleet, Host, Pool
 from .layout import ApacheLayout, Layout
 from .remote import Executor
 from .render import RenderedFile, apache_files, fpm_files
@@ -144,7 +144,7 @@ def _check_apache(ex: Executor, fleet: Fleet, host: Host) -> list[Check]:
     return checks
 
 
-def _check_members(ex: Executor, host: Host, pool: balancer.Pool) -> Check:
+def _check_members(ex: Executor, host: Host, pool: Pool) -> Check:
     name = f"{pool.name}: balancer-manager"
     try:
         bal = balancer.read(ex, host, pool)

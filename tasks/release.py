@@ -64,8 +64,8 @@ def plan_delta(new: Manifest, base: dict[str, Entry] | None) -> tuple[list[Entry
     if base is None:
         return list(new.entries.values()), []
     remove = sorted(p for p, e in base.items()
-                    if e.kind != "d" and not _same(e, new.entries.get(p))
-                    or e.kind == "d" and new.entries.get(p, e).kind != "d"
+                    if (e.kind != "d" and not _same(e, new.entries.get(p)))
+                    or (e.kind == "d" and new.entries.get(p, e).kind != "d")
                     or p not in new.entries)
     send = [e for e in new.entries.values() if e.kind == "d" or not _same(e, base.get(e.path))]
     return send, remove

@@ -75,7 +75,7 @@ def connect(host: Host) -> Connection:
             raise ConnectError(f"{where}: unknown host key; add it to known_hosts or set "
                                "trust_new_host_keys = true") from None
         raise ConnectError(f"{where}: SSH failed: {exc}") from None
-    except (OSError, socket.timeout, EOFError) as exc:
+    except (TimeoutError, OSError, EOFError) as exc:
         raise ConnectError(f"{where}: unreachable: {exc or type(exc).__name__}") from None
     _no_delay(conn)
     return conn

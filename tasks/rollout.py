@@ -15,8 +15,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from . import balancer, fpm, replica
-from .errors import ConnectError, FleetError, RolloutError, UsageError
-from .events import Event, Observer, step
+from .errors import FleetError, RolloutError, UsageError
+from .events import Event, Observer
 from .inventory import Fleet, Host, Pool
 from .remote import Executor, SSHExecutor, connect
 from .replica import Replica
@@ -56,7 +56,7 @@ def _replica_number(replica: int | str | None, pools: tuple[Pool, ...]) -> int |
     if replica in (None, "", 0, "0"):
         return None
     try:
-        n = int(replica)  # type: ignore[arg-type]
+        n = int(replica)
     except ValueError:
         raise UsageError(f"--replica must be a number, got {replica!r}") from None
     valid = sorted({i for p in pools for i in p.replica_numbers})
@@ -76,6 +76,7 @@ class HostResult:
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
     reached: bool = False
+    exit_code: int = 0
 
 
 class Cancelled(Exception):
@@ -120,7 +121,7 @@ class Runner:
                 if close:
                     close()
         except FleetError as exc:
-            result.ok, result.error = False, str(exc)
+            result.ok, result.error, result.exit_code = False, str(exc), exc.exit_code
             self.obs.event(Event("fail", host.name, "host", detail=str(exc)))
             if self.stop_on_failure:
                 self._stop.set()
@@ -204,5 +205,10 @@ def stop_host(ex: Executor, host: Host, sel: Selection, obs: Observer, timeout: 
             result.done += 1
 
 
-def connect_error_result(host: Host, exc: ConnectError) -> HostResult:
-    return HostResult(host.name, ok=False, error=str(exc))
+def stopped(title: str, results: list[HostResult]) -> None:
+    """Raise for the first failed host, with that failure's own exit code."""
+    failed = [r for r in results if not r.ok]
+    if failed:
+        error = RolloutError(f"{title} stopped: {failed[0].error}")
+        error.exit_code = failed[0].exit_code or RolloutError.exit_code
+        raise error

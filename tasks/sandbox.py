@@ -8,6 +8,7 @@ sandbox directory, the sudo test user) and `down` removes exactly that.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pwd
 import shutil
@@ -63,7 +64,8 @@ class SandboxHost:
         return self.dir / "ssh"
 
 
-def sh(*argv: str, check: bool = True, netns: str | None = None) -> subprocess.CompletedProcess[str]:
+def sh(*argv: str, check: bool = True,
+       netns: str | None = None) -> subprocess.CompletedProcess[str]:
     if netns:
         argv = ("ip", "netns", "exec", netns, *argv)
     proc = subprocess.run(argv, capture_output=True, text=True, check=False)
@@ -226,10 +228,8 @@ def kill_netns_processes(netns: str, timeout: float = 10) -> int:
     pids = _netns_pids(netns)
     for sig in (signal.SIGTERM, signal.SIGKILL):
         for pid in pids:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, sig)
-            except ProcessLookupError:
-                pass
         deadline = time.monotonic() + (timeout if sig == signal.SIGTERM else 5)
         while time.monotonic() < deadline and _netns_pids(netns):
             time.sleep(0.1)

@@ -156,9 +156,11 @@ class Stress:
             return [summarize(t.host, list(self.samples[t.host])) for t in self.targets]
 
 
-def run(targets: list[Target], duration: float, **kwargs: int) -> list[HostStats]:
+def run(targets: list[Target], duration: float, fast_workers: int = 2, slow_workers: int = 2,
+        slow_ms: int = 2000, max_requests: int = 200_000) -> list[HostStats]:
     """Load for `duration` seconds (bounded), then the per-host stats."""
-    load = Stress(targets, **kwargs).start()
+    load = Stress(targets, fast_workers=fast_workers, slow_workers=slow_workers,
+                  slow_ms=slow_ms, max_requests=max_requests).start()
     deadline = time.monotonic() + duration
     while time.monotonic() < deadline and any(t.is_alive() for t in load.threads):
         time.sleep(0.1)

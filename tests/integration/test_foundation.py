@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+from pathlib import Path
 
 from .conftest import SANDBOX, Sandbox, bring_up, fab, get, ok, tear_down
 
@@ -60,6 +61,6 @@ def test_up_twice_and_down_twice_are_harmless() -> None:
     netns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     assert "fpmf-" not in netns
     assert not SANDBOX.exists()
-    mounts = open("/proc/self/mountinfo").read()
+    mounts = Path("/proc/self/mountinfo").read_text()
     assert str(SANDBOX) not in mounts
     assert not os.path.exists("/etc/sudoers.d/fpm-fleet-sandbox")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import (FAB, ROOT, Sandbox, assert_no_failures, fab, get, load, ok)
+from .conftest import FAB, ROOT, Sandbox, assert_no_failures, fab, get, load, ok
 
 
 def repoint(pool_dir: Path, release: str) -> None:
@@ -156,7 +156,7 @@ def test_sigterm_mid_restart_leaves_no_healthy_replica_disabled(fleet2: Sandbox)
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     time.sleep(2.5)  # the busy replica is drained and waited on by now
     proc.send_signal(signal.SIGTERM)
-    out, err = proc.communicate(timeout=60)
+    _, err = proc.communicate(timeout=60)
     slow.join()
     assert proc.returncode == 130, err
     assert "interrupted" in err

@@ -172,7 +172,7 @@ def test_read_of_a_page_without_the_pools_balancer_says_run_setup(web):
 def test_read_of_html_is_a_rollout_error_naming_the_host(web):
     host, pool = web
     ex = ScriptedExecutor(host, ["<html>forbidden"])
-    with pytest.raises(RolloutError, match="^web1: balancer-manager did not answer XML"):
+    with pytest.raises(RolloutError, match=r"^web1: balancer-manager did not answer XML"):
         balancer.read(ex, host, pool)
 
 
@@ -184,39 +184,88 @@ def test_member_of_an_unknown_replica_says_run_setup(web):
         balancer.member_of(bal, host, pool, 3)
 
 
-def test_disable_posts_with_the_scraped_nonce_and_confirms_from_the_page(web):
+def test_drain_posts_with_the_scraped_nonce_and_confirms_from_the_page(web):
     host, pool = web
-    ex = ScriptedExecutor(host, [www_page(), www_page(status1="Init Dis ")])
-    member = balancer.disable(ex, host, pool, 1)
-    assert member.flags == {"Init", "Dis"}
+    ex = ScriptedExecutor(host, [www_page(), www_page(status1="Init Drn Ok ")])
+    member = balancer.drain(ex, host, pool, 1)
+    assert member.flags == {"Init", "Drn", "Ok"}
     assert len(ex.commands) == 2
-    post = ex.commands[1]
-    assert post == shell.balancer_set(
+    assert ex.commands[1] == shell.balancer_set(
         "http://127.0.0.1:8081/balancer-manager", "www",
-        "unix:/srv/fpm-fleet/www/run/www-1.sock|fcgi://www-1", NONCE, {"D": 1})
+        "unix:/srv/fpm-fleet/www/run/www-1.sock|fcgi://www-1", NONCE, {"N": 1})
 
 
-def test_disable_of_an_already_disabled_member_posts_nothing(web):
+def test_disable_sets_disabled_and_drain(web):
     host, pool = web
-    ex = ScriptedExecutor(host, [www_page(status1="Init Dis ")])
+    ex = ScriptedExecutor(host, [www_page(), www_page(status1="Init Dis Drn Ok ")])
+    member = balancer.disable(ex, host, pool, 1)
+    assert member.out and not member.enabled
+    assert "w_status_D=1" in ex.commands[1] and "w_status_N=1" in ex.commands[1]
+
+
+def test_a_member_already_in_the_wanted_state_is_not_posted_again(web):
+    host, pool = web
+    ex = ScriptedExecutor(host, [www_page(status1="Init Dis Drn Ok ")])
     balancer.disable(ex, host, pool, 1)
     assert len(ex.commands) == 1
+    assert "--data" not in ex.commands[0]
 
 
-def test_enable_clears_disabled_drain_stop_and_error(web):
+class Clock:
+    """Stands in for the time module inside balancer: sleeping advances the clock."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+        self.slept = 0.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+        self.slept += seconds
+
+
+def test_enable_clears_disabled_drain_and_stop(web):
     host, pool = web
-    ex = ScriptedExecutor(host, [www_page(status1="Init Dis Drn Err "), www_page()])
-    member = balancer.enable(ex, host, pool, 1)
+    ex = ScriptedExecutor(host, [www_page(status1="Init Dis Drn Ok "), www_page()])
+    member, note = balancer.enable(ex, host, pool, 1)
     assert member.enabled
-    assert "w_status_D=0" in ex.commands[1] and "w_status_N=0" in ex.commands[1]
-    assert "w_status_S=0" in ex.commands[1] and "w_status_E=0" in ex.commands[1]
+    assert note == ""
+    post = ex.commands[1]
+    assert "w_status_D=0" in post and "w_status_N=0" in post and "w_status_S=0" in post
 
 
-def test_a_change_apache_silently_ignores_is_reported_after_retries(web):
+def test_enable_waits_for_a_stale_err_to_clear(web, monkeypatch):
     host, pool = web
+    clock = Clock()
+    monkeypatch.setattr(balancer, "time", clock)
+    ex = ScriptedExecutor(host, [www_page(status1="Init Dis Drn "),
+                                 www_page(status1="Init Err "), www_page(status1="Init Err "),
+                                 www_page()])
+    member, note = balancer.enable(ex, host, pool, 1)
+    assert member.enabled
+    assert note == ""
+    assert 0 < clock.slept <= pool.retry + 2
+
+
+def test_enable_with_an_err_that_stays_returns_a_note_instead_of_failing(web, monkeypatch):
+    host, pool = web
+    clock = Clock()
+    monkeypatch.setattr(balancer, "time", clock)
+    ex = ScriptedExecutor(host, [www_page(status1="Init Dis Drn "), www_page(status1="Init Err ")])
+    member, note = balancer.enable(ex, host, pool, 1)
+    assert "Err" in member.flags
+    assert f"retry={pool.retry}s" in note
+    assert clock.slept <= pool.retry + 2 + 0.2
+
+
+def test_a_change_apache_silently_ignores_is_reported_after_retries(web, monkeypatch):
+    host, pool = web
+    monkeypatch.setattr(balancer, "time", Clock())
     ex = ScriptedExecutor(host, [www_page()])  # Apache keeps answering "Init Ok"
-    with pytest.raises(RolloutError, match=r"ignored \{'D': 1\} for fcgi://www-1.*Referer/nonce"):
-        balancer.disable(ex, host, pool, 1)
+    with pytest.raises(RolloutError, match=r"ignored \{'N': 1\} for fcgi://www-1.*Referer/nonce"):
+        balancer.drain(ex, host, pool, 1)
     posts = [c for c in ex.commands if "--data" in c]
     assert len(posts) == 3
 
@@ -224,5 +273,5 @@ def test_a_change_apache_silently_ignores_is_reported_after_retries(web):
 def test_a_refused_post_is_a_rollout_error_naming_the_host(web):
     host, pool = web
     ex = ScriptedExecutor(host, [www_page()], fail_post=True)
-    with pytest.raises(RolloutError, match="^web1: balancer-manager refused the change"):
-        balancer.disable(ex, host, pool, 1)
+    with pytest.raises(RolloutError, match=r"^web1: balancer-manager refused the change"):
+        balancer.drain(ex, host, pool, 1)

@@ -8,7 +8,7 @@ from pathlib import PurePosixPath
 import pytest
 
 from tasks import fpm, shell
-from tasks.errors import RemoteResult, RolloutError
+from tasks.errors import RemoteError, RemoteResult, RolloutError
 from tasks.layout import Layout
 
 CONF = PurePosixPath("/srv/fpm-fleet/www/conf/www-1.conf")
@@ -199,7 +199,6 @@ def test_stop_of_a_foreign_pid_is_a_rollout_error(web):
 
     class Refusing(Answers):
         def run(self, command, what, *, check=True, timeout=None):
-            from tasks.errors import RemoteError
             raise RemoteError(self.host.name, what,
                               RemoteResult(command, 3, "", "pid 1 is not this replica's"))
 

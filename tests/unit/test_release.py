@@ -39,19 +39,19 @@ def test_validate_name_rejects_a_trailing_newline():
 
 # --- stored manifests --------------------------------------------------------------------------
 
-def F(path: str, digest: str = "d1", mode: int = 0o644) -> Entry:  # noqa: N802
+def F(path: str, digest: str = "d1", mode: int = 0o644) -> Entry:
     return Entry(path, "f", mode, digest, 10)
 
 
-def D(path: str, mode: int = 0o755) -> Entry:  # noqa: N802
+def D(path: str, mode: int = 0o755) -> Entry:
     return Entry(path, "d", mode)
 
 
-def L(path: str, target: str) -> Entry:  # noqa: N802
+def L(path: str, target: str) -> Entry:
     return Entry(path, "l", 0o777, target)
 
 
-def M(*entries: Entry) -> Manifest:  # noqa: N802
+def M(*entries: Entry) -> Manifest:
     return Manifest({e.path: e for e in entries})
 
 
@@ -259,7 +259,7 @@ def test_delta_upload_sends_only_changes_and_never_touches_the_base(target, buil
 
 
 def test_upload_of_an_identical_existing_release_is_reused(target, build):
-    ex, host, pool, layout = target
+    ex, host, pool, _ = target
     m = manifest.scan(build)
     release.upload(ex, host, pool, build, m, "v1", base=None)
     ex.commands.clear()
@@ -282,7 +282,7 @@ def test_upload_over_a_different_existing_release_needs_force(target, build):
 
 
 def test_upload_against_a_base_without_manifest_sends_everything(target, build):
-    ex, host, pool, layout = target
+    ex, host, pool, _ = target
     up = release.upload(ex, host, pool, build, manifest.scan(build), "v2", base="v0")
     assert (up.sent_files, up.linked_files) == (4, 0)
 
@@ -290,9 +290,8 @@ def test_upload_against_a_base_without_manifest_sends_everything(target, build):
 def test_the_lock_refuses_a_second_deploy_naming_the_holder_and_is_released(target):
     ex, host, pool, layout = target
     with release.locked(ex, host, pool, "deploy v1"):
-        with pytest.raises(LockError) as info:
-            with release.locked(ex, host, pool, "deploy v2"):
-                pass
+        with pytest.raises(LockError) as info, release.locked(ex, host, pool, "deploy v2"):
+            pass
         assert "pool www is locked by another deploy" in str(info.value)
         assert "cmd=deploy v1" in str(info.value)
         assert "fab unlock" in str(info.value)

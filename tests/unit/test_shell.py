@@ -9,8 +9,8 @@ import shutil
 import signal
 import socket
 import struct
-import sys
 import subprocess
+import sys
 import tempfile
 import threading
 import time

@@ -1,0 +1,166 @@
+"""deploy, rollback, releases and cleanup on a real 3-host sandbox, under load with slow
+requests in flight during every deploy and rollback."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from .conftest import FAB, ROOT, Sandbox, assert_no_failures, fab, get, load, ok
+
+
+def pinned(box: Sandbox) -> set[tuple[str, int, str]]:
+    return {(r["host"], r["replica"], r["release"]) for r in box.status()}
+
+
+def all_on(box: Sandbox, release: str) -> bool:
+    rows = box.status()
+    return len(rows) == 6 and all(r["release"] == release and r["ok"] for r in rows)
+
+
+@pytest.fixture(scope="module")
+def box(fleet3: Sandbox) -> Sandbox:
+    return fleet3
+
+
+def test_deploy_v2_under_load_pins_every_replica_without_a_failed_request(box: Sandbox) -> None:
+    box.build("v2")
+    with load(box) as stats:
+        proc = ok(fab("deploy", "--release", "v2", "--plain"))
+    assert_no_failures(stats)
+    assert all_on(box, "v2")
+    assert sum(st.releases.get("v2", 0) for st in stats) > 0
+    assert "v1 -> v2" in proc.stdout and "verified" in proc.stderr
+    for address in box.addresses():
+        assert get(address, "/release.txt")[1].strip() == "v2"
+
+
+def test_rollback_in_parallel_goes_back_to_v1_the_same_way(box: Sandbox) -> None:
+    with load(box) as stats:
+        proc = ok(fab("rollback", "--parallel", "3", "--plain"))
+    assert_no_failures(stats)
+    assert all_on(box, "v1")
+    assert "v2 -> v1" in proc.stdout
+
+
+def test_failing_release_is_reverted_automatically_and_marked_bad(box: Sandbox) -> None:
+    box.build("v3", unhealthy=True)
+    with load(box) as stats:
+        proc = fab("deploy", "--release", "v3", "--plain")
+    assert proc.returncode != 0
+    assert "reverted" in proc.stdout and "not reached (untouched)" in proc.stdout
+    assert_no_failures(stats)
+    assert all_on(box, "v1")
+    h1 = box.pool_dir(0)
+    assert (h1 / "state" / "bad" / "v3").exists()
+    assert not (box.pool_dir(1) / "releases" / "v3").exists(), "h2 must stay untouched"
+    releases = ok(fab("releases", "--host", "h1")).stdout
+    assert "v3" in releases and "BAD" in releases
+    # the default rollback target skips the bad release
+    assert "v3" not in ok(fab("rollback", "--dry-run")).stdout
+
+
+def test_bad_names_and_missing_source_are_refused_before_any_host(box: Sandbox,
+                                                                   tmp_path: Path) -> None:
+    unreachable = tmp_path / "hosts.toml"
+    unreachable.write_text(box.path.read_text().replace('address = "198.18.0.1',
+                                                        'address = "198.18.0.20'))
+    marker = Path("/tmp/x")
+    marker.unlink(missing_ok=True)
+    for name in ("../x", "a/b", "v1;touch /tmp/x", ".."):
+        proc = fab("deploy", "--release", name, inventory_path=unreachable)
+        assert proc.returncode == 2, proc.stderr
+        assert "is not allowed" in proc.stderr and "unreachable" not in proc.stderr
+    proc = fab("deploy", "--release", "v9", "--source", "/nonexistent/app",
+               inventory_path=unreachable)
+    assert proc.returncode == 2 and "does not exist" in proc.stderr
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    proc = fab("deploy", "--release", "v9", "--source", str(empty), inventory_path=unreachable)
+    assert proc.returncode == 2 and "holds no files" in proc.stderr
+    assert not marker.exists()
+
+
+def test_existing_release_with_other_content_is_refused_and_dry_run_changes_nothing(
+        box: Sandbox) -> None:
+    box.build("v2", files=3)
+    proc = fab("deploy", "--release", "v2")
+    assert proc.returncode != 0 and "already exists with different content" in proc.stderr
+    dry = ok(fab("deploy", "--release", "v9", "--dry-run"))
+    assert "[activate]" in dry.stdout and "tar -xzf -" in dry.stdout
+    assert not any((box.pool_dir(i) / "releases" / "v9").exists() for i in range(3))
+    assert all_on(box, "v1")
+
+
+def test_second_deploy_is_refused_while_the_first_holds_the_lock(box: Sandbox) -> None:
+    box.build("v4")
+    env = {**os.environ, "FABRIC_INVENTORY": str(box.path)}
+    env.pop("CI", None)
+    first = subprocess.Popen([FAB, "deploy", "--release", "v4", "--plain"], cwd=ROOT, env=env,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lock = box.pool_dir(0) / "state" / "lock"
+    deadline = time.monotonic() + 30
+    while not lock.exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    second = fab("deploy", "--release", "v4")
+    _, err = first.communicate(timeout=300)
+    assert first.returncode == 0, err
+    assert second.returncode == 6, second.stderr
+    assert "locked by another deploy" in second.stderr and f"pid={first.pid}" in second.stderr
+    assert not lock.exists(), "the lock is released at the end"
+    assert all_on(box, "v4")
+
+
+def test_unlock_removes_a_stale_lock_and_says_whose_it_was(box: Sandbox) -> None:
+    lock = box.pool_dir(2) / "state" / "lock"
+    lock.mkdir()
+    (lock / "holder").write_text("ghost@nowhere pid=1 since=2020 cmd=fab deploy\n")
+    refused = fab("cleanup", "--host", "h3")
+    assert refused.returncode != 0 and "ghost@nowhere" in refused.stderr
+    proc = ok(fab("unlock", "--host", "h3"))
+    assert "ghost@nowhere" in proc.stderr and not lock.exists()
+
+
+def test_upload_killed_half_way_leaves_no_release_and_the_fleet_unchanged(box: Sandbox) -> None:
+    box.build("v5", files=4000)
+    env = {**os.environ, "FABRIC_INVENTORY": str(box.path)}
+    env.pop("CI", None)
+    before = pinned(box)
+    proc = subprocess.Popen([FAB, "deploy", "--release", "v5", "--host", "h1", "--plain"],
+                            cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    staging = box.pool_dir(0) / "incoming" / "v5.partial"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not (staging / "vendor").exists():
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert (staging / "vendor").exists(), "the upload was under way when it was killed"
+    assert not (box.pool_dir(0) / "releases" / "v5").exists()
+    assert pinned(box) == before and all_on(box, "v4")
+    ok(fab("unlock", "--host", "h1"))
+    with load(box, hosts=["h1"]) as stats:
+        done = ok(fab("deploy", "--release", "v5", "--host", "h1", "--plain"))
+    assert_no_failures(stats)
+    assert "4000 linked" not in done.stderr and not staging.exists()
+
+
+def test_cleanup_keeps_newest_current_previous_and_pinned(box: Sandbox) -> None:
+    releases = box.pool_dir(1) / "releases"
+    for i in range(7):
+        old = releases / f"old{i}"
+        old.mkdir()
+        (old / "index.php").write_text("<?php echo 'old';\n")
+        os.utime(old, (1_600_000_000 + i, 1_600_000_000 + i))
+    os.utime(releases / "v1", (1_500_000_000, 1_500_000_000))  # oldest, but previous
+    ok(fab("cleanup", "--host", "h2"))
+    left = sorted(p.name for p in releases.iterdir())
+    assert "v4" in left and "v1" in left, left  # current (pinned) and previous
+    assert not (releases / "old0").exists() and not (releases / "old1").exists()
+    assert len(left) <= 5 + 1, left
+    assert all_on(box, "v4") or pinned(box)

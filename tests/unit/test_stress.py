@@ -1,0 +1,179 @@
+"""tasks.stress: the bounded load generator that proves zero downtime.
+
+The fake fetchers answer in microseconds, so each Stress run takes well under a second.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections import Counter
+
+import pytest
+
+from tasks import stress
+from tasks.stress import Sample, Target
+
+WEB1 = Target("web1", "198.18.0.11")
+WEB2 = Target("web2", "198.18.0.12", 8080)
+
+
+# --- pure helpers ------------------------------------------------------------------------------
+
+def test_percentile_picks_the_nearest_rank():
+    values = [float(v) for v in range(1, 101)]
+    assert stress.percentile(values, 50) == 51.0
+    assert stress.percentile(values, 99) == 99.0
+    assert stress.percentile(values, 100) == 100.0
+    assert stress.percentile(values, 0) == 1.0
+    assert stress.percentile([3.0, 1.0, 2.0], 50) == 2.0
+
+
+def test_percentile_of_nothing_is_zero_and_of_one_value_is_that_value():
+    assert stress.percentile([], 99) == 0.0
+    assert stress.percentile([7.5], 99) == 7.5
+
+
+def test_release_of_reads_ping_and_sleep_answers():
+    assert stress.release_of("pong v1 pid=123") == "v1"
+    assert stress.release_of("slept 2000ms v2 pid=9") == "v2"
+    assert stress.release_of("pong") == "?"
+    assert stress.release_of("") == "?"
+    assert stress.release_of("<html>error</html>") == "?"
+
+
+@pytest.mark.parametrize(("body", "ok"), [
+    ("part1 v1\npart2 v1\n", True),
+    ("part1 v1\npart2 v2\n", False),
+    ("part1 v1\n", False),
+    ("part2 v1\n", False),
+    ("", False),
+    ("part1 v 1\npart2 v 1", True),
+])
+def test_atomic_ok_needs_both_parts_naming_one_release(body, ok):
+    assert stress.atomic_ok(body) is ok
+
+
+def test_summarize_counts_kinds_failures_reasons_and_releases():
+    samples = [Sample("fast", s / 1000, True, body="pong v1 pid=1") for s in range(1, 101)]
+    samples += [Sample("fast", 5.0, False, "HTTP 503"), Sample("fast", 0.1, False, "HTTP 503"),
+                Sample("slow", 2.0, True, body="slept 2000ms v2 pid=3"),
+                Sample("slow", 0.2, False, "ConnectionResetError"),
+                Sample("atomic", 1.0, False, "mixed releases", "part1 v1\npart2 v2"),
+                Sample("atomic", 1.0, True)]
+    stats = stress.summarize("web1", samples)
+    assert (stats.host, stats.requests, stats.failures) == ("web1", 106, 4)
+    assert (stats.fast, stats.slow) == (102, 4)
+    assert stats.reasons == {"HTTP 503": 2, "ConnectionResetError": 1, "mixed releases": 1}
+    assert stats.releases == {"v1": 100, "v2": 1}
+    # latency only of successful fast requests: the 5 s failure does not count
+    assert (stats.p50_ms, stats.p99_ms, stats.max_ms) == (50.5, 99.0, 100.0)
+
+
+def test_summarize_of_nothing_is_all_zero():
+    stats = stress.summarize("web1", [])
+    assert (stats.requests, stats.failures, stats.p50_ms, stats.max_ms) == (0, 0, 0.0, 0.0)
+    assert stats.reasons == {} and stats.releases == {}
+
+
+# --- the load generator with a fake fetcher ----------------------------------------------------
+
+class Flaky:
+    """Per host: every 4th ping is refused, every 3rd sleep answers 503, every 2nd atomic
+    answer mixes releases (counted per host and path, so thread interleaving cannot matter)."""
+
+    def __init__(self, delay: float = 0.0) -> None:
+        self.lock = threading.Lock()
+        self.counts: Counter[tuple[str, str]] = Counter()
+        self.delay = delay
+        self.calls: list[tuple[str, str, float]] = []
+
+    def __call__(self, target: Target, path: str, timeout: float) -> tuple[int, str]:
+        kind = path.split("?")[0]
+        with self.lock:
+            self.counts[target.host, kind] += 1
+            i = self.counts[target.host, kind]
+            self.calls.append((target.host, path, timeout))
+        if self.delay:
+            time.sleep(self.delay)
+        if kind == "/ping.php":
+            if i % 4 == 0:
+                raise ConnectionRefusedError(111, "Connection refused")
+            return 200, "pong v1 pid=1"
+        if kind == "/sleep.php":
+            return (503, "Service Unavailable") if i % 3 == 0 else (200, "slept 10ms v1 pid=2")
+        return 200, "part1 v1\npart2 v2\n" if i % 2 == 0 else "part1 v1\npart2 v1\n"
+
+
+def test_failures_are_counted_with_their_reasons_and_the_run_is_bounded():
+    fetcher = Flaky(delay=0.001)  # lets every worker thread get its turn
+    load = stress.Stress([WEB1, WEB2], slow_ms=10, max_requests=200, fetcher=fetcher).start()
+    for t in load.threads:
+        t.join(timeout=5)
+    assert not any(t.is_alive() for t in load.threads)  # stopped by the bound alone
+    stats = {s.host: s for s in load.stop()}
+    assert set(stats) == {"web1", "web2"}
+    total = sum(s.requests for s in stats.values())
+    assert total == len(fetcher.calls)
+    for s in stats.values():
+        assert s.requests >= 200
+        assert s.failures == sum(s.reasons.values()) > 0
+        assert set(s.reasons) <= {"ConnectionRefusedError", "HTTP 503", "mixed releases"}
+        assert s.fast > 0 and s.slow > 0
+        assert s.releases and set(s.releases) == {"v1"}
+    calls = Counter((host, path.split("?")[0]) for host, path, _ in fetcher.calls)
+    for host, s in stats.items():
+        assert s.reasons["ConnectionRefusedError"] == calls[host, "/ping.php"] // 4
+        assert s.reasons["HTTP 503"] == calls[host, "/sleep.php"] // 3
+        assert s.reasons["mixed releases"] == calls[host, "/atomic.php"] // 2
+
+
+def test_requests_go_to_ping_sleep_and_atomic_with_a_timeout_above_the_slow_request():
+    fetcher = Flaky()
+    load = stress.Stress([WEB1], fast_workers=1, slow_workers=1, atomic_workers=1,
+                         slow_ms=3000, max_requests=30, fetcher=fetcher).start()
+    load.stop()
+    paths = {p for _, p, _ in fetcher.calls}
+    assert paths <= {"/ping.php", "/sleep.php?ms=3000", "/atomic.php?ms=1500"}
+    assert "/ping.php" in paths
+    assert {t for _, _, t in fetcher.calls} == {33.0}
+
+
+def test_stop_returns_promptly_and_no_request_starts_after_it():
+    fetcher = Flaky(delay=0.005)
+    load = stress.Stress([WEB1], slow_ms=10, fetcher=fetcher).start()
+    time.sleep(0.1)
+    started = time.monotonic()
+    stats = load.stop()
+    assert time.monotonic() - started < 1
+    assert not any(t.is_alive() for t in load.threads)
+    assert stats[0].requests > 0
+    calls = len(fetcher.calls)
+    time.sleep(0.05)
+    assert len(fetcher.calls) == calls
+
+
+def test_run_stops_after_its_duration():
+    started = time.monotonic()
+    stats = stress.run([WEB1], 0.3, slow_ms=10, fetcher=Flaky(delay=0.002))  # type: ignore[arg-type]
+    assert 0.25 < time.monotonic() - started < 2
+    assert stats[0].requests > 0
+
+
+@pytest.mark.xfail(reason="bug: the max_requests check and the append are not one critical "
+                          "section, so every in-flight worker overshoots the bound "
+                          "(stress.py:131-135)", strict=True)
+def test_max_requests_is_never_exceeded_even_with_workers_in_flight():
+    barrier = threading.Barrier(5)
+
+    def together(target: Target, path: str, timeout: float) -> tuple[int, str]:
+        with contextlib.suppress(threading.BrokenBarrierError):
+            barrier.wait(timeout=0.5)
+        return 200, "part1 v1\npart2 v1" if path.startswith("/atomic") else "pong v1"
+
+    load = stress.Stress([WEB1], fast_workers=2, slow_workers=2, atomic_workers=1,
+                         slow_ms=10, max_requests=1, fetcher=together).start()
+    for t in load.threads:
+        t.join(timeout=5)
+    assert load.stop()[0].requests == 1
