@@ -18,6 +18,7 @@ from .errors import ConfigError
 HOST_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 POOL_NAME = re.compile(r"^[a-z][a-z0-9-]{0,30}$")
 URL_PATH = re.compile(r"^/[A-Za-z0-9._/-]*$")
+ACCOUNT = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
 APACHE_MODES = ("system", "instance")
 
 T = TypeVar("T")
@@ -224,6 +225,7 @@ def parse(data: Mapping[str, Any], path: str = "hosts.toml") -> Fleet:
     _reject_duplicates(path, "hosts", [f"{h.address}:{h.port}" for h in hosts], "address")
     pools = tuple(_pool(path, name, table) for name, table in pool_tables.items())
     _reject_duplicates(path, "pools", [p.balancer for p in pools], "balancer")
+    _reject_duplicates(path, "pools", [p.root.rstrip("/") for p in pools], "root")
     return Fleet(path=path, hosts=hosts, pools=pools, log_dir=log_dir)
 
 
@@ -256,8 +258,7 @@ def _host_settings(reader: _Reader, base: Mapping[str, Any]) -> dict[str, Any]:
     reader.check("connect_timeout", lambda v: v > 0, "must be > 0")
     reader.check("command_timeout", lambda v: v > 0, "must be > 0")
     reader.check("keep_releases", lambda v: v >= 2, "must be >= 2 (current and previous)")
-    reader.check("user", lambda v: bool(re.match(r"^[a-z_][a-z0-9_-]*$", v)),
-                 "must be a user name")
+    reader.check("user", lambda v: bool(ACCOUNT.fullmatch(v)), "must be a user name")
     return out
 
 
@@ -270,9 +271,11 @@ def _apache(reader: _Reader, base: Apache) -> Apache:
         group=reader.get("group", str, base.group),
     )
     reader.check("mode", lambda v: v in APACHE_MODES, f"must be one of {', '.join(APACHE_MODES)}")
-    reader.check("listen", lambda v: bool(re.match(r"^[\w.*:\[\]-]+$", v)),
+    reader.check("listen", lambda v: bool(re.fullmatch(r"^[\w.*:\[\]-]+$", v)),
                  "must look like ADDRESS:PORT or *:PORT")
     reader.check("manager_port", lambda v: 0 < v < 65536, "must be a TCP port (1-65535)")
+    for key in ("user", "group"):
+        reader.check(key, lambda v: bool(ACCOUNT.fullmatch(v)), "must be a user/group name")
     reader.reject_unknown()
     return apache
 
@@ -280,16 +283,17 @@ def _apache(reader: _Reader, base: Apache) -> Apache:
 def _host(path: str, index: int, table: Any, base: Mapping[str, Any], apache: Apache) -> Host:
     if not isinstance(table, dict):
         raise ConfigError(f"{path}: hosts[{index}]: must be a table")
-    label = table.get("name") if isinstance(table.get("name"), str) else f"hosts[{index}]"
-    reader = _Reader(path, f"hosts.{label}", table)
+    named = isinstance(table.get("name"), str)
+    reader = _Reader(path, f"hosts.{table['name']}" if named else f"hosts[{index}]", table)
+    label = reader.prefix
     name = reader.get("name", str, required=True)
-    reader.check("name", lambda v: bool(HOST_NAME.match(v)),
+    reader.check("name", lambda v: bool(HOST_NAME.fullmatch(v)),
                  "must be letters, digits, '.', '_' or '-'")
     address = reader.get("address", str, required=True)
-    reader.check("address", lambda v: bool(re.match(r"^[A-Za-z0-9.:_-]+$", v)),
+    reader.check("address", lambda v: bool(re.fullmatch(r"^[A-Za-z0-9.:_-]+$", v)),
                  "must be a host name or an IP address")
     settings = _host_settings(reader, base)
-    host_apache = _apache(_Reader(path, f"hosts.{label}.apache", reader.get("apache", dict, {})),
+    host_apache = _apache(_Reader(path, f"{label}.apache", reader.get("apache", dict, {})),
                           apache)
     reader.reject_unknown()
     sudo = settings["sudo"] if settings["sudo"] is not None else settings["user"] != "root"
@@ -303,7 +307,7 @@ def _host(path: str, index: int, table: Any, base: Mapping[str, Any], apache: Ap
 
 
 def _pool(path: str, name: str, table: Any) -> Pool:
-    if not POOL_NAME.match(name):
+    if not POOL_NAME.fullmatch(name):
         raise ConfigError(f"{path}: pools.{name}: pool names are lower-case letters, digits "
                           "and '-', starting with a letter")
     if not isinstance(table, dict):
@@ -333,14 +337,16 @@ def _pool(path: str, name: str, table: Any) -> Pool:
     r.check("root", _relative_or_absolute, "must be a path without '..'")
     r.check("php_fpm", _absolute_path, "must be an absolute path")
     for key in ("ping_path", "status_path", "health_path"):
-        r.check(key, lambda v: bool(URL_PATH.match(v)), "must be a URL path starting with '/'")
-    r.check("balancer", lambda v: bool(POOL_NAME.match(v)), "must be a simple lower-case name")
-    r.check("manager_url", lambda v: bool(re.match(r"^https?://[^\s/]+/\S*$", v)),
+        r.check(key, lambda v: bool(URL_PATH.fullmatch(v)), "must be a URL path starting with '/'")
+    r.check("balancer", lambda v: bool(POOL_NAME.fullmatch(v)), "must be a simple lower-case name")
+    r.check("manager_url", lambda v: bool(re.fullmatch(r"^https?://[^\s/]+/\S*$", v)),
             "must be an http(s) URL")
     r.check("max_children", lambda v: v >= 1, "must be >= 1")
     r.check("retry", lambda v: 0 <= v <= 60, "must be 0..60 seconds")
-    r.check("server_name", lambda v: bool(re.match(r"^[A-Za-z0-9.*-]+$", v)),
+    r.check("server_name", lambda v: bool(re.fullmatch(r"^[A-Za-z0-9.*-]+$", v)),
             "must be a host name")
+    for key in ("user", "group"):
+        r.check(key, lambda v: bool(ACCOUNT.fullmatch(v)), "must be a user/group name")
     for item in pool.shared:
         if not _relative_or_absolute(item) or PurePosixPath(item).is_absolute():
             raise r.fail("shared", f"{item!r} must be a relative path without '..'")

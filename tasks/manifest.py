@@ -82,7 +82,10 @@ def _entry(full: Path, rel: str) -> Entry:
     st = full.lstat()
     mode = stat.S_IMODE(st.st_mode)
     if stat.S_ISLNK(st.st_mode):
-        return Entry(rel, "l", mode, os.readlink(full))
+        target = os.readlink(full)
+        if any(c in target for c in "\t\n\r"):
+            raise ConfigError(f"source symlink {rel} points to a name with a tab or newline")
+        return Entry(rel, "l", mode, target)
     if stat.S_ISDIR(st.st_mode):
         return Entry(rel, "d", mode)
     if not stat.S_ISREG(st.st_mode):

@@ -23,14 +23,14 @@ from .layout import Layout
 from .manifest import Entry, Manifest, parse_checksums
 from .remote import Executor
 
-NAME = re.compile(r"^[A-Za-z0-9._-]{1,100}$")
+NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,99}")
 
 
 def validate_name(name: str) -> str:
-    """Release names are letters, digits, '.', '_' and '-', and not '.' or '..'."""
-    if not NAME.match(name or "") or name in (".", ".."):
+    """Release names are letters, digits, '.', '_' and '-', not starting with '.'."""
+    if not NAME.fullmatch(name or ""):
         raise ConfigError(f"release name {name!r} is not allowed: use letters, digits, "
-                          "'.', '_' and '-' (not '.' or '..')")
+                          "'.', '_' and '-', not starting with '.'")
     return name
 
 

@@ -85,8 +85,8 @@ def activate(layout: Layout, name: str) -> str:
     Prints the previous target's name first.
     """
     tmp = q(f"{layout.current_release}.fpm-fleet-tmp")
-    return (f"[ -d {q(layout.release(name))} ] || {{ echo 'release {name} is missing' >&2; "
-            f"exit 3; }}; basename -- \"$(readlink -- {q(layout.current_release)} || true)\"; "
+    return (f"[ -d {q(layout.release(name))} ] || {{ echo {q(f'release {name} is missing')} "
+            f">&2; exit 3; }}; basename -- \"$(readlink -- {q(layout.current_release)} || true)\"; "
             f"rm -f -- {tmp} && ln -s -- {q(f'releases/{name}')} {tmp} && "
             f"mv -T -f -- {tmp} {q(layout.current_release)}")
 

@@ -182,7 +182,8 @@ PROBE_FUNCTION = r"""probe() {
   [ -n "$state" ] || state=-
   etimes=$(ps -o etimes= -p "$pid" 2>/dev/null | tr -d ' ')
   title=$(tr '\0' '\n' < "/proc/$pid/cmdline" 2>/dev/null | head -n 1)
-  pinned=$(awk -v mp="$3" '$5 == mp {print $4}' "/proc/$pid/mountinfo" 2>/dev/null | tail -n 1)
+  pinned=$(mp="$3" awk '$5 == ENVIRON["mp"] {print $4}' "/proc/$pid/mountinfo" 2>/dev/null \
+    | tail -n 1)
   printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$1" "$pid" "$state" "${etimes:--}" "${title:--}" \
     "${pinned:--}"
 }"""

@@ -111,6 +111,7 @@ class Stress:
         self.max_requests = max_requests
         self.fetcher = fetcher
         self.samples: dict[str, list[Sample]] = {t.host: [] for t in targets}
+        self.issued: dict[str, int] = {t.host: 0 for t in targets}
         self.lock = threading.Lock()
         self.stopping = threading.Event()
         self.threads: list[threading.Thread] = []
@@ -127,9 +128,10 @@ class Stress:
 
     def _loop(self, target: Target, kind: str, path: str) -> None:
         while not self.stopping.is_set():
-            with self.lock:
-                if len(self.samples[target.host]) >= self.max_requests:
+            with self.lock:  # reserve the slot, so the bound holds with many workers
+                if self.issued[target.host] >= self.max_requests:
                     return
+                self.issued[target.host] += 1
             sample = self._one(target, kind, path)
             with self.lock:
                 self.samples[target.host].append(sample)

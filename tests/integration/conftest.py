@@ -4,6 +4,7 @@ each with its own OpenSSH, Apache and PHP-FPM from Debian's packages. Root is re
 
 from __future__ import annotations
 
+import fcntl
 import http.client
 import json
 import os
@@ -32,10 +33,18 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.integration)
 
 
+SANDBOX_LOCK = "/tmp/fpm-fleet-sandbox.lock"
+
+
 @pytest.fixture(scope="session", autouse=True)
-def _needs_root() -> None:
+def _exclusive_sandbox() -> Iterator[None]:
+    """One local fleet per machine at a time: the tests, the benchmarks and a developer's
+    sandbox all use the same namespaces and addresses, so they take turns on one lock."""
     if os.geteuid() != 0:
         pytest.fail("integration tests need root (network namespaces); run scripts/test as root")
+    with open(SANDBOX_LOCK, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
 
 
 def fab(*args: str, inventory_path: Path | None = SANDBOX / "hosts.toml", timeout: float = 300,

@@ -163,8 +163,6 @@ def test_missing_host_name_is_rejected_naming_the_key(inventory_data, config_err
     assert "missing required key" in message
 
 
-@pytest.mark.xfail(reason="bug: an unnamed host's key is reported as 'hosts.hosts[1].name' "
-                          "(prefix doubled, inventory.py:278)", strict=True)
 def test_missing_host_name_names_the_key_as_written_in_the_file(inventory_data, config_error):
     del inventory_data["hosts"][1]["name"]
     expect(config_error(inventory_data, FILE), "hosts[1].name", "missing required key")
@@ -314,6 +312,11 @@ def test_two_pools_sharing_one_balancer_are_rejected(inventory_data, config_erro
     expect(config_error(inventory_data, FILE), "pools", "duplicate balancer 'www'")
 
 
+def test_two_pools_sharing_one_directory_are_rejected(inventory_data, config_error):
+    inventory_data["pools"]["api"] = {"replicas": 2, "root": "www"}
+    expect(config_error(inventory_data, FILE), "pools", "duplicate root")
+
+
 # --- unknown keys (typos) ----------------------------------------------------------------------
 
 def test_unknown_top_level_key_is_rejected_as_a_typo(inventory_data, config_error):
@@ -387,8 +390,6 @@ def test_simple_pool_names_are_accepted(inventory_data, build_fleet, name):
     assert build_fleet(inventory_data).pools[0].name == name
 
 
-@pytest.mark.xfail(reason="bug: name regexes end in '$' and re.match accepts a trailing "
-                          "newline (inventory.py:18-20, 283, 286)", strict=True)
 @pytest.mark.parametrize("where", ["host name", "pool name", "address", "ping_path"])
 def test_a_trailing_newline_is_not_accepted_in_names(inventory_data, config_error, where):
     if where == "host name":

@@ -13,7 +13,9 @@ import pytest
 
 from tasks import manifest
 from tasks import release_shell as rs
+from tasks.errors import ConfigError
 from tasks.layout import Layout
+from tasks.release import validate_name
 
 SRV = Layout(dir=PurePosixPath("/srv/fpm-fleet/www"), pool="www")
 
@@ -132,8 +134,6 @@ def test_activate_never_lets_a_reader_see_current_release_missing(sh, layout):
     assert seen == {"releases/v1", "releases/v2"}
 
 
-@pytest.mark.xfail(reason="bug: activate() puts the release name into `echo '...'` "
-                          "without shell.q (release_shell.py:88)", strict=True)
 def test_activate_does_not_execute_a_quote_breaking_release_name(sh, layout, pwned):
     sh(rs.activate(layout, "x'; touch pwned; '"))
     assert pwned() == []
@@ -343,6 +343,15 @@ def test_list_releases_prints_name_mtime_and_size_per_release(sh, layout):
         assert int(mtime) == int(Path(layout.release(name)).stat().st_mtime)
         assert int(size) >= 1
     assert int(rows[0][2]) > int(rows[1][2])
+
+
+def test_list_releases_shows_every_name_validate_name_accepts(sh, layout):
+    with pytest.raises(ConfigError):
+        validate_name(".v1")  # hidden from the `*/` glob, so refused up front
+    make_release(layout, validate_name("v1.0"))
+    make_release(layout, validate_name("v2"))
+    names = [line.split("\t")[0] for line in sh(rs.list_releases(layout)).stdout.splitlines()]
+    assert names == ["v1.0", "v2"]
 
 
 def test_list_releases_without_releases_dir_prints_nothing(sh, tmp_path):

@@ -578,9 +578,6 @@ def test_start_pins_the_release_probe_sees_it_and_stop_ends_the_master(sh, tmp_p
 
 
 @needs_pinning
-@pytest.mark.xfail(reason="bug: probe passes the mountinfo-escaped mount point through "
-                          "`awk -v`, which decodes \\040 again, so a root with a space never "
-                          "matches (shell.py:185)", strict=True)
 def test_probe_finds_the_pinned_release_under_a_root_with_a_space(sh, tmp_path, fake_fpm):
     lay = _pinned_layout(tmp_path / "fleet root")
     try:
