@@ -16,7 +16,7 @@ from .layout import Layout
 from .manifest import Manifest
 from .remote import Executor
 from .replica import Replica
-from .rollout import HostResult, Selection, ordered_replicas, recovering
+from .rollout import HostResult, Selection, heal, ordered_replicas, recovering
 
 
 @dataclass(frozen=True)
@@ -71,8 +71,7 @@ def deploy_pool(ex: Executor, host: Host, pool: Pool, plan: Plan, obs: Observer,
                 result: HostResult, outcome: PoolOutcome) -> None:
     layout = Layout.of(host, pool)
     with ExitStack() as held:
-        with step(obs, host.name, "lock", pool.name):
-            held.enter_context(release.locked(ex, host, pool, plan.command))
+        _lock(ex, host, pool, plan, obs, held)
         outcome.before = fpm.current_release(ex, host, pool)
         ex.run(release_shell.clear_incoming(layout), "clear interrupted uploads")
         _upload(ex, host, pool, plan, outcome, obs)
@@ -84,6 +83,20 @@ def deploy_pool(ex: Executor, host: Host, pool: Pool, plan: Plan, obs: Observer,
                 s.detail = command
                 _before_activate(ex, host, layout, plan.release, command)
         _activate_and_roll(ex, host, pool, plan, outcome, obs, result)
+
+
+def _lock(ex: Executor, host: Host, pool: Pool, plan: Plan, obs: Observer,
+          held: ExitStack) -> None:
+    """Take the deploy lock (a stale one of a killed run is taken over), then the preflight:
+    put back replicas a killed run left out, and fail here if balancer-manager is unusable."""
+    def stale(holder: str) -> None:
+        obs.event(Event("warn", host.name, "lock", pool.name,
+                        f"took over the lock of a killed run: {holder}"))
+
+    with step(obs, host.name, "lock", pool.name):
+        held.enter_context(release.locked(ex, host, pool, plan.command, stale))
+    with step(obs, host.name, "preflight", pool.name):
+        heal(ex, host, pool, obs)
 
 
 def _upload(ex: Executor, host: Host, pool: Pool, plan: Plan, outcome: PoolOutcome,
@@ -140,8 +153,7 @@ def revert(ex: Executor, host: Host, pool: Pool, plan: Plan, outcome: PoolOutcom
 def rollback_pool(ex: Executor, host: Host, pool: Pool, plan: Plan, obs: Observer,
                   result: HostResult, outcome: PoolOutcome) -> None:
     with ExitStack() as held:
-        with step(obs, host.name, "lock", pool.name):
-            held.enter_context(release.locked(ex, host, pool, plan.command))
+        _lock(ex, host, pool, plan, obs, held)
         outcome.before = fpm.current_release(ex, host, pool)
         _activate_and_roll(ex, host, pool, plan, outcome, obs, result)
 

@@ -11,7 +11,7 @@ import socket
 import tarfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -113,19 +113,28 @@ def upload(ex: Executor, host: Host, pool: Pool, source: Path, manifest: Manifes
     send, remove = plan_delta(manifest, base_entries)
     if base_entries is not None:
         remove = sorted({*remove, *(f"./{item}" for item in pool.shared)})
-    ex.run(rs.prepare_staging(layout, name, base if base_entries is not None else None),
-           f"stage {name}")
-    if remove:
-        ex.stream(rs.remove_listed(layout, name), "remove changed files from staging",
-                  io.BytesIO(b"".join(p.encode() + b"\0" for p in remove)))
-    sent = _send_tar(ex, layout, name, source, send)
-    _verify(ex, host, layout, name, manifest)
-    ex.stream(rs.write_stdin_manifest(layout, name), f"store manifest of {name}",
-              io.BytesIO(serialize(manifest).encode()))
-    ex.run(rs.commit_release(layout, name, replace=existing is not None), f"commit {name}")
+    try:
+        ex.run(rs.prepare_staging(layout, name, base if base_entries is not None else None),
+               f"stage {name}")
+        if remove:
+            ex.stream(rs.remove_listed(layout, name), "remove changed files from staging",
+                      io.BytesIO(b"".join(p.encode() + b"\0" for p in remove)))
+        sent = _send_tar(ex, layout, name, source, send)
+        _verify(ex, host, layout, name, manifest)
+        ex.stream(rs.write_stdin_manifest(layout, name), f"store manifest of {name}",
+                  io.BytesIO(serialize(manifest).encode()))
+        ex.run(rs.commit_release(layout, name, replace=existing is not None), f"commit {name}")
+    except RemoteError as exc:
+        ex.run(rs.drop_staging(layout, name), "remove the failed upload", check=False)
+        raise RolloutError(f"{host.name}: upload of {name} failed, nothing was installed or "
+                           f"activated: {_first_line(exc.result.stderr) or exc}") from None
     files = [e for e in send if e.kind == "f"]
     return Upload(name, len(manifest.files), len(files), len(manifest.files) - len(files), sent,
                   time.monotonic() - started)
+
+
+def _first_line(text: str) -> str:
+    return next((line.strip() for line in text.splitlines() if line.strip()), "")
 
 
 def _send_tar(ex: Executor, layout: Layout, name: str, source: Path, entries: list[Entry]) -> int:
@@ -225,19 +234,45 @@ def mark_bad(ex: Executor, host: Host, pool: Pool, name: str) -> None:
 
 # --- the deploy lock -------------------------------------------------------------------------
 
+def stale_holder(holder: str, me: str | None = None) -> bool:
+    """A lock taken from this very machine by a process that no longer exists (the tool was
+    killed): safe to take over. A holder on another machine is never judged stale."""
+    fields = dict(f.split("=", 1) for f in holder.split()[1:] if "=" in f)
+    who, pid = holder.split(" ", 1)[0] if holder else "", fields.get("pid", "")
+    if who != (me or operator()) or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
 @contextmanager
-def locked(ex: Executor, host: Host, pool: Pool, command: str) -> Iterator[None]:
-    """Hold the pool's deploy lock on this host; released on every exit path."""
+def locked(ex: Executor, host: Host, pool: Pool, command: str,
+           on_stale: Callable[[str], None] | None = None) -> Iterator[None]:
+    """Hold the pool's deploy lock on this host; released on every exit path.
+
+    A lock left by a killed run of this machine is taken over (and reported via on_stale).
+    """
     layout = Layout.of(host, pool)
     info = f"{operator()} pid={os.getpid()} since={time.strftime('%Y-%m-%dT%H:%M:%S')} " \
            f"cmd={command}"
     try:
         ex.run(rs.take_lock(layout, info), "take deploy lock")
     except RemoteError as exc:
-        if exc.result.exited == 9:
+        holder = exc.result.stdout.strip()
+        if exc.result.exited != 9:
+            raise
+        if not stale_holder(holder):
             raise LockError(f"{host.name}: pool {pool.name} is locked by another deploy: "
-                            f"{exc.result.stdout.strip()}; {rs.LOCK_STALE_NOTE}") from None
-        raise
+                            f"{holder}; {rs.LOCK_STALE_NOTE}") from None
+        if on_stale:
+            on_stale(holder)
+        ex.run(rs.force_unlock(layout), "remove stale deploy lock")
+        ex.run(rs.take_lock(layout, info), "take deploy lock")
     try:
         yield
     finally:

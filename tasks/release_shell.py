@@ -45,6 +45,10 @@ def extract(layout: Layout, name: str) -> str:
             f"--delay-directory-restore")
 
 
+def drop_staging(layout: Layout, name: str) -> str:
+    return f"rm -rf -- {q(staging(layout, name))}"
+
+
 def verify(layout: Layout, name: str) -> str:
     """Counts (files, symlinks, dirs) then the sha256 of every file, sorted bytewise."""
     tmp = q(staging(layout, name))

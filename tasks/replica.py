@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from . import balancer, fpm, shell
 from .errors import RolloutError
-from .events import Observer, step
+from .events import Event, Observer, step
 from .inventory import Host, Pool
 from .layout import Layout
 from .remote import Executor
@@ -157,15 +157,26 @@ def take_out(ex: Executor, r: Replica, obs: Observer, timeout: float, check: boo
     if check:
         with step(obs, host, "guard", target):
             guard(ex, r)
-    with step(obs, host, "drain", target) as s:
-        s.detail = balancer.drain(ex, r.host, r.pool, r.n).status
-    with step(obs, host, "wait idle", target) as s:
-        try:
-            waited, note = wait_idle(ex, r, timeout)
-            s.detail = f"{waited:.2f}s" + (f" ({note})" if note else "")
-        except RolloutError:
-            balancer.enable(ex, r.host, r.pool, r.n)
-            raise
+    for _ in range(3):
+        with step(obs, host, "drain", target) as s:
+            s.detail = balancer.drain(ex, r.host, r.pool, r.n).status
+        with step(obs, host, "wait idle", target) as s:
+            try:
+                waited, note = wait_idle(ex, r, timeout)
+                s.detail = f"{waited:.2f}s" + (f" ({note})" if note else "")
+            except RolloutError:
+                balancer.enable(ex, r.host, r.pool, r.n)
+                raise
+        if still_out(ex, r):
+            return
+        obs.event(Event("warn", host, "drain", target, "the balancer forgot the drain "
+                        "(Apache restarted?): draining again"))
+    raise RolloutError(f"{host}: {r.name}: the balancer keeps losing its drain flag")
+
+
+def still_out(ex: Executor, r: Replica) -> bool:
+    """Re-read the member just before stopping: an Apache restart may have reset its flags."""
+    return balancer.member_of(balancer.read(ex, r.host, r.pool), r.host, r.pool, r.n).out
 
 
 def restart(ex: Executor, r: Replica, release: str, obs: Observer, timeout: float) -> None:

@@ -147,10 +147,31 @@ def recovering(ex: Executor, r: Replica, obs: Observer) -> Iterator[None]:
         raise
 
 
+def heal(ex: Executor, host: Host, pool: Pool, obs: Observer) -> None:
+    """Put back what an interrupted run left out of rotation: a replica that runs, passes its
+    health gate, yet is drained or disabled. Also the preflight of every rollout: it fails
+    before anything changes when balancer-manager cannot be read or lacks a member."""
+    bal = balancer.read(ex, host, pool)
+    procs = fpm.probe(ex, host, pool)
+    for n in pool.replica_numbers:
+        r = Replica(host, pool, n)
+        member, proc = balancer.member_of(bal, host, pool, n), procs[n]
+        if not member.out or not (proc.alive and proc.is_master_of(r.layout.fpm_conf(n))):
+            continue
+        try:
+            replica.health_gate(ex, r, proc.release or "", attempts=2)
+        except RolloutError:
+            continue
+        status, _ = balancer.enable(ex, host, pool, n)
+        obs.event(Event("warn", host.name, "recover", r.name, "running and healthy but out of "
+                        f"rotation (left by an interrupted run): put back, {status.status}"))
+
+
 def restart_host(ex: Executor, host: Host, sel: Selection, obs: Observer, timeout: float,
                  result: HostResult, release: str | None = None) -> None:
     """Restart the selected replicas of every selected pool on one host."""
     for pool in sel.pools:
+        heal(ex, host, pool, obs)
         target = release or fpm.current_release(ex, host, pool)
         if not target:
             raise RolloutError(f"{host.name}: pool {pool.name} has no current.release; deploy "
@@ -170,6 +191,7 @@ def start_host(ex: Executor, host: Host, sel: Selection, obs: Observer,
                result: HostResult) -> None:
     """Start what is not running (pinned to current.release), gate it, enable it."""
     for pool in sel.pools:
+        heal(ex, host, pool, obs)
         target = fpm.current_release(ex, host, pool)
         procs = fpm.probe(ex, host, pool, sel.replicas(host, pool))
         for n, proc in procs.items():
