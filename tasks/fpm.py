@@ -178,7 +178,9 @@ def stop(ex: Executor, host: Host, pool: Pool, n: int, timeout: float) -> str:
     words = result.stdout.split()
     if "escalated" in words:
         return "escalated"
-    return "not-running" if "not-running" in words else "stopped"
+    strays = "strays" in words
+    outcome = "not-running" if words[-1:] == ["not-running"] else "stopped"
+    return f"{outcome}, workers of a dead master stopped" if strays else outcome
 
 
 def current_release(ex: Executor, host: Host, pool: Pool) -> str | None:

@@ -218,8 +218,10 @@ def stop_host(ex: Executor, host: Host, sel: Selection, obs: Observer, timeout: 
         for n in sel.replicas(host, pool):
             r = Replica(host, pool, n)
             if fpm.running_master(ex, host, pool, n) is None:
-                obs.event(Event("info", host.name, "stop", r.name, "not running: no-op"))
                 balancer.disable(ex, host, pool, n)
+                outcome = fpm.stop(ex, host, pool, n, timeout)  # workers of a dead master
+                obs.event(Event("info", host.name, "stop", r.name, f"{outcome}: no-op"
+                                if outcome == "not-running" else outcome))
                 continue
             replica.take_out(ex, r, obs, timeout, check=not force)
             replica.stop(ex, r, obs, timeout)

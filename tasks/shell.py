@@ -216,30 +216,50 @@ def fpm_start(layout: Layout, n: int, php_fpm: str, release: str) -> str:
             f"{{ tail -n 5 -- {q(start_log)} >&2; exit 1; }}")
 
 
+FPM_STOP_SCRIPT = r"""pidf=$1 want=$2 mp=$3 worker=$4 ticks=$5
+gone() { [ ! -e "$pidf" ] || [ ! -e "/proc/$1" ] ||
+  grep -q '^State:[[:space:]]*Z' "/proc/$1/status" 2>/dev/null; }
+wait_gone() { i=0; until gone "$1"; do i=$((i+1)); [ "$i" -ge "$2" ] && return 1;
+  sleep 0.02; done; }
+strays() { for p in $(pgrep -f "^$worker[[:space:]]*\$"); do
+  mp="$mp" awk '$5 == ENVIRON["mp"] {f=1} END {exit !f}' "/proc/$p/mountinfo" 2>/dev/null \
+    && echo "$p"; done; }
+state=not-running
+pid=$(head -n 1 "$pidf" 2>/dev/null)
+case $pid in ''|*[!0-9]*) pid= ;; esac
+if [ -n "$pid" ] && ! gone "$pid"; then
+  title=$(tr '\0' '\n' < "/proc/$pid/cmdline" 2>/dev/null | head -n 1)
+  if [ "$title" != "$want" ]; then
+    echo "pid $pid is not this replica's php-fpm master ($title)" >&2; exit 3
+  fi
+  kill -QUIT "$pid"; state=stopped
+  if ! wait_gone "$pid" "$ticks"; then
+    echo escalated; kill -TERM "$pid" 2>/dev/null
+    wait_gone "$pid" 250 || kill -KILL "$pid" 2>/dev/null
+  fi
+fi
+rm -f -- "$pidf"
+s=$(strays)
+if [ -n "$s" ]; then
+  echo "strays $(echo $s | wc -w)"; kill -QUIT $s 2>/dev/null; i=0
+  while [ -n "$(strays)" ] && [ "$i" -lt "$ticks" ]; do i=$((i+1)); sleep 0.02; done
+  s=$(strays); [ -z "$s" ] || kill -KILL $s 2>/dev/null
+fi
+echo $state"""
+
+
 def fpm_stop(layout: Layout, n: int, timeout: float) -> str:
     """Graceful stop (SIGQUIT) of replica n's master, verified by its title; escalate late.
 
-    Prints `not-running`, `stopped`, or `escalated` then `stopped`. A zombie or a vanished
+    Prints `not-running` or `stopped` last, after `escalated` if SIGQUIT was not enough and
+    `strays N` if workers outlived their master (a master killed with SIGKILL leaves its
+    workers running: they finish their request, then get SIGQUIT). A zombie or a vanished
     pid file counts as stopped (PID 1 may reap late).
     """
-    pidf, conf = q(layout.pid(n)), q(FPM_MASTER_TITLE.format(conf=layout.fpm_conf(n)))
     ticks = max(1, int(timeout / 0.02))
-    gone = (f'{{ [ ! -e {pidf} ] || [ ! -e "/proc/$pid" ] || '
-            f'grep -q "^State:[[:space:]]*Z" "/proc/$pid/status" 2>/dev/null; }}')
-    wait = (f"i=0; until {gone}; do i=$((i+1)); [ $i -ge LIMIT ] && break; "
-            f"sleep 0.02; done")
-    return (
-        f"pid=$(cat -- {pidf} 2>/dev/null | head -n 1); "
-        f"case $pid in ''|*[!0-9]*) echo not-running; exit 0;; esac; "
-        f"if [ ! -e \"/proc/$pid\" ]; then rm -f -- {pidf}; echo not-running; exit 0; fi; "
-        f"title=$(tr '\\0' '\\n' < \"/proc/$pid/cmdline\" 2>/dev/null | head -n 1); "
-        f"if [ \"$title\" != {conf} ]; then "
-        f"echo \"pid $pid is not this replica's php-fpm master ($title)\" >&2; exit 3; fi; "
-        f"kill -QUIT \"$pid\"; {wait.replace('LIMIT', str(ticks))}; "
-        f"if ! {gone}; then echo escalated; kill -TERM \"$pid\" 2>/dev/null; "
-        f"{wait.replace('LIMIT', '250')}; {gone} || kill -KILL \"$pid\" 2>/dev/null; fi; "
-        f"echo stopped"
-    )
+    args = [layout.pid(n), FPM_MASTER_TITLE.format(conf=layout.fpm_conf(n)),
+            mountinfo_escape(layout.current), f"php-fpm: pool {layout.pool}-{n}", ticks]
+    return f"sh -c {q(FPM_STOP_SCRIPT)} fpm-fleet-stop {join(args)}"
 
 
 def probe_tools() -> str:

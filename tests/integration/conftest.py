@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -151,3 +152,47 @@ def assert_no_failures(stats: list[stress.HostStats]) -> None:
     for st in stats:
         assert st.requests > 0, f"{st.host}: no requests"
         assert st.failures == 0, f"{st.host}: {st.failures} failed: {st.reasons}"
+
+
+class Background:
+    """A `fab` command running in the background whose progress lines can be waited for."""
+
+    def __init__(self, *args: str, inventory_path: Path = SANDBOX / "hosts.toml") -> None:
+        env = {**os.environ, "FABRIC_INVENTORY": str(inventory_path)}
+        env.pop("CI", None)
+        self.proc = subprocess.Popen([FAB, *args], cwd=ROOT, env=env, text=True,
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        self.lines: list[str] = []
+        self.stdout = ""
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.lines.append(line)
+
+    def wait_for(self, text: str, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while not any(text in line for line in self.lines):
+            if time.monotonic() > deadline or self.proc.poll() is not None:
+                raise AssertionError(f"never saw {text!r}:\n{''.join(self.lines)}")
+            time.sleep(0.01)
+
+    def finish(self, timeout: float = 300) -> tuple[int, str, str]:
+        out, _ = self.proc.communicate(timeout=timeout)
+        self._reader.join(timeout=5)
+        return self.proc.returncode, out, "".join(self.lines)
+
+
+def netns_pids(netns: str, comm: str) -> list[int]:
+    out = subprocess.run(["ip", "netns", "pids", netns], capture_output=True, text=True,
+                         check=False).stdout
+    pids = []
+    for pid in out.split():
+        try:
+            if Path(f"/proc/{pid}/comm").read_text().strip() == comm:
+                pids.append(int(pid))
+        except OSError:
+            continue
+    return pids

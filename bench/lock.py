@@ -1,0 +1,28 @@
+"""The machine's sandbox lock: one local fleet at a time (tests, benchmarks, developers)."""
+
+from __future__ import annotations
+
+import fcntl
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+LOCK_PATH = Path("/tmp/fpm-fleet-sandbox.lock")
+
+
+@contextmanager
+def exclusive_sandbox(say: Callable[[str], None], path: Path = LOCK_PATH) -> Iterator[None]:
+    """Hold an exclusive flock on `path` for the block; wait (and say so) if it is taken.
+
+    Python opens the file close-on-exec, so daemons started meanwhile never inherit it.
+    """
+    with open(path, "a") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            say(f"waiting for {path}: another sandbox user (tests?) holds it")
+            fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
