@@ -257,7 +257,7 @@ def fpm_stop(layout: Layout, n: int, timeout: float) -> str:
     pid file counts as stopped (PID 1 may reap late).
     """
     ticks = max(1, int(timeout / 0.02))
-    args = [layout.pid(n), FPM_MASTER_TITLE.format(conf=layout.fpm_conf(n)),
+    args: list[PathLike | int] = [layout.pid(n), FPM_MASTER_TITLE.format(conf=layout.fpm_conf(n)),
             mountinfo_escape(layout.current), f"php-fpm: pool {layout.pool}-{n}", ticks]
     return f"sh -c {q(FPM_STOP_SCRIPT)} fpm-fleet-stop {join(args)}"
 
