@@ -170,13 +170,15 @@ def _kind_name(kind: type) -> str:
 
 
 def _absolute_path(value: str) -> bool:
+    """Absolute, normalized, no whitespace (roots end up in Apache URLs and FPM configs)."""
     path = PurePosixPath(value)
-    return (path.is_absolute() and ".." not in path.parts and "\n" not in value
-            and "\0" not in value)
+    return (path.is_absolute() and ".." not in path.parts
+            and not any(c.isspace() or c in "\0\"'\\" for c in value))
 
 
 def _relative_or_absolute(value: str) -> bool:
-    return ".." not in PurePosixPath(value).parts and bool(value) and "\n" not in value
+    return (bool(value) and ".." not in PurePosixPath(value).parts
+            and not any(c.isspace() or c in "\0\"'\\" for c in value))
 
 
 HOST_KEYS_DEFAULTS: dict[str, Any] = {
@@ -254,7 +256,8 @@ def _host_settings(reader: _Reader, base: Mapping[str, Any]) -> dict[str, Any]:
                                             base["trust_new_host_keys"])
     out["keep_releases"] = reader.get("keep_releases", int, base["keep_releases"])
     reader.check("port", lambda v: 0 < v < 65536, "must be a TCP port (1-65535)")
-    reader.check("root", _absolute_path, "must be an absolute path without '..'")
+    reader.check("root", _absolute_path,
+                 "must be an absolute path without '..', whitespace or quotes")
     reader.check("connect_timeout", lambda v: v > 0, "must be > 0")
     reader.check("command_timeout", lambda v: v > 0, "must be > 0")
     reader.check("keep_releases", lambda v: v >= 2, "must be >= 2 (current and previous)")

@@ -8,6 +8,7 @@ from pathlib import PurePosixPath
 import pytest
 
 from tasks import render
+from tasks.errors import ConfigError
 
 
 @pytest.fixture
@@ -169,25 +170,25 @@ def test_fpm_listen_owner_follows_the_hosts_apache_user(inventory_data, build_fl
     assert (values["listen.owner"], values["listen.group"]) == ("apache", "web")
 
 
-def test_fpm_paths_with_spaces_are_quoted(inventory_data, build_fleet):
-    inventory_data["defaults"]["root"] = "/srv/fpm fleet"
+def test_fpm_ini_values_are_quoted(inventory_data, build_fleet):
+    inventory_data["defaults"]["root"] = "/srv/fpm-fleet"
     fleet = build_fleet(inventory_data)
     values = ini(render.fpm_files(fleet.hosts[0], fleet.pools[0])[0].text)
-    assert values["listen"] == '"/srv/fpm fleet/www/run/www-1.sock"'
-    assert values["error_log"] == '"/srv/fpm fleet/www/log/www-1.log"'
-    assert values["php_admin_value[error_log]"] == '"/srv/fpm fleet/www/log/www-1.log"'
+    assert values["listen"] == '"/srv/fpm-fleet/www/run/www-1.sock"'
+    assert values["error_log"] == '"/srv/fpm-fleet/www/log/www-1.log"'
+    assert values["php_admin_value[error_log]"] == '"/srv/fpm-fleet/www/log/www-1.log"'
 
 
-def test_apache_paths_with_spaces_are_quoted(inventory_data, build_fleet):
-    inventory_data["defaults"]["root"] = "/srv/fpm fleet"
-    fleet = build_fleet(inventory_data)
-    text = render.apache_files(fleet, fleet.hosts[0])[-1].text
-    assert 'BalancerMember "unix:/srv/fpm fleet/www/run/www-1.sock|fcgi://www-1"' in text
-    assert 'DocumentRoot "/srv/fpm fleet/www/current.release"' in text
+@pytest.mark.parametrize("root", ["/srv/fpm fleet", '/srv/a"b', "/srv/a'b", "/srv/a\tb"])
+def test_roots_that_cannot_be_written_into_apache_urls_are_refused(inventory_data, build_fleet,
+                                                                   root):
+    inventory_data["defaults"]["root"] = root
+    with pytest.raises(ConfigError, match=r"defaults\.root: .*whitespace or quotes"):
+        build_fleet(inventory_data)
 
 
-def test_fpm_refuses_a_path_that_cannot_be_written_into_an_ini_value(inventory_data, build_fleet):
-    inventory_data["defaults"]["root"] = '/srv/a"b'
-    fleet = build_fleet(inventory_data)
+def test_fpm_ini_filter_refuses_a_value_it_cannot_quote():
     with pytest.raises(ValueError, match="cannot write"):
-        render.fpm_files(fleet.hosts[0], fleet.pools[0])
+        render._ini('/srv/a"b')
+
+

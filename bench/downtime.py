@@ -1,0 +1,85 @@
+"""Zero downtime, measured: the same load on the same fleet during four windows.
+
+1. steady state (nothing happens): the baseline;
+2. `fab restart --plain`: fpm-fleet's rolling, drained, health-gated restart;
+3. `kill -USR2` to every replica master, process_control_timeout = 0 (PHP-FPM's default);
+4. the same reload with process_control_timeout = 10s (set in [global] of every replica
+   config and loaded by an unmeasured `fab restart` first).
+
+Afterwards the configs are restored and `fab setup` + `fab restart` put the fleet back.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from tasks.inventory import Fleet
+
+from . import fleet as sandbox
+from . import fpmconf, reload
+from .fleet import Run
+from .load import Window, run_window
+from .profile import Profile
+
+TIMEOUT_SETTING = "process_control_timeout = 10s"
+SCENARIOS = {
+    "steady": "steady state (nothing happens)",
+    "restart": "fab restart (fpm-fleet, rolling)",
+    "reload0": "kill -USR2, process_control_timeout=0 (default)",
+    "reload10": "kill -USR2, process_control_timeout=10s",
+}
+
+
+@dataclass
+class Downtime:
+    windows: list[Window] = field(default_factory=list)
+    restored: bool = False
+    restart_run: Run | None = None
+
+
+def run(fleet: Fleet, profile: Profile, say: Callable[[str], None]) -> Downtime:
+    result = Downtime()
+    say(f"downtime: {SCENARIOS['steady']}")
+    steady, _ = run_window(SCENARIOS["steady"], fleet, profile, lambda: None)
+    steady.action_detail = "-"
+    result.windows.append(steady)
+    say(f"downtime: {SCENARIOS['restart']}")
+    window, result.restart_run = restart_window(fleet, profile)
+    result.windows.append(window)
+    sandbox.healthy()
+    say(f"downtime: {SCENARIOS['reload0']}")
+    result.windows.append(reload_window(SCENARIOS["reload0"], fleet, profile))
+    sandbox.healthy()
+    say(f"downtime: {SCENARIOS['reload10']}")
+    with fpmconf.global_setting(fleet, TIMEOUT_SETTING):
+        sandbox.fab("restart", "--plain")  # the masters load the changed config
+        sandbox.healthy()
+        result.windows.append(reload_window(SCENARIOS["reload10"], fleet, profile))
+    say("downtime: restoring the replica configs (fab setup, fab restart)")
+    result.restored = restore()
+    return result
+
+
+def restart_window(fleet: Fleet, profile: Profile) -> tuple[Window, Run]:
+    window, run = run_window(SCENARIOS["restart"], fleet, profile,
+                             lambda: sandbox.fab("restart", "--plain", check=False))
+    window.action_ok = run.ok
+    window.action_detail = f"exit {run.code} after {run.seconds:.1f}s"
+    return window, run
+
+
+def reload_window(scenario: str, fleet: Fleet, profile: Profile) -> Window:
+    window, outcome = run_window(scenario, fleet, profile, lambda: reload.reload_all(fleet))
+    window.action_ok = outcome.complete
+    window.action_detail = outcome.detail
+    return window
+
+
+def restore() -> bool:
+    """`fab setup` (configs as rendered), `fab restart` (masters reload them), all healthy."""
+    sandbox.fab("setup")
+    sandbox.healthy()
+    sandbox.fab("restart", "--plain")
+    sandbox.healthy()
+    return True
