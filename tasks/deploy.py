@@ -16,7 +16,7 @@ from .layout import Layout
 from .manifest import Manifest
 from .remote import Executor
 from .replica import Replica
-from .rollout import HostResult, Selection, heal, ordered_replicas, recovering
+from .rollout import HostResult, Selection, heal, ordered_replicas, tracked
 
 
 @dataclass(frozen=True)
@@ -55,16 +55,11 @@ def roll_to(ex: Executor, host: Host, pool: Pool, target: str, obs: Observer, ti
         if current and fpm.ping(ex, host, pool, n):
             obs.event(Event("info", host.name, "restart", r.name, f"already on {target}"))
             continue
-        try:
-            with recovering(ex, r, obs):
-                if running:
-                    replica.restart(ex, r, target, obs, timeout)
-                else:
-                    replica.start(ex, r, target, obs)
-            result.done += 1
-        except RolloutError:
-            result.failed += 1
-            raise
+        with tracked(ex, r, obs, result):
+            if running:
+                replica.restart(ex, r, target, obs, timeout)
+            else:
+                replica.start(ex, r, target, obs)
 
 
 def deploy_pool(ex: Executor, host: Host, pool: Pool, plan: Plan, obs: Observer,

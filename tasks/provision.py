@@ -11,6 +11,7 @@ from . import balancer, shell
 from .errors import FleetError, RemoteError
 from .inventory import Fleet, Host, Pool
 from .layout import ApacheLayout, Layout
+from .manifest import parse_checksums
 from .remote import Executor
 from .render import RenderedFile, apache_files, fpm_files
 
@@ -39,15 +40,6 @@ def create_missing_dirs(paths: list[PurePosixPath]) -> str:
     """Create what is missing and print each directory created (so a rerun prints nothing)."""
     return (f"for d in {shell.join(paths)}; do [ -d \"$d\" ] || "
             f"{{ mkdir -p -- \"$d\" && chmod 0755 -- \"$d\" && printf '%s\\n' \"$d\"; }}; done")
-
-
-def parse_checksums(output: str) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for line in output.splitlines():
-        digest, _, path = line.partition("  ")
-        if path:
-            out[path] = digest
-    return out
 
 
 def changed_files(ex: Executor, files: list[RenderedFile]) -> list[RenderedFile]:

@@ -137,14 +137,19 @@ def ordered_replicas(ex: Executor, host: Host, pool: Pool, numbers: list[int]) -
 
 
 @contextmanager
-def recovering(ex: Executor, r: Replica, obs: Observer) -> Iterator[None]:
-    """On Ctrl-C / SIGTERM mid-step: put a healthy replica back and report its state."""
+def tracked(ex: Executor, r: Replica, obs: Observer, result: HostResult) -> Iterator[None]:
+    """Count the replica in the host's recap; on Ctrl-C / SIGTERM mid-step put it back if it
+    runs and is healthy, and report its state."""
     try:
         yield
     except (KeyboardInterrupt, Cancelled):
         state = replica.recover(ex, r)
         obs.event(Event("warn", r.host.name, "interrupted", r.name, state))
         raise
+    except RolloutError:
+        result.failed += 1
+        raise
+    result.done += 1
 
 
 def heal(ex: Executor, host: Host, pool: Pool, obs: Observer) -> None:
@@ -178,13 +183,8 @@ def restart_host(ex: Executor, host: Host, sel: Selection, obs: Observer, timeou
                                "a release first")
         for n in ordered_replicas(ex, host, pool, sel.replicas(host, pool)):
             r = Replica(host, pool, n)
-            try:
-                with recovering(ex, r, obs):
-                    replica.restart(ex, r, target, obs, timeout)
-                result.done += 1
-            except RolloutError:
-                result.failed += 1
-                raise
+            with tracked(ex, r, obs, result):
+                replica.restart(ex, r, target, obs, timeout)
 
 
 def start_host(ex: Executor, host: Host, sel: Selection, obs: Observer,
@@ -202,13 +202,8 @@ def start_host(ex: Executor, host: Host, sel: Selection, obs: Observer,
                 continue
             if not target:
                 raise RolloutError(f"{host.name}: pool {pool.name} has no current.release")
-            try:
-                with recovering(ex, r, obs):
-                    replica.start(ex, r, target, obs)
-                result.done += 1
-            except RolloutError:
-                result.failed += 1
-                raise
+            with tracked(ex, r, obs, result):
+                replica.start(ex, r, target, obs)
 
 
 def stop_host(ex: Executor, host: Host, sel: Selection, obs: Observer, timeout: float,

@@ -19,7 +19,7 @@ from pathlib import Path, PurePosixPath
 
 import pytest
 
-from tasks import fpm, provision, shell
+from tasks import fpm, manifest, shell
 from tasks.layout import ApacheLayout, Layout
 
 # --- exact strings -----------------------------------------------------------------------------
@@ -174,7 +174,7 @@ def test_checksums_output_is_parsed_by_provision_and_skips_missing_files(sh, tmp
     other.write_text("y\n")
     result = sh(shell.checksums([present, tmp_path / "missing.conf", other]))
     assert result.returncode == 0
-    sums = provision.parse_checksums(result.stdout)
+    sums = manifest.parse_checksums(result.stdout)
     assert sums == {str(present): _sha256("x\n"), str(other): _sha256("y\n")}
 
 
@@ -185,7 +185,7 @@ def _sha256(text: str) -> str:
 def test_provision_compares_rendered_text_with_remote_checksums():
     # the same digest the host prints for an identical file means "unchanged"
     out = f"{_sha256('same')}  /etc/a.conf\n{_sha256('old')}  /etc/b.conf\n"
-    sums = provision.parse_checksums(out)
+    sums = manifest.parse_checksums(out)
     assert sums["/etc/a.conf"] == _sha256("same")
     assert sums["/etc/b.conf"] != _sha256("new")
 
