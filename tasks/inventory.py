@@ -228,6 +228,8 @@ def parse(data: Mapping[str, Any], path: str = "hosts.toml") -> Fleet:
     pools = tuple(_pool(path, name, table) for name, table in pool_tables.items())
     _reject_duplicates(path, "pools", [p.balancer for p in pools], "balancer")
     _reject_duplicates(path, "pools", [p.root.rstrip("/") for p in pools], "root")
+    # a relative log_dir is relative to the inventory file, wherever fab runs from
+    log_dir = str(Path(path).parent / log_dir)
     return Fleet(path=path, hosts=hosts, pools=pools, log_dir=log_dir)
 
 
