@@ -164,3 +164,34 @@ def test_cleanup_keeps_newest_current_previous_and_pinned(box: Sandbox) -> None:
     assert not (releases / "old0").exists() and not (releases / "old1").exists()
     assert len(left) <= 5 + 1, left
     assert all_on(box, "v4") or pinned(box)
+
+
+def with_pool_keys(box: Sandbox, tmp_path: Path, keys: str) -> Path:
+    inv = tmp_path / "hosts.toml"
+    inv.write_text(box.path.read_text().replace("[pools.www]\n", f"[pools.www]\n{keys}\n"))
+    return inv
+
+
+def test_before_activate_runs_inside_the_release_and_a_failure_stops_the_host(
+        box: Sandbox, tmp_path: Path) -> None:
+    good = with_pool_keys(box, tmp_path, 'before_activate = ["test -f ping.php", '
+                                         '"touch warmed-by-hook"]')
+    box.build("v6")
+    with load(box, hosts=["h3"]) as stats:
+        ok(fab("deploy", "--release", "v6", "--host", "h3", inventory_path=good))
+        assert (box.pool_dir(2) / "releases" / "v6" / "warmed-by-hook").exists()
+        bad = with_pool_keys(box, tmp_path, 'before_activate = ["exit 7"]')
+        box.build("v7")
+        proc = fab("deploy", "--release", "v7", "--host", "h3", inventory_path=bad)
+    assert proc.returncode != 0 and "before_activate `exit 7` failed" in proc.stderr
+    assert os.readlink(box.pool_dir(2) / "current.release") == "releases/v6"
+    assert_no_failures(stats)
+
+
+def test_rollback_to_a_release_missing_on_a_host_is_refused(box: Sandbox) -> None:
+    # v6 exists on h3 only (previous test)
+    before = pinned(box)
+    proc = fab("rollback", "--to", "v6")
+    assert proc.returncode != 0
+    assert "rollback refused, nothing changed" in proc.stderr and "h1" in proc.stderr
+    assert pinned(box) == before

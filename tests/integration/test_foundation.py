@@ -64,3 +64,20 @@ def test_up_twice_and_down_twice_are_harmless() -> None:
     mounts = Path("/proc/self/mountinfo").read_text()
     assert str(SANDBOX) not in mounts
     assert not os.path.exists("/etc/sudoers.d/fpm-fleet-sandbox")
+
+
+def test_an_apache_config_that_fails_its_test_is_not_installed(fleet2: Sandbox,
+                                                              tmp_path: Path) -> None:
+    site = fleet2.pool_dir(0).parent / "apache" / "sites" / "fpm-fleet.conf"
+    main = fleet2.pool_dir(0).parent / "apache" / "apache2.conf"
+    before = (site.read_text(), main.read_text())
+    # the public vhost on the balancer-manager's own address and port: two Listen lines clash
+    inv = tmp_path / "hosts.toml"
+    inv.write_text(fleet2.path.read_text().replace('listen = "198.18.0.11:80"',
+                                                   'listen = "127.0.0.1:8081"'))
+    proc = fab("setup", "--host", "h1", inventory_path=inv)
+    assert proc.returncode != 0
+    assert "fails its test and was not installed" in proc.stdout + proc.stderr
+    assert (site.read_text(), main.read_text()) == before
+    assert get(fleet2.addresses()[0], "/ping.php")[0] == 200
+    assert not list(site.parent.glob("*.fpm-fleet-*")), "no staged or backup file is left"
