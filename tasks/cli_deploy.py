@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+from collections.abc import Callable
 from pathlib import Path
 
 from invoke.context import Context
@@ -79,13 +80,16 @@ def _deploy_host(ex: Executor, host: Host, sel: Selection, plans: dict[str, Plan
         deploy.cleanup_pool(ex, host, pool, obs)
 
 
+PoolWork = Callable[[Executor, Host, Observer, HostResult, list[PoolOutcome]], None]
+
+
 def _run_rollout(s: Session, sel: Selection, title: str, parallel: int, plain: bool,
-                 body: object) -> None:
+                 body: PoolWork) -> None:
     outcomes: list[PoolOutcome] = []
     with output.progress(plain) as obs:
         runner = Runner(obs, parallel=max(1, parallel))
         results = runner.run(sel.hosts,
-                             lambda ex, h, r: body(ex, h, obs, r, outcomes))  # type: ignore[operator]
+                             lambda ex, h, r: body(ex, h, obs, r, outcomes))
     _recap(title, sel, results, outcomes)
     rollout.stopped(title, results)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from invoke.context import Context
 from invoke.exceptions import Exit
 from invoke.tasks import task
@@ -10,6 +12,7 @@ from . import output, provision, rollout
 from . import status as status_mod
 from . import stress as stress_mod
 from .cli_common import boundary, command_line
+from .events import Observer
 from .inventory import Host
 from .remote import Executor
 from .rollout import HostResult, Runner, Selection
@@ -134,12 +137,15 @@ def _exit_on_failure(results: list[HostResult]) -> None:
         raise Exit(code=4)
 
 
-def _recap(title: str, results: list[HostResult], unreached: list[str]) -> None:
+def _recap(title: str, results: list[HostResult]) -> None:
     rows = [[r.host, output.ok_text(r.ok), r.done, r.failed, f"{r.seconds:.1f}s",
-             r.error or "; ".join(r.notes)] for r in results]
-    rows += [[h, "not reached", 0, 0, "-", "untouched"] for h in unreached]
+             r.error or "; ".join(r.notes)] if r.reached or not r.ok else
+            [r.host, "not reached", 0, 0, "-", "untouched"] for r in results]
     output.show(output.table(title, ["host", "result", "replicas done", "failed", "duration",
                                      "detail"], rows))
+
+
+HostWork = Callable[[Executor, Host, Selection, Observer, HostResult], None]
 
 
 LIFECYCLE_HELP = {**SELECT_HELP, "timeout": "seconds to wait for idle / graceful exit",
@@ -147,14 +153,12 @@ LIFECYCLE_HELP = {**SELECT_HELP, "timeout": "seconds to wait for idle / graceful
 
 
 def _lifecycle(c: Context, title: str, host: str | None, pool: str | None,
-               replica: str | None, plain: bool, body: object) -> None:
+               replica: str | None, plain: bool, body: HostWork) -> None:
     with boundary(c, command_line()) as s:
         sel = rollout.select(s.fleet, host, pool, replica)
         with output.progress(plain) as obs:
-            runner = Runner(obs)
-            results = runner.run(sel.hosts, lambda ex, h, r: body(ex, h, sel, obs, r))  # type: ignore[operator]
-        done = {r.host for r in results}
-        _recap(title, results, [h.name for h in sel.hosts if h.name not in done])
+            results = Runner(obs).run(sel.hosts, lambda ex, h, r: body(ex, h, sel, obs, r))
+        _recap(title, results)
         rollout.stopped(title, results)
 
 
