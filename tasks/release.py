@@ -56,19 +56,20 @@ def _same(a: Entry, b: Entry | None) -> bool:
 
 
 def plan_delta(new: Manifest, base: dict[str, Entry] | None) -> tuple[list[Entry], list[str]]:
-    """What to send and what to remove from a hard-linked copy of the base release.
+    """What to send, and what a hard-linked copy of the base release may keep.
 
-    Directories are always sent (they are never shared by hard links); files and symlinks
-    only when new or changed (content, mode or target).
+    Kept: files and symlinks unchanged (content, mode, target) and directories that were
+    directories. Everything else in the copy is pruned (including files the base gained after
+    its upload, e.g. from a before_activate hook). Directories are always sent, for their
+    modes; files and symlinks only when new or changed.
     """
     if base is None:
         return list(new.entries.values()), []
-    remove = sorted(p for p, e in base.items()
-                    if (e.kind != "d" and not _same(e, new.entries.get(p)))
-                    or (e.kind == "d" and new.entries.get(p, e).kind != "d")
-                    or p not in new.entries)
+    keep = sorted(p for p, e in new.entries.items()
+                  if (e.kind == "d" and getattr(base.get(p), "kind", "") == "d")
+                  or (e.kind != "d" and _same(e, base.get(p))))
     send = [e for e in new.entries.values() if e.kind == "d" or not _same(e, base.get(e.path))]
-    return send, remove
+    return send, keep
 
 
 def without_shared(entries: dict[str, Entry], shared: tuple[str, ...]) -> dict[str, Entry]:
@@ -110,17 +111,12 @@ def upload(ex: Executor, host: Host, pool: Pool, source: Path, manifest: Manifes
     base_entries = stored_manifest(ex, layout, base) if base and base != name else None
     if base_entries is not None:
         base_entries = without_shared(base_entries, pool.shared)
-    send, remove = plan_delta(manifest, base_entries)
-    if base_entries is not None:
-        remove = sorted({*remove, *(f"./{item}" for item in pool.shared)})
     try:
-        ex.run(rs.prepare_staging(layout, name, base if base_entries is not None else None),
-               f"stage {name}")
-        if remove:
-            ex.stream(rs.remove_listed(layout, name), "remove changed files from staging",
-                      io.BytesIO(b"".join(p.encode() + b"\0" for p in remove)))
-        sent = _send_tar(ex, layout, name, source, send)
-        _verify(ex, host, layout, name, manifest)
+        try:
+            send, sent = _stage(ex, host, layout, name, source, manifest, base, base_entries)
+        except DeltaMismatch:
+            # the base release was changed after its upload: send everything instead
+            send, sent = _stage(ex, host, layout, name, source, manifest, None, None)
         ex.stream(rs.write_stdin_manifest(layout, name), f"store manifest of {name}",
                   io.BytesIO(serialize(manifest).encode()))
         ex.run(rs.commit_release(layout, name, replace=existing is not None), f"commit {name}")
@@ -131,6 +127,25 @@ def upload(ex: Executor, host: Host, pool: Pool, source: Path, manifest: Manifes
     files = [e for e in send if e.kind == "f"]
     return Upload(name, len(manifest.files), len(files), len(manifest.files) - len(files), sent,
                   time.monotonic() - started)
+
+
+class DeltaMismatch(RolloutError):
+    """A delta upload did not verify."""
+
+
+def _stage(ex: Executor, host: Host, layout: Layout, name: str, source: Path,
+           manifest: Manifest, base: str | None, base_entries: dict[str, Entry] | None
+           ) -> tuple[list[Entry], int]:
+    """Fill incoming/NAME.partial (hard links from the base + a tar of the rest), verify it."""
+    send, keep = plan_delta(manifest, base_entries)
+    ex.run(rs.prepare_staging(layout, name, base if base_entries is not None else None),
+           f"stage {name}")
+    if base_entries is not None:
+        ex.stream(rs.prune_staging(layout, name), "prune the hard-linked copy",
+                  io.BytesIO(b"".join(p.encode() + b"\0" for p in keep)))
+    sent = _send_tar(ex, layout, name, source, send)
+    _verify(ex, host, layout, name, manifest, delta=base_entries is not None)
+    return send, sent
 
 
 def _first_line(text: str) -> str:
@@ -173,7 +188,8 @@ def _owner(info: tarfile.TarInfo) -> tarfile.TarInfo:
     return info
 
 
-def _verify(ex: Executor, host: Host, layout: Layout, name: str, manifest: Manifest) -> None:
+def _verify(ex: Executor, host: Host, layout: Layout, name: str, manifest: Manifest,
+            delta: bool = False) -> None:
     out = ex.run(rs.verify(layout, name), f"verify {name}").stdout
     first, _, sums = out.partition("\n")
     counts = tuple(int(x) for x in first.split())
@@ -183,8 +199,9 @@ def _verify(ex: Executor, host: Host, layout: Layout, name: str, manifest: Manif
     if parse_checksums(sums) != parse_checksums(manifest.checksum_text()):
         problems.append("checksums differ")
     if problems:
-        raise RolloutError(f"{host.name}: upload of {name} did not verify: "
-                           + "; ".join(problems) + " (not installed)")
+        error = DeltaMismatch if delta else RolloutError
+        raise error(f"{host.name}: upload of {name} did not verify: "
+                    + "; ".join(problems) + " (not installed)")
 
 
 # --- activation, history, bad marks ------------------------------------------------------------

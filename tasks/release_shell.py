@@ -34,14 +34,21 @@ def prepare_staging(layout: Layout, name: str, base: str | None) -> str:
     return cmd
 
 
-def remove_listed(layout: Layout, name: str) -> str:
-    """Remove the NUL-separated relative paths read from stdin inside the staging dir."""
-    return f"cd -- {q(staging(layout, name))} && xargs -0 -r rm -rf --"
+def prune_staging(layout: Layout, name: str) -> str:
+    """Delete everything in the staging dir except the NUL-separated paths read from stdin."""
+    return (f"keep=$(mktemp) && LC_ALL=C sort -z -o \"$keep\" && cd -- {q(staging(layout, name))} "
+            f"&& find . -mindepth 1 -print0 | LC_ALL=C sort -z | "
+            f"LC_ALL=C comm -z -23 - \"$keep\" | xargs -0 -r rm -rf --; "
+            f"rc=$?; rm -f -- \"$keep\"; exit $rc")
 
 
 def extract(layout: Layout, name: str) -> str:
-    """Unpack a gzip tar from stdin; --unlink-first never writes through a hard link."""
-    return (f"tar -xzf - -C {q(staging(layout, name))} --unlink-first --no-same-owner "
+    """Unpack a gzip tar from stdin into staging.
+
+    Changed files were pruned from the hard-linked copy first, and GNU tar replaces an
+    existing file by unlinking it (never writing through a hard link into the base).
+    """
+    return (f"tar -xzf - -C {q(staging(layout, name))} --no-same-owner "
             f"--delay-directory-restore")
 
 

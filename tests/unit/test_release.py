@@ -93,76 +93,79 @@ def paths(entries: list[Entry]) -> list[str]:
     return [e.path for e in entries]
 
 
-def test_first_upload_sends_everything_and_removes_nothing():
-    send, remove = release.plan_delta(BASE, None)
+ALL = sorted(BASE.entries)
+
+
+def test_first_upload_sends_everything_and_keeps_nothing():
+    send, keep = release.plan_delta(BASE, None)
     assert paths(send) == list(BASE.entries)
-    assert remove == []
+    assert keep == []
 
 
-def test_identical_release_sends_only_directories():
-    send, remove = release.plan_delta(BASE, stored(BASE))
+def test_identical_release_sends_only_directories_and_keeps_everything():
+    send, keep = release.plan_delta(BASE, stored(BASE))
     assert paths(send) == ["./lib"]
-    assert remove == []
+    assert keep == ALL
 
 
-def test_one_changed_file_is_sent_and_removed_from_the_hard_linked_copy():
+def test_one_changed_file_is_sent_and_not_kept_from_the_hard_linked_copy():
     new = M(*[F("./lib/a.php", "a2") if p == "./lib/a.php" else e
               for p, e in BASE.entries.items()])
-    send, remove = release.plan_delta(new, stored(BASE))
+    send, keep = release.plan_delta(new, stored(BASE))
     assert paths(send) == ["./lib", "./lib/a.php"]
-    assert remove == ["./lib/a.php"]
+    assert keep == [p for p in ALL if p != "./lib/a.php"]
 
 
-def test_a_deleted_file_is_removed_and_nothing_is_sent_for_it():
+def test_a_deleted_file_is_not_kept_and_nothing_is_sent_for_it():
     new = M(*[e for p, e in BASE.entries.items() if p != "./lib/b.php"])
-    send, remove = release.plan_delta(new, stored(BASE))
+    send, keep = release.plan_delta(new, stored(BASE))
     assert paths(send) == ["./lib"]
-    assert remove == ["./lib/b.php"]
+    assert "./lib/b.php" not in keep and "./lib/a.php" in keep
 
 
 def test_a_mode_change_counts_as_a_change():
     new = M(*[F("./index.php", "i1", 0o755) if p == "./index.php" else e
               for p, e in BASE.entries.items()])
-    send, remove = release.plan_delta(new, stored(BASE))
+    send, keep = release.plan_delta(new, stored(BASE))
     assert "./index.php" in paths(send)
-    assert remove == ["./index.php"]
+    assert "./index.php" not in keep
 
 
-def test_a_symlink_target_change_is_sent_and_removed():
+def test_a_symlink_target_change_is_sent_and_not_kept():
     new = M(*[L("./latest", "lib/b.php") if p == "./latest" else e
               for p, e in BASE.entries.items()])
-    send, remove = release.plan_delta(new, stored(BASE))
+    send, keep = release.plan_delta(new, stored(BASE))
     assert paths(send) == ["./lib", "./latest"]
-    assert remove == ["./latest"]
+    assert "./latest" not in keep
 
 
-def test_a_new_file_is_sent_and_nothing_removed():
+def test_a_new_file_is_sent_and_the_rest_kept():
     new = M(*BASE.entries.values(), F("./lib/c.php", "c1"))
-    send, remove = release.plan_delta(new, stored(BASE))
+    send, keep = release.plan_delta(new, stored(BASE))
     assert paths(send) == ["./lib", "./lib/c.php"]
-    assert remove == []
+    assert keep == ALL
 
 
-def test_a_removed_directory_is_removed_with_its_files():
+def test_a_removed_directory_is_not_kept():
     new = M(F("./index.php", "i1"))
-    send, remove = release.plan_delta(new, stored(BASE))
+    send, keep = release.plan_delta(new, stored(BASE))
     assert send == []
-    assert remove == ["./latest", "./lib", "./lib/a.php", "./lib/b.php"]
+    assert keep == ["./index.php"]
 
 
 @pytest.mark.parametrize("replacement", [F("./lib", "now-a-file"), L("./lib", "elsewhere")])
-def test_a_directory_replaced_by_another_kind_is_removed_first(replacement):
+def test_a_directory_replaced_by_another_kind_is_sent_not_kept(replacement):
     new = M(F("./index.php", "i1"), replacement)
-    send, remove = release.plan_delta(new, stored(BASE))
-    assert "./lib" in remove
+    send, keep = release.plan_delta(new, stored(BASE))
+    assert "./lib" not in keep
     assert "./lib" in paths(send)
 
 
-def test_a_file_replaced_by_a_directory_is_removed_first():
+def test_a_file_replaced_by_a_directory_is_sent_not_kept():
     new = M(D("./lib"), D("./index.php"), F("./lib/a.php", "a1"), F("./lib/b.php", "b1"),
             L("./latest", "lib/a.php"))
-    send, remove = release.plan_delta(new, stored(BASE))
-    assert remove == ["./index.php"]
+    send, keep = release.plan_delta(new, stored(BASE))
+    assert "./index.php" not in keep
     assert paths(send) == ["./lib", "./index.php"]
 
 
@@ -254,6 +257,25 @@ def test_delta_upload_sends_only_changes_and_never_touches_the_base(target, buil
     assert (v1 / "health.php").stat().st_mode & 0o777 == 0o644
     assert (v2 / "health.php").stat().st_mode & 0o777 == 0o600
     assert (v2 / "index.php").stat().st_ino == (v1 / "index.php").stat().st_ino
+
+
+def test_files_a_hook_added_to_the_base_are_not_carried_into_the_next_release(target, build):
+    ex, host, pool, layout = target
+    release.upload(ex, host, pool, build, manifest.scan(build), "v1", base=None)
+    (Path(layout.release("v1")) / "cache-written-by-a-hook").write_text("x")
+    up = release.upload(ex, host, pool, build, manifest.scan(build), "v2", base="v1")
+    assert up.sent_files == 0
+    assert tree(Path(layout.release("v2"))) == tree(build)
+
+
+def test_a_base_changed_in_place_falls_back_to_a_full_upload(target, build):
+    ex, host, pool, layout = target
+    release.upload(ex, host, pool, build, manifest.scan(build), "v1", base=None)
+    (Path(layout.release("v1")) / "index.php").write_text("edited on the host\n")
+    m = manifest.scan(build)
+    up = release.upload(ex, host, pool, build, m, "v2", base="v1")
+    assert up.sent_files == len(m.files) and up.linked_files == 0
+    assert tree(Path(layout.release("v2"))) == tree(build)
 
 
 def test_upload_of_an_identical_existing_release_is_reused(target, build):

@@ -196,17 +196,21 @@ def test_prepare_staging_with_base_hard_links_the_whole_tree(sh, layout):
     assert os.readlink(stage / "link.php") == "lib/x.php"
 
 
-def test_remove_listed_removes_nul_separated_paths_inside_staging_only(sh, layout, tmp_path):
+def test_prune_staging_keeps_only_the_listed_paths_inside_staging(sh, layout, tmp_path):
     stage = Path(rs.staging(layout, "v2"))
-    (stage / "dir").mkdir(parents=True)
+    (stage / "dir" / "sub").mkdir(parents=True)
     (stage / "a b.php").write_text("x")
     (stage / "keep.php").write_text("x")
     (stage / "dir" / "f").write_text("x")
+    (stage / "dir" / "sub" / "g").write_text("x")
+    (stage / "extra-from-a-hook").write_text("x")
     outside = tmp_path / "outside.php"
     outside.write_text("x")
-    listed = b"./a b.php\0./dir\0./missing\0"
-    assert sh(rs.remove_listed(layout, "v2"), stdin=listed).returncode == 0
-    assert sorted(p.name for p in stage.iterdir()) == ["keep.php"]
+    kept = b"./keep.php\0./dir\0./dir/f\0./missing\0"
+    result = sh(rs.prune_staging(layout, "v2"), stdin=kept)
+    assert result.returncode == 0, result.stderr
+    assert sorted(str(p.relative_to(stage)) for p in stage.rglob("*")) == \
+        ["dir", "dir/f", "keep.php"]
     assert outside.exists()
 
 
@@ -413,7 +417,7 @@ def test_release_builders_never_execute_metacharacters_in_paths_names_or_notes(
     for cmd in commands:
         sh(cmd)
         assert pwned() == [], cmd
-    for cmd in (rs.remove_listed(lay, name), rs.write_stdin_manifest(lay, name),
+    for cmd in (rs.prune_staging(lay, name), rs.write_stdin_manifest(lay, name),
                 rs.extract(lay, name)):
         sh(cmd, stdin=b"")
         assert pwned() == [], cmd
