@@ -66,18 +66,9 @@ def deploy_(c: Context, release: str = "", source: str | None = None, host: str 
             _print_dry_run(sel, plans)
             return
         _run_rollout(s, sel, "deploy", parallel, plain,
-                     lambda ex, h, obs, res, outs: _deploy_host(ex, h, sel, plans, obs, res,
-                                                                outs))
+                     lambda ex, h, obs, res, outs: deploy.deploy_host(ex, h, sel, plans, obs,
+                                                                      res, outs))
 
-
-
-def _deploy_host(ex: Executor, host: Host, sel: Selection, plans: dict[str, Plan],
-                 obs: Observer, result: HostResult, outcomes: list[PoolOutcome]) -> None:
-    for pool in sel.pools:
-        outcome = PoolOutcome(host.name, pool.name)
-        outcomes.append(outcome)
-        deploy.deploy_pool(ex, host, pool, plans[pool.name], obs, result, outcome)
-        deploy.cleanup_pool(ex, host, pool, obs)
 
 
 PoolWork = Callable[[Executor, Host, Observer, HostResult, list[PoolOutcome]], None]

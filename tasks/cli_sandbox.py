@@ -89,7 +89,8 @@ def provision_and_deploy(fleet: inventory.Fleet, base: Path, release: str) -> No
     sel = rollout.select(fleet)
     outcomes: list[PoolOutcome] = []
     _check(Runner(obs, parallel=4).run(
-        fleet.hosts, lambda ex, h, r: deploy_host(ex, h, sel, plan, obs, r, outcomes)))
+        fleet.hosts, lambda ex, h, r: deploy_host(ex, h, sel, {pool.name: plan}, obs, r,
+                                                  outcomes)))
 
 
 def _check(results: list[HostResult]) -> None:

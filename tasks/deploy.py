@@ -213,10 +213,11 @@ def dry_run_commands(host: Host, pool: Pool, plan: Plan, base: str | None) -> li
     return cmds
 
 
-def deploy_host(ex: Executor, host: Host, sel: Selection, plan: Plan, obs: Observer,
-                result: HostResult, outcomes: list[PoolOutcome]) -> None:
+def deploy_host(ex: Executor, host: Host, sel: Selection, plans: dict[str, Plan],
+                obs: Observer, result: HostResult, outcomes: list[PoolOutcome]) -> None:
+    """Deploy every selected pool on one host (each with its own plan), then clean up."""
     for pool in sel.pools:
         outcome = PoolOutcome(host.name, pool.name)
         outcomes.append(outcome)
-        deploy_pool(ex, host, pool, plan, obs, result, outcome)
+        deploy_pool(ex, host, pool, plans[pool.name], obs, result, outcome)
         cleanup_pool(ex, host, pool, obs)
