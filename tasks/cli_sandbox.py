@@ -59,14 +59,14 @@ def bring_up(base: Path, count: int, release: str) -> inventory.Fleet:
         raise FleetError("sandbox: --hosts must be 1..50")
     base.mkdir(parents=True, exist_ok=True)
     base.chmod(0o755)
-    hosts = [sandbox.SandboxHost(i, base) for i in range(1, count + 1)]
+    hosts = [sandbox.SandboxHost(i) for i in range(1, count + 1)]
     sandbox.ensure_client_key(base)
     sandbox.ensure_bridge()
     for h in hosts:
         sandbox.ensure_netns(h)
-        sandbox.ensure_sshd(h, base)
+        sandbox.ensure_sshd(h)
     (base / "known_hosts").write_text("".join(sandbox.known_hosts_line(h) for h in hosts))
-    sandbox.ensure_sudo_user(base)
+    sandbox.ensure_sudo_user()
     path = base / "hosts.toml"
     path.write_text(sandbox.inventory(hosts, base))
     fleet = inventory.load(path)

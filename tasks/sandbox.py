@@ -27,12 +27,16 @@ GATEWAY = f"{SUBNET}.1"
 SUDO_USER = "fpmfleet"
 SUDOERS = Path("/etc/sudoers.d/fpm-fleet-sandbox")
 SSHD = "/usr/sbin/sshd"
+# What the hosts themselves use (sshd configs and keys, authorized_keys, the fpm-fleet roots)
+# lives here rather than in the project: PHP workers and Apache run as www-data and the sudo
+# test user logs in, and none of them may traverse the directory the project was cloned to.
+HOSTS_DIR = Path("/var/tmp/fpm-fleet-sandbox")
 
 
 @dataclass(frozen=True)
 class SandboxHost:
     index: int
-    base: Path
+    base: Path = HOSTS_DIR
 
     @property
     def name(self) -> str:
@@ -113,22 +117,24 @@ def ensure_netns(host: SandboxHost) -> None:
 # --- ssh ---------------------------------------------------------------------------------------
 
 def ensure_client_key(base: Path) -> Path:
+    """The operator's key stays in the project's sandbox dir; its public half goes to hosts."""
     key = base / "id_ed25519"
     if not key.exists():
         sh("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "fpm-fleet-sandbox",
            "-f", str(key))
-    shutil.copyfile(f"{key}.pub", base / "authorized_keys")
-    os.chmod(base / "authorized_keys", 0o644)
+    HOSTS_DIR.mkdir(mode=0o755, exist_ok=True)
+    shutil.copyfile(f"{key}.pub", HOSTS_DIR / "authorized_keys")
+    os.chmod(HOSTS_DIR / "authorized_keys", 0o644)
     return key
 
 
-def sshd_config(host: SandboxHost, base: Path) -> str:
+def sshd_config(host: SandboxHost) -> str:
     return "\n".join([
         f"ListenAddress {host.address}",
         "Port 22",
         f"HostKey {host.ssh_dir / 'ssh_host_ed25519_key'}",
         f"PidFile {host.ssh_dir / 'sshd.pid'}",
-        f"AuthorizedKeysFile {base / 'authorized_keys'}",
+        f"AuthorizedKeysFile {HOSTS_DIR / 'authorized_keys'}",
         "PermitRootLogin prohibit-password",
         "PasswordAuthentication no",
         "KbdInteractiveAuthentication no",
@@ -141,19 +147,19 @@ def sshd_config(host: SandboxHost, base: Path) -> str:
         "Subsystem sftp internal-sftp",
         # The machine's own ~/.bashrc (shared by every sandbox host) may be slow to source;
         # a sandbox login gets a home of its own.
-        f"SetEnv HOME={base / 'home'}",
+        f"SetEnv HOME={HOSTS_DIR / 'home'}",
         "",
     ])
 
 
-def ensure_sshd(host: SandboxHost, base: Path) -> None:
+def ensure_sshd(host: SandboxHost) -> None:
     host.ssh_dir.mkdir(parents=True, exist_ok=True)
-    (base / "home").mkdir(exist_ok=True)
+    (HOSTS_DIR / "home").mkdir(exist_ok=True)
     key = host.ssh_dir / "ssh_host_ed25519_key"
     if not key.exists():
         sh("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", host.name, "-f", str(key))
     config = host.ssh_dir / "sshd_config"
-    config.write_text(sshd_config(host, base))
+    config.write_text(sshd_config(host))
     Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
     if _alive_pid(host.ssh_dir / "sshd.pid") is None:
         sh(SSHD, "-f", str(config), netns=host.netns)
@@ -184,12 +190,12 @@ def known_hosts_line(host: SandboxHost) -> str:
     return f"{host.address} {pub[0]} {pub[1]}\n"
 
 
-def ensure_sudo_user(base: Path) -> None:
+def ensure_sudo_user() -> None:
     """An unprivileged login with passwordless sudo, to prove non-root deploys."""
     try:
         pwd.getpwnam(SUDO_USER)
     except KeyError:
-        sh("useradd", "--system", "--no-create-home", "--home-dir", str(base), "-p", "*",
+        sh("useradd", "--system", "--no-create-home", "--home-dir", str(HOSTS_DIR), "-p", "*",
            "--shell", "/bin/sh", SUDO_USER)
     SUDOERS.write_text(f"{SUDO_USER} ALL=(root) NOPASSWD: ALL\n")
     os.chmod(SUDOERS, 0o440)
@@ -273,9 +279,10 @@ def down(base: Path) -> list[str]:
         done.append(f"removed user {SUDO_USER}")
     except KeyError:
         pass
-    if base.exists():
-        shutil.rmtree(base)
-        done.append(f"removed {base}")
+    for path in (base, HOSTS_DIR):
+        if path.exists():
+            shutil.rmtree(path)
+            done.append(f"removed {path}")
     return done
 
 
@@ -290,15 +297,14 @@ def leftovers(base: Path) -> list[str]:
     """What of the sandbox still exists (for tests and for `down` to report)."""
     found = [f"netns {n}" for n in namespaces()]
     found += [f"link {n}" for n in _our_links()]
-    if base.exists():
-        found.append(f"directory {base}")
-    needle = str(base)
+    found += [f"directory {p}" for p in (base, HOSTS_DIR) if p.exists()]
+    needles = (str(base), str(HOSTS_DIR))
     for pid in _all_pids():
         try:
             cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
         except OSError:
             continue
-        if needle in cmd and _alive(pid):
+        if any(n in cmd for n in needles) and _alive(pid):
             found.append(f"process {pid} {cmd.strip()[:80]}")
     return found
 

@@ -7,6 +7,8 @@ import os
 import subprocess
 from pathlib import Path
 
+from tasks.sandbox import HOSTS_DIR
+
 from .conftest import SANDBOX, Sandbox, bring_up, fab, get, ok, tear_down
 
 
@@ -60,7 +62,7 @@ def test_up_twice_and_down_twice_are_harmless() -> None:
     ok(fab("sandbox.down", inventory_path=None))
     netns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     assert "fpmf-" not in netns
-    assert not SANDBOX.exists()
+    assert not SANDBOX.exists() and not HOSTS_DIR.exists()
     mounts = Path("/proc/self/mountinfo").read_text()
     assert str(SANDBOX) not in mounts
     assert not os.path.exists("/etc/sudoers.d/fpm-fleet-sandbox")
