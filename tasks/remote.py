@@ -168,6 +168,8 @@ def _drain(chan: paramiko.Channel, deadline: float) -> tuple[str, str, int]:
                 and not chan.recv_stderr_ready()):
             return out.decode(errors="replace"), err.decode(errors="replace"), \
                 chan.recv_exit_status()
+        if chan.closed and not chan.exit_status_ready():
+            raise EOFError("the connection closed before the command finished")
         if time.monotonic() > deadline:
             return out.decode(errors="replace"), "timed out", 124
         if not busy:

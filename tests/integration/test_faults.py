@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -48,13 +49,26 @@ def test_sshd_killed_mid_rollout_stops_it_and_the_host_keeps_serving(box: Sandbo
     assert healthy(box)
 
 
+def slow_fcgi_request(pool_dir: Path, n: int, ms: int) -> subprocess.Popen[str]:
+    """A slow request straight to one replica's socket, so its drain lasts a while."""
+    env = {"REQUEST_METHOD": "GET", "SCRIPT_NAME": "/sleep.php", "QUERY_STRING": f"ms={ms}",
+           "SCRIPT_FILENAME": str(pool_dir / "current" / "sleep.php"), "PATH": "/usr/bin:/bin"}
+    return subprocess.Popen(["cgi-fcgi", "-bind", "-connect", str(pool_dir / "run" /
+                                                                 f"www-{n}.sock")],
+                            env=env, stdout=subprocess.PIPE, text=True)
+
+
 def test_master_killed_while_it_drains(box: Sandbox) -> None:
-    pidfile = box.pool_dir(1) / "run" / "www-1.pid"
+    pool_dir = box.pool_dir(1)
     with load(box, hosts=["h2"]) as stats:
-        run = Background("restart", "--host", "h2", "--plain")
+        in_flight = slow_fcgi_request(pool_dir, 1, 4000)
+        time.sleep(0.5)
+        run = Background("restart", "--host", "h2", "--replica", "1", "--plain")
         run.wait_for("[h2] www-1 drain ok")
-        os.kill(int(pidfile.read_text()), signal.SIGKILL)
+        os.kill(int((pool_dir / "run" / "www-1.pid").read_text()), signal.SIGKILL)
+        answer, _ = in_flight.communicate(timeout=30)
         code, _, err = run.finish()
+    assert "slept 4000ms" in answer, "the request in flight outlived its master"
     assert code == 0, err
     assert "workers of a dead master stopped" in err
     assert_no_failures(stats)

@@ -53,21 +53,6 @@ def test_balancer_manager_is_not_reachable_from_outside_the_host(fleet2: Sandbox
     assert status == 404
 
 
-def test_up_twice_and_down_twice_are_harmless() -> None:
-    box = bring_up(2)
-    again = ok(fab("sandbox.up", "--hosts", "2", inventory_path=None))
-    assert "2 hosts" in again.stderr
-    assert get(box.addresses()[1], "/ping.php")[0] == 200
-    assert tear_down() == []
-    ok(fab("sandbox.down", inventory_path=None))
-    netns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
-    assert "fpmf-" not in netns
-    assert not SANDBOX.exists() and not HOSTS_DIR.exists()
-    mounts = Path("/proc/self/mountinfo").read_text()
-    assert str(SANDBOX) not in mounts
-    assert not os.path.exists("/etc/sudoers.d/fpm-fleet-sandbox")
-
-
 def test_an_apache_config_that_fails_its_test_is_not_installed(fleet2: Sandbox,
                                                               tmp_path: Path) -> None:
     site = fleet2.pool_dir(0).parent / "apache" / "sites" / "fpm-fleet.conf"
@@ -83,3 +68,19 @@ def test_an_apache_config_that_fails_its_test_is_not_installed(fleet2: Sandbox,
     assert (site.read_text(), main.read_text()) == before
     assert get(fleet2.addresses()[0], "/ping.php")[0] == 200
     assert not list(site.parent.glob("*.fpm-fleet-*")), "no staged or backup file is left"
+
+
+def test_up_twice_and_down_twice_are_harmless() -> None:
+    """Last in this module: it replaces the module's fleet by its own and removes it."""
+    box = bring_up(2)
+    again = ok(fab("sandbox.up", "--hosts", "2", inventory_path=None))
+    assert "2 hosts" in again.stderr
+    assert get(box.addresses()[1], "/ping.php")[0] == 200
+    assert tear_down() == []
+    ok(fab("sandbox.down", inventory_path=None))
+    netns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    assert "fpmf-" not in netns
+    assert not SANDBOX.exists() and not HOSTS_DIR.exists()
+    mounts = Path("/proc/self/mountinfo").read_text()
+    assert str(SANDBOX) not in mounts
+    assert not os.path.exists("/etc/sudoers.d/fpm-fleet-sandbox")

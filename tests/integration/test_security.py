@@ -7,7 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import SANDBOX, Sandbox, fab, get, ok
+from tasks.sandbox import HOSTS_DIR
+
+from .conftest import ROOT, SANDBOX, Sandbox, fab, get, ok
 
 
 @pytest.fixture(scope="module")
@@ -52,13 +54,13 @@ def test_trusting_new_host_keys_is_an_explicit_opt_in(box: Sandbox, tmp_path: Pa
 
 def test_source_paths_with_spaces_and_shell_characters_deploy_safely(box: Sandbox,
                                                                      tmp_path: Path) -> None:
-    marker = tmp_path / "pwned"
-    source = tmp_path / f"my app; touch {marker} $(touch {marker})"
+    source = tmp_path / "my app; touch pwned $(touch pwned) `touch pwned`"
     box.build("v7", files=2)
     subprocess.run(["cp", "-a", str(box.fleet.pools[0].source), str(source)], check=True)
     (source / "odd name ;$(x).txt").write_text("static\n")
     ok(fab("deploy", "--release", "v7", "--source", str(source)))
-    assert not marker.exists()
+    for where in (ROOT, tmp_path, HOSTS_DIR / "home", Path("/")):
+        assert not (where / "pwned").exists()
     for address in box.addresses():
         assert get(address, "/ping.php")[1].startswith("pong v7")
         assert get(address, "/odd%20name%20;$(x).txt")[1] == "static\n"
