@@ -16,11 +16,10 @@ from dataclasses import dataclass, field
 
 from tasks.inventory import Fleet
 
-from . import fleet as sandbox
-from . import fpmconf, reload
-from .fleet import Run
+from . import fpmconf, reload, sandbox
 from .load import Window, run_window
 from .profile import Profile
+from .sandbox import Run
 
 TIMEOUT_SETTING = "process_control_timeout = 10s"
 SCENARIOS = {
@@ -35,30 +34,45 @@ SCENARIOS = {
 class Downtime:
     windows: list[Window] = field(default_factory=list)
     restored: bool = False
-    restart_run: Run | None = None
+    restart_runs: list[Run] = field(default_factory=list)
 
 
-def run(fleet: Fleet, profile: Profile, say: Callable[[str], None]) -> Downtime:
-    result = Downtime()
-    say(f"downtime: {SCENARIOS['steady']}")
+def run(fleet: Fleet, profile: Profile, say: Callable[[str], None], result: Downtime) -> None:
+    """Every scenario, `profile.rounds` times; `result` fills in window by window (so a
+    failure half-way keeps what was measured)."""
+    for n in range(1, profile.rounds + 1):
+        one_round(fleet, profile, say, result, n)
+
+
+def one_round(fleet: Fleet, profile: Profile, tell: Callable[[str], None], result: Downtime,
+              n: int) -> None:
+    def say(message: str) -> None:
+        tell(f"downtime {n}/{profile.rounds}: {message}")
+
+    say(SCENARIOS["steady"])
     steady, _ = run_window(SCENARIOS["steady"], fleet, profile, lambda: None)
     steady.action_detail = "-"
-    result.windows.append(steady)
-    say(f"downtime: {SCENARIOS['restart']}")
-    window, result.restart_run = restart_window(fleet, profile)
-    result.windows.append(window)
+    _add(result, steady, n)
+    say(SCENARIOS["restart"])
+    window, restart = restart_window(fleet, profile)
+    result.restart_runs.append(restart)
+    _add(result, window, n)
     sandbox.healthy()
-    say(f"downtime: {SCENARIOS['reload0']}")
-    result.windows.append(reload_window(SCENARIOS["reload0"], fleet, profile))
+    say(SCENARIOS["reload0"])
+    _add(result, reload_window(SCENARIOS["reload0"], fleet, profile), n)
     sandbox.healthy()
-    say(f"downtime: {SCENARIOS['reload10']}")
+    say(SCENARIOS["reload10"])
     with fpmconf.global_setting(fleet, TIMEOUT_SETTING):
         sandbox.fab("restart", "--plain")  # the masters load the changed config
         sandbox.healthy()
-        result.windows.append(reload_window(SCENARIOS["reload10"], fleet, profile))
-    say("downtime: restoring the replica configs (fab setup, fab restart)")
+        _add(result, reload_window(SCENARIOS["reload10"], fleet, profile), n)
+    say("restoring the replica configs (fab setup, fab restart)")
     result.restored = restore()
-    return result
+
+
+def _add(result: Downtime, window: Window, n: int) -> None:
+    window.round = n
+    result.windows.append(window)
 
 
 def restart_window(fleet: Fleet, profile: Profile) -> tuple[Window, Run]:

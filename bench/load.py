@@ -2,13 +2,15 @@
 
 The load is tasks.stress.Stress in-process (per host: 2 fast /ping.php loops, 2 slow
 /sleep.php loops, 1 atomic.php loop), bounded in time (the window) and in count
-(`max_requests` per host). Its fetcher is wrapped to also record when each request started
-and ended, so a window can show how many slow requests were in flight when the action began
-and when the failures happened.
+(`max_requests` per host). Its fetcher hook is a Clock: it paces the fast loops and records
+every request (start, end, failure reason), so a window shows how many slow requests were
+in flight when the action began, when failures happened, and client-side latencies
+without the pacing pauses.
 """
 
 from __future__ import annotations
 
+import http.client
 import statistics
 import threading
 import time
@@ -19,7 +21,7 @@ from typing import TypeVar
 
 from tasks import stress
 from tasks.inventory import Fleet
-from tasks.stress import Sample, Target
+from tasks.stress import Target
 
 from .profile import Profile
 
@@ -28,36 +30,70 @@ T = TypeVar("T")
 
 @dataclass(frozen=True)
 class Span:
-    """One request as seen by the client clock (monotonic seconds)."""
+    """One request as the client saw it (monotonic seconds); `reason` is empty when ok."""
 
     host: str
     kind: str
     start: float
     end: float
-    ok: bool
+    reason: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return not self.reason
+
+    @property
+    def ms(self) -> float:
+        return (self.end - self.start) * 1000
 
 
 def kind_of(path: str) -> str:
     return {"/ping.php": "fast", "/sleep.php": "slow"}.get(path.split("?")[0], "atomic")
 
 
-class Clock:
-    """A Stress fetcher that records the start, end and success of every request."""
+def judge(kind: str, status: int, body: str) -> str:
+    """Why an answer counts as failed (as tasks.stress judges it), or "" when it is fine."""
+    if not 200 <= status < 300:
+        return f"HTTP {status}"
+    if kind == "atomic" and not stress.atomic_ok(body):
+        return "mixed releases"
+    return ""
 
-    def __init__(self) -> None:
+
+class Clock:
+    """A Stress fetcher that paces the fast loops and records every request as a Span.
+
+    Pacing (at most `fast_rate` requests/s per fast loop) keeps the load constant instead
+    of saturating the 2 CPUs that the fleet and the tool share; 0 means as fast as possible.
+    """
+
+    def __init__(self, fast_rate: float = 0) -> None:
+        self.interval = 1 / fast_rate if fast_rate > 0 else 0.0
         self.spans: list[Span] = []
         self.lock = threading.Lock()
+        self.local = threading.local()
 
     def __call__(self, target: Target, path: str, timeout: float) -> tuple[int, str]:
-        start, ok = time.monotonic(), False
+        kind = kind_of(path)
+        if kind == "fast" and self.interval:
+            self._pace()
+        start, reason = time.monotonic(), ""
         try:
             status, body = stress.fetch(target, path, timeout)
-            ok = 200 <= status < 300
+            reason = judge(kind, status, body)
             return status, body
+        except (OSError, http.client.HTTPException) as exc:
+            reason = type(exc).__name__
+            raise
         finally:
-            span = Span(target.host, kind_of(path), start, time.monotonic(), ok)
+            span = Span(target.host, kind, start, time.monotonic(), reason)
             with self.lock:
                 self.spans.append(span)
+
+    def _pace(self) -> None:
+        last = getattr(self.local, "last", 0.0)
+        time.sleep(max(0.0, last + self.interval - time.monotonic()))
+        self.local.last = time.monotonic()
 
 
 @dataclass
@@ -65,6 +101,7 @@ class Window:
     """What the clients saw during one window (all hosts together)."""
 
     scenario: str
+    round: int = 1
     seconds: float = 0.0
     action_seconds: float = 0.0
     action_ok: bool = True
@@ -84,6 +121,7 @@ class Window:
     slow: int = 0
     slow_p99_ms: float = 0.0
     slow_max_ms: float = 0.0
+    slow_cut_short: int = 0
 
 
 def targets(fleet: Fleet) -> list[Target]:
@@ -99,7 +137,7 @@ def run_window(scenario: str, fleet: Fleet, profile: Profile,
                action: Callable[[], T]) -> tuple[Window, T]:
     """Load for `lead` seconds, run `action`, keep the load for `tail` seconds (and until the
     window is at least `window` seconds long), stop, let requests in flight finish."""
-    clock = Clock()
+    clock = Clock(profile.fast_rate)
     load = stress.Stress(targets(fleet), fast_workers=2, slow_workers=2,
                          slow_ms=profile.slow_ms, max_requests=profile.max_requests,
                          fetcher=clock).start()
@@ -112,34 +150,32 @@ def run_window(scenario: str, fleet: Fleet, profile: Profile,
         time.sleep(max(profile.tail, profile.window - (done - began)))
     finally:
         load.stop()
-    with load.lock:
-        samples = {host: list(s) for host, s in load.samples.items()}
-    window = summarize(scenario, samples, clock.spans, acted)
+    with clock.lock:
+        spans = list(clock.spans)
+    window = summarize(scenario, spans, acted, profile.slow_ms)
     window.seconds = round(time.monotonic() - began, 1)
     window.action_seconds = round(done - acted, 2)
     return window, outcome
 
 
-def summarize(scenario: str, samples: dict[str, list[Sample]], spans: list[Span],
-              acted: float) -> Window:
-    """Counts and latencies from Stress's samples; timing from the recorded spans."""
-    every = [s for per_host in samples.values() for s in per_host]
-    w = Window(scenario, requests=len(every), failed=sum(not s.ok for s in every))
-    w.reasons = dict(Counter(f"{s.kind}: {s.reason}" for s in every if not s.ok))
-    w.failed_per_host = {h: sum(not s.ok for s in ss) for h, ss in samples.items()}
-    _latencies(w, every)
-    w.slow_in_flight = sum(1 for s in spans
-                           if s.kind != "fast" and s.start < acted < s.end)
+def summarize(scenario: str, spans: list[Span], acted: float, slow_ms: int) -> Window:
+    """Counts, failure reasons and timing, latencies of the successful requests."""
+    w = Window(scenario, requests=len(spans), failed=sum(not s.ok for s in spans))
+    w.reasons = dict(Counter(f"{s.kind}: {s.reason}" for s in spans if not s.ok))
+    w.failed_per_host = dict(Counter(s.host for s in spans if not s.ok))
+    w.slow_in_flight = sum(1 for s in spans if s.kind != "fast" and s.start < acted < s.end)
     failed_at = sorted(s.end - acted for s in spans if not s.ok)
     if failed_at:
         w.failures_from_s, w.failures_to_s = round(failed_at[0], 2), round(failed_at[-1], 2)
+    _latencies(w, spans, slow_ms)
     return w
 
 
-def _latencies(w: Window, every: list[Sample]) -> None:
-    fast = [s.seconds * 1000 for s in every if s.kind == "fast" and s.ok]
-    slow = [s.seconds * 1000 for s in every if s.kind == "slow" and s.ok]
+def _latencies(w: Window, spans: list[Span], slow_ms: int) -> None:
+    fast = [s.ms for s in spans if s.kind == "fast" and s.ok]
+    slow = [s.ms for s in spans if s.kind == "slow" and s.ok]
     w.fast, w.slow = len(fast), len(slow)
+    w.slow_cut_short = sum(ms < slow_ms * 0.95 for ms in slow)
     if fast:
         w.fast_p50_ms = round(statistics.median(fast), 1)
         w.fast_p99_ms = round(stress.percentile(fast, 99), 1)

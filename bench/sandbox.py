@@ -9,7 +9,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from tasks import inventory, sandbox
+from tasks import inventory
+from tasks import sandbox as tasks_sandbox
 from tasks.inventory import Fleet
 
 from .errors import BenchError
@@ -65,10 +66,10 @@ def down(timeout: float = 10) -> None:
     """Remove the sandbox and check that nothing of it is left (processes die late)."""
     fab("sandbox.down", check=False)
     deadline = time.monotonic() + timeout
-    left = sandbox.leftovers(SANDBOX)
+    left = tasks_sandbox.leftovers(SANDBOX)
     while left and time.monotonic() < deadline:
         time.sleep(0.2)
-        left = sandbox.leftovers(SANDBOX)
+        left = tasks_sandbox.leftovers(SANDBOX)
     if left:
         raise BenchError("sandbox.down left behind: " + "; ".join(left))
 

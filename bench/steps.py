@@ -52,7 +52,7 @@ class Cost:
 
 def cost(label: str, wall: float, steps: list[StepTime]) -> Cost:
     """Wall time against the unavoidable waits; per-step median and max."""
-    replicas = len({(s.host, s.replica) for s in steps})
+    replicas = sum(s.step == "start" for s in steps)  # one per replica restarted
     unavoidable = sum(s.seconds for s in steps if s.step in UNAVOIDABLE)
     c = Cost(label, round(wall, 2), replicas, round(sum(s.seconds for s in steps), 2),
              round(unavoidable, 2),

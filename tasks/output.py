@@ -112,13 +112,13 @@ class LiveObserver:
 
     def render(self) -> Table:
         table = Table(expand=False, box=None, pad_edge=False)
-        for col in ("host", "replica", "step", "state", "time", "detail"):
+        for col in ("host", "replica", "steps done", "step", "state", "time", "detail"):
             table.add_column(col)
         with self.lock:
             for (host, target), row in self.rows.items():
                 running = time.monotonic() - row.since if row.kind == "start" else row.elapsed
-                table.add_row(host, target, row.step, Text(MARK[row.kind],
-                                                           style=STYLE[row.kind]),
+                table.add_row(host, target, str(row.steps), row.step,
+                              Text(MARK[row.kind], style=STYLE[row.kind]),
                               f"{running:.2f}s", row.detail[:60])
         return table
 
