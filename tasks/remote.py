@@ -163,13 +163,16 @@ def _drain(chan: paramiko.Channel, deadline: float) -> tuple[str, str, int]:
         if chan.recv_stderr_ready():
             err += chan.recv_stderr(65536)
             busy = True
+        pending = chan.recv_ready() or chan.recv_stderr_ready()
         # sshd may send exit-status before the last output: wait for EOF as well.
-        if (chan.exit_status_ready() and chan.eof_received and not chan.recv_ready()
-                and not chan.recv_stderr_ready()):
+        if not pending and chan.eof_received and chan.exit_status_ready():
             return out.decode(errors="replace"), err.decode(errors="replace"), \
                 chan.recv_exit_status()
-        if chan.closed and not chan.exit_status_ready():
-            raise EOFError("the connection closed before the command finished")
+        if not pending and chan.closed:
+            transport = chan.get_transport()
+            if transport is None or not transport.is_active():
+                raise EOFError("the connection closed before the command finished")
+            return out.decode(errors="replace"), err.decode(errors="replace"), -1
         if time.monotonic() > deadline:
             return out.decode(errors="replace"), "timed out", 124
         if not busy:

@@ -121,7 +121,7 @@ def wait_idle(ex: Executor, r: Replica, timeout: float) -> tuple[float, str]:
         accepted = status.accepted if status else None
         quiet = quiet + 1 if fpm_idle and busy == 0 else 0
         if quiet >= 2:
-            return now - started, ""
+            return now - started, "" if status else "no FPM status answer: master gone?"
         if idle_since is not None and now - idle_since >= STALE_BUSY_GRACE:
             return now - started, f"Busy={busy} is stale: FPM idle for {STALE_BUSY_GRACE:g}s"
         if now - started > timeout:

@@ -180,7 +180,10 @@ class Background:
             time.sleep(0.01)
 
     def finish(self, timeout: float = 300) -> tuple[int, str, str]:
-        out, _ = self.proc.communicate(timeout=timeout)
+        """Exit code, stdout, stderr (stderr is read only by our thread: never split)."""
+        assert self.proc.stdout is not None
+        out = self.proc.stdout.read()
+        self.proc.wait(timeout=timeout)
         self._reader.join(timeout=5)
         return self.proc.returncode, out, "".join(self.lines)
 
