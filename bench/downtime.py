@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from tasks.inventory import Fleet
 
 from . import fpmconf, reload, sandbox
+from .errors import BenchError
 from .load import Window, run_window
 from .profile import Profile
 from .sandbox import Run
@@ -67,7 +68,7 @@ def one_round(fleet: Fleet, profile: Profile, tell: Callable[[str], None], resul
         sandbox.healthy()
         _add(result, reload_window(SCENARIOS["reload10"], fleet, profile), n)
     say("restoring the replica configs (fab setup, fab restart)")
-    result.restored = restore()
+    result.restored = restore(fleet)
 
 
 def _add(result: Downtime, window: Window, n: int) -> None:
@@ -90,9 +91,12 @@ def reload_window(scenario: str, fleet: Fleet, profile: Profile) -> Window:
     return window
 
 
-def restore() -> bool:
+def restore(fleet: Fleet) -> bool:
     """`fab setup` (configs as rendered), `fab restart` (masters reload them), all healthy."""
     sandbox.fab("setup")
+    left = [p for p in fpmconf.replica_configs(fleet) if TIMEOUT_SETTING in p.read_text()]
+    if left:
+        raise BenchError(f"{TIMEOUT_SETTING!r} still in {', '.join(map(str, left))}")
     sandbox.healthy()
     sandbox.fab("restart", "--plain")
     sandbox.healthy()

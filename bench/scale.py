@@ -1,0 +1,43 @@
+"""Fleet scale: `fab deploy` (sequential and --parallel N) and `fab status` wall time for
+fleets of 1, 3, 6 hosts, each brought up fresh with `fab sandbox.up --hosts N`."""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from . import sandbox
+
+
+@dataclass
+class ScaleRow:
+    hosts: int
+    replicas: int
+    up_s: float
+    deploy_s: float
+    deploy_parallel_s: float
+    status_s: float
+
+
+def run(counts: tuple[int, ...], status_runs: int, say: Callable[[str], None]) -> list[ScaleRow]:
+    rows = []
+    for n in counts:
+        say(f"scale: {n} host(s)")
+        rows.append(one(n, status_runs))
+    sandbox.down()
+    return rows
+
+
+def one(hosts: int, status_runs: int) -> ScaleRow:
+    """Fresh fleet; deploy s2 one host at a time, s3 all hosts at once; time status."""
+    fleet, up_s = sandbox.up(hosts)
+    sandbox.fab("sandbox.build", "--release", "s2")
+    sequential = sandbox.fab("deploy", "--release", "s2", "--plain")
+    status = [sandbox.fab("status").seconds for _ in range(status_runs)]
+    sandbox.fab("sandbox.build", "--release", "s3")
+    parallel = sandbox.fab("deploy", "--release", "s3", "--parallel", str(hosts), "--plain")
+    sandbox.fab("status")
+    replicas = sum(p.replicas for p in fleet.pools) * len(fleet.hosts)
+    return ScaleRow(hosts, replicas, round(up_s, 2), round(sequential.seconds, 2),
+                    round(parallel.seconds, 2), round(statistics.median(status), 2))

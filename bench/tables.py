@@ -1,0 +1,138 @@
+"""The result tables, built from Results (pure: no I/O), for the terminal and Markdown."""
+
+from __future__ import annotations
+
+import statistics
+
+from .load import Window
+from .profile import Profile
+from .render import Table
+from .results import Results
+from .steps import STEPS, Cost
+from .upload import UploadBench
+
+
+def ms(value: float) -> str:
+    return f"{value:,.1f}"
+
+
+def size(n: int) -> str:
+    if n >= 1024 * 1024:
+        return f"{n / 1024 / 1024:.1f} MiB"
+    return f"{n / 1024:.1f} KiB"
+
+
+def machine(results: Results) -> Table:
+    return Table("Machine", ["what", "value"],
+                 [[k, v] for k, v in results.machine.items()],
+                 f"profile: {results.profile}; run took {results.seconds:.0f} s (after "
+                 f"{results.lock_wait_s:.0f} s waiting for the sandbox lock)")
+
+
+def by_scenario(windows: list[Window]) -> dict[str, list[Window]]:
+    groups: dict[str, list[Window]] = {}
+    for w in windows:
+        groups.setdefault(w.scenario, []).append(w)
+    return groups
+
+
+def action(ws: list[Window]) -> str:
+    if all(w.action_detail == "-" for w in ws):
+        return "-"
+    failed = [str(w.round) for w in ws if not w.action_ok]
+    times = sorted(w.action_seconds for w in ws)
+    took = f"{times[0]:.2f} s" if times[0] == times[-1] else f"{times[0]:.2f}-{times[-1]:.2f} s"
+    return f"FAILED in round {', '.join(failed)}" if failed else f"ok, {took}"
+
+
+def summed_reasons(ws: list[Window]) -> str:
+    total: dict[str, int] = {}
+    for w in ws:
+        for k, v in w.reasons.items():
+            total[k] = total.get(k, 0) + v
+    return ", ".join(f"{k} x{v}" for k, v in sorted(total.items(), key=lambda kv: -kv[1]))
+
+
+def downtime_row(scenario: str, ws: list[Window]) -> list[str]:
+    """One row per scenario over its rounds: totals, median p50, worst p99 and max."""
+    return [scenario, str(len(ws)), f"{statistics.median(w.seconds for w in ws):.0f}",
+            str(min(w.slow_in_flight for w in ws)), f"{sum(w.requests for w in ws):,}",
+            str(sum(w.failed for w in ws)), " / ".join(str(w.failed) for w in ws),
+            summed_reasons(ws) or "-", ms(statistics.median(w.fast_p50_ms for w in ws)),
+            ms(max(w.fast_p99_ms for w in ws)), ms(max(w.fast_max_ms for w in ws)),
+            str(sum(w.fast_over_1s for w in ws)), ms(max(w.slow_max_ms for w in ws)),
+            str(sum(w.slow_cut_short for w in ws)), action(ws)]
+
+
+def downtime(windows: list[Window], profile: Profile) -> Table:
+    rows = [downtime_row(name, ws) for name, ws in by_scenario(windows).items()]
+    rate = f"at most {profile.fast_rate:g}/s each" if profile.fast_rate else "unpaced"
+    note = (f"Same {profile.downtime_hosts}-host fleet (2 PHP-FPM replicas per host), same "
+            f"load in every window: per host 2 loops of /ping.php (fast, {rate}), 2 of "
+            f"/sleep.php?ms={profile.slow_ms} (slow) and 1 of atomic.php. Rounds are run "
+            "one after the other; requests and failures are totals, p50 the median and p99 "
+            "and max the worst round. 'in flight' = slow and atomic requests running when "
+            "the restart/reload began (fewest of the rounds). Latencies are of successful "
+            "requests. 'cut short' = slow requests answered 200 in less than 95% of "
+            f"{profile.slow_ms} ms: PHP's usleep was interrupted by FPM's SIGQUIT, so the "
+            "script went on without having done its work. The reloads signal every replica "
+            "master at once; 'action' is how long the restart took, or how long until every "
+            "pid file named a new master.")
+    return Table("Zero downtime: failed requests under constant load",
+                 ["scenario", "rounds", "window s", "in flight", "requests", "failed",
+                  "failed per round", "failures", "fast p50 ms", "fast p99 ms", "fast max ms",
+                  "fast >1 s", "slow max ms", "slow cut short", "action"], rows, note)
+
+
+def cost(costs: list[Cost]) -> Table:
+    rows = [[c.label, str(c.replicas), f"{c.wall_s:.2f}", f"{c.steps_s:.2f}",
+             f"{c.unavoidable_s:.2f}", f"{c.wall_s - c.unavoidable_s:.2f}",
+             ms(c.overhead_per_replica_ms)] for c in costs]
+    note = ("unavoidable = wait idle (the longest request in flight drains) + start (the new "
+            "master); overhead per replica = (wall - unavoidable) / replicas, including "
+            "`fab` start-up, SSH connections, guard, drain, stop, health gate and enable.")
+    return Table("Rollout cost: fab restart --plain", ["run", "replica restarts", "wall s",
+                                                      "steps sum s", "unavoidable s",
+                                                      "overhead s",
+                                                      "overhead per replica ms"], rows, note)
+
+
+def step_medians(costs: list[Cost]) -> Table:
+    rows = [[name, *[f"{ms(c.step_median_ms[name])} ({ms(c.step_max_ms[name])})"
+                     if name in c.step_median_ms else "-" for c in costs]] for name in STEPS]
+    return Table("Per replica step: median (max) ms", ["step", *[c.label for c in costs]],
+                 rows)
+
+
+def upload(u: UploadBench) -> Table:
+    rows = [[t.method, f"{t.files_sent:,}", size(t.bytes_sent), f"{t.seconds:.2f}", t.detail]
+            for t in u.transfers]
+    note = (f"Release: {u.files:,} files, {size(u.size_bytes)} on disk; the second build "
+            f"differs in {u.changed_files} files (the demo files carry the release name). "
+            f"Local manifest scan (sha256 of every file): {u.scan_s:.2f} s per build, not "
+            "included above. fpm-fleet packs with gzip level 3 in Python; tar uses gzip -6.")
+    return Table(f"Upload to one host ({u.host})", ["method", "files sent", "bytes sent",
+                                                   "time s", "detail"], rows, note)
+
+
+def scale(results: Results) -> Table:
+    rows = [[str(r.hosts), str(r.replicas), f"{r.up_s:.1f}", f"{r.deploy_s:.2f}",
+             f"{r.deploy_parallel_s:.2f}", f"{r.status_s:.2f}"] for r in results.scale]
+    note = ("Wall time of the `fab` command, no load; each fleet brought up fresh. Deploys "
+            "upload the small demo app (delta against the running release) and restart "
+            "every replica, health-gated.")
+    return Table("Fleet scale", ["hosts", "replicas", "sandbox.up s", "deploy s",
+                                 "deploy --parallel N s", "status s"], rows, note)
+
+
+def build(results: Results, profile: Profile) -> list[Table]:
+    tables = [machine(results)]
+    if results.downtime:
+        tables.append(downtime(results.downtime, profile))
+    if results.rollout_cost:
+        tables += [cost(results.rollout_cost), step_medians(results.rollout_cost)]
+    if results.upload:
+        tables.append(upload(results.upload))
+    if results.scale:
+        tables.append(scale(results))
+    return tables

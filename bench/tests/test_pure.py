@@ -1,0 +1,114 @@
+"""The benchmark's pure parts: parsers, config edit, window statistics, tables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bench import fpmconf, reload, render, steps
+from bench.load import Span, judge, kind_of, summarize
+
+RESTART_OUTPUT = """\
+[h1] www-1 guard ok 0.014s
+[h1] www-1 drain ok 0.023s  Init Drn Ok
+[h1] www-1 wait idle ok 1.455s  1.45s
+[h1] www-1 stop ok 0.029s  stopped
+[h1] www-1 start ok 0.028s  pinned v1
+[h1] www-1 health ok 0.030s
+[h1] www-1 enable ok 0.024s  Init Ok
+[h1] www-2 wait idle ok 0.500s  0.50s (Busy=1 is stale: FPM idle for 1s)
+[h1] www-2 start ok 0.032s  pinned v1
+[h2] www-1 stop FAILED 0.100s  boom
+log: /tmp/x.log
+"""
+
+
+def test_parse_keeps_only_finished_replica_steps() -> None:
+    found = steps.parse(RESTART_OUTPUT)
+    assert [s.step for s in found[:7]] == list(steps.STEPS)
+    assert found[2] == steps.StepTime("h1", "www-1", "wait idle", 1.455)
+    assert len(found) == 9  # the FAILED line and the log line are not steps
+
+
+def test_cost_is_wall_minus_wait_idle_and_start_per_replica() -> None:
+    c = steps.cost("t", 3.0, steps.parse(RESTART_OUTPUT))
+    assert c.replicas == 2
+    assert c.unavoidable_s == pytest.approx(1.455 + 0.028 + 0.5 + 0.032, abs=0.01)
+    assert c.overhead_per_replica_ms == pytest.approx((3.0 - 2.015) / 2 * 1000, abs=1)
+    assert c.step_median_ms["wait idle"] == pytest.approx(977.5)
+
+
+CONF = """; header
+[global]
+pid = "/x/run/www-1.pid"
+daemonize = yes
+
+[www-1]
+user = www-data
+"""
+
+
+def test_setting_goes_at_the_end_of_global_not_into_the_pool() -> None:
+    text = fpmconf.with_global(CONF, "process_control_timeout = 10s")
+    assert text.splitlines()[4] == "process_control_timeout = 10s"
+    assert text.index("process_control_timeout") < text.index("[www-1]")
+    assert text.replace("process_control_timeout = 10s\n", "") == CONF
+
+
+def test_config_without_global_is_refused() -> None:
+    with pytest.raises(ValueError):
+        fpmconf.with_global("[www]\nuser = x\n", "a = b")
+
+
+def test_read_pid_tolerates_a_half_written_file(tmp_path: Path) -> None:
+    path = tmp_path / "www-1.pid"
+    path.write_text("")
+    assert reload.read_pid(path) is None
+    path.write_text("1234\n")
+    assert reload.read_pid(path) == 1234
+    assert reload.read_pid(tmp_path / "missing.pid") is None
+
+
+def test_judge_and_kind_follow_the_load_generator() -> None:
+    assert kind_of("/sleep.php?ms=2000") == "slow"
+    assert kind_of("/ping.php") == "fast"
+    assert kind_of("/atomic.php?ms=1000") == "atomic"
+    assert judge("fast", 503, "") == "HTTP 503"
+    assert judge("atomic", 200, "part1 v1\npart2 v2\n") == "mixed releases"
+    assert judge("atomic", 200, "part1 v1\npart2 v1\n") == ""
+
+
+def test_summary_counts_in_flight_failures_and_cut_short_requests() -> None:
+    spans = [Span("h1", "slow", 0.0, 2.0), Span("h1", "slow", 0.5, 1.0),
+             Span("h1", "atomic", 0.2, 1.1, "HTTP 503"), Span("h2", "fast", 1.0, 1.002),
+             Span("h2", "fast", 1.1, 1.2, "RemoteDisconnected")]
+    w = summarize("s", spans, acted=0.9, slow_ms=2000)
+    assert (w.requests, w.failed, w.slow_in_flight) == (5, 2, 3)
+    assert w.reasons == {"atomic: HTTP 503": 1, "fast: RemoteDisconnected": 1}
+    assert w.failed_per_host == {"h1": 1, "h2": 1}
+    assert (w.failures_from_s, w.failures_to_s) == (0.2, 0.3)
+    assert w.slow_cut_short == 1
+    assert w.fast_max_ms == pytest.approx(2.0, abs=0.01)
+
+
+def test_markdown_escapes_pipes() -> None:
+    text = render.to_markdown(render.Table("T", ["a", "b"], [["x | y", "1"]], "note"))
+    assert "| x \\| y | 1 |" in text
+    assert text.startswith("### T\n")
+
+
+def test_downtime_row_totals_failures_and_keeps_the_worst_latency() -> None:
+    from bench.load import Window
+    from bench.tables import downtime_row
+
+    ws = [Window("r", round=1, requests=10, failed=2, reasons={"slow: HTTP 503": 2},
+                 fast_p50_ms=1.0, fast_p99_ms=5.0, fast_max_ms=9.0, action_seconds=0.1,
+                 action_detail="x"),
+          Window("r", round=2, requests=20, failed=1, reasons={"slow: HTTP 503": 1},
+                 fast_p50_ms=3.0, fast_p99_ms=4.0, fast_max_ms=30.0, action_seconds=0.2,
+                 action_detail="x")]
+    row = downtime_row("r", ws)
+    assert row[4:8] == ["30", "3", "2 / 1", "slow: HTTP 503 x3"]
+    assert row[8:11] == ["2.0", "5.0", "30.0"]
+    assert row[-1] == "ok, 0.10-0.20 s"

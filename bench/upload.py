@@ -1,0 +1,157 @@
+"""Upload cost: fpm-fleet's verified delta upload (tasks.release.upload) of a large release,
+first deploy and one-file-changed deploy, against a plain `tar -czf - | ssh tar -xzf -`.
+
+The releases are the demo app plus N ~10 KB filler files (tasks.demo.build, the same as
+`fab sandbox.build --files N`); the second build differs only where the demo files carry the
+release name. Uploads go to the first sandbox host, under the deploy lock, and are removed
+afterwards; nothing is activated.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import IO
+
+from tasks import demo, manifest, release, remote
+from tasks.inventory import Fleet, Host, Pool
+from tasks.manifest import Manifest
+from tasks.remote import Executor
+from tasks.shell import q
+
+from .errors import BenchError
+from .sandbox import SANDBOX
+
+NAMES = ("bench-a", "bench-b")
+
+
+@dataclass
+class Transfer:
+    method: str
+    files_sent: int
+    bytes_sent: int
+    seconds: float
+    detail: str = ""
+
+
+@dataclass
+class UploadBench:
+    host: str = ""
+    files: int = 0
+    size_bytes: int = 0
+    changed_files: int = 0
+    scan_s: float = 0.0
+    transfers: list[Transfer] = field(default_factory=list)
+
+
+def run(fleet: Fleet, files: int, say: Callable[[str], None]) -> UploadBench:
+    host, pool = fleet.hosts[0], fleet.pools[0]
+    scratch = SANDBOX / "bench-upload"
+    try:
+        say(f"upload: building two releases of {files} filler files")
+        sources = [demo.build(scratch / name, name, filler_files=files) for name in NAMES]
+        started = time.monotonic()
+        manifests = [manifest.scan(src) for src in sources]
+        bench = UploadBench(host.name, len(manifests[0].files), manifests[0].size,
+                            changed_files(*manifests),
+                            round((time.monotonic() - started) / 2, 2))
+        say("upload: fpm-fleet, first deploy and one file changed")
+        bench.transfers += fpm_fleet_uploads(host, pool, sources, manifests)
+        say("upload: plain tar over ssh")
+        bench.transfers.append(plain_tar(sources[0], host, PurePosixPath(host.root) / "bench-tar"))
+        return bench
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def changed_files(old: Manifest, new: Manifest) -> int:
+    """Files that are new or whose content differs."""
+    before = {e.path: e.digest for e in old.files}
+    return sum(1 for e in new.files if before.get(e.path) != e.digest)
+
+
+def fpm_fleet_uploads(host: Host, pool: Pool, sources: list[Path],
+                      manifests: list[Manifest]) -> list[Transfer]:
+    with remote.session(host) as ex, release.locked(ex, host, pool, "bench/run upload"):
+        try:
+            first = _upload(ex, host, pool, sources[0], manifests[0], NAMES[0], None)
+            second = _upload(ex, host, pool, sources[1], manifests[1], NAMES[1], NAMES[0])
+        finally:
+            for name in NAMES:
+                release.remove(ex, host, pool, name)
+    return [_transfer("fpm-fleet, first deploy", first),
+            _transfer("fpm-fleet, one file changed", second)]
+
+
+def _upload(ex: Executor, host: Host, pool: Pool, source: Path, m: Manifest, name: str,
+            base: str | None) -> release.Upload:
+    return release.upload(ex, host, pool, source, m, name, base=base)
+
+
+def _transfer(method: str, up: release.Upload) -> Transfer:
+    return Transfer(method, up.sent_files, up.bytes_sent, round(up.seconds, 2),
+                    f"{up.linked_files} hard-linked from the previous release, verified")
+
+
+def ssh_argv(host: Host, command: str) -> list[str]:
+    """OpenSSH with the inventory's key and known_hosts, strict host-key checking."""
+    argv = ["ssh", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes",
+            "-p", str(host.port)]
+    if host.identity_file:
+        argv += ["-o", "IdentitiesOnly=yes", "-i", host.identity_file]
+    if host.known_hosts:
+        argv += ["-o", f"UserKnownHostsFile={host.known_hosts}"]
+    return [*argv, f"{host.user}@{host.address}", command]
+
+
+def plain_tar(source: Path, host: Host, dest: PurePosixPath) -> Transfer:
+    """`tar -czf - -C SRC . | ssh HOST 'tar -xzf - -C DEST'`, bytes counted in between."""
+    count = sum(1 for p in source.rglob("*") if p.is_file())
+    try:
+        started = time.monotonic()
+        sent = _pipe(["tar", "-czf", "-", "-C", str(source), "."],
+                     ssh_argv(host, f"mkdir -p {q(dest)} && tar -xzf - -C {q(dest)}"))
+        seconds = time.monotonic() - started
+        landed = sum(1 for p in Path(str(dest)).rglob("*") if p.is_file())
+    finally:
+        subprocess.run(ssh_argv(host, f"rm -rf -- {q(dest)}"), check=False,
+                       capture_output=True, timeout=60)
+    if landed != count:
+        raise BenchError(f"plain tar: {landed} of {count} files arrived in {dest}")
+    return Transfer("plain tar -czf | ssh (every deploy)", count, sent, round(seconds, 2),
+                    "everything, every time; not verified")
+
+
+def _pipe(producer: list[str], consumer: list[str]) -> int:
+    """Run producer | consumer through this process, counting the bytes."""
+    src = subprocess.Popen(producer, stdout=subprocess.PIPE)
+    dst = subprocess.Popen(consumer, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.PIPE)
+    assert src.stdout is not None and dst.stdin is not None
+    sent = 0
+    try:
+        sent = _pump(src.stdout, dst.stdin)
+    except BrokenPipeError:
+        pass  # the consumer died: its exit code says why
+    finally:
+        with contextlib.suppress(BrokenPipeError):
+            dst.stdin.close()
+        src.stdout.close()
+    codes = (src.wait(timeout=300), dst.wait(timeout=300))
+    if any(codes):
+        err = dst.stderr.read().decode(errors="replace") if dst.stderr else ""
+        raise BenchError(f"{' '.join(producer)} | ssh ...: exit codes {codes}: {err.strip()}")
+    return sent
+
+
+def _pump(source: IO[bytes], sink: IO[bytes]) -> int:
+    sent = 0
+    while chunk := source.read(256 * 1024):
+        sink.write(chunk)
+        sent += len(chunk)
+    return sent
