@@ -167,12 +167,12 @@ def ensure_sshd(host: SandboxHost) -> None:
 
 
 def _alive_pid(pidfile: Path) -> int | None:
+    """The pid in pidfile if that process runs (a zombie does not: PID 1 may reap late)."""
     try:
         pid = int(pidfile.read_text().split()[0])
-        os.kill(pid, 0)
-        return pid
     except (OSError, ValueError, IndexError):
         return None
+    return pid if _alive(pid) else None
 
 
 def _wait_port(host: SandboxHost, timeout: float = 10) -> None:
