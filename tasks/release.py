@@ -148,8 +148,15 @@ def _stage(ex: Executor, host: Host, layout: Layout, name: str, source: Path,
     return send, sent
 
 
+CAUSES = ("No space left on device", "Disk quota exceeded", "Read-only file system",
+          "Permission denied")
+
+
 def _first_line(text: str) -> str:
-    return next((line.strip() for line in text.splitlines() if line.strip()), "")
+    """The line that says why (a full disk first), else the first line of the error."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return next((line for cause in CAUSES for line in lines if cause in line),
+                lines[0] if lines else "")
 
 
 def _send_tar(ex: Executor, layout: Layout, name: str, source: Path, entries: list[Entry]) -> int:
