@@ -1,7 +1,8 @@
 """A bounded load generator: fast (ping.php) and slow (sleep.php) requests to every host.
 
 It is how zero downtime is proven: every request is counted, every failure (connection
-error, timeout, non-2xx, or an atomic.php answer mixing releases) is kept with its reason.
+error, timeout, non-2xx, an atomic.php answer mixing releases, or a slow request whose sleep
+was cut short) is kept with its reason.
 Bounded in time (`duration`) and in count (`max_requests` per host).
 """
 
@@ -84,6 +85,15 @@ def atomic_ok(body: str) -> bool:
     return "part1" in parts and parts.get("part1") == parts.get("part2")
 
 
+def cut_short(body: str, asked_ms: int) -> bool:
+    """sleep.php answers `slept Nms ...`: a 200 after much less than asked means the sleep was
+    interrupted (a reload's SIGQUIT): work not done, counted as a failure."""
+    words = body.split()
+    if words[:1] != ["slept"] or len(words) < 2 or not words[1].removesuffix("ms").isdigit():
+        return False
+    return int(words[1].removesuffix("ms")) < 0.95 * asked_ms
+
+
 def fetch(target: Target, path: str, timeout: float) -> tuple[int, str]:
     conn = http.client.HTTPConnection(target.address, target.port, timeout=timeout)
     try:
@@ -108,6 +118,7 @@ class Stress:
                      ("slow", f"/sleep.php?ms={slow_ms}", slow_workers),
                      ("atomic", f"/atomic.php?ms={max(1, slow_ms // 2)}", atomic_workers)]
         self.timeout = slow_ms / 1000 + 30
+        self.slow_ms = slow_ms
         self.max_requests = max_requests
         self.fetcher = fetcher
         self.samples: dict[str, list[Sample]] = {t.host: [] for t in targets}
@@ -147,6 +158,8 @@ class Stress:
             return Sample(kind, elapsed, False, f"HTTP {status}")
         if kind == "atomic" and not atomic_ok(body):
             return Sample(kind, elapsed, False, "mixed releases", body)
+        if kind == "slow" and cut_short(body, self.slow_ms):
+            return Sample(kind, elapsed, False, "cut short", body)
         return Sample(kind, elapsed, True, body=body if kind != "atomic" else "")
 
     def stop(self) -> list[HostStats]:

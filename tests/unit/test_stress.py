@@ -228,3 +228,21 @@ def test_max_requests_is_never_exceeded_even_with_workers_in_flight():
     for t in load.threads:
         t.join(timeout=5)
     assert load.stop()[0].requests == 1
+
+
+def test_a_slow_answer_after_much_less_than_asked_is_cut_short():
+    from tasks.stress import cut_short
+    assert cut_short("slept 120ms v1 pid=7 asked=2000ms", 2000)
+    assert not cut_short("slept 2001ms v1 pid=7 asked=2000ms", 2000)
+    assert not cut_short("pong v1 pid=7", 2000)
+
+
+def test_a_cut_short_slow_request_counts_as_a_failure():
+    def fetcher(target, path, timeout):
+        return 200, "slept 10ms v1 pid=1 asked=2000ms\n" if "sleep" in path else "pong v1\n"
+    load = stress.Stress([stress.Target("h", "127.0.0.1")], fast_workers=0, slow_workers=1,
+                         atomic_workers=0, max_requests=3, fetcher=fetcher).start()
+    load.threads[0].join(timeout=5)  # stops by itself after max_requests
+    stats = load.stop()
+    assert stats[0].failures == stats[0].requests == 3
+    assert stats[0].reasons == {"cut short": 3}
