@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import fcntl
+import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+from tasks.sandbox import LOCK_HELD
 
 LOCK_PATH = Path("/tmp/fpm-fleet-sandbox.lock")
 
@@ -22,7 +25,9 @@ def exclusive_sandbox(say: Callable[[str], None], path: Path = LOCK_PATH) -> Ite
         except BlockingIOError:
             say(f"waiting for {path}: another sandbox user (tests?) holds it")
             fcntl.flock(fh, fcntl.LOCK_EX)
+        os.environ[LOCK_HELD] = "1"  # the `fab sandbox.*` commands we run go through
         try:
             yield
         finally:
+            os.environ.pop(LOCK_HELD, None)
             fcntl.flock(fh, fcntl.LOCK_UN)

@@ -29,7 +29,8 @@ def up(c: Context, hosts: int = 3, dir: str = DEFAULT_DIR, release: str = "v1") 
     """Bring up N hosts (netns + sshd), provision them, deploy the demo app, start replicas."""
     started = time.monotonic()
     try:
-        fleet = bring_up(Path(dir).resolve(), hosts, release)
+        with sandbox.exclusive():
+            fleet = bring_up(Path(dir).resolve(), hosts, release)
     except FleetError as exc:
         raise Exit(f"error: {exc}", code=exc.exit_code) from None
     output.note(f"sandbox up: {len(fleet.hosts)} hosts in {time.monotonic() - started:.1f}s; "
@@ -44,9 +45,11 @@ def down(c: Context, dir: str = DEFAULT_DIR) -> None:
     base = Path(dir).resolve()
     try:
         sandbox.require_root()
+        with sandbox.exclusive():
+            removed = sandbox.down(base)
     except FleetError as exc:
         raise Exit(f"error: {exc}", code=exc.exit_code) from None
-    for line in sandbox.down(base) or ["nothing to remove"]:
+    for line in removed or ["nothing to remove"]:
         output.note(line)
     left = sandbox.leftovers(base)
     if left:
@@ -116,7 +119,14 @@ def build(c: Context, release: str = "v2", dest: str | None = None, unhealthy: b
 @task(help={"hosts": "how many hosts", "dir": "sandbox directory"})
 def demo(c: Context, hosts: int = 3, dir: str = DEFAULT_DIR) -> None:
     """Bring up the sandbox, then deploy release v2 under load and show 0 failed requests."""
-    base = Path(dir).resolve()
+    try:
+        with sandbox.exclusive():
+            _demo(c, Path(dir).resolve(), hosts, dir)
+    except FleetError as exc:
+        raise Exit(f"error: {exc}", code=exc.exit_code) from None
+
+
+def _demo(c: Context, base: Path, hosts: int, dir: str) -> None:
     up(c, hosts=hosts, dir=dir, release="v1")
     fleet = inventory.load(base / "hosts.toml")
     demo_app.build(Path(fleet.pools[0].source), "v2")

@@ -9,12 +9,15 @@ sandbox directory, the sudo test user) and `down` removes exactly that.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import pwd
 import shutil
 import signal
 import subprocess
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +34,34 @@ SSHD = "/usr/sbin/sshd"
 # lives here rather than in the project: PHP workers and Apache run as www-data and the sudo
 # test user logs in, and none of them may traverse the directory the project was cloned to.
 HOSTS_DIR = Path("/var/tmp/fpm-fleet-sandbox")
+
+
+LOCK_PATH = Path("/tmp/fpm-fleet-sandbox.lock")
+LOCK_HELD = "FPM_FLEET_SANDBOX_LOCK_HELD"
+
+
+@contextmanager
+def exclusive(wait: bool = False) -> Iterator[None]:
+    """One local fleet per machine: tests, benchmarks and a developer take turns on one lock.
+
+    The holder marks its environment, so the `fab sandbox.*` commands it runs go through.
+    """
+    if os.environ.get(LOCK_HELD) == "1":
+        yield
+        return
+    with open(LOCK_PATH, "a") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if not wait:
+                raise FleetError(f"sandbox: in use by another run (tests or benchmarks hold "
+                                 f"{LOCK_PATH}); try again when it ends") from None
+            fcntl.flock(fh, fcntl.LOCK_EX)
+        os.environ[LOCK_HELD] = "1"
+        try:
+            yield
+        finally:
+            os.environ.pop(LOCK_HELD, None)
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,6 @@ each with its own OpenSSH, Apache and PHP-FPM from Debian's packages. Root is re
 
 from __future__ import annotations
 
-import fcntl
 import http.client
 import json
 import os
@@ -34,7 +33,6 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.integration)
 
 
-SANDBOX_LOCK = "/tmp/fpm-fleet-sandbox.lock"
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -43,8 +41,7 @@ def _exclusive_sandbox() -> Iterator[None]:
     sandbox all use the same namespaces and addresses, so they take turns on one lock."""
     if os.geteuid() != 0:
         pytest.fail("integration tests need root (network namespaces); run scripts/test as root")
-    with open(SANDBOX_LOCK, "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with sandbox.exclusive(wait=True):
         yield
 
 
