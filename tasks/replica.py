@@ -83,20 +83,38 @@ def guard(ex: Executor, r: Replica) -> None:
                        f"pool {r.pool.name} is enabled and healthy")
 
 
-def idle_probe(ex: Executor, r: Replica) -> tuple[int, fpm.FpmStatus | None]:
-    """Busy from balancer-manager and the replica's own FPM status, in one round trip."""
+@dataclass(frozen=True)
+class Activity:
+    """What says a replica still has work: Apache's Busy, FPM's status (None when it does not
+    answer) and the connections open on its socket (the kernel's count)."""
+
+    busy: int
+    status: fpm.FpmStatus | None
+    connections: int
+
+    @property
+    def fpm_idle(self) -> bool:
+        quiet = self.status is None or (self.status.active == 0
+                                        and self.status.listen_queue == 0)
+        return quiet and self.connections == 0
+
+
+def idle_probe(ex: Executor, r: Replica) -> Activity:
+    """Busy, FPM status and open connections, in one round trip."""
     layout = r.layout
     cmd = shell.sections([
         ("bm", shell.balancer_xml(r.host.manager_url(r.pool))),
         ("fpm", shell.fcgi_request(layout.status_sock(r.n), r.pool.status_path,
                                    r.pool.status_path, "json")),
+        ("conns", shell.open_connections(layout.sock(r.n))),
     ])
     out = shell.split_sections(ex.run(cmd, f"idle probe {r.name}", check=False).stdout)
     bal = balancer.parse_xml(out.get("bm", ""))[r.pool.balancer]
     busy = balancer.member_of(bal, r.host, r.pool, r.n).busy
     resp = fpm.parse_fcgi(out.get("fpm", ""))
     status = fpm.parse_status(resp.body) if resp.status == 200 else None
-    return busy, status
+    conns = out.get("conns", "").strip()
+    return Activity(busy, status, int(conns) if conns.isdigit() else 0)
 
 
 STALE_BUSY_GRACE = 1.0
@@ -113,21 +131,23 @@ def wait_idle(ex: Executor, r: Replica, timeout: float) -> tuple[float, str]:
     started = time.monotonic()
     quiet, idle_since, accepted = 0, None, None
     while True:
-        busy, status = idle_probe(ex, r)
+        act = idle_probe(ex, r)
         now = time.monotonic()
-        fpm_idle = status is None or (status.active == 0 and status.listen_queue == 0)
+        status = act.status
         same_conns = status is None or accepted is None or status.accepted == accepted
-        idle_since = (idle_since or now) if fpm_idle and same_conns else None
+        idle_since = (idle_since or now) if act.fpm_idle and same_conns else None
         accepted = status.accepted if status else None
-        quiet = quiet + 1 if fpm_idle and busy == 0 else 0
+        quiet = quiet + 1 if act.fpm_idle and act.busy == 0 else 0
         if quiet >= 2:
             return now - started, "" if status else "no FPM status answer: master gone?"
         if idle_since is not None and now - idle_since >= STALE_BUSY_GRACE:
-            return now - started, f"Busy={busy} is stale: FPM idle for {STALE_BUSY_GRACE:g}s"
+            return now - started, (f"Busy={act.busy} is stale: FPM idle for "
+                                   f"{STALE_BUSY_GRACE:g}s")
         if now - started > timeout:
             active = status.active if status else "?"
             raise RolloutError(f"{r.host.name}: {r.name} still busy after {timeout:g}s "
-                               f"(Busy={busy}, active={active})")
+                               f"(Busy={act.busy}, active={active}, "
+                               f"connections={act.connections})")
         time.sleep(POLL)
 
 

@@ -214,7 +214,8 @@ def stop_host(ex: Executor, host: Host, sel: Selection, obs: Observer, timeout: 
             r = Replica(host, pool, n)
             if fpm.running_master(ex, host, pool, n) is None:
                 balancer.disable(ex, host, pool, n)
-                outcome = fpm.stop(ex, host, pool, n, timeout)  # workers of a dead master
+                replica.wait_idle(ex, r, timeout)  # workers of a dead master may still work
+                outcome = fpm.stop(ex, host, pool, n, timeout)
                 obs.event(Event("info", host.name, "stop", r.name, f"{outcome}: no-op"
                                 if outcome == "not-running" else outcome))
                 continue

@@ -196,6 +196,13 @@ def probe_replicas(layout: Layout, numbers: Iterable[int]) -> str:
     return PROBE_FUNCTION + "; " + "; ".join(calls)
 
 
+def open_connections(sock: PathLike) -> str:
+    """How many connections to a listening unix socket are open right now (accepted or
+    queued), from the kernel's table: requests in flight, even to workers whose master died."""
+    return (f"p={q(sock)} awk '$6 == \"03\" && $8 == ENVIRON[\"p\"] {{n++}} "
+            f"END {{print n + 0}}' /proc/net/unix")
+
+
 def read_current_release(layout: Layout) -> str:
     return f"readlink -- {q(layout.current_release)}"
 

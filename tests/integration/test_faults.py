@@ -51,19 +51,20 @@ def test_sshd_killed_mid_rollout_stops_it_and_the_host_keeps_serving(box: Sandbo
     assert healthy(box)
 
 
-def slow_fcgi_request(pool_dir: Path, n: int, ms: int) -> subprocess.Popen[str]:
-    """A slow request straight to one replica's socket, so its drain lasts a while."""
+def slow_fcgi_request(netns: str, pool_dir: Path, n: int, ms: int) -> subprocess.Popen[str]:
+    """A slow request straight to one replica's socket, from inside the host (as Apache's
+    would be), so that replica's drain lasts a while."""
     env = {"REQUEST_METHOD": "GET", "SCRIPT_NAME": "/sleep.php", "QUERY_STRING": f"ms={ms}",
            "SCRIPT_FILENAME": str(pool_dir / "current" / "sleep.php"), "PATH": "/usr/bin:/bin"}
-    return subprocess.Popen(["cgi-fcgi", "-bind", "-connect", str(pool_dir / "run" /
-                                                                 f"www-{n}.sock")],
-                            env=env, stdout=subprocess.PIPE, text=True)
+    sock = str(pool_dir / "run" / f"www-{n}.sock")
+    return subprocess.Popen(["ip", "netns", "exec", netns, "cgi-fcgi", "-bind", "-connect",
+                             sock], env=env, stdout=subprocess.PIPE, text=True)
 
 
 def test_master_killed_while_it_drains(box: Sandbox) -> None:
     pool_dir = box.pool_dir(1)
     with load(box, hosts=["h2"]) as stats:
-        in_flight = slow_fcgi_request(pool_dir, 1, 4000)
+        in_flight = slow_fcgi_request("fpmf-h2", pool_dir, 1, 4000)
         time.sleep(0.5)
         run = Background("restart", "--host", "h2", "--replica", "1", "--plain")
         run.wait_for("[h2] www-1 drain ok")

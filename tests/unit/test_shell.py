@@ -587,3 +587,17 @@ def test_probe_finds_the_pinned_release_under_a_root_with_a_space(sh, tmp_path, 
         assert proc.release == "v1"
     finally:
         _kill_stand_in(lay, 1)
+
+
+def test_open_connections_counts_connected_entries_of_that_socket_only():
+    cmd = shell.open_connections(PurePosixPath("/srv/www/run/www-1.sock"))
+    assert cmd.startswith("p=/srv/www/run/www-1.sock awk ")
+    table = ("Num       RefCount Protocol Flags    Type St Inode Path\n"
+             "0: 00000002 00000000 00010000 0001 01 11 /srv/www/run/www-1.sock\n"
+             "0: 00000003 00000000 00000000 0001 03 12 /srv/www/run/www-1.sock\n"
+             "0: 00000003 00000000 00000000 0001 03 13 /srv/www/run/www-2.sock\n"
+             "0: 00000003 00000000 00000000 0001 03 14 /srv/www/run/www-1.sock\n")
+    awk = cmd.split(" awk ", 1)[1].replace("/proc/net/unix", "-")
+    out = subprocess.run(f"p=/srv/www/run/www-1.sock awk {awk}", shell=True, input=table,
+                         capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "2"
