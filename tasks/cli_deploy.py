@@ -129,14 +129,24 @@ def rollback(c: Context, to: str | None = None, host: str | None = None,
         sel = rollout.select(s.fleet, host, pool)
         targets = _rollback_targets(sel, to)
         if dry_run:
-            for (hname, pname), target in targets.items():
-                output.out.print(f"# {hname} pool {pname}: roll back to {target}")
-            output.note("dry run: nothing was changed", "bold yellow")
+            _print_rollback_dry_run(sel, targets, timeout)
             return
         command = command_line()
         _run_rollout(s, sel, "rollback", parallel, plain,
                      lambda ex, h, obs, res, outs: _rollback_host(ex, h, sel, targets, command,
                                                                   timeout, obs, res, outs))
+
+
+def _print_rollback_dry_run(sel: Selection, targets: dict[tuple[str, str], str],
+                            timeout: float) -> None:
+    for h in sel.hosts:
+        for p in sel.pools:
+            plan = Plan(release=targets[(h.name, p.name)], command="", timeout=timeout)
+            output.out.print(f"# {h.name} ({h.address}) pool {p.name}: roll back to "
+                             f"{plan.release}")
+            for label, cmd in deploy.dry_run_rollback_commands(h, p, plan):
+                output.out.print(f"  [{label}] {cmd}", markup=False)
+    output.note("dry run: nothing was changed", "bold yellow")
 
 
 def _rollback_targets(sel: Selection, to: str | None) -> dict[tuple[str, str], str]:

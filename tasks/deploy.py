@@ -187,7 +187,10 @@ def cleanup_pool(ex: Executor, host: Host, pool: Pool, obs: Observer) -> list[st
     return doomed
 
 
-def dry_run_commands(host: Host, pool: Pool, plan: Plan, base: str | None) -> list[tuple[str, str]]:
+Commands = list[tuple[str, str]]
+
+
+def dry_run_commands(host: Host, pool: Pool, plan: Plan, base: str | None) -> Commands:
     """The remote commands a deploy would run on one host, in order (nothing is executed)."""
     layout = Layout.of(host, pool)
     name = plan.release
@@ -199,7 +202,20 @@ def dry_run_commands(host: Host, pool: Pool, plan: Plan, base: str | None) -> li
             ("shared links", release_shell.link_shared(layout, name, pool.shared))]
     cmds += [("before_activate", release_shell.before_activate(layout, name, c))
              for c in pool.before_activate]
-    cmds.append(("activate", release_shell.activate(layout, name)))
+    return cmds + _activation_commands(host, pool, plan)
+
+
+def dry_run_rollback_commands(host: Host, pool: Pool, plan: Plan) -> Commands:
+    """The remote commands a rollback to plan.release would run on one host."""
+    return [("lock", release_shell.take_lock(Layout.of(host, pool), "<holder>")),
+            *_activation_commands(host, pool, plan)]
+
+
+def _activation_commands(host: Host, pool: Pool, plan: Plan) -> Commands:
+    """Activate, then restart every replica onto the release, then unlock."""
+    layout = Layout.of(host, pool)
+    name = plan.release
+    cmds = [("activate", release_shell.activate(layout, name))]
     url = host.manager_url(pool)
     for n in pool.replica_numbers:
         member = f"unix:{layout.sock(n)}|{pool.member(n)}"
