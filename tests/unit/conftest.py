@@ -142,3 +142,10 @@ def evil_layout(tmp_path: Path) -> Layout:
 def pwned(tmp_path: Path) -> Callable[[], list[Path]]:
     """Files an injected `touch pwned` would have created anywhere under tmp_path."""
     return lambda: list(tmp_path.rglob("pwned"))
+
+
+@pytest.fixture
+def web(inventory_data, build_fleet):
+    """The first host and the www pool of the standard inventory."""
+    fleet = build_fleet(inventory_data)
+    return fleet.hosts[0], fleet.pool("www")

@@ -148,12 +148,6 @@ class ScriptedExecutor:
         raise AssertionError("not used")
 
 
-@pytest.fixture
-def web(inventory_data, build_fleet):
-    fleet = build_fleet(inventory_data)
-    return fleet.hosts[0], fleet.pool("www")
-
-
 def test_read_asks_the_hosts_manager_url_for_xml(web):
     host, pool = web
     ex = ScriptedExecutor(host, [www_page()])

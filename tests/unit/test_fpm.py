@@ -149,12 +149,6 @@ class Answers:
         raise AssertionError("not used")
 
 
-@pytest.fixture
-def web(inventory_data, build_fleet):
-    fleet = build_fleet(inventory_data)
-    return fleet.hosts[0], fleet.pool("www")
-
-
 @pytest.mark.parametrize(("answer", "ok"), [
     ((0, "Content-type: text/plain\r\n\r\npong"), True),
     ((0, "Content-type: text/plain\r\n\r\npong\n"), True),

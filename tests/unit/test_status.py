@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import pytest
-
 from tasks import shell, status
 from tasks.errors import RemoteResult
 from tasks.status import ReplicaStatus
@@ -94,12 +92,6 @@ class FakeHost:
 
     def stream(self, command, what, source, *, timeout=None):
         raise AssertionError("not used")
-
-
-@pytest.fixture
-def web(inventory_data, build_fleet):
-    fleet = build_fleet(inventory_data)
-    return fleet.hosts[0], fleet.pool("www")
 
 
 def probe_line(n: int, release: str) -> str:
