@@ -198,8 +198,7 @@ def releases(c: Context, host: str | None = None, pool: str | None = None) -> No
 
 def _release_rows(ex: Executor, h: Host, p: Pool) -> list[list[object]]:
     current = fpm.current_release(ex, h, p)
-    hist = release_ops.history(ex, h, p)
-    previous = next((a.previous for a in reversed(hist) if a.release == current), None)
+    previous = release_ops.previous_of(current, release_ops.history(ex, h, p))
     bad = release_ops.bad_releases(ex, h, p)
     pinned: dict[str, list[str]] = {}
     for n, proc in fpm.probe(ex, h, p).items():

@@ -174,8 +174,7 @@ def rollback_target(ex: Executor, host: Host, pool: Pool, to: str | None) -> str
 def cleanup_pool(ex: Executor, host: Host, pool: Pool, obs: Observer) -> list[str]:
     """Keep the newest `keep_releases`; never current, previous or a pinned release."""
     current = fpm.current_release(ex, host, pool)
-    hist = release.history(ex, host, pool)
-    previous = next((a.previous for a in reversed(hist) if a.release == current), None)
+    previous = release.previous_of(current, release.history(ex, host, pool))
     pinned = {p.release for p in fpm.probe(ex, host, pool).values() if p.alive and p.release}
     protected = {n for n in (current, previous, *pinned) if n}
     doomed = release.cleanup_candidates(release.list_releases(ex, host, pool),

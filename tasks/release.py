@@ -248,6 +248,11 @@ def history(ex: Executor, host: Host, pool: Pool) -> list[Activation]:
     return out
 
 
+def previous_of(current: str | None, hist: list[Activation]) -> str | None:
+    """The release `current` replaced when it was last activated."""
+    return next((a.previous for a in reversed(hist) if a.release == current), None)
+
+
 def bad_releases(ex: Executor, host: Host, pool: Pool) -> set[str]:
     return set(ex.run(rs.list_bad(Layout.of(host, pool)), "list bad releases").stdout.split())
 
