@@ -12,6 +12,7 @@ from invoke.tasks import task
 from . import deploy, fpm, manifest, output, rollout
 from . import release as release_ops
 from .cli_common import Session, boundary, command_line
+from .cli_fleet import reporting_interrupts
 from .deploy import Plan, PoolOutcome
 from .errors import ConfigError, FleetError, UsageError
 from .events import Observer
@@ -77,7 +78,7 @@ PoolWork = Callable[[Executor, Host, Observer, HostResult, list[PoolOutcome]], N
 def _run_rollout(s: Session, sel: Selection, title: str, parallel: int, plain: bool,
                  body: PoolWork) -> None:
     outcomes: list[PoolOutcome] = []
-    with output.progress(plain) as obs:
+    with reporting_interrupts(sel), output.progress(plain) as obs:
         runner = Runner(obs, parallel=max(1, parallel))
         results = runner.run(sel.hosts,
                              lambda ex, h, r: body(ex, h, obs, r, outcomes))

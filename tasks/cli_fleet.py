@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 from invoke.context import Context
 from invoke.exceptions import Exit
@@ -152,11 +153,23 @@ LIFECYCLE_HELP = {**SELECT_HELP, "timeout": "seconds to wait for idle / graceful
                   "plain": "plain lines instead of the live display"}
 
 
+@contextmanager
+def reporting_interrupts(sel: Selection) -> Iterator[None]:
+    """On Ctrl-C / SIGTERM (once the replica in hand was put back), show every replica."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        output.note("interrupted: the state of every selected replica now", "bold yellow")
+        rows = collect_status(sel)
+        _print_status(rows, status_mod.drift(rows), q=False)
+        raise
+
+
 def _lifecycle(c: Context, title: str, host: str | None, pool: str | None,
                replica: str | None, plain: bool, body: HostWork) -> None:
     with boundary(c, command_line()) as s:
         sel = rollout.select(s.fleet, host, pool, replica)
-        with output.progress(plain) as obs:
+        with reporting_interrupts(sel), output.progress(plain) as obs:
             results = Runner(obs).run(sel.hosts, lambda ex, h, r: body(ex, h, sel, obs, r))
         _recap(title, results)
         rollout.stopped(title, results)

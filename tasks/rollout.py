@@ -103,7 +103,11 @@ class Runner:
                 self._one(h, work, results[h.name])
         else:
             with ThreadPoolExecutor(max_workers=self.parallel) as pool:
-                list(pool.map(lambda h: self._one(h, work, results[h.name]), hosts))
+                try:
+                    list(pool.map(lambda h: self._one(h, work, results[h.name]), hosts))
+                except KeyboardInterrupt:
+                    self._stop.set()  # hosts not started stay untouched
+                    raise
         return [results[h.name] for h in hosts]
 
     def _one(self, host: Host, work: Callable[[Executor, Host, HostResult], None],
