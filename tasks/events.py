@@ -40,11 +40,6 @@ class Recorder:
         return [(e.host, e.target, e.step) for e in self.events if e.kind == kind]
 
 
-class Silent:
-    def event(self, ev: Event) -> None:
-        pass
-
-
 @dataclass
 class StepHandle:
     """Lets a running step add detail to its closing event."""

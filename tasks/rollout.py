@@ -79,10 +79,6 @@ class HostResult:
     exit_code: int = 0
 
 
-class Cancelled(Exception):
-    """Raised by the observer hook when the operator interrupts (Ctrl-C, SIGTERM)."""
-
-
 @dataclass
 class Runner:
     """Runs one per-host operation across the selection and collects HostResults."""
@@ -146,7 +142,7 @@ def tracked(ex: Executor, r: Replica, obs: Observer, result: HostResult) -> Iter
     runs and is healthy, and report its state."""
     try:
         yield
-    except (KeyboardInterrupt, Cancelled):
+    except KeyboardInterrupt:
         state = replica.recover(ex, r)
         obs.event(Event("warn", r.host.name, "interrupted", r.name, state))
         raise

@@ -56,11 +56,6 @@ def split_sections(stdout: str) -> dict[str, str]:
 
 # --- files and directories -------------------------------------------------------------------
 
-def mkdirs(paths: Iterable[PathLike], mode: str = "0755") -> str:
-    paths = list(paths)
-    return f"mkdir -p -- {join(paths)} && chmod {mode} -- {join(paths)}"
-
-
 def checksums(paths: Iterable[PathLike]) -> str:
     """sha256 of each existing file; missing files are simply absent from the output."""
     return f"sha256sum -- {join(paths)} 2>/dev/null; true"
