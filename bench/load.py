@@ -52,12 +52,9 @@ def kind_of(path: str) -> str:
 
 
 def judge(kind: str, status: int, body: str) -> str:
-    """Why an answer counts as failed (as tasks.stress judges it), or "" when it is fine."""
-    if not 200 <= status < 300:
-        return f"HTTP {status}"
-    if kind == "atomic" and not stress.atomic_ok(body):
-        return "mixed releases"
-    return ""
+    """Why an answer counts as failed, as tasks.stress judges it; a slow request cut short is
+    counted in its own column (`slow_cut_short`, from its latency), not as failed."""
+    return stress.verdict(kind, status, body, None)
 
 
 class Clock:
@@ -125,12 +122,7 @@ class Window:
 
 
 def targets(fleet: Fleet) -> list[Target]:
-    return [Target(h.name, h.address, _port(h.apache.listen)) for h in fleet.hosts]
-
-
-def _port(listen: str) -> int:
-    port = listen.rsplit(":", 1)[-1]
-    return int(port) if port.isdigit() else 80
+    return stress.targets(fleet.hosts)
 
 
 def run_window(scenario: str, fleet: Fleet, profile: Profile,

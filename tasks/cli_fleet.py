@@ -211,7 +211,7 @@ def stress(c: Context, host: str | None = None, duration: float = 10, fast: int 
     """Bounded load (ping.php, sleep.php, atomic.php) on every host; failures and latency."""
     with boundary(c, command_line()) as s:
         sel = rollout.select(s.fleet, host)
-        targets = [stress_mod.Target(h.name, h.address, _http_port(h)) for h in sel.hosts]
+        targets = stress_mod.targets(sel.hosts)
         output.note(f"stress: {duration:g}s on {len(targets)} hosts "
                     f"({fast} fast, {slow} slow x {slow_ms} ms, 1 atomic per host)")
         stats = stress_mod.run(targets, duration, fast_workers=fast, slow_workers=slow,
@@ -229,8 +229,3 @@ def stress(c: Context, host: str | None = None, duration: float = 10, fast: int 
                                                 "releases", "failures"], rows))
         if any(st.failures for st in stats):
             raise Exit(code=1)
-
-
-def _http_port(h: Host) -> int:
-    port = h.apache.listen.rsplit(":", 1)[-1]
-    return int(port) if port.isdigit() else 80

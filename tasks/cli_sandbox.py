@@ -130,7 +130,7 @@ def _demo(c: Context, base: Path, hosts: int, dir: str) -> None:
     up(c, hosts=hosts, dir=dir, release="v1")
     fleet = inventory.load(base / "hosts.toml")
     demo_app.build(Path(fleet.pools[0].source), "v2")
-    targets = [stress.Target(h.name, h.address) for h in fleet.hosts]
+    targets = stress.targets(fleet.hosts)
     output.note("load: 2 fast + 2 slow (2 s) + 1 atomic.php client per host; deploying v2",
                 "bold")
     load = stress.Stress(targets, slow_ms=2000).start()

@@ -34,6 +34,12 @@ class Apache:
     user: str = "www-data"
     group: str = "www-data"
 
+    @property
+    def port(self) -> int:
+        """The TCP port of the pools' public virtual hosts (`listen` is ADDRESS:PORT)."""
+        port = self.listen.rsplit(":", 1)[-1]
+        return int(port) if port.isdigit() else 80
+
 
 @dataclass(frozen=True)
 class Pool:

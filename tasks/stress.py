@@ -13,8 +13,10 @@ import statistics
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+
+from .inventory import Host
 
 
 @dataclass(frozen=True)
@@ -94,6 +96,23 @@ def cut_short(body: str, asked_ms: int) -> bool:
     return int(words[1].removesuffix("ms")) < 0.95 * asked_ms
 
 
+def targets(hosts: Iterable[Host]) -> list[Target]:
+    """One load target per host: its address and the port of its public virtual hosts."""
+    return [Target(h.name, h.address, h.apache.port) for h in hosts]
+
+
+def verdict(kind: str, status: int, body: str, slow_ms: int | None) -> str:
+    """Why an answer counts as failed, or "" when it is fine. Without slow_ms a slow request
+    that was cut short is not judged here (the benchmarks count it in a column of its own)."""
+    if not 200 <= status < 300:
+        return f"HTTP {status}"
+    if kind == "atomic" and not atomic_ok(body):
+        return "mixed releases"
+    if kind == "slow" and slow_ms is not None and cut_short(body, slow_ms):
+        return "cut short"
+    return ""
+
+
 def fetch(target: Target, path: str, timeout: float) -> tuple[int, str]:
     conn = http.client.HTTPConnection(target.address, target.port, timeout=timeout)
     try:
@@ -154,12 +173,9 @@ class Stress:
         except (OSError, http.client.HTTPException) as exc:
             return Sample(kind, time.monotonic() - started, False, type(exc).__name__)
         elapsed = time.monotonic() - started
-        if not 200 <= status < 300:
-            return Sample(kind, elapsed, False, f"HTTP {status}")
-        if kind == "atomic" and not atomic_ok(body):
-            return Sample(kind, elapsed, False, "mixed releases", body)
-        if kind == "slow" and cut_short(body, self.slow_ms):
-            return Sample(kind, elapsed, False, "cut short", body)
+        reason = verdict(kind, status, body, self.slow_ms)
+        if reason:
+            return Sample(kind, elapsed, False, reason, body if status < 300 else "")
         return Sample(kind, elapsed, True, body=body if kind != "atomic" else "")
 
     def stop(self) -> list[HostStats]:
