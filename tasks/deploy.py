@@ -50,7 +50,7 @@ def roll_to(ex: Executor, host: Host, pool: Pool, target: str, obs: Observer, ti
     for n in ordered_replicas(ex, host, pool, wanted):
         r = Replica(host, pool, n)
         proc = procs[n]
-        running = proc.alive and proc.is_master_of(r.layout.fpm_conf(n))
+        running = proc.runs_master(r.layout)
         current = running and proc.release == target and not proc.release_deleted
         if current and fpm.ping(ex, host, pool, n):
             obs.event(Event("info", host.name, "restart", r.name, f"already on {target}"))

@@ -72,6 +72,10 @@ class Process:
     def is_master_of(self, conf: PurePosixPath) -> bool:
         return self.title == shell.FPM_MASTER_TITLE.format(conf=conf)
 
+    def runs_master(self, layout: Layout) -> bool:
+        """Alive, and really replica n's php-fpm master (not a reused pid)."""
+        return self.alive and self.is_master_of(layout.fpm_conf(self.n))
+
     @property
     def alive(self) -> bool:
         return self.pid is not None and self.state not in ("-", "Z", "X")
@@ -122,7 +126,7 @@ def probe(ex: Executor, host: Host, pool: Pool, numbers: list[int] | None = None
 def running_master(ex: Executor, host: Host, pool: Pool, n: int) -> Process | None:
     """Replica n's master if it is alive and really is that replica's php-fpm master."""
     proc = probe(ex, host, pool, [n])[n]
-    if proc.alive and proc.is_master_of(Layout.of(host, pool).fpm_conf(n)):
+    if proc.runs_master(Layout.of(host, pool)):
         return proc
     return None
 

@@ -60,7 +60,7 @@ def setup_host(ex: Executor, fleet: Fleet, host: Host) -> SetupReport:
     report.changes += [f"created {d}" for d in created.stdout.split("\n") if d]
     for pool in fleet.pools:
         for f in changed_files(ex, fpm_files(host, pool)):
-            upload_text(ex, f"{f.path}{shell.stage_suffix()}", f.text)
+            upload_text(ex, f"{f.path}{shell.STAGED}", f.text)
             test = f"{shell.q(pool.php_fpm)} -t --fpm-config {shell.q(f.path)}"
             ex.run(shell.install_checked([f.path], test), f"install {f.path}")
             report.changes.append(f"wrote {f.path}")
@@ -74,7 +74,7 @@ def _setup_apache(ex: Executor, fleet: Fleet, host: Host) -> list[str]:
     changed = changed_files(ex, apache_files(fleet, host))
     if changed:
         for f in changed:
-            upload_text(ex, f"{f.path}{shell.stage_suffix()}", f.text)
+            upload_text(ex, f"{f.path}{shell.STAGED}", f.text)
         test = shell.apache_test(apache)
         if not apache.is_instance:
             test = f"{shell.apache_enable_site()} && {test}"

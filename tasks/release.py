@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import release_shell as rs
+from . import shell
 from .errors import ConfigError, LockError, RemoteError, RolloutError
 from .inventory import Host, Pool
 from .layout import Layout
@@ -117,7 +118,7 @@ def upload(ex: Executor, host: Host, pool: Pool, source: Path, manifest: Manifes
         except DeltaMismatch:
             # the base release was changed after its upload: send everything instead
             send, sent = _stage(ex, host, layout, name, source, manifest, None, None)
-        ex.stream(rs.write_stdin_manifest(layout, name), f"store manifest of {name}",
+        ex.stream(shell.write_stdin(rs.manifest_path(layout, name)), f"store manifest of {name}",
                   io.BytesIO(serialize(manifest).encode()))
         ex.run(rs.commit_release(layout, name, replace=existing is not None), f"commit {name}")
     except RemoteError as exc:

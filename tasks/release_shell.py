@@ -154,9 +154,3 @@ def force_unlock(layout: Layout) -> str:
 def clear_incoming(layout: Layout) -> str:
     """Leftovers of interrupted uploads (only ever called while holding the lock)."""
     return f"find {q(layout.incoming)} -mindepth 1 -maxdepth 1 -exec rm -rf -- {{}} +"
-
-
-def write_stdin_manifest(layout: Layout, name: str) -> str:
-    path = q(manifest_path(layout, name))
-    tmp = q(manifest_path(layout, name) + ".tmp")
-    return f"cat > {tmp} && mv -f -- {tmp} {path}"

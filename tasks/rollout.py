@@ -161,7 +161,7 @@ def heal(ex: Executor, host: Host, pool: Pool, obs: Observer) -> None:
     for n in pool.replica_numbers:
         r = Replica(host, pool, n)
         member, proc = balancer.member_of(bal, host, pool, n), procs[n]
-        if not member.out or not (proc.alive and proc.is_master_of(r.layout.fpm_conf(n))):
+        if not member.out or not proc.runs_master(r.layout):
             continue
         try:
             replica.health_gate(ex, r, proc.release or "", attempts=2)
@@ -196,7 +196,7 @@ def start_host(ex: Executor, host: Host, sel: Selection, obs: Observer,
         procs = fpm.probe(ex, host, pool, sel.replicas(host, pool))
         for n, proc in procs.items():
             r = Replica(host, pool, n)
-            if proc.alive and proc.is_master_of(r.layout.fpm_conf(n)):
+            if proc.runs_master(r.layout):
                 obs.event(Event("info", host.name, "start", r.name,
                                 f"already running (pid {proc.pid}, {proc.release}): no-op"))
                 continue

@@ -14,6 +14,7 @@ from .layout import ApacheLayout, Layout
 
 PathLike = str | PurePosixPath
 SECTION = "@@fpm-fleet-section@@"
+STAGED = ".fpm-fleet-new"  # a config uploaded beside its target, installed by install_checked
 FPM_MASTER_TITLE = "php-fpm: master process ({conf})"
 
 
@@ -67,10 +68,6 @@ def write_stdin(path: PathLike, mode: str = "0644") -> str:
     return f"cat > {q(tmp)} && chmod {mode} -- {q(tmp)} && mv -f -- {q(tmp)} {q(path)}"
 
 
-def stage_suffix() -> str:
-    return ".fpm-fleet-new"
-
-
 def install_checked(files: Sequence[PathLike], test: str) -> str:
     """Move staged `<file>.fpm-fleet-new` into place, run `test`; on failure put the old back.
 
@@ -78,7 +75,7 @@ def install_checked(files: Sequence[PathLike], test: str) -> str:
     """
     steps = []
     for f in files:
-        new, old = q(f"{f}{stage_suffix()}"), q(f"{f}.fpm-fleet-old")
+        new, old = q(f"{f}{STAGED}"), q(f"{f}.fpm-fleet-old")
         steps.append(f"if [ -e {q(f)} ]; then cp -p -- {q(f)} {old}; else rm -f -- {old}; fi; "
                      f"mv -f -- {new} {q(f)}")
     restore = []

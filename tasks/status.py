@@ -50,7 +50,7 @@ def pool_status(ex: Executor, host: Host, pool: Pool, numbers: list[int]) -> lis
         row = ReplicaStatus(host.name, pool.name, n, current_release=current)
         row.lb_status = member.status if member else ("unreachable" if bal is None else "absent")
         row.busy = member.busy if member else None
-        master = proc.alive and proc.is_master_of(layout.fpm_conf(n))
+        master = proc.runs_master(layout)
         row.pid = proc.pid if master else None
         row.uptime = proc.elapsed if master else None
         row.release = proc.release if master else None

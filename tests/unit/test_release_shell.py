@@ -11,7 +11,7 @@ from pathlib import Path, PurePosixPath
 
 import pytest
 
-from tasks import manifest
+from tasks import manifest, shell
 from tasks import release_shell as rs
 from tasks.errors import ConfigError
 from tasks.layout import Layout
@@ -285,7 +285,8 @@ def test_commit_release_with_replace_swaps_in_the_new_tree(sh, layout):
 
 def test_manifest_is_written_from_stdin_and_read_only_while_the_release_exists(sh, layout):
     assert sh(rs.prepare_staging(layout, "v1", None)).returncode == 0
-    assert sh(rs.write_stdin_manifest(layout, "v1"), stdin=b"f\t644\tabc\t./a\n").returncode == 0
+    write = shell.write_stdin(rs.manifest_path(layout, "v1"))
+    assert sh(write, stdin=b"f\t644\tabc\t./a\n").returncode == 0
     assert Path(rs.manifest_path(layout, "v1")).read_text() == "f\t644\tabc\t./a\n"
     assert sh(rs.read_manifest(layout, "v1")).stdout == ""  # release not committed yet
     make_release(layout, "v1")
@@ -417,7 +418,7 @@ def test_release_builders_never_execute_metacharacters_in_paths_names_or_notes(
     for cmd in commands:
         sh(cmd)
         assert pwned() == [], cmd
-    for cmd in (rs.prune_staging(lay, name), rs.write_stdin_manifest(lay, name),
+    for cmd in (rs.prune_staging(lay, name), shell.write_stdin(rs.manifest_path(lay, name)),
                 rs.extract(lay, name)):
         sh(cmd, stdin=b"")
         assert pwned() == [], cmd

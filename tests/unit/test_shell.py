@@ -189,7 +189,7 @@ class TestInstallChecked:
     def stage(path: Path, old: str | None, new: str) -> None:
         if old is not None:
             path.write_text(old)
-        Path(f"{path}{shell.stage_suffix()}").write_text(new)
+        Path(f"{path}{shell.STAGED}").write_text(new)
 
     def test_passing_test_installs_the_new_file_and_removes_backups(self, sh, tmp_path):
         conf = tmp_path / "site a.conf"
