@@ -112,11 +112,17 @@ def _recap(title: str, sel: Selection, results: list[HostResult],
 def _print_dry_run(sel: Selection, plans: dict[str, Plan]) -> None:
     for h in sel.hosts:
         for p in sel.pools:
-            output.out.print(f"# {h.name} ({h.address}) pool {p.name}: deploy "
-                             f"{plans[p.name].release} from {plans[p.name].source}")
-            for label, cmd in deploy.dry_run_commands(h, p, plans[p.name], "<current>"):
-                output.out.print(f"  [{label}] {cmd}", markup=False)
+            plan = plans[p.name]
+            _print_plan(f"{h.name} ({h.address}) pool {p.name}: deploy {plan.release} "
+                        f"from {plan.source}",
+                        deploy.dry_run_commands(h, p, plan, "<current>"))
     output.note("dry run: nothing was changed", "bold yellow")
+
+
+def _print_plan(heading: str, commands: deploy.Commands) -> None:
+    output.out.print(f"# {heading}", markup=False)
+    for label, cmd in commands:
+        output.out.print(f"  [{label}] {cmd}", markup=False)
 
 
 @task(help={**COMMON_HELP, "to": "release to go back to (default: the previous good one)"})
@@ -143,10 +149,8 @@ def _print_rollback_dry_run(sel: Selection, targets: dict[tuple[str, str], str],
     for h in sel.hosts:
         for p in sel.pools:
             plan = Plan(release=targets[(h.name, p.name)], command="", timeout=timeout)
-            output.out.print(f"# {h.name} ({h.address}) pool {p.name}: roll back to "
-                             f"{plan.release}")
-            for label, cmd in deploy.dry_run_rollback_commands(h, p, plan):
-                output.out.print(f"  [{label}] {cmd}", markup=False)
+            _print_plan(f"{h.name} ({h.address}) pool {p.name}: roll back to {plan.release}",
+                        deploy.dry_run_rollback_commands(h, p, plan))
     output.note("dry run: nothing was changed", "bold yellow")
 
 
