@@ -183,6 +183,18 @@ def test_empty_pools_table_is_rejected(inventory_data, config_error):
     expect(config_error(inventory_data, FILE), "pools", "at least one pool is required")
 
 
+def put(data: dict, where: str, key: str, value: object, host: int = 0) -> str:
+    """Set `key` in a host, the pool or [defaults]; return the prefix errors name it by."""
+    if where == "host":
+        data["hosts"][host][key] = value
+        return f"hosts.{value}" if key == "name" else f"hosts.{data['hosts'][host]['name']}"
+    if where == "pool":
+        data["pools"]["www"][key] = value
+        return "pools.www"
+    data["defaults"][key] = value
+    return "defaults"
+
+
 # --- wrong types ------------------------------------------------------------------------------
 
 @pytest.mark.parametrize(("where", "key", "value", "problem"), [
@@ -202,15 +214,7 @@ def test_empty_pools_table_is_rejected(inventory_data, config_error):
 ])
 def test_wrong_type_is_rejected_naming_key_and_expected_type(
         inventory_data, config_error, where, key, value, problem):
-    if where == "host":
-        inventory_data["hosts"][0][key] = value
-        prefix = "hosts.web1"
-    elif where == "pool":
-        inventory_data["pools"]["www"][key] = value
-        prefix = "pools.www"
-    else:
-        inventory_data["defaults"][key] = value
-        prefix = "defaults"
+    prefix = put(inventory_data, where, key, value)
     expect(config_error(inventory_data, FILE), f"{prefix}.{key}", problem)
 
 
@@ -267,15 +271,7 @@ def test_two_replicas_is_the_minimum_accepted(inventory_data, build_fleet):
 ])
 def test_out_of_range_values_are_rejected_naming_the_key(
         inventory_data, config_error, where, key, value, problem):
-    if where == "host":
-        inventory_data["hosts"][1][key] = value
-        prefix = "hosts.web2" if key != "name" else f"hosts.{value}"
-    elif where == "pool":
-        inventory_data["pools"]["www"][key] = value
-        prefix = "pools.www"
-    else:
-        inventory_data["defaults"][key] = value
-        prefix = "defaults"
+    prefix = put(inventory_data, where, key, value, host=1)
     expect(config_error(inventory_data, FILE), f"{prefix}.{key}", problem)
 
 
