@@ -59,6 +59,11 @@ def _line(ev: Event) -> Text:
     return text
 
 
+def _log_event(ev: Event) -> None:
+    log.info("event %s %s %s %s %.3f %s", ev.kind, ev.host, ev.target, ev.step, ev.elapsed,
+             ev.detail)
+
+
 class PlainObserver:
     """One line per finished step: for CI logs and pipes."""
 
@@ -67,8 +72,7 @@ class PlainObserver:
         self.lock = threading.Lock()
 
     def event(self, ev: Event) -> None:
-        log.info("event %s %s %s %s %.3f %s", ev.kind, ev.host, ev.target, ev.step, ev.elapsed,
-                 ev.detail)
+        _log_event(ev)
         if ev.kind == "start":
             return
         with self.lock:
@@ -96,8 +100,7 @@ class LiveObserver:
                          get_renderable=self.render)
 
     def event(self, ev: Event) -> None:
-        log.info("event %s %s %s %s %.3f %s", ev.kind, ev.host, ev.target, ev.step, ev.elapsed,
-                 ev.detail)
+        _log_event(ev)
         with self.lock:
             key = (ev.host, ev.target or "-")
             row = self.rows.setdefault(key, _Row(ev.step, ev.kind, time.monotonic()))
