@@ -68,6 +68,8 @@ class Process:
     elapsed: int | None
     title: str
     pinned: str | None
+    service: str = "-"
+    strays: int = 0
 
     def is_master_of(self, conf: PurePosixPath) -> bool:
         return self.title == shell.FPM_MASTER_TITLE.format(conf=conf)
@@ -101,14 +103,15 @@ def parse_probe(output: str) -> dict[int, Process]:
     out: dict[int, Process] = {}
     for line in output.splitlines():
         fields = line.split("\t")
-        if len(fields) != 6 or not fields[0].isdigit():
+        if len(fields) != 8 or not fields[0].isdigit():
             continue
-        n, pid, state, elapsed, title, pinned = fields
+        n, pid, state, elapsed, title, pinned, service, strays = fields
         out[int(n)] = Process(
             n=int(n), pid=int(pid) if pid.isdigit() else None, state=state,
             elapsed=int(elapsed) if elapsed.isdigit() else None,
             title="" if title == "-" else title,
-            pinned=None if pinned == "-" else unescape_mountinfo(pinned))
+            pinned=None if pinned == "-" else unescape_mountinfo(pinned),
+            service=service, strays=int(strays) if strays.isdigit() else 0)
     return out
 
 
@@ -165,18 +168,18 @@ def status(ex: Executor, host: Host, pool: Pool, n: int) -> FpmStatus | None:
 def start(ex: Executor, host: Host, pool: Pool, n: int, release: str) -> None:
     layout = Layout.of(host, pool)
     try:
-        ex.run(shell.fpm_start(layout, n, pool.php_fpm, release),
-               f"start {pool.name}-{n} pinned to {release}")
+        ex.run(shell.fpm_start(layout, n, release), f"start {pool.name}-{n} pinned to {release}")
     except RemoteError as exc:
         raise RolloutError(f"{host.name}: {pool.name}-{n} did not start: {exc}") from None
 
 
-def stop(ex: Executor, host: Host, pool: Pool, n: int, timeout: float) -> str:
-    """Graceful stop; returns 'stopped', 'escalated' or 'not-running'."""
+def stop(ex: Executor, host: Host, pool: Pool, n: int) -> str:
+    """Graceful stop of the replica's service; returns 'stopped', 'escalated' or 'not-running'
+    (with a note when workers of a dead master were stopped too)."""
     layout = Layout.of(host, pool)
     try:
-        result = ex.run(shell.fpm_stop(layout, n, timeout), f"stop {pool.name}-{n}",
-                        timeout=timeout + 30)
+        result = ex.run(shell.fpm_stop(layout, n), f"stop {pool.name}-{n}",
+                        timeout=pool.stop_timeout + 30)
     except RemoteError as exc:
         raise RolloutError(f"{host.name}: {pool.name}-{n} could not be stopped: {exc}") from None
     words = result.stdout.split()
@@ -185,6 +188,11 @@ def stop(ex: Executor, host: Host, pool: Pool, n: int, timeout: float) -> str:
     strays = "strays" in words
     outcome = "not-running" if words[-1:] == ["not-running"] else "stopped"
     return f"{outcome}, workers of a dead master stopped" if strays else outcome
+
+
+def disable(ex: Executor, host: Host, pool: Pool, n: int) -> None:
+    """A replica stopped by the operator stays stopped at the next boot."""
+    ex.run(shell.fpm_disable(Layout.of(host, pool), n), f"disable {pool.name}-{n} at boot")
 
 
 def current_release(ex: Executor, host: Host, pool: Pool) -> str | None:

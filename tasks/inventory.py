@@ -19,14 +19,14 @@ HOST_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 POOL_NAME = re.compile(r"^[a-z][a-z0-9-]{0,30}$")
 URL_PATH = re.compile(r"^/[A-Za-z0-9._/-]*$")
 ACCOUNT = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
-APACHE_MODES = ("system", "instance")
+APACHE_MODES = ("system",)
 
 T = TypeVar("T")
 
 
 @dataclass(frozen=True)
 class Apache:
-    """How Apache runs on a host: the system one, or a private instance under the host root."""
+    """How Debian's Apache serves the pools on a host (`mode` has one value left: `system`)."""
 
     mode: str = "system"
     listen: str = "*:80"
@@ -59,6 +59,7 @@ class Pool:
     server_name: str
     max_children: int
     retry: int
+    stop_timeout: int
     source: str
     shared: tuple[str, ...]
     before_activate: tuple[str, ...]
@@ -339,6 +340,7 @@ def _pool(path: str, name: str, table: Any) -> Pool:
         server_name=r.get("server_name", str, name),
         max_children=r.get("max_children", int, 5),
         retry=r.get("retry", int, 1),
+        stop_timeout=r.get("stop_timeout", int, 60),
         source=r.get("source", str, f"build/{name}"),
         shared=r.strings("shared"),
         before_activate=r.strings("before_activate"),
@@ -354,6 +356,7 @@ def _pool(path: str, name: str, table: Any) -> Pool:
             "must be an http(s) URL")
     r.check("max_children", lambda v: v >= 1, "must be >= 1")
     r.check("retry", lambda v: 0 <= v <= 60, "must be 0..60 seconds")
+    r.check("stop_timeout", lambda v: 1 <= v <= 3600, "must be 1..3600 seconds")
     r.check("server_name", lambda v: bool(re.fullmatch(r"^[A-Za-z0-9.*-]+$", v)),
             "must be a host name")
     for key in ("user", "group"):

@@ -74,59 +74,29 @@ class Layout:
     def fpm_conf(self, n: int) -> PurePosixPath:
         return self.conf / f"{self.pool}-{n}.conf"
 
-    def fpm_log(self, n: int) -> PurePosixPath:
-        return self.log / f"{self.pool}-{n}.log"
+    def unit(self, n: int) -> str:
+        """Replica n's systemd service (an instance of the pool's template unit)."""
+        return f"fpm-fleet-{self.pool}@{n}.service"
+
+    @property
+    def unit_file(self) -> PurePosixPath:
+        """The pool's template unit: one service per replica, `fpm-fleet-<pool>@<n>`."""
+        return PurePosixPath(f"/etc/systemd/system/fpm-fleet-{self.pool}@.service")
 
     def directories(self) -> tuple[PurePosixPath, ...]:
         return (self.dir, self.releases, self.current, self.shared, self.run, self.log,
                 self.conf, self.state, self.incoming)
 
 
+APACHE_SITE = PurePosixPath("/etc/apache2/sites-available/fpm-fleet.conf")
+
+
 @dataclass(frozen=True)
 class ApacheLayout:
-    """Where the rendered Apache configuration goes and how Apache is controlled on a host.
+    """Where fpm-fleet's site goes in Debian's Apache (/etc/apache2, driven by systemd)."""
 
-    `system` mode writes one site into Debian's /etc/apache2 and drives apache2ctl;
-    `instance` mode runs a private Apache from a main config under the host root
-    (the local test fleet, where every host shares one /etc/apache2).
-    """
-
-    mode: str
-    root: PurePosixPath
+    site: PurePosixPath = APACHE_SITE
 
     @classmethod
     def of(cls, host: Host) -> ApacheLayout:
-        return cls(mode=host.apache.mode, root=PurePosixPath(host.root) / "apache")
-
-    @property
-    def is_instance(self) -> bool:
-        return self.mode == "instance"
-
-    @property
-    def site(self) -> PurePosixPath:
-        if self.is_instance:
-            return self.root / "sites" / "fpm-fleet.conf"
-        return PurePosixPath("/etc/apache2/sites-available/fpm-fleet.conf")
-
-    @property
-    def main_config(self) -> PurePosixPath:
-        return self.root / "apache2.conf"
-
-    @property
-    def run_dir(self) -> PurePosixPath:
-        return self.root / "run"
-
-    @property
-    def log_dir(self) -> PurePosixPath:
-        return self.root / "log"
-
-    @property
-    def pid_file(self) -> PurePosixPath:
-        if self.is_instance:
-            return self.run_dir / "apache2.pid"
-        return PurePosixPath("/var/run/apache2/apache2.pid")
-
-    def rendered_files(self) -> tuple[PurePosixPath, ...]:
-        if self.is_instance:
-            return (self.main_config, self.site)
-        return (self.site,)
+        return cls()

@@ -10,10 +10,10 @@ from pathlib import PurePosixPath
 from . import balancer, shell
 from .errors import FleetError, RemoteError
 from .inventory import Fleet, Host, Pool
-from .layout import ApacheLayout, Layout
+from .layout import Layout
 from .manifest import parse_checksums
 from .remote import Executor
-from .render import RenderedFile, apache_files, fpm_files
+from .render import RenderedFile, apache_files, fpm_files, unit_file
 
 
 @dataclass
@@ -28,9 +28,6 @@ class SetupReport:
 
 def directories(fleet: Fleet, host: Host) -> list[PurePosixPath]:
     dirs: list[PurePosixPath] = [PurePosixPath(host.root)]
-    apache = ApacheLayout.of(host)
-    if apache.is_instance:
-        dirs += [apache.root, apache.site.parent, apache.run_dir, apache.log_dir]
     for pool in fleet.pools:
         dirs += Layout.of(host, pool).directories()
     return dirs
@@ -53,8 +50,16 @@ def upload_text(ex: Executor, path: PurePosixPath | str, text: str, mode: str = 
     ex.stream(shell.write_stdin(path, mode), f"write {path}", io.BytesIO(text.encode()))
 
 
+NO_SYSTEMD = ("this host was not booted with systemd: fpm-fleet runs every replica as a "
+              "systemd service (restarted after a crash, started at boot) and supports only "
+              "systemd hosts")
+
+
 def setup_host(ex: Executor, fleet: Fleet, host: Host) -> SetupReport:
-    """Directories, replica configs and the Apache site; Apache reloaded only on change."""
+    """Directories, replica configs and services, the Apache site; each reloaded only on
+    change, so a second run changes nothing."""
+    if not ex.run(shell.has_systemd(), "check for systemd", check=False).ok:
+        raise FleetError(f"{host.name}: {NO_SYSTEMD}")
     report = SetupReport(host.name)
     created = ex.run(create_missing_dirs(directories(fleet, host)), "create directories")
     report.changes += [f"created {d}" for d in created.stdout.split("\n") if d]
@@ -64,20 +69,32 @@ def setup_host(ex: Executor, fleet: Fleet, host: Host) -> SetupReport:
             test = f"{shell.q(pool.php_fpm)} -t --fpm-config {shell.q(f.path)}"
             ex.run(shell.install_checked([f.path], test), f"install {f.path}")
             report.changes.append(f"wrote {f.path}")
+    report.changes += _setup_services(ex, fleet, host)
     report.changes += _setup_apache(ex, fleet, host)
     return report
 
 
+def _setup_services(ex: Executor, fleet: Fleet, host: Host) -> list[str]:
+    """One template unit per pool; every replica's service enabled (started at boot)."""
+    units = [unit_file(host, pool) for pool in fleet.pools]
+    changed = changed_files(ex, units)
+    for f in changed:
+        upload_text(ex, f.path, f.text)
+    if changed:
+        ex.run(shell.daemon_reload(), "systemctl daemon-reload")
+    names = [Layout.of(host, p).unit(n) for p in fleet.pools for n in p.replica_numbers]
+    enabled = ex.run(shell.enable_units(names), "enable replica services")
+    return ([f"wrote {f.path}" for f in changed]
+            + [f"enabled {u}" for u in enabled.stdout.split() if u])
+
+
 def _setup_apache(ex: Executor, fleet: Fleet, host: Host) -> list[str]:
-    apache = ApacheLayout.of(host)
     changes = []
     changed = changed_files(ex, apache_files(fleet, host))
     if changed:
         for f in changed:
             upload_text(ex, f"{f.path}{shell.STAGED}", f.text)
-        test = shell.apache_test(apache)
-        if not apache.is_instance:
-            test = f"{shell.apache_enable_site()} && {test}"
+        test = f"{shell.apache_enable_site()} && {shell.apache_test()}"
         try:
             ex.run(shell.install_checked([f.path for f in changed], test),
                    "install Apache config")
@@ -85,12 +102,13 @@ def _setup_apache(ex: Executor, fleet: Fleet, host: Host) -> list[str]:
             raise FleetError(f"{host.name}: the new Apache config fails its test and was not "
                              f"installed: {exc.result.stderr.strip()}") from None
         changes += [f"wrote {f.path}" for f in changed]
-    running = ex.run(shell.apache_running(apache), "is Apache running", check=False).ok
+    ex.run(shell.apache_ctl("enable"), "enable apache2.service")
+    running = ex.run(shell.apache_running(), "is Apache running", check=False).ok
     if not running:
-        ex.run(shell.apache_ctl(apache, "start"), "start Apache")
+        ex.run(shell.apache_ctl("start"), "start Apache")
         changes.append("started Apache")
     elif changed:
-        ex.run(shell.apache_ctl(apache, "graceful"), "reload Apache")
+        ex.run(shell.apache_ctl("reload"), "reload Apache")
         changes.append("reloaded Apache (graceful)")
     return changes
 
@@ -110,6 +128,8 @@ REQUIRED_MODULES = ("proxy_module", "proxy_fcgi_module", "proxy_balancer_module"
 def check_host(ex: Executor, fleet: Fleet, host: Host) -> list[Check]:
     """Preflight of one reachable host; each line says what is wrong and where."""
     checks = [Check(host.name, "ssh", True, f"{host.user}@{host.address}:{host.port}")]
+    systemd = ex.run(shell.has_systemd(), "check for systemd", check=False).ok
+    checks.append(Check(host.name, "systemd", systemd, "PID 1" if systemd else NO_SYSTEMD))
     uid = ex.run("id -u", "check root", check=False)
     how = "sudo" if host.sudo else "root login"
     checks.append(Check(host.name, "root", uid.stdout.strip() == "0",
@@ -124,8 +144,7 @@ def check_host(ex: Executor, fleet: Fleet, host: Host) -> list[Check]:
 
 
 def _check_apache(ex: Executor, fleet: Fleet, host: Host) -> list[Check]:
-    apache = ApacheLayout.of(host)
-    mods = ex.run(shell.apache_modules_loaded(apache), "list Apache modules", check=False)
+    mods = ex.run(shell.apache_modules_loaded(), "list Apache modules", check=False)
     missing = [m for m in REQUIRED_MODULES if m not in mods.stdout]
     checks = [Check(host.name, "apache modules", not missing,
                     "missing " + ", ".join(missing) if missing else "proxy, fcgi, balancer")]

@@ -13,15 +13,6 @@ from .layout import ApacheLayout, Layout
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 
-INSTANCE_MODULES = (
-    ("mpm_event", "mpm_event"), ("authz_core", "authz_core"), ("authz_host", "authz_host"),
-    ("mime", "mime"), ("dir", "dir"), ("proxy", "proxy"), ("proxy_fcgi", "proxy_fcgi"),
-    ("proxy_balancer", "proxy_balancer"), ("slotmem_shm", "slotmem_shm"),
-    ("lbmethod_byrequests", "lbmethod_byrequests"),
-    ("lbmethod_bybusyness", "lbmethod_bybusyness"),
-)
-
-
 @dataclass(frozen=True)
 class Site:
     pool: Pool
@@ -43,6 +34,15 @@ def _ini(value: object) -> str:
     return f'"{text}"'
 
 
+def _unit(value: object) -> str:
+    """A path for a systemd unit file: `%` is a specifier there (the inventory refuses
+    whitespace and quotes in paths)."""
+    text = str(value)
+    if any(c.isspace() or c in "\"'\\" for c in text):
+        raise ValueError(f"cannot write {text!r} into a systemd unit")
+    return text.replace("%", "%%")
+
+
 @cache
 def _env() -> jinja2.Environment:
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATES)),
@@ -50,6 +50,7 @@ def _env() -> jinja2.Environment:
                              lstrip_blocks=True, keep_trailing_newline=True,
                              autoescape=False)
     env.filters["ini"] = _ini
+    env.filters["unit"] = _unit
     return env
 
 
@@ -58,12 +59,7 @@ def apache_files(fleet: Fleet, host: Host) -> list[RenderedFile]:
     sites = [Site(pool, Layout.of(host, pool)) for pool in fleet.pools]
     site = _env().get_template("apache-site.conf.j2").render(host=host, apache=apache,
                                                                sites=sites)
-    files = [RenderedFile(apache.site, site)]
-    if apache.is_instance:
-        main = _env().get_template("apache-instance.conf.j2").render(
-            host=host, apache=apache, modules=INSTANCE_MODULES)
-        files.insert(0, RenderedFile(apache.main_config, main))
-    return files
+    return [RenderedFile(apache.site, site)]
 
 
 def fpm_files(host: Host, pool: Pool) -> list[RenderedFile]:
@@ -72,3 +68,10 @@ def fpm_files(host: Host, pool: Pool) -> list[RenderedFile]:
     return [RenderedFile(layout.fpm_conf(n), template.render(pool=pool, layout=layout, n=n,
                                                               apache=host.apache))
             for n in pool.replica_numbers]
+
+
+def unit_file(host: Host, pool: Pool) -> RenderedFile:
+    """The pool's systemd template unit (one service per replica)."""
+    layout = Layout.of(host, pool)
+    text = _env().get_template("fpm-replica.service.j2").render(pool=pool, layout=layout)
+    return RenderedFile(layout.unit_file, text)

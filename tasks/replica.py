@@ -208,10 +208,11 @@ def restart(ex: Executor, r: Replica, release: str, obs: Observer, timeout: floa
 
 def stop(ex: Executor, r: Replica, obs: Observer, timeout: float) -> str:
     with step(obs, r.host.name, "stop", r.name) as s:
-        outcome = fpm.stop(ex, r.host, r.pool, r.n, timeout)
+        outcome = fpm.stop(ex, r.host, r.pool, r.n)
         s.detail = outcome
         if outcome == "escalated":
-            s.detail = f"did not exit within {timeout:g}s after SIGQUIT: sent SIGTERM"
+            s.detail = (f"did not exit within {r.pool.stop_timeout}s after SIGQUIT "
+                        "(stop_timeout): systemd sent SIGKILL")
     return outcome
 
 

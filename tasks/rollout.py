@@ -215,12 +215,14 @@ def stop_host(ex: Executor, host: Host, sel: Selection, obs: Observer, timeout: 
             if fpm.running_master(ex, host, pool, n) is None:
                 balancer.disable(ex, host, pool, n)
                 replica.wait_idle(ex, r, timeout)  # workers of a dead master may still work
-                outcome = fpm.stop(ex, host, pool, n, timeout)
+                outcome = fpm.stop(ex, host, pool, n)
+                fpm.disable(ex, host, pool, n)
                 obs.event(Event("info", host.name, "stop", r.name, f"{outcome}: no-op"
                                 if outcome == "not-running" else outcome))
                 continue
             replica.take_out(ex, r, obs, timeout, check=not force)
             replica.stop(ex, r, obs, timeout)
+            fpm.disable(ex, host, pool, n)
             balancer.disable(ex, host, pool, n)
             result.done += 1
 

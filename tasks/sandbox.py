@@ -1,9 +1,15 @@
-"""The local test fleet: N hosts as network namespaces on 198.18.0.0/24 (DESIGN.md section 5).
+"""The local test fleet: N real Debian 12 hosts booted with systemd as PID 1.
 
-Each host gets its own sshd (own host key), and later, through `fab setup` over SSH, its own
-Apache instance and PHP-FPM replicas, all started inside its namespace. Everything `up`
-creates is recorded by name (namespaces, links, processes by namespace, files under the
-sandbox directory, the sudo test user) and `down` removes exactly that.
+Every host is a systemd-nspawn container on an overlay of one shared base tree
+(`sandbox_base`), in a network namespace of its own on a bridge (198.18.0.0/24), with its
+own identity (hostname, machine-id, SSH host key), Debian's own ssh.service and
+apache2.service, and a non-root deploy user with sudo. fpm-fleet drives it over SSH
+exactly as a production server (`mode = "system"`). `systemctl reboot` inside a host
+reboots it: its launcher (scripts/sandbox-host) boots it again, same address, same keys.
+
+Everything `up` creates is found again by name (namespaces, links, launchers by pid file,
+mounts and cgroups under recorded paths, files under the sandbox directories) and `down`
+removes exactly that. The base tree is a cache, kept unless `down --purge`.
 """
 
 from __future__ import annotations
@@ -11,30 +17,30 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
-import pwd
+import re
 import shutil
 import signal
+import socket
 import subprocess
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import FleetError
+from .sandbox_base import DEPLOY_USER
 
 PREFIX = "fpmf"
 BRIDGE = f"{PREFIX}-br0"
 SUBNET = "198.18.0"
 GATEWAY = f"{SUBNET}.1"
-SUDO_USER = "fpmfleet"
-SUDOERS = Path("/etc/sudoers.d/fpm-fleet-sandbox")
-SSHD = "/usr/sbin/sshd"
-# What the hosts themselves use (sshd configs and keys, authorized_keys, the fpm-fleet roots)
-# lives here rather than in the project: PHP workers and Apache run as www-data and the sudo
-# test user logs in, and none of them may traverse the directory the project was cloned to.
+LAUNCHER = Path(__file__).resolve().parent.parent / "scripts" / "sandbox-host"
+# The hosts' trees live outside the checkout: overlays want a real filesystem, and the
+# checkout may sit anywhere (a path with spaces, a tmpfs).
 HOSTS_DIR = Path("/var/tmp/fpm-fleet-sandbox")
-
+BOOT_TIMEOUT = 60.0
 
 LOCK_PATH = Path("/tmp/fpm-fleet-sandbox.lock")
 LOCK_HELD = "FPM_FLEET_SANDBOX_LOCK_HELD"
@@ -91,12 +97,17 @@ class SandboxHost:
 
     @property
     def root(self) -> Path:
-        """The fpm-fleet root of this host (every host has its own: the filesystem is shared)."""
-        return self.dir / "srv"
+        """The host's whole filesystem (the overlay's merged view), as seen from outside."""
+        return self.dir / "root"
 
     @property
-    def ssh_dir(self) -> Path:
-        return self.dir / "ssh"
+    def launcher_pid(self) -> Path:
+        return self.dir / "launcher.pid"
+
+    @property
+    def cgroups_file(self) -> Path:
+        """The cgroup directories the launcher made, one per line (for `down`)."""
+        return self.dir / "cgroups"
 
 
 def sh(*argv: str, check: bool = True,
@@ -111,8 +122,8 @@ def sh(*argv: str, check: bool = True,
 
 def require_root() -> None:
     if os.geteuid() != 0:
-        raise FleetError("sandbox: needs root (network namespaces, sshd, Apache)")
-    for tool in ("ip", SSHD, "ssh-keygen", "apache2", "cgi-fcgi", "unshare", "curl"):
+        raise FleetError("sandbox: needs root (network namespaces, overlays, containers)")
+    for tool in ("ip", "ssh-keygen", "systemd-nspawn", "debootstrap", "nsenter", "mount"):
         if not shutil.which(tool):
             raise FleetError(f"sandbox: {tool} is missing; run the README's set-up command")
 
@@ -121,6 +132,15 @@ def namespaces() -> list[str]:
     out = sh("ip", "netns", "list", check=False).stdout
     return [line.split()[0] for line in out.splitlines()
             if line.split() and line.split()[0].startswith(f"{PREFIX}-h")]
+
+
+def existing_hosts(base: Path = HOSTS_DIR) -> list[SandboxHost]:
+    """Hosts that have a directory or a namespace (whatever state they are in)."""
+    found = {int(n[len(PREFIX) + 2:]) for n in namespaces() if n[len(PREFIX) + 2:].isdigit()}
+    hosts_dir = base / "hosts"
+    if hosts_dir.is_dir():
+        found |= {int(p.name[1:]) for p in hosts_dir.iterdir() if p.name[1:].isdigit()}
+    return [SandboxHost(i, base) for i in sorted(found)]
 
 
 # --- network -----------------------------------------------------------------------------------
@@ -133,6 +153,7 @@ def ensure_bridge() -> None:
 
 
 def ensure_netns(host: SandboxHost) -> None:
+    """The host's network card: its address is set from outside and survives its reboots."""
     if host.netns in namespaces():
         return
     sh("ip", "netns", "add", host.netns)
@@ -145,140 +166,95 @@ def ensure_netns(host: SandboxHost) -> None:
     sh("ip", "link", "set", "lo", "up", netns=host.netns)
 
 
-# --- ssh ---------------------------------------------------------------------------------------
+# --- the host's filesystem and identity --------------------------------------------------------
+
+def mounted(path: Path) -> bool:
+    target = str(path)
+    with open("/proc/self/mountinfo") as fh:
+        return any(line.split()[4] == target for line in fh)
+
+
+def ensure_overlay(host: SandboxHost, base_tree: Path) -> None:
+    """The host's own writable layer over the read-only base tree."""
+    for sub in ("upper", "work", "root"):
+        (host.dir / sub).mkdir(parents=True, exist_ok=True)
+    if not mounted(host.root):
+        options = (f"lowerdir={base_tree},upperdir={host.dir / 'upper'},"
+                   f"workdir={host.dir / 'work'}")
+        sh("mount", "-t", "overlay", "overlay", "-o", options, str(host.root))
+
 
 def ensure_client_key(base: Path) -> Path:
-    """The operator's key stays in the project's sandbox dir; its public half goes to hosts."""
+    """The operator's key stays in the sandbox dir of the checkout; hosts get its public half."""
     key = base / "id_ed25519"
     if not key.exists():
         sh("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "fpm-fleet-sandbox",
            "-f", str(key))
-    HOSTS_DIR.mkdir(mode=0o755, exist_ok=True)
-    shutil.copyfile(f"{key}.pub", HOSTS_DIR / "authorized_keys")
-    os.chmod(HOSTS_DIR / "authorized_keys", 0o644)
     return key
 
 
-def sshd_config(host: SandboxHost) -> str:
-    return "\n".join([
-        f"ListenAddress {host.address}",
-        "Port 22",
-        f"HostKey {host.ssh_dir / 'ssh_host_ed25519_key'}",
-        f"PidFile {host.ssh_dir / 'sshd.pid'}",
-        f"AuthorizedKeysFile {HOSTS_DIR / 'authorized_keys'}",
-        "PermitRootLogin prohibit-password",
-        "PasswordAuthentication no",
-        "KbdInteractiveAuthentication no",
-        "UsePAM no",
-        "StrictModes no",
-        "PrintMotd no",
-        "MaxSessions 64",
-        "MaxStartups 64:30:128",
-        "LogLevel ERROR",
-        "Subsystem sftp internal-sftp",
-        # The machine's own ~/.bashrc (shared by every sandbox host) may be slow to source;
-        # a sandbox login gets a home of its own.
-        f"SetEnv HOME={HOSTS_DIR / 'home'}",
-        "",
-    ])
-
-
-def ensure_sshd(host: SandboxHost) -> None:
-    host.ssh_dir.mkdir(parents=True, exist_ok=True)
-    (HOSTS_DIR / "home").mkdir(exist_ok=True)
-    key = host.ssh_dir / "ssh_host_ed25519_key"
+def write_identity(host: SandboxHost, client_pub: str) -> None:
+    """What makes a copy of the base tree a machine of its own. Kept across reboots and
+    repeated `up`s (the machine-id and host key are made once)."""
+    etc = host.root / "etc"
+    (etc / "hostname").write_text(f"{host.name}\n")
+    (etc / "hosts").write_text(f"127.0.0.1 localhost\n127.0.1.1 {host.name}\n"
+                               f"{host.address} {host.name}\n")
+    machine_id = etc / "machine-id"
+    if not machine_id.read_text().strip():
+        machine_id.write_text(uuid.uuid4().hex + "\n")
+    key = etc / "ssh" / "ssh_host_ed25519_key"
     if not key.exists():
-        sh("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", host.name, "-f", str(key))
-    config = host.ssh_dir / "sshd_config"
-    config.write_text(sshd_config(host))
-    Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
-    if _alive_pid(host.ssh_dir / "sshd.pid") is None:
-        sh(SSHD, "-f", str(config), netns=host.netns)
-    _wait_port(host)
+        sh("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"root@{host.name}",
+           "-f", str(key))
+    (etc / "ssh" / "sshd_config.d" / "fpm-fleet-sandbox.conf").write_text(
+        "HostKey /etc/ssh/ssh_host_ed25519_key\n")
+    for home, owner in ((host.root / "root", "root"),
+                        (host.root / "home" / DEPLOY_USER, DEPLOY_USER)):
+        _authorize(home, client_pub, _ids(etc, owner))
 
 
-def _alive_pid(pidfile: Path) -> int | None:
-    """The pid in pidfile if that process runs (a zombie does not: PID 1 may reap late)."""
-    try:
-        pid = int(pidfile.read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        return None
-    return pid if _alive(pid) else None
+def _ids(etc: Path, user: str) -> tuple[int, int]:
+    """uid and gid of `user` in the host's own /etc/passwd (not the machine's)."""
+    for line in (etc / "passwd").read_text().splitlines():
+        fields = line.split(":")
+        if fields[0] == user:
+            return int(fields[2]), int(fields[3])
+    raise FleetError(f"sandbox: the base tree has no user {user}")
 
 
-def _wait_port(host: SandboxHost, timeout: float = 10) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        probe = sh("bash", "-c", f"exec 3<>/dev/tcp/{host.address}/22", check=False)
-        if probe.returncode == 0:
-            return
-        time.sleep(0.1)
-    raise FleetError(f"sandbox: sshd of {host.name} does not listen on {host.address}:22")
+def _authorize(home: Path, client_pub: str, ids: tuple[int, int]) -> None:
+    ssh_dir = home / ".ssh"
+    ssh_dir.mkdir(mode=0o700, exist_ok=True)
+    keys = ssh_dir / "authorized_keys"
+    keys.write_text(client_pub)
+    for path in (ssh_dir, keys):
+        os.chown(path, *ids)
+    keys.chmod(0o600)
 
 
 def known_hosts_line(host: SandboxHost) -> str:
-    pub = (host.ssh_dir / "ssh_host_ed25519_key.pub").read_text().split()
+    pub = (host.root / "etc" / "ssh" / "ssh_host_ed25519_key.pub").read_text().split()
     return f"{host.address} {pub[0]} {pub[1]}\n"
 
 
-def ensure_sudo_user() -> None:
-    """An unprivileged login with passwordless sudo, to prove non-root deploys."""
-    try:
-        pwd.getpwnam(SUDO_USER)
-    except KeyError:
-        sh("useradd", "--system", "--no-create-home", "--home-dir", str(HOSTS_DIR), "-p", "*",
-           "--shell", "/bin/sh", SUDO_USER)
-    SUDOERS.write_text(f"{SUDO_USER} ALL=(root) NOPASSWD: ALL\n")
-    os.chmod(SUDOERS, 0o440)
+# --- power -------------------------------------------------------------------------------------
 
-
-# --- inventory ---------------------------------------------------------------------------------
-
-def inventory(hosts: list[SandboxHost], base: Path, replicas: int = 2) -> str:
-    lines = [
-        "# Written by `fab sandbox.up`: the local test fleet (network namespaces).",
-        "# Use it with: FABRIC_INVENTORY=sandbox/hosts.toml fab <task>",
-        f'log_dir = "{base / "logs"}"',
-        "",
-        "[defaults]",
-        'user = "root"',
-        f'known_hosts = "{base / "known_hosts"}"',
-        f'identity_file = "{base / "id_ed25519"}"',
-        "connect_timeout = 5",
-        "",
-        "[defaults.apache]",
-        'mode = "instance"',
-        "",
-    ]
-    for h in hosts:
-        lines += ["[[hosts]]", f'name = "{h.name}"', f'address = "{h.address}"',
-                  f'root = "{h.root}"', f'apache = {{ listen = "{h.address}:80" }}', ""]
-    lines += ["[pools.www]", f"replicas = {replicas}", "max_children = 8",
-              f'source = "{base / "build" / "www"}"', 'shared = ["storage"]', ""]
-    return "\n".join(lines)
-
-
-# --- teardown ----------------------------------------------------------------------------------
-
-def kill_netns_processes(netns: str, timeout: float = 10) -> int:
-    """SIGTERM, then SIGKILL, every process inside one of our namespaces (ours by pid)."""
-    pids = _netns_pids(netns)
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        for pid in pids:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, sig)
-        deadline = time.monotonic() + (timeout if sig == signal.SIGTERM else 5)
-        while time.monotonic() < deadline and _netns_pids(netns):
-            time.sleep(0.1)
-        pids = _netns_pids(netns)
-        if not pids:
-            break
-    return len(pids)
-
-
-def _netns_pids(netns: str) -> list[int]:
-    out = sh("ip", "netns", "pids", netns, check=False).stdout
-    return [int(p) for p in out.split() if p.isdigit() and _alive(int(p))]
+def cgroup_dirs(self_cgroup: str, name: str, fs: Path = Path("/sys/fs/cgroup")) -> list[Path]:
+    """Where the launcher of host `name` puts itself, below the cgroups of this process, in
+    the hierarchies systemd needs (v2 or the `name=systemd` v1 one, plus memory and pids)."""
+    dirs = []
+    for line in self_cgroup.splitlines():
+        _, controllers, path = line.split(":", 2)
+        if controllers == "":
+            hierarchy = fs / "unified" if (fs / "unified").is_dir() else fs
+        elif controllers in ("name=systemd", "memory", "pids"):
+            hierarchy = fs / controllers.removeprefix("name=")
+        else:
+            continue
+        if hierarchy.is_dir():
+            dirs.append(hierarchy / path.lstrip("/") / f"{PREFIX}-{name}")
+    return dirs
 
 
 def _alive(pid: int) -> bool:
@@ -292,24 +268,172 @@ def _alive(pid: int) -> bool:
     return False
 
 
-def down(base: Path) -> list[str]:
-    """Remove every namespace, link, process and file of the sandbox; harmless to repeat."""
+def _pid_in(path: Path) -> int | None:
+    try:
+        pid = int(path.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    return pid if _alive(pid) else None
+
+
+def launch(host: SandboxHost) -> None:
+    """Power the host on (nothing happens if its launcher runs)."""
+    if _pid_in(host.launcher_pid) is not None:
+        return
+    dirs = cgroup_dirs(Path("/proc/self/cgroup").read_text(), host.name)
+    host.cgroups_file.write_text("".join(f"{d}\n" for d in dirs))
+    with open(host.dir / "console.log", "ab") as log:
+        proc = subprocess.Popen(["sh", str(LAUNCHER), host.name, str(host.root), host.netns,
+                                 *map(str, dirs)], stdin=subprocess.DEVNULL, stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+    host.launcher_pid.write_text(f"{proc.pid}\n")
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    except OSError:
+        return []
+    return [int(p) for p in text.split()]
+
+
+def leader(host: SandboxHost) -> int | None:
+    """The host's PID 1 (systemd), as a pid of this machine: launcher -> nspawn -> init."""
+    launcher = _pid_in(host.launcher_pid)
+    if launcher is None:
+        return None
+    for nspawn in _children(launcher):
+        for init in _children(nspawn):
+            return init
+    return None
+
+
+def run_in(host: SandboxHost, *argv: str, timeout: float = 60
+           ) -> subprocess.CompletedProcess[str]:
+    """Run a command inside the host as its root (every namespace of its PID 1)."""
+    pid = leader(host)
+    if pid is None:
+        raise FleetError(f"sandbox: {host.name} is not running")
+    return subprocess.run(["nsenter", "-t", str(pid), "-a", "--", *argv], capture_output=True,
+                          text=True, timeout=timeout, check=False)
+
+
+def wait_booted(host: SandboxHost, timeout: float = BOOT_TIMEOUT) -> str:
+    """Until sshd answers and systemd says the boot is over; returns its state (`running`,
+    or `degraded` when a unit failed)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if leader(host) is not None and _port_open(host.address, 22):
+            state = run_in(host, "systemctl", "is-system-running", "--wait",
+                           timeout=max(1.0, deadline - time.monotonic()))
+            return state.stdout.strip()
+        time.sleep(0.1)
+    raise FleetError(f"sandbox: {host.name} did not boot within {timeout:g}s; see "
+                     f"{host.dir / 'console.log'}")
+
+
+def _port_open(address: str, port: int) -> bool:
+    try:
+        with socket.create_connection((address, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def power_off(host: SandboxHost, timeout: float = 20) -> int:
+    """An orderly shutdown (SIGTERM to nspawn: the host's systemd powers off); whatever is
+    left after `timeout` is killed. Returns how many processes had to be killed."""
+    launcher = _pid_in(host.launcher_pid)
+    if launcher is not None:
+        for nspawn in _children(launcher):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(nspawn, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while _alive(launcher) and time.monotonic() < deadline:
+            time.sleep(0.05)
+    left = _cgroup_pids(host)
+    for pid in left:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    return len(left)
+
+
+def _recorded_cgroups(host: SandboxHost) -> list[Path]:
+    try:
+        return [Path(line) for line in host.cgroups_file.read_text().splitlines() if line]
+    except OSError:
+        return []
+
+
+def _cgroup_pids(host: SandboxHost) -> list[int]:
+    pids: set[int] = set()
+    for top in _recorded_cgroups(host):
+        for procs in top.rglob("cgroup.procs") if top.is_dir() else ():
+            with contextlib.suppress(OSError):
+                pids |= {int(p) for p in procs.read_text().split() if _alive(int(p))}
+    return sorted(pids)
+
+
+def _remove_cgroups(host: SandboxHost) -> None:
+    for top in _recorded_cgroups(host):
+        if not top.is_dir():
+            continue
+        for path in sorted((p for p in top.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)):
+            with contextlib.suppress(OSError):
+                path.rmdir()
+        with contextlib.suppress(OSError):
+            top.rmdir()
+
+
+# --- inventory ---------------------------------------------------------------------------------
+
+def inventory(hosts: list[SandboxHost], base: Path, replicas: int = 2) -> str:
+    lines = [
+        "# Written by `fab sandbox.up`: the local test fleet (Debian 12 hosts with systemd).",
+        "# Use it with: FABRIC_INVENTORY=sandbox/hosts.toml fab <task>",
+        f'log_dir = "{base / "logs"}"',
+        "",
+        "[defaults]",
+        f'user = "{DEPLOY_USER}"',
+        f'known_hosts = "{base / "known_hosts"}"',
+        f'identity_file = "{base / "id_ed25519"}"',
+        "connect_timeout = 5",
+        "",
+    ]
+    for h in hosts:
+        lines += ["[[hosts]]", f'name = "{h.name}"', f'address = "{h.address}"', ""]
+    lines += ["[pools.www]", f"replicas = {replicas}", "max_children = 8",
+              f'source = "{base / "build" / "www"}"', 'shared = ["storage"]', ""]
+    return "\n".join(lines)
+
+
+# --- teardown ----------------------------------------------------------------------------------
+
+def remove_host(host: SandboxHost) -> list[str]:
+    """Power off, unmount, remove cgroups, namespace and files of one host."""
     done = []
-    for netns in namespaces():
-        left = kill_netns_processes(netns)
-        sh("ip", "netns", "del", netns, check=False)
-        done.append(f"removed {netns}" + (f" ({left} processes would not die)" if left else ""))
+    killed = power_off(host)
+    if killed:
+        done.append(f"{host.name}: killed {killed} processes that outlived the shutdown")
+    if mounted(host.root):
+        sh("umount", str(host.root), check=False)
+    _remove_cgroups(host)
+    if host.netns in namespaces():
+        sh("ip", "netns", "del", host.netns, check=False)
+    if host.dir.exists():
+        shutil.rmtree(host.dir)
+    done.append(f"removed host {host.name}")
+    return done
+
+
+def down(base: Path) -> list[str]:
+    """Remove every host, link and file of the sandbox; harmless to repeat."""
+    done = []
+    for host in existing_hosts():
+        done += remove_host(host)
     for link in _our_links():
         sh("ip", "link", "del", link, check=False)
         done.append(f"removed link {link}")
-    if SUDOERS.exists():
-        SUDOERS.unlink()
-    try:
-        pwd.getpwnam(SUDO_USER)
-        sh("userdel", SUDO_USER, check=False)
-        done.append(f"removed user {SUDO_USER}")
-    except KeyError:
-        pass
     for path in (base, HOSTS_DIR):
         if path.exists():
             shutil.rmtree(path)
@@ -329,15 +453,33 @@ def leftovers(base: Path) -> list[str]:
     found = [f"netns {n}" for n in namespaces()]
     found += [f"link {n}" for n in _our_links()]
     found += [f"directory {p}" for p in (base, HOSTS_DIR) if p.exists()]
-    needles = (str(base), str(HOSTS_DIR))
-    for pid in _all_pids():
-        try:
-            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-        except OSError:
-            continue
-        if any(n in cmd for n in needles) and _alive(pid):
-            found.append(f"process {pid} {cmd.strip()[:80]}")
+    with open("/proc/self/mountinfo") as fh:
+        found += [f"mount {line.split()[4]}" for line in fh
+                  if line.split()[4].startswith(str(HOSTS_DIR))]
+    found += [f"cgroup {p}" for p in _our_cgroup_dirs()]
+    found += [f"process {pid} {_cmdline(pid)[:80]}" for pid in _all_pids()
+              if _in_our_cgroup(pid) and _alive(pid)]
     return found
+
+
+def _our_cgroup_dirs() -> list[Path]:
+    dirs = cgroup_dirs(Path("/proc/self/cgroup").read_text(), "*")
+    return [p for d in dirs for p in d.parent.glob(d.name)]
+
+
+def _in_our_cgroup(pid: int) -> bool:
+    try:
+        text = Path(f"/proc/{pid}/cgroup").read_text()
+    except OSError:
+        return False
+    return re.search(rf"/{PREFIX}-h\d+(/|$)", text, re.M) is not None
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
+    except OSError:
+        return ""
 
 
 def _all_pids() -> list[int]:

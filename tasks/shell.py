@@ -10,7 +10,7 @@ import shlex
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import PurePosixPath
 
-from .layout import ApacheLayout, Layout
+from .layout import Layout
 
 PathLike = str | PurePosixPath
 SECTION = "@@fpm-fleet-section@@"
@@ -89,30 +89,20 @@ def install_checked(files: Sequence[PathLike], test: str) -> str:
 
 # --- Apache ----------------------------------------------------------------------------------
 
-def apache_test(apache: ApacheLayout) -> str:
-    if apache.is_instance:
-        return f"apache2 -f {q(apache.main_config)} -t"
+def apache_test() -> str:
     return "apache2ctl configtest"
 
 
-def apache_ctl(apache: ApacheLayout, action: str) -> str:
-    """start / graceful / stop, with every descriptor redirected so the SSH channel closes."""
-    if action not in ("start", "graceful", "stop"):
+def apache_ctl(action: str) -> str:
+    """start / reload (graceful) / enable Debian's apache2.service through systemd."""
+    if action not in ("start", "reload", "enable"):
         raise ValueError(action)
-    if apache.is_instance:
-        err = apache.log_dir / "ctl.log"
-        base = f"apache2 -f {q(apache.main_config)} -k {action}"
-    else:
-        err = PurePosixPath("/tmp/fpm-fleet-apache2ctl.log")
-        base = f"apache2ctl {action}"
-    return (f"{base} </dev/null >/dev/null 2>{q(err)} || "
-            f"{{ cat -- {q(err)} >&2; exit 1; }}")
+    return f"systemctl {action} --quiet apache2.service"
 
 
-def apache_running(apache: ApacheLayout) -> str:
-    """Exit 0 when the Apache this host uses is running."""
-    return (f"pid=$(cat -- {q(apache.pid_file)} 2>/dev/null) && [ -n \"$pid\" ] "
-            f"&& kill -0 \"$pid\" 2>/dev/null")
+def apache_running() -> str:
+    """Exit 0 when Debian's apache2.service is active."""
+    return "systemctl is-active --quiet apache2.service"
 
 
 APACHE_MODULES = ("proxy", "proxy_fcgi", "proxy_balancer", "lbmethod_bybusyness",
@@ -120,14 +110,17 @@ APACHE_MODULES = ("proxy", "proxy_fcgi", "proxy_balancer", "lbmethod_bybusyness"
 
 
 def apache_enable_site() -> str:
-    """System Apache only: the modules and the site, enabled the Debian way."""
+    """The modules and the site, enabled the Debian way."""
     return f"a2enmod -q {join(APACHE_MODULES)} >/dev/null && a2ensite -q fpm-fleet >/dev/null"
 
 
-def apache_modules_loaded(apache: ApacheLayout) -> str:
-    if apache.is_instance:
-        return f"apache2 -f {q(apache.main_config)} -M 2>/dev/null"
+def apache_modules_loaded() -> str:
     return "apache2ctl -M 2>/dev/null"
+
+
+def has_systemd() -> str:
+    """Exit 0 on a host booted with systemd (sd_booted(3)'s own test)."""
+    return "test -d /run/systemd/system"
 
 
 # --- balancer-manager ------------------------------------------------------------------------
@@ -168,23 +161,28 @@ def mountinfo_escape(path: PathLike) -> str:
 
 
 PROBE_FUNCTION = r"""probe() {
+  service=$(systemctl is-active "$4" 2>/dev/null); [ -n "$service" ] || service=-
   pid=$(cat -- "$2" 2>/dev/null | head -n 1)
-  case $pid in ''|*[!0-9]*) printf '%s\t-\t-\t-\t-\t-\n' "$1"; return;; esac
+  case $pid in ''|*[!0-9]*) pid=-;; esac
   state=$(sed -n 's/^State:[[:space:]]*\(.\).*/\1/p' "/proc/$pid/status" 2>/dev/null)
   [ -n "$state" ] || state=-
   etimes=$(ps -o etimes= -p "$pid" 2>/dev/null | tr -d ' ')
   title=$(tr '\0' '\n' < "/proc/$pid/cmdline" 2>/dev/null | head -n 1)
   pinned=$(mp="$3" awk '$5 == ENVIRON["mp"] {print $4}' "/proc/$pid/mountinfo" 2>/dev/null \
     | tail -n 1)
-  printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$1" "$pid" "$state" "${etimes:--}" "${title:--}" \
-    "${pinned:--}"
+  strays=$(ps -eo ppid=,args= | awk -v m="$pid" -v t="php-fpm: pool $5" \
+    '$1 != m { $1 = ""; sub(/^ +/, ""); sub(/ +$/, ""); if ($0 == t) n++ } END {print n + 0}')
+  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$1" "$pid" "$state" "${etimes:--}" "${title:--}" \
+    "${pinned:--}" "$service" "$strays"
 }"""
 
 
 def probe_replicas(layout: Layout, numbers: Iterable[int]) -> str:
-    """One TSV line per replica: n, pid, state, elapsed s, process title, pinned mount root."""
-    calls = [f"probe {n} {q(layout.pid(n))} {q(mountinfo_escape(layout.current))}"
-             for n in numbers]
+    """One TSV line per replica: n, pid, state, elapsed s, process title, pinned mount root,
+    the service's state (systemctl is-active) and how many of its workers run outside its
+    live master (a master that died leaves them serving until they finish)."""
+    calls = [f"probe {n} {q(layout.pid(n))} {q(mountinfo_escape(layout.current))} "
+             f"{q(layout.unit(n))} {q(f'{layout.pool}-{n}')}" for n in numbers]
     return PROBE_FUNCTION + "; " + "; ".join(calls)
 
 
@@ -199,70 +197,55 @@ def read_current_release(layout: Layout) -> str:
     return f"readlink -- {q(layout.current_release)}"
 
 
-def fpm_start(layout: Layout, n: int, php_fpm: str, release: str) -> str:
-    """Start replica n in a fresh private mount namespace with `release` bound on current/.
+def fpm_start(layout: Layout, n: int, release: str) -> str:
+    """Start replica n's service; systemd pins it to what current.release names (its unit
+    bind-mounts current.release on current/ in the service's own mount namespace), so
+    `release` must be what current.release names now. Enabled, so it starts at boot too.
 
-    php-fpm --daemonize returns once the master listens; the namespace lives on in it.
+    Type=notify: systemctl returns once FPM listens. A failure prints the unit's last log.
     """
-    start_log = layout.log / f"{layout.pool}-{n}.start.log"
-    release_dir = layout.release(release)
-    pin = 'mount --bind -- "$1" "$2" && exec "$3" --fpm-config "$4" --daemonize'
-    return (f"[ -d {q(release_dir)} ] || {{ echo {q(f'release {release} is missing')} >&2; "
-            f"exit 3; }}; rm -f -- {q(layout.sock(n))} {q(layout.status_sock(n))}; "
-            f"unshare --mount --propagation private -- sh -c {q(pin)} fpm-fleet-pin "
-            f"{q(release_dir)} {q(layout.current)} {q(php_fpm)} {q(layout.fpm_conf(n))} "
-            f"</dev/null >/dev/null 2>{q(start_log)} || "
-            f"{{ tail -n 5 -- {q(start_log)} >&2; exit 1; }}")
+    unit = q(layout.unit(n))
+    return (f"[ \"$(basename -- \"$(readlink -- {q(layout.current_release)})\")\" = {q(release)} ] "
+            f"|| {{ echo {q(f'current.release does not name {release}')} >&2; exit 3; }}; "
+            f"systemctl reset-failed {unit} 2>/dev/null; "
+            f"systemctl enable --quiet {unit} && systemctl start {unit} || "
+            f"{{ journalctl --no-pager -o cat -n 5 -u {unit} >&2; exit 1; }}")
 
 
-FPM_STOP_SCRIPT = r"""pidf=$1 want=$2 mp=$3 worker=$4 ticks=$5
-gone() { [ ! -e "$pidf" ] || [ ! -e "/proc/$1" ] ||
-  grep -q '^State:[[:space:]]*Z' "/proc/$1/status" 2>/dev/null; }
-wait_gone() { i=0; until gone "$1"; do i=$((i+1)); [ "$i" -ge "$2" ] && return 1;
-  sleep 0.02; done; }
-strays() { for p in $(pgrep -f "^$worker[[:space:]]*\$"); do
-  mp="$mp" awk '$5 == ENVIRON["mp"] {f=1} END {exit !f}' "/proc/$p/mountinfo" 2>/dev/null \
-    && echo "$p"; done; }
-state=not-running
-pid=$(head -n 1 "$pidf" 2>/dev/null)
-case $pid in ''|*[!0-9]*) pid= ;; esac
-if [ -n "$pid" ] && ! gone "$pid"; then
-  title=$(tr '\0' '\n' < "/proc/$pid/cmdline" 2>/dev/null | head -n 1)
-  if [ "$title" != "$want" ]; then
-    echo "pid $pid is not this replica's php-fpm master ($title)" >&2; exit 3
-  fi
-  kill -QUIT "$pid"; state=stopped
-  if ! wait_gone "$pid" "$ticks"; then
-    echo escalated; kill -TERM "$pid" 2>/dev/null
-    wait_gone "$pid" 250 || kill -KILL "$pid" 2>/dev/null
-  fi
-fi
-rm -f -- "$pidf"
-s=$(strays)
-if [ -n "$s" ]; then
-  echo "strays $(echo $s | wc -w)"; kill -QUIT $s 2>/dev/null; i=0
-  while [ -n "$(strays)" ] && [ "$i" -lt "$ticks" ]; do i=$((i+1)); sleep 0.02; done
-  s=$(strays); [ -z "$s" ] || kill -KILL $s 2>/dev/null
-fi
-echo $state"""
+def fpm_stop(layout: Layout, n: int) -> str:
+    """Stop replica n's service: systemd sends SIGQUIT (graceful) to every process of it,
+    a dead master's workers included, and waits for them (the unit's TimeoutStopSec, then
+    SIGKILL). Prints `not-running` or `stopped`, after `escalated` when the timeout hit
+    and `strays N` when N workers were running without their master."""
+    unit = q(layout.unit(n))
+    strays = (f"ps -eo ppid=,args= | awk -v t={q(f'php-fpm: pool {layout.pool}-{n}')} "
+              "-v m=\"$(systemctl show -p MainPID --value " + unit + ")\" "
+              "'$1 != m { $1 = \"\"; sub(/^ +/, \"\"); sub(/ +$/, \"\"); if ($0 == t) n++ } "
+              "END {print n + 0}'")
+    return (f"s=$({strays}); [ \"$s\" = 0 ] || echo \"strays $s\"; "
+            f"if systemctl is-active --quiet {unit} || [ \"$s\" != 0 ]; then "
+            f"systemctl stop {unit}; "
+            f"[ \"$(systemctl show -p Result --value {unit})\" != timeout ] || echo escalated; "
+            f"echo stopped; else echo not-running; fi")
 
 
-def fpm_stop(layout: Layout, n: int, timeout: float) -> str:
-    """Graceful stop (SIGQUIT) of replica n's master, verified by its title; escalate late.
+def fpm_disable(layout: Layout, n: int) -> str:
+    """Keep a stopped replica stopped across reboots (`fab start` enables it again)."""
+    return f"systemctl disable --quiet {q(layout.unit(n))}"
 
-    Prints `not-running` or `stopped` last, after `escalated` if SIGQUIT was not enough and
-    `strays N` if workers outlived their master (a master killed with SIGKILL leaves its
-    workers running: they finish their request, then get SIGQUIT). A zombie or a vanished
-    pid file counts as stopped (PID 1 may reap late).
-    """
-    ticks = max(1, int(timeout / 0.02))
-    args: list[PathLike | int] = [layout.pid(n), FPM_MASTER_TITLE.format(conf=layout.fpm_conf(n)),
-            mountinfo_escape(layout.current), f"php-fpm: pool {layout.pool}-{n}", ticks]
-    return f"sh -c {q(FPM_STOP_SCRIPT)} fpm-fleet-stop {join(args)}"
+
+def daemon_reload() -> str:
+    return "systemctl daemon-reload"
+
+
+def enable_units(units: Iterable[str]) -> str:
+    """Enable units that are not yet; print each one enabled (so a rerun prints nothing)."""
+    return (f"for u in {join(units)}; do systemctl is-enabled --quiet \"$u\" || "
+            f"{{ systemctl enable --quiet \"$u\" && printf '%s\\n' \"$u\"; }}; done")
 
 
 def probe_tools() -> str:
     """Preflight: which of the commands fpm-fleet relies on are present on the host."""
-    tools = ("unshare", "cgi-fcgi", "curl", "mount", "awk", "ps", "tar", "sha256sum",
-             "flock", "apache2")
+    tools = ("systemctl", "cgi-fcgi", "curl", "awk", "ps", "tar", "sha256sum", "flock",
+             "apache2")
     return "; ".join(f"printf '%s\\t%s\\n' {t} \"$(command -v {t} || echo -)\"" for t in tools)
