@@ -121,12 +121,14 @@ def _print_status(rows: list[status_mod.ReplicaStatus], drifts: list[status_mod.
             name = f"{r.pool}-{r.replica}" if r.replica else r.pool
             output.out.print(f"{r.host} {name} {'OK' if r.ok else 'FAIL'}")
     else:
-        table = [[r.host, r.pool, r.replica or "-", r.lb_status,
+        table = [[r.host, r.pool, r.replica or "-",
+                  output.ok_text(r.service == "active", r.service, r.service), r.lb_status,
                   "-" if r.busy is None else r.busy, output.ok_text(r.ping_ok, "pong", "no"),
                   r.release or "-", r.current_release or "-", r.pid or "-",
                   "-" if r.uptime is None else f"{r.uptime}s",
                   output.ok_text(r.ok, "OK", "; ".join(r.problems) or "FAIL")] for r in rows]
-        output.show(output.table("status", ["host", "pool", "replica", "balancer", "busy",
+        output.show(output.table("status", ["host", "pool", "replica", "service", "balancer",
+                                            "busy",
                                             "ping", "pinned", "current", "pid", "uptime",
                                             "state"], table))
     for d in drifts:
@@ -161,7 +163,10 @@ def reporting_interrupts(sel: Selection) -> Iterator[None]:
     except KeyboardInterrupt:
         output.note("interrupted: the state of every selected replica now", "bold yellow")
         rows = collect_status(sel)
-        _print_status(rows, status_mod.drift(rows), q=False)
+        drifts = status_mod.drift(rows)
+        _print_status(rows, drifts, q=False)
+        for line in status_mod.how_to_finish(rows, drifts):
+            output.note(line, "bold yellow")
         raise
 
 

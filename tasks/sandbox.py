@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import os
 import re
 import shutil
@@ -248,6 +249,8 @@ def cgroup_dirs(self_cgroup: str, name: str, fs: Path = Path("/sys/fs/cgroup")) 
         _, controllers, path = line.split(":", 2)
         if controllers == "":
             hierarchy = fs / "unified" if (fs / "unified").is_dir() else fs
+            if not (hierarchy / "cgroup.controllers").exists() and hierarchy == fs:
+                continue  # a plain tmpfs of v1 hierarchies, not a cgroup2 root
         elif controllers in ("name=systemd", "memory", "pids"):
             hierarchy = fs / controllers.removeprefix("name=")
         else:
@@ -391,20 +394,25 @@ def inventory(hosts: list[SandboxHost], base: Path, replicas: int = 2) -> str:
     lines = [
         "# Written by `fab sandbox.up`: the local test fleet (Debian 12 hosts with systemd).",
         "# Use it with: FABRIC_INVENTORY=sandbox/hosts.toml fab <task>",
-        f'log_dir = "{base / "logs"}"',
+        f"log_dir = {_toml(base / 'logs')}",
         "",
         "[defaults]",
         f'user = "{DEPLOY_USER}"',
-        f'known_hosts = "{base / "known_hosts"}"',
-        f'identity_file = "{base / "id_ed25519"}"',
+        f"known_hosts = {_toml(base / 'known_hosts')}",
+        f"identity_file = {_toml(base / 'id_ed25519')}",
         "connect_timeout = 5",
         "",
     ]
     for h in hosts:
         lines += ["[[hosts]]", f'name = "{h.name}"', f'address = "{h.address}"', ""]
     lines += ["[pools.www]", f"replicas = {replicas}", "max_children = 8",
-              f'source = "{base / "build" / "www"}"', 'shared = ["storage"]', ""]
+              f"source = {_toml(base / 'build' / 'www')}", 'shared = ["storage"]', ""]
     return "\n".join(lines)
+
+
+def _toml(value: object) -> str:
+    """A TOML basic string (JSON's escaping is valid TOML for these characters)."""
+    return json.dumps(str(value))
 
 
 # --- teardown ----------------------------------------------------------------------------------

@@ -79,13 +79,17 @@ def _deb822(text: str) -> list[tuple[list[str], list[str], list[str], list[str]]
             key, colon, value = line.partition(":")
             if colon and not line.startswith(("#", " ")):
                 fields[key.strip().lower()] = value.split()
+        if fields.get("enabled", ["yes"])[0].lower() == "no":
+            continue
         out.append((fields.get("types", []), fields.get("uris", []),
                     fields.get("suites", []), fields.get("components", [])))
     return out
 
 
 def machine_mirror() -> str:
-    paths = [Path("/etc/apt/sources.list"), *sorted(Path("/etc/apt/sources.list.d").glob("*"))]
+    listed = sorted(Path("/etc/apt/sources.list.d").glob("*"))
+    paths = [Path("/etc/apt/sources.list"),
+             *(p for p in listed if p.suffix in (".list", ".sources"))]
     files = [(p.name, p.read_text()) for p in paths if p.is_file()]
     mirror = apt_mirror(files)
     if mirror is None:

@@ -224,7 +224,7 @@ def fpm_stop(layout: Layout, n: int) -> str:
               "END {print n + 0}'")
     return (f"s=$({strays}); [ \"$s\" = 0 ] || echo \"strays $s\"; "
             f"if systemctl is-active --quiet {unit} || [ \"$s\" != 0 ]; then "
-            f"systemctl stop {unit}; "
+            f"systemctl stop {unit} || exit 1; "
             f"[ \"$(systemctl show -p Result --value {unit})\" != timeout ] || echo escalated; "
             f"echo stopped; else echo not-running; fi")
 

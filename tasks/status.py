@@ -23,6 +23,8 @@ class ReplicaStatus:
     current_release: str | None = None
     pid: int | None = None
     uptime: int | None = None
+    service: str = "-"
+    strays: int = 0
     ok: bool = False
     problems: list[str] = field(default_factory=list)
 
@@ -55,6 +57,7 @@ def pool_status(ex: Executor, host: Host, pool: Pool, numbers: list[int]) -> lis
         row.uptime = proc.elapsed if master else None
         row.release = proc.release if master else None
         row.ping_ok = master and fpm.ping(ex, host, pool, n)
+        row.service, row.strays = proc.service, proc.strays
         row.problems = _problems(row, master, member, bal_error)
         row.ok = not row.problems
         rows.append(row)
@@ -68,6 +71,10 @@ def _problems(row: ReplicaStatus, master: bool, member: balancer.Member | None,
         problems.append("not running")
     elif not row.ping_ok:
         problems.append("no ping")
+    if row.service != "active":
+        problems.append(f"service {row.service}")
+    if row.strays:
+        problems.append(f"{row.strays} workers run outside any live master")
     if bal_error:
         problems.append(bal_error)
     elif member is None:
@@ -102,3 +109,22 @@ def drift(rows: list[ReplicaStatus]) -> list[Drift]:
 def unreachable(host: Host, pools: tuple[Pool, ...], error: str) -> list[ReplicaStatus]:
     return [ReplicaStatus(host.name, p.name, None, lb_status="unreachable",
                           problems=[error]) for p in pools]
+
+
+def how_to_finish(rows: list[ReplicaStatus], drifts: list[Drift]) -> list[str]:
+    """After an interruption: the command that completes the job on each host and pool left
+    with a replica not serving, or not on current.release (a restart rolls every replica
+    onto current.release, health-gated; a rollback goes back instead)."""
+    unfinished = {(r.host, r.pool) for r in rows if not r.ok} | {(d.host, d.pool) for d in drifts}
+    lines = []
+    for host, pool in sorted(unfinished):
+        current = next((r.current_release for r in rows
+                        if (r.host, r.pool) == (host, pool) and r.current_release), None)
+        lines.append(f"{host}/{pool}: current.release is {current or 'unset'}; finish with "
+                     f"`fab restart --host {host} --pool {pool}`"
+                     + (f" (or go back with `fab rollback --host {host} --pool {pool}`)"
+                        if current else ""))
+    if not lines:
+        lines.append("every selected replica serves its pool's current.release: nothing to "
+                     "finish")
+    return lines

@@ -1,5 +1,6 @@
-"""The integration tests run fpm-fleet for real against a local fleet: network namespaces,
-each with its own OpenSSH, Apache and PHP-FPM from Debian's packages. Root is required.
+"""The integration tests run fpm-fleet for real against a local fleet of Debian 12 hosts
+booted with systemd (systemd-nspawn), each with Debian's own OpenSSH, Apache and PHP-FPM,
+driven over SSH as a sudo user. Root is required.
 """
 
 from __future__ import annotations
@@ -69,9 +70,25 @@ class Sandbox:
     def addresses(self) -> list[str]:
         return [h.address for h in self.fleet.hosts]
 
-    def pool_dir(self, host: int = 0) -> Path:
+    def host(self, host: int = 0) -> sandbox.SandboxHost:
+        return sandbox.SandboxHost(host + 1)
+
+    def remote_pool_dir(self, host: int = 0) -> Path:
+        """The pool's directory as the host itself names it."""
         h = self.fleet.hosts[host]
         return Path(h.pool_dir(self.fleet.pools[0]))
+
+    def pool_dir(self, host: int = 0) -> Path:
+        """The same directory seen from this machine (through the host's root filesystem)."""
+        return self.on_host(self.remote_pool_dir(host), host)
+
+    def on_host(self, path: Path | str, host: int = 0) -> Path:
+        return self.host(host).root / str(path).lstrip("/")
+
+    def run(self, host: int, *argv: str, timeout: float = 60
+            ) -> subprocess.CompletedProcess[str]:
+        """A command run on the host as its root (as an administrator logged in there)."""
+        return sandbox.run_in(self.host(host), *argv, timeout=timeout)
 
     def status(self, *args: str) -> list[dict[str, Any]]:
         proc = fab("status", "--json", *args)
@@ -182,16 +199,3 @@ class Background:
         self.proc.wait(timeout=timeout)
         self._reader.join(timeout=5)
         return self.proc.returncode, out, "".join(self.lines)
-
-
-def netns_pids(netns: str, comm: str) -> list[int]:
-    out = subprocess.run(["ip", "netns", "pids", netns], capture_output=True, text=True,
-                         check=False).stdout
-    pids = []
-    for pid in out.split():
-        try:
-            if Path(f"/proc/{pid}/comm").read_text().strip() == comm:
-                pids.append(int(pid))
-        except OSError:
-            continue
-    return pids

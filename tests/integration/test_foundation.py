@@ -3,7 +3,6 @@ demo app on every host, and sandbox.down leaves nothing behind."""
 
 from __future__ import annotations
 
-import os
 import subprocess
 from pathlib import Path
 
@@ -15,15 +14,24 @@ from .conftest import SANDBOX, Sandbox, bring_up, fab, get, ok, tear_down
 def test_setup_rewrites_what_changed_and_a_second_run_changes_nothing(fleet2: Sandbox) -> None:
     conf = fleet2.pool_dir(0) / "conf" / "www-1.conf"
     conf.write_text("; tampered\n")
-    apache_pid = (fleet2.pool_dir(0).parent / "apache" / "run" / "apache2.pid").read_text()
+    unit = fleet2.on_host("/etc/systemd/system/fpm-fleet-www@.service")
+    unit.unlink()
+    fleet2.run(0, "systemctl", "disable", "fpm-fleet-www@2.service")
+
+    def apache_pid() -> str:
+        return fleet2.run(0, "systemctl", "show", "-p", "MainPID", "--value",
+                          "apache2").stdout.strip()
+
+    before = apache_pid()
     first = ok(fab("setup"))
-    assert f"wrote {conf}" in first.stdout
-    assert "[global]" in conf.read_text()
+    assert f"wrote {fleet2.remote_pool_dir(0) / 'conf' / 'www-1.conf'}" in first.stdout
+    assert "wrote /etc/systemd/system/fpm-fleet-www@.service" in first.stdout
+    assert "enabled fpm-fleet-www@2.service" in first.stdout
+    assert "[global]" in conf.read_text() and unit.exists()
     second = ok(fab("setup"))
     assert second.stdout.count("nothing changed") == 2, second.stdout
     assert "reloaded" not in second.stdout
-    same_pid = (fleet2.pool_dir(0).parent / "apache" / "run" / "apache2.pid").read_text()
-    assert same_pid == apache_pid, "Apache was restarted although its config did not change"
+    assert apache_pid() == before, "Apache was restarted although its config did not change"
 
 
 def test_check_passes_on_every_host(fleet2: Sandbox) -> None:
@@ -31,7 +39,8 @@ def test_check_passes_on_every_host(fleet2: Sandbox) -> None:
     for host in ("h1", "h2"):
         assert host in proc.stdout
     assert "FAIL" not in proc.stdout
-    assert "via root login" in proc.stdout
+    assert "via sudo" in proc.stdout
+    assert "systemd" in proc.stdout
     assert "balancer://www: 2 members" in proc.stdout
 
 
@@ -55,17 +64,17 @@ def test_balancer_manager_is_not_reachable_from_outside_the_host(fleet2: Sandbox
 
 def test_an_apache_config_that_fails_its_test_is_not_installed(fleet2: Sandbox,
                                                               tmp_path: Path) -> None:
-    site = fleet2.pool_dir(0).parent / "apache" / "sites" / "fpm-fleet.conf"
-    main = fleet2.pool_dir(0).parent / "apache" / "apache2.conf"
-    before = (site.read_text(), main.read_text())
+    site = fleet2.on_host("/etc/apache2/sites-available/fpm-fleet.conf")
+    enabled = fleet2.on_host("/etc/apache2/sites-enabled/fpm-fleet.conf")
+    before = site.read_text()
     # the public vhost on the balancer-manager's own address and port: two Listen lines clash
     inv = tmp_path / "hosts.toml"
-    inv.write_text(fleet2.path.read_text().replace('listen = "198.18.0.11:80"',
-                                                   'listen = "127.0.0.1:8081"'))
+    inv.write_text(fleet2.path.read_text().replace(
+        '[[hosts]]\nname = "h1"', '[[hosts]]\nname = "h1"\napache = { listen = "127.0.0.1:8081" }'))
     proc = fab("setup", "--host", "h1", inventory_path=inv)
     assert proc.returncode != 0
     assert "fails its test and was not installed" in proc.stdout + proc.stderr
-    assert (site.read_text(), main.read_text()) == before
+    assert site.read_text() == before and enabled.is_symlink()
     assert get(fleet2.addresses()[0], "/ping.php")[0] == 200
     assert not list(site.parent.glob("*.fpm-fleet-*")), "no staged or backup file is left"
 
@@ -82,5 +91,5 @@ def test_up_twice_and_down_twice_are_harmless() -> None:
     assert "fpmf-" not in netns
     assert not SANDBOX.exists() and not HOSTS_DIR.exists()
     mounts = Path("/proc/self/mountinfo").read_text()
-    assert str(SANDBOX) not in mounts
-    assert not os.path.exists("/etc/sudoers.d/fpm-fleet-sandbox")
+    assert str(SANDBOX) not in mounts and str(HOSTS_DIR) not in mounts
+    assert not list(Path("/sys/fs/cgroup/systemd").glob("fpmf-*"))

@@ -134,12 +134,13 @@ def test_failing_health_check_keeps_replica_out_and_pool_serving(fleet2: Sandbox
     assert all(r["ok"] for r in fleet2.status("--host", "h1"))
 
 
-def test_restart_as_unprivileged_user_with_sudo(fleet2: Sandbox, tmp_path: Path) -> None:
-    text = fleet2.path.read_text().replace('user = "root"', 'user = "fpmfleet"')
-    inv = tmp_path / "hosts-sudo.toml"
+def test_restart_as_root_login(fleet2: Sandbox, tmp_path: Path) -> None:
+    """The fleet's inventory logs in as the deploy user with sudo; a root login works too."""
+    text = fleet2.path.read_text().replace('user = "deploy"', 'user = "root"')
+    inv = tmp_path / "hosts-root.toml"
     inv.write_text(text)
     checked = ok(fab("check", "--host", "h2", inventory_path=inv))
-    assert "via sudo" in checked.stdout and "FAIL" not in checked.stdout
+    assert "via root login" in checked.stdout and "FAIL" not in checked.stdout
     with load(fleet2, hosts=["h2"]) as stats:
         ok(fab("restart", "--host", "h2", inventory_path=inv))
     assert_no_failures(stats)

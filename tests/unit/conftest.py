@@ -2,12 +2,15 @@
 
 The command builders are pure, but the strings they build are meant to run in a POSIX
 shell; `sh` (dash here, as on Debian hosts) runs them for real inside tmp_path, which is
-the closest a unit test gets to a host without SSH.
+the closest a unit test gets to a host without SSH. `fake_systemd` puts stand-ins for
+systemctl, journalctl and ps first on PATH, so commands that drive services run too.
 """
 
 from __future__ import annotations
 
 import copy
+import os
+import shlex
 import subprocess
 from collections.abc import Callable, Mapping
 from pathlib import Path, PurePosixPath
@@ -53,11 +56,15 @@ def config_error() -> Callable[..., str]:
     return fail
 
 
-def run_sh(command: str, cwd: Path, stdin: bytes | None = None,
-           timeout: float = 15) -> subprocess.CompletedProcess[str]:
-    """Run one built command the way a host would: `sh -c`, in `cwd`."""
+def run_sh(command: str, cwd: Path, stdin: bytes | None = None, timeout: float = 15,
+           path_first: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """Run one built command the way a host would: `sh -c`, in `cwd` (with `path_first`
+    searched before the real PATH)."""
+    env = None
+    if path_first is not None:
+        env = {**os.environ, "PATH": f"{path_first}{os.pathsep}{os.environ['PATH']}"}
     proc = subprocess.run(["sh", "-c", command], cwd=cwd, input=stdin, capture_output=True,
-                          timeout=timeout, check=False)
+                          timeout=timeout, check=False, env=env)
     return subprocess.CompletedProcess(proc.args, proc.returncode,
                                        proc.stdout.decode(errors="replace"),
                                        proc.stderr.decode(errors="replace"))
@@ -69,6 +76,105 @@ def sh(tmp_path: Path) -> Callable[..., subprocess.CompletedProcess[str]]:
             cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
         return run_sh(command, cwd or tmp_path, stdin)
     return run
+
+
+FAKE_SYSTEMCTL = r"""#!/bin/sh
+# Stand-in systemctl: a unit's state, MainPID, Result and enablement are files in $state.
+state=@STATE@
+printf 'systemctl %s\n' "$*" >> "$state/calls"
+for unit; do :; done
+case $1 in
+  is-active)
+    s=$(cat -- "$state/$unit.state" 2>/dev/null || echo inactive)
+    [ "$2" = --quiet ] || printf '%s\n' "$s"
+    [ "$s" = active ] || [ "$s" = reloading ];;
+  is-enabled) [ -e "$state/$unit.enabled" ];;
+  enable) : > "$state/$unit.enabled";;
+  disable) rm -f -- "$state/$unit.enabled";;
+  show)
+    cat -- "$state/$unit.$3" 2>/dev/null || { [ "$3" = MainPID ] && echo 0 || echo success; };;
+  start)
+    [ ! -e "$state/$unit.start-fails" ] || exit 1
+    echo active > "$state/$unit.state";;
+  stop)
+    echo inactive > "$state/$unit.state"; echo 0 > "$state/$unit.MainPID"
+    [ ! -e "$state/$unit.stop-result" ] || cp -- "$state/$unit.stop-result" "$state/$unit.Result";;
+esac
+"""
+
+FAKE_JOURNALCTL = r"""#!/bin/sh
+state=@STATE@
+printf 'journalctl %s\n' "$*" >> "$state/calls"
+cat -- "$state/journal" 2>/dev/null
+"""
+
+FAKE_PS = r"""#!/bin/sh
+# Stand-in ps: the process table (`ppid args` lines) and each pid's age are files in $state.
+state=@STATE@
+case "$*" in
+  "-eo ppid=,args=") cat -- "$state/ps" 2>/dev/null;;
+  "-o etimes= -p "*) cat -- "$state/etimes.$4" 2>/dev/null || exit 1;;
+  *) echo "fake ps: unexpected arguments: $*" >&2; exit 2;;
+esac
+"""
+
+
+class FakeSystemd:
+    """What the fake systemctl, journalctl and ps answer, and what systemctl was asked."""
+
+    def __init__(self, root: Path) -> None:
+        self.cwd = root
+        self.bin = root / "fake-bin"
+        self.state = root / "fake-state"
+        self.bin.mkdir()
+        self.state.mkdir()
+        for name, script in (("systemctl", FAKE_SYSTEMCTL), ("journalctl", FAKE_JOURNALCTL),
+                             ("ps", FAKE_PS)):
+            tool = self.bin / name
+            tool.write_text(script.replace("@STATE@", shlex.quote(str(self.state))))
+            tool.chmod(0o755)
+
+    def unit(self, name: str, state: str = "inactive", main_pid: int = 0,
+             result: str = "success", enabled: bool = False) -> None:
+        (self.state / f"{name}.state").write_text(f"{state}\n")
+        (self.state / f"{name}.MainPID").write_text(f"{main_pid}\n")
+        (self.state / f"{name}.Result").write_text(f"{result}\n")
+        if enabled:
+            (self.state / f"{name}.enabled").touch()
+
+    def on_stop(self, name: str, result: str) -> None:
+        """The Result systemd reports once `systemctl stop` returns (`timeout`: SIGKILL)."""
+        (self.state / f"{name}.stop-result").write_text(f"{result}\n")
+
+    def start_fails(self, name: str, journal: str) -> None:
+        (self.state / f"{name}.start-fails").touch()
+        (self.state / "journal").write_text(journal)
+
+    def processes(self, *table: tuple[int, str]) -> None:
+        """The process table as `ps -eo ppid=,args=` prints it: (parent pid, title)."""
+        (self.state / "ps").write_text("".join(f"{ppid:>7} {args}\n" for ppid, args in table))
+
+    def age(self, pid: int, seconds: int) -> None:
+        (self.state / f"etimes.{pid}").write_text(f"{seconds:>7}\n")
+
+    def state_of(self, name: str) -> str:
+        return (self.state / f"{name}.state").read_text().strip()
+
+    def enabled(self, name: str) -> bool:
+        return (self.state / f"{name}.enabled").exists()
+
+    def calls(self) -> list[str]:
+        """Every systemctl and journalctl command line, in order."""
+        path = self.state / "calls"
+        return path.read_text().splitlines() if path.exists() else []
+
+    def run(self, command: str) -> subprocess.CompletedProcess[str]:
+        return run_sh(command, self.cwd, path_first=self.bin)
+
+
+@pytest.fixture
+def fake_systemd(tmp_path: Path) -> FakeSystemd:
+    return FakeSystemd(tmp_path)
 
 
 class LocalExecutor:

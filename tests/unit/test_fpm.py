@@ -72,32 +72,43 @@ def test_parse_status_of_anything_else_is_a_value_error_quoting_the_answer(body)
 # --- the probe ---------------------------------------------------------------------------------
 
 def test_parse_probe_reads_one_process_per_replica_line():
-    out = (f"1\t4242\tS\t3600\t{TITLE}\t/srv/fpm-fleet/www/releases/v7\n"
-           "2\t-\t-\t-\t-\t-\n")
+    out = (f"1\t4242\tS\t3600\t{TITLE}\t/srv/fpm-fleet/www/releases/v7\tactive\t0\n"
+           "2\t-\t-\t-\t-\t-\tinactive\t0\n")
     procs = fpm.parse_probe(out)
-    assert procs[1] == fpm.Process(1, 4242, "S", 3600, TITLE, "/srv/fpm-fleet/www/releases/v7")
+    assert procs[1] == fpm.Process(1, 4242, "S", 3600, TITLE, "/srv/fpm-fleet/www/releases/v7",
+                                   "active", 0)
     assert procs[1].release == "v7"
     assert procs[1].alive
     assert procs[1].is_master_of(CONF)
-    assert procs[2] == fpm.Process(2, None, "-", None, "", None)
+    assert procs[2] == fpm.Process(2, None, "-", None, "", None, "inactive", 0)
     assert procs[2].release is None
     assert not procs[2].alive
 
 
+def test_parse_probe_reads_the_service_state_and_the_stray_worker_count():
+    out = "1\t-\t-\t-\t-\t-\tactivating\t3\n2\t-\t-\t-\t-\t-\t-\t?\n"
+    procs = fpm.parse_probe(out)
+    assert (procs[1].service, procs[1].strays) == ("activating", 3)
+    assert (procs[2].service, procs[2].strays) == ("-", 0)  # no systemctl, unreadable count
+
+
 def test_parse_probe_skips_noise_and_malformed_lines():
-    out = "sh: 1: ps: not found\n\n1\t10\tS\n3\t11\tS\t1\tt\t-\nx\t1\t2\t3\t4\t5\n"
+    out = ("sh: 1: ps: not found\n\n1\t10\tS\n"
+           "2\t10\tS\t1\tt\t-\n"  # the 6 fields of a probe older than the service
+           "3\t11\tS\t1\tt\t-\tactive\t0\n"
+           "x\t1\t2\t3\t4\t5\t6\t7\n")
     assert list(fpm.parse_probe(out)) == [3]
 
 
 def test_parse_probe_marks_a_deleted_pinned_release():
-    out = f"1\t4242\tS\t5\t{TITLE}\t/srv/fpm-fleet/www/releases/v3//deleted\n"
+    out = f"1\t4242\tS\t5\t{TITLE}\t/srv/fpm-fleet/www/releases/v3//deleted\tactive\t0\n"
     proc = fpm.parse_probe(out)[1]
     assert proc.release == "v3"
     assert proc.release_deleted
 
 
 def test_parse_probe_unescapes_a_mountinfo_path_with_a_space():
-    out = f"1\t4242\tS\t5\t{TITLE}\t/srv/fpm\\040fleet/www/releases/v1\n"
+    out = f"1\t4242\tS\t5\t{TITLE}\t/srv/fpm\\040fleet/www/releases/v1\tactive\t0\n"
     proc = fpm.parse_probe(out)[1]
     assert proc.pinned == "/srv/fpm fleet/www/releases/v1"
     assert proc.release == "v1"
@@ -105,7 +116,7 @@ def test_parse_probe_unescapes_a_mountinfo_path_with_a_space():
 
 
 def test_parse_probe_keeps_a_pid_with_unknown_elapsed_and_title():
-    proc = fpm.parse_probe("1\t99\tR\t-\t-\t-\n")[1]
+    proc = fpm.parse_probe("1\t99\tR\t-\t-\t-\tactive\t0\n")[1]
     assert (proc.pid, proc.elapsed, proc.title, proc.pinned) == (99, None, "", None)
     assert proc.alive
     assert not proc.is_master_of(CONF)
@@ -124,10 +135,18 @@ def test_is_master_of_needs_the_exact_config_path():
     assert not worker.is_master_of(CONF)
 
 
-def test_the_probe_and_stop_commands_use_the_title_the_parser_expects():
+def test_the_master_title_the_parser_expects_names_the_replicas_config():
     layout = Layout(dir=PurePosixPath("/srv/fpm-fleet/www"), pool="www")
     assert shell.FPM_MASTER_TITLE.format(conf=layout.fpm_conf(1)) == TITLE
-    assert shell.q(TITLE) in shell.fpm_stop(layout, 1, 1)
+
+
+def test_the_probe_and_stop_commands_name_the_replicas_service_and_worker_title():
+    layout = Layout(dir=PurePosixPath("/srv/fpm-fleet/www"), pool="www")
+    probe = shell.probe_replicas(layout, [1])
+    assert probe.endswith(" fpm-fleet-www@1.service www-1")
+    stop = shell.fpm_stop(layout, 1)
+    assert "systemctl stop fpm-fleet-www@1.service || exit 1;" in stop
+    assert "-v t='php-fpm: pool www-1'" in stop
 
 
 # --- operations over an executor ---------------------------------------------------------------
@@ -180,24 +199,68 @@ def test_health_runs_the_apps_script_from_the_pinned_current_dir(web):
     assert "SCRIPT_FILENAME=/srv/fpm-fleet/www/current/health.php" in ex.commands[0]
 
 
-@pytest.mark.parametrize(("out", "word"), [("stopped\n", "stopped"),
-                                           ("escalated\nstopped\n", "escalated"),
-                                           ("not-running\n", "not-running")])
+@pytest.mark.parametrize(("out", "word"), [
+    ("stopped\n", "stopped"),
+    ("escalated\nstopped\n", "escalated"),
+    ("not-running\n", "not-running"),
+    ("strays 2\nstopped\n", "stopped, workers of a dead master stopped"),
+])
 def test_stop_reports_what_the_stop_command_printed(web, out, word):
     host, pool = web
-    assert fpm.stop(Answers(host, (0, out)), host, pool, 1, timeout=1) == word
+    assert fpm.stop(Answers(host, (0, out)), host, pool, 1) == word
 
 
-def test_stop_of_a_foreign_pid_is_a_rollout_error(web):
+def test_stop_waits_for_systemds_stop_timeout_plus_a_margin(inventory_data, build_fleet):
+    inventory_data["pools"]["www"]["stop_timeout"] = 90
+    fleet = build_fleet(inventory_data)
+    host, pool = fleet.hosts[0], fleet.pools[0]
+    seen: list[float | None] = []
+
+    class Timed(Answers):
+        def run(self, command, what, *, check=True, timeout=None):
+            seen.append(timeout)
+            return super().run(command, what, check=check, timeout=timeout)
+
+    fpm.stop(Timed(host, (0, "stopped\n")), host, pool, 1)
+    assert seen == [120]
+
+
+def test_start_runs_the_start_command_for_the_release_it_was_given(web):
+    host, pool = web
+    ex = Answers(host, (0, ""))
+    fpm.start(ex, host, pool, 2, "v7")
+    assert ex.commands == [shell.fpm_start(Layout.of(host, pool), 2, "v7")]
+
+
+def test_a_failing_start_is_a_rollout_error_naming_the_replica(web):
+    host, pool = web
+
+    class Failing(Answers):
+        def run(self, command, what, *, check=True, timeout=None):
+            raise RemoteError(self.host.name, what,
+                              RemoteResult(command, 3, "", "current.release does not name v7"))
+
+    with pytest.raises(RolloutError, match=r"web1: www-2 did not start: .*does not name v7"):
+        fpm.start(Failing(host), host, pool, 2, "v7")
+
+
+def test_disable_keeps_the_replica_stopped_at_the_next_boot(web):
+    host, pool = web
+    ex = Answers(host, (0, ""))
+    fpm.disable(ex, host, pool, 2)
+    assert ex.commands == ["systemctl disable --quiet fpm-fleet-www@2.service"]
+
+
+def test_a_failing_stop_command_is_a_rollout_error(web):
     host, pool = web
 
     class Refusing(Answers):
         def run(self, command, what, *, check=True, timeout=None):
             raise RemoteError(self.host.name, what,
-                              RemoteResult(command, 3, "", "pid 1 is not this replica's"))
+                              RemoteResult(command, 1, "", "Failed to stop fpm-fleet-www@1"))
 
     with pytest.raises(RolloutError, match="www-1 could not be stopped"):
-        fpm.stop(Refusing(host), host, pool, 1, timeout=1)
+        fpm.stop(Refusing(host), host, pool, 1)
 
 
 def test_current_release_is_the_basename_of_the_symlink_or_none(web):
@@ -208,7 +271,7 @@ def test_current_release_is_the_basename_of_the_symlink_or_none(web):
 
 def test_probe_fills_in_replicas_the_host_did_not_report(web):
     host, pool = web
-    ex = Answers(host, (0, f"1\t4242\tS\t5\t{TITLE}\t-\n"))
+    ex = Answers(host, (0, f"1\t4242\tS\t5\t{TITLE}\t-\tactive\t0\n"))
     procs = fpm.probe(ex, host, pool)
     assert sorted(procs) == [1, 2]
     assert procs[1].pid == 4242

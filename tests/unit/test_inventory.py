@@ -54,18 +54,20 @@ def test_built_in_defaults_apply_when_nothing_is_set(build_fleet):
     assert (pool.ping_path, pool.status_path, pool.health_path) == (
         "/fpm-ping", "/fpm-status", "/health.php")
     assert pool.shared == () and pool.before_activate == ()
+    assert pool.stop_timeout == 60
     assert fleet.log_dir == "logs"
 
 
 def test_defaults_are_inherited_by_every_host(inventory_data, build_fleet):
     inventory_data["defaults"] = {"port": 2222, "user": "deploy", "root": "/opt/fleet",
-                                  "apache": {"listen": "*:8080", "mode": "instance"}}
+                                  "apache": {"listen": "*:8080", "manager_port": 9000}}
     for host in build_fleet(inventory_data).hosts:
         assert host.port == 2222
         assert host.user == "deploy"
         assert host.root == "/opt/fleet"
         assert host.apache.listen == "*:8080"
-        assert host.apache.mode == "instance"
+        assert host.apache.manager_port == 9000
+        assert host.apache.mode == "system"
 
 
 def test_a_host_overrides_port_user_root_and_apache_listen(inventory_data, build_fleet):
@@ -207,6 +209,8 @@ def put(data: dict, where: str, key: str, value: object, host: int = 0) -> str:
     ("pool", "replicas", "3", "must be an integer, got str"),
     ("pool", "replicas", 2.5, "must be an integer, got float"),
     ("pool", "replicas", True, "must be an integer, got bool"),
+    ("pool", "stop_timeout", "60s", "must be an integer, got str"),
+    ("pool", "stop_timeout", 1.5, "must be an integer, got float"),
     ("pool", "shared", "storage", "must be a list, got str"),
     ("pool", "shared", ["storage", 3], "must be a list of strings"),
     ("defaults", "trust_new_host_keys", "no", "must be true or false, got str"),
@@ -266,6 +270,8 @@ def test_two_replicas_is_the_minimum_accepted(inventory_data, build_fleet):
     ("pool", "balancer", "Www", "must be a simple lower-case name"),
     ("pool", "manager_url", "ftp://127.0.0.1/balancer-manager", "must be an http(s) URL"),
     ("pool", "retry", 61, "must be 0..60 seconds"),
+    ("pool", "stop_timeout", 0, "must be 1..3600 seconds"),
+    ("pool", "stop_timeout", 3601, "must be 1..3600 seconds"),
     ("pool", "max_children", 0, "must be >= 1"),
     ("pool", "server_name", "www example", "must be a host name"),
 ])
@@ -276,7 +282,7 @@ def test_out_of_range_values_are_rejected_naming_the_key(
 
 
 @pytest.mark.parametrize(("table", "key", "value", "problem"), [
-    ("defaults.apache", "mode", "docker", "must be one of system, instance"),
+    ("defaults.apache", "mode", "docker", "must be one of system"),
     ("defaults.apache", "manager_port", 0, "must be a TCP port"),
     ("hosts.web1.apache", "listen", "80 81", "must look like ADDRESS:PORT"),
     ("hosts.web1.apache", "manager_port", "8081", "must be an integer, got str"),
@@ -288,6 +294,25 @@ def test_bad_apache_values_are_rejected_naming_the_apache_table(
     else:
         inventory_data["hosts"][0]["apache"] = {key: value}
     expect(config_error(inventory_data, FILE), f"{table}.{key}", problem)
+
+
+@pytest.mark.parametrize("table", ["defaults.apache", "hosts.web2.apache"])
+def test_the_removed_instance_mode_is_refused_naming_the_key(inventory_data, config_error,
+                                                              table):
+    if table == "defaults.apache":
+        inventory_data["defaults"]["apache"]["mode"] = "instance"
+    else:
+        inventory_data["hosts"][1]["apache"] = {"mode": "instance"}
+    message = config_error(inventory_data, FILE)
+    expect(message, f"{table}.mode", "must be one of system")
+    assert "instance" not in message.split(": ", 2)[2]
+
+
+@pytest.mark.parametrize("seconds", [1, 60, 3600])
+def test_stop_timeout_within_one_second_to_one_hour_is_kept(inventory_data, build_fleet,
+                                                            seconds):
+    inventory_data["pools"]["www"]["stop_timeout"] = seconds
+    assert build_fleet(inventory_data).pools[0].stop_timeout == seconds
 
 
 def test_duplicate_host_name_is_rejected(inventory_data, config_error):
@@ -336,7 +361,7 @@ def test_unknown_key_in_a_pool_is_rejected_as_a_typo(inventory_data, config_erro
 
 
 def test_unknown_key_in_defaults_apache_is_rejected_as_a_typo(inventory_data, config_error):
-    inventory_data["defaults"]["apache"]["mdoe"] = "instance"
+    inventory_data["defaults"]["apache"]["mdoe"] = "system"
     expect(config_error(inventory_data, FILE), "defaults.apache.mdoe", "unknown key (typo?)")
 
 

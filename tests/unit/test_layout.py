@@ -18,7 +18,14 @@ def test_pool_layout_follows_the_host_model():
     assert lay.status_sock(2) == P("/srv/fpm-fleet/www/run/www-2-status.sock")
     assert lay.pid(2) == P("/srv/fpm-fleet/www/run/www-2.pid")
     assert lay.fpm_conf(2) == P("/srv/fpm-fleet/www/conf/www-2.conf")
-    assert lay.fpm_log(2) == P("/srv/fpm-fleet/www/log/www-2.log")
+
+
+def test_each_replica_is_an_instance_of_the_pools_template_unit():
+    lay = Layout(dir=P("/srv/fpm-fleet/www"), pool="www")
+    assert lay.unit(2) == "fpm-fleet-www@2.service"
+    assert lay.unit_file == P("/etc/systemd/system/fpm-fleet-www@.service")
+    # the unit name holds the pool, never the pool's directory
+    assert Layout(dir=P("/opt/other/www"), pool="www").unit_file == lay.unit_file
 
 
 def test_every_directory_of_the_model_is_listed_once_pool_dir_first():
@@ -39,21 +46,12 @@ def test_layout_of_host_and_pool_uses_the_inventory(inventory_data, build_fleet)
     assert lay == Layout(dir=P("/opt/f/apps/www"), pool="www")
 
 
-def test_system_apache_uses_debian_paths():
-    apache = ApacheLayout("system", P("/srv/fpm-fleet/apache"))
-    assert not apache.is_instance
-    assert apache.site == P("/etc/apache2/sites-available/fpm-fleet.conf")
-    assert apache.pid_file == P("/var/run/apache2/apache2.pid")
-    assert apache.rendered_files() == (apache.site,)
+def test_apache_site_goes_into_debians_sites_available():
+    assert ApacheLayout().site == P("/etc/apache2/sites-available/fpm-fleet.conf")
 
 
-def test_instance_apache_keeps_everything_under_the_host_root(inventory_data, build_fleet):
+def test_apache_site_path_does_not_follow_the_host_root(inventory_data, build_fleet):
+    # one system Apache per host: the host root holds pools, never Apache's files
     inventory_data["defaults"]["root"] = "/srv/h1"
-    inventory_data["defaults"]["apache"]["mode"] = "instance"
     apache = ApacheLayout.of(build_fleet(inventory_data).hosts[0])
-    assert apache.is_instance
-    assert apache.main_config == P("/srv/h1/apache/apache2.conf")
-    assert apache.site == P("/srv/h1/apache/sites/fpm-fleet.conf")
-    assert apache.pid_file == P("/srv/h1/apache/run/apache2.pid")
-    assert apache.log_dir == P("/srv/h1/apache/log")
-    assert apache.rendered_files() == (apache.main_config, apache.site)
+    assert apache.site == P("/etc/apache2/sites-available/fpm-fleet.conf")

@@ -6,11 +6,9 @@ import hashlib
 import os
 import shlex
 import shutil
-import signal
 import socket
 import struct
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -20,7 +18,7 @@ from pathlib import Path, PurePosixPath
 import pytest
 
 from tasks import fpm, manifest, shell
-from tasks.layout import ApacheLayout, Layout
+from tasks.layout import Layout
 
 # --- exact strings -----------------------------------------------------------------------------
 
@@ -90,22 +88,28 @@ def test_fcgi_request_keeps_a_script_filename_with_spaces_as_one_word():
     assert words[-1] == "/srv/a b/run/www-1.sock"
 
 
-def test_apache_test_and_ctl_differ_between_system_and_instance_mode():
-    system = ApacheLayout("system", PurePosixPath("/srv/fpm-fleet/apache"))
-    instance = ApacheLayout("instance", PurePosixPath("/srv/h1/apache"))
-    assert shell.apache_test(system) == "apache2ctl configtest"
-    assert shell.apache_test(instance) == "apache2 -f /srv/h1/apache/apache2.conf -t"
-    assert shell.apache_ctl(system, "graceful") == (
-        "apache2ctl graceful </dev/null >/dev/null 2>/tmp/fpm-fleet-apache2ctl.log || "
-        "{ cat -- /tmp/fpm-fleet-apache2ctl.log >&2; exit 1; }")
-    assert shell.apache_ctl(instance, "start") == (
-        "apache2 -f /srv/h1/apache/apache2.conf -k start </dev/null >/dev/null "
-        "2>/srv/h1/apache/log/ctl.log || { cat -- /srv/h1/apache/log/ctl.log >&2; exit 1; }")
+def test_apache_is_tested_with_apache2ctl_and_driven_through_systemd():
+    assert shell.apache_test() == "apache2ctl configtest"
+    assert shell.apache_modules_loaded() == "apache2ctl -M 2>/dev/null"
+    assert shell.apache_ctl("start") == "systemctl start --quiet apache2.service"
+    assert shell.apache_ctl("reload") == "systemctl reload --quiet apache2.service"
+    assert shell.apache_ctl("enable") == "systemctl enable --quiet apache2.service"
 
 
-def test_apache_ctl_refuses_actions_other_than_start_graceful_stop():
+@pytest.mark.parametrize("action", ["restart", "stop", "graceful", "start; reboot"])
+def test_apache_ctl_refuses_actions_other_than_start_reload_enable(action):
     with pytest.raises(ValueError):
-        shell.apache_ctl(ApacheLayout("system", PurePosixPath("/x")), "restart")
+        shell.apache_ctl(action)
+
+
+def test_has_systemd_is_sd_booteds_own_test():
+    assert shell.has_systemd() == "test -d /run/systemd/system"
+
+
+def test_daemon_reload_and_disable_are_plain_systemctl_calls():
+    layout = Layout(dir=PurePosixPath("/srv/fpm-fleet/www"), pool="www")
+    assert shell.daemon_reload() == "systemctl daemon-reload"
+    assert shell.fpm_disable(layout, 2) == "systemctl disable --quiet fpm-fleet-www@2.service"
 
 
 def test_read_current_release_reads_the_symlink():
@@ -232,40 +236,49 @@ class TestInstallChecked:
         assert (tmp_path / "seen").read_text() == "main-new\nsite-new\n"
 
 
-def test_apache_running_is_true_only_for_a_live_pid(sh, tmp_path):
-    apache = ApacheLayout("instance", PurePosixPath(tmp_path / "apache"))
-    Path(apache.run_dir).mkdir(parents=True)
-    assert sh(shell.apache_running(apache)).returncode != 0  # no pid file
-    Path(apache.pid_file).write_text(f"{os.getpid()}\n")
-    assert sh(shell.apache_running(apache)).returncode == 0
-    dead = subprocess.Popen(["true"])
-    dead.wait()
-    Path(apache.pid_file).write_text(f"{dead.pid}\n")
-    assert sh(shell.apache_running(apache)).returncode != 0
+@pytest.mark.parametrize(("state", "running"), [("active", True), ("inactive", False),
+                                                ("failed", False)])
+def test_apache_running_is_true_only_for_an_active_apache2_service(fake_systemd, state,
+                                                                   running):
+    fake_systemd.unit("apache2.service", state)
+    assert (fake_systemd.run(shell.apache_running()).returncode == 0) is running
+
+
+def test_enable_units_enables_and_prints_only_units_not_enabled_yet(fake_systemd):
+    fake_systemd.unit("fpm-fleet-www@1.service", enabled=True)
+    units = ["fpm-fleet-www@1.service", "fpm-fleet-www@2.service", "fpm-fleet-api@1.service"]
+    first = fake_systemd.run(shell.enable_units(units))
+    assert (first.returncode, first.stdout.split()) == (
+        0, ["fpm-fleet-www@2.service", "fpm-fleet-api@1.service"])
+    assert all(fake_systemd.enabled(u) for u in units)
+    again = fake_systemd.run(shell.enable_units(units))
+    assert (again.returncode, again.stdout) == (0, "")
 
 
 def test_probe_tools_prints_one_line_per_tool_with_path_or_dash(sh):
     lines = sh(shell.probe_tools()).stdout.splitlines()
     tools = dict(line.split("\t") for line in lines)
-    assert set(tools) >= {"unshare", "cgi-fcgi", "curl", "flock", "sha256sum", "apache2"}
+    assert set(tools) >= {"systemctl", "cgi-fcgi", "curl", "flock", "sha256sum", "apache2"}
+    assert "unshare" not in tools and "mount" not in tools  # systemd pins releases now
     assert tools["sha256sum"].endswith("/sha256sum")
     assert all(v == "-" or v.startswith("/") for v in tools.values())
 
 
 # --- quoting: nothing injected ever runs -------------------------------------------------------
 
-def test_shell_builders_never_execute_metacharacters_in_paths(sh, evil_layout, pwned, tmp_path):
+def test_shell_builders_never_execute_metacharacters_in_paths(
+        sh, fake_systemd, evil_layout, pwned):
     lay = evil_layout
-    apache = ApacheLayout("instance", lay.dir / "apache")
     evil = "x;$(touch pwned)`touch pwned`'\""
+    fake_systemd.unit(lay.unit(1), "active", main_pid=1)
+    fake_systemd.processes((1, "php-fpm: pool www-1"))
+    Path(lay.current_release).symlink_to(lay.release(evil))
     commands = [
         shell.checksums([lay.fpm_conf(1), lay.dir / evil]),
         shell.read_current_release(lay),
         shell.probe_replicas(lay, [1, 2]),
-        shell.fpm_stop(lay, 1, 0.1),
-        shell.fpm_start(lay, 1, "/bin/true", evil),
-        shell.apache_running(apache),
-        shell.apache_test(apache),
+        shell.fpm_stop(lay, 1),
+        shell.fpm_start(lay, 1, evil),
         shell.fcgi_request(lay.sock(1), evil, lay.current / evil, query=evil, timeout=1),
         shell.balancer_xml(f"http://127.0.0.1:9/{evil}"),
         shell.balancer_set(f"http://127.0.0.1:9/{evil}", evil, evil, evil, {"D": 1}),
@@ -274,8 +287,9 @@ def test_shell_builders_never_execute_metacharacters_in_paths(sh, evil_layout, p
         shell.open_connections(lay.sock(1)),
     ]
     for cmd in commands:
-        sh(cmd)
+        fake_systemd.run(cmd)
         assert pwned() == [], cmd
+    assert f"systemctl start {lay.unit(1)}" in fake_systemd.calls()  # the evil name matched
     sh(shell.write_stdin(lay.conf / evil), stdin=b"data")
     assert pwned() == []
     assert (Path(lay.conf) / evil).read_bytes() == b"data"
@@ -376,7 +390,7 @@ def test_fcgi_request_delivers_exactly_the_cgi_params_and_parse_fcgi_reads_the_a
     assert resp.body == "busy\n"
 
 
-# --- replica processes: probe and graceful stop, with stand-in masters -------------------------
+# --- replica services: probe, stop and start against a stand-in systemctl and ps -----------
 
 def _title(layout: Layout, n: int) -> str:
     return shell.FPM_MASTER_TITLE.format(conf=layout.fpm_conf(n))
@@ -408,101 +422,145 @@ def masters() -> Iterator[list[subprocess.Popen[bytes]]]:
 
 
 def _spawn(masters: list[subprocess.Popen[bytes]], title: str,
-           ignore_quit: bool = False) -> subprocess.Popen[bytes]:
-    script = ("trap '' QUIT; " if ignore_quit else "") + 'exec -a "$0" sleep 30'
-    proc = subprocess.Popen(["bash", "-c", script, title])
+           argv: tuple[str, ...] = ()) -> subprocess.Popen[bytes]:
+    """A process titled `title` (run through `argv`, a wrapper such as unshare, if given)."""
+    proc = subprocess.Popen([*argv, "bash", "-c", 'exec -a "$0" sleep 30', title])
     masters.append(proc)
     _wait_for_title(proc.pid, title)
     return proc
 
 
-def test_probe_reports_pid_state_title_for_a_live_master_and_dashes_otherwise(
-        sh, layout, masters):
+WORKER = "php-fpm: pool www-1"
+
+
+def test_probe_prints_eight_fields_for_a_live_master_of_an_active_service(
+        fake_systemd, layout, masters):
     master = _spawn(masters, _title(layout, 1))
     Path(layout.pid(1)).write_text(f"{master.pid}\n")
+    fake_systemd.unit(layout.unit(1), "active", main_pid=master.pid)
+    fake_systemd.age(master.pid, 42)
+    fake_systemd.processes((1, _title(layout, 1)), (master.pid, WORKER), (master.pid, WORKER))
+    result = fake_systemd.run(shell.probe_replicas(layout, [1]))
+    assert result.stdout.splitlines() == [
+        f"1\t{master.pid}\tS\t42\t{_title(layout, 1)}\t-\tactive\t0"]
+    proc = fpm.parse_probe(result.stdout)[1]
+    assert proc.runs_master(layout)
+    assert proc.pinned is None  # nothing is mounted on current/ in this namespace
+
+
+def test_probe_of_a_replica_without_master_prints_dashes_and_the_service_state(
+        fake_systemd, layout):
     Path(layout.pid(3)).write_text("garbage\n")
-    procs = fpm.parse_probe(sh(shell.probe_replicas(layout, [1, 2, 3])).stdout)
-    assert set(procs) == {1, 2, 3}
-    p1 = procs[1]
-    assert p1.pid == master.pid
-    assert p1.state == "S"
-    assert p1.alive
-    assert p1.elapsed is not None and p1.elapsed < 60
-    assert p1.is_master_of(layout.fpm_conf(1))
-    assert not p1.is_master_of(layout.fpm_conf(2))
-    assert p1.pinned is None  # nothing mounted on current/ in this namespace
-    for n in (2, 3):
-        assert procs[n].pid is None
-        assert not procs[n].alive
+    fake_systemd.unit(layout.unit(2), "inactive")
+    fake_systemd.unit(layout.unit(3), "activating")
+    result = fake_systemd.run(shell.probe_replicas(layout, [2, 3]))
+    assert result.stdout.splitlines() == ["2\t-\t-\t-\t-\t-\tinactive\t0",
+                                          "3\t-\t-\t-\t-\t-\tactivating\t0"]
+    assert not any(p.alive for p in fpm.parse_probe(result.stdout).values())
 
 
-def test_stop_sends_sigquit_and_treats_a_zombie_as_stopped(sh, layout, masters):
+def test_probe_counts_the_replicas_workers_outside_its_live_master_as_strays(
+        fake_systemd, layout, masters):
+    # a master killed with SIGKILL leaves its workers serving; PID 1 adopts them
     master = _spawn(masters, _title(layout, 1))
     Path(layout.pid(1)).write_text(f"{master.pid}\n")
-    started = time.monotonic()
-    result = sh(shell.fpm_stop(layout, 1, timeout=5))
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.split() == ["stopped"]
-    assert time.monotonic() - started < 2  # did not wait for the zombie to be reaped
-    assert master.wait(timeout=5) == -signal.SIGQUIT
+    fake_systemd.unit(layout.unit(1), "active", main_pid=master.pid)
+    fake_systemd.unit(layout.unit(2), "activating")
+    fake_systemd.processes((master.pid, WORKER), (1, WORKER), (1, WORKER),
+                           (1, "php-fpm: pool www-11"), (1, "php-fpm: pool www-2"),
+                           (1, f"vim {WORKER}"))
+    procs = fpm.parse_probe(fake_systemd.run(shell.probe_replicas(layout, [1, 2])).stdout)
+    assert (procs[1].strays, procs[2].strays) == (2, 1)
+    assert procs[1].service == "active" and procs[2].service == "activating"
 
 
-def test_stop_escalates_to_sigterm_when_sigquit_is_ignored_and_says_so(sh, layout, masters):
-    master = _spawn(masters, _title(layout, 1), ignore_quit=True)
-    Path(layout.pid(1)).write_text(f"{master.pid}\n")
-    result = sh(shell.fpm_stop(layout, 1, timeout=0.1))
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.split() == ["escalated", "stopped"]
-    assert master.wait(timeout=5) == -signal.SIGTERM
-
-
-def test_stop_refuses_a_pid_that_is_not_this_replicas_master(sh, layout, masters):
-    other = _spawn(masters, _title(layout, 2))
-    Path(layout.pid(1)).write_text(f"{other.pid}\n")
-    result = sh(shell.fpm_stop(layout, 1, timeout=0.1))
-    assert result.returncode == 3
-    assert "is not this replica's php-fpm master" in result.stderr
-    assert other.poll() is None  # still running: nothing was signalled
-
-
-def test_stop_without_pid_file_is_not_running(sh, layout):
-    result = sh(shell.fpm_stop(layout, 1, timeout=0.1))
+def test_stop_of_an_inactive_service_without_strays_is_not_running_and_stops_nothing(
+        fake_systemd, layout):
+    fake_systemd.unit(layout.unit(1), "inactive", result="timeout")  # an old stop's result
+    fake_systemd.processes((1, "php-fpm: pool www-2"), (1, "php-fpm: pool www-11"))
+    result = fake_systemd.run(shell.fpm_stop(layout, 1))
     assert (result.returncode, result.stdout.split()) == (0, ["not-running"])
+    assert not any(c.startswith("systemctl stop") for c in fake_systemd.calls())
 
 
-def test_stop_with_a_stale_pid_file_is_not_running_and_removes_it(sh, layout):
-    dead = subprocess.Popen(["true"])
-    dead.wait()
-    Path(layout.pid(1)).write_text(f"{dead.pid}\n")
-    result = sh(shell.fpm_stop(layout, 1, timeout=0.1))
-    assert (result.returncode, result.stdout.split()) == (0, ["not-running"])
-    assert not Path(layout.pid(1)).exists()
+def test_stop_of_an_active_service_stops_it_through_systemd(fake_systemd, layout):
+    fake_systemd.unit(layout.unit(1), "active", main_pid=4242)
+    fake_systemd.processes((1, _title(layout, 1)), (4242, WORKER), (4242, WORKER))
+    result = fake_systemd.run(shell.fpm_stop(layout, 1))
+    assert (result.returncode, result.stdout.split()) == (0, ["stopped"])
+    assert f"systemctl stop {layout.unit(1)}" in fake_systemd.calls()
+    assert fake_systemd.state_of(layout.unit(1)) == "inactive"
 
 
-def test_start_refuses_a_missing_release_with_exit_3(sh, layout):
-    result = sh(shell.fpm_start(layout, 1, "/bin/true", "v9"))
+def test_stop_says_escalated_when_systemd_hit_the_stop_timeout(fake_systemd, layout):
+    fake_systemd.unit(layout.unit(1), "active", main_pid=4242)
+    fake_systemd.on_stop(layout.unit(1), "timeout")  # SIGQUIT was not enough: SIGKILL
+    result = fake_systemd.run(shell.fpm_stop(layout, 1))
+    assert (result.returncode, result.stdout.split()) == (0, ["escalated", "stopped"])
+
+
+def test_stop_of_a_dead_masters_workers_counts_and_stops_them(fake_systemd, layout):
+    fake_systemd.unit(layout.unit(1), "inactive")
+    fake_systemd.processes((1, WORKER), (1, WORKER), (1, "php-fpm: pool www-11"))
+    result = fake_systemd.run(shell.fpm_stop(layout, 1))
+    assert (result.returncode, result.stdout.split()) == (0, ["strays", "2", "stopped"])
+    assert f"systemctl stop {layout.unit(1)}" in fake_systemd.calls()
+
+
+def test_stop_counts_old_workers_beside_a_restarted_master_as_strays(fake_systemd, layout):
+    # Restart=always started a new master; the dead one's worker still finishes its request
+    fake_systemd.unit(layout.unit(1), "active", main_pid=5000)
+    fake_systemd.processes((5000, WORKER), (5000, WORKER), (1, WORKER))
+    result = fake_systemd.run(shell.fpm_stop(layout, 1))
+    assert result.stdout.split() == ["strays", "1", "stopped"]
+
+
+def _point_current_release(layout: Layout, release: str) -> None:
+    Path(layout.release(release)).mkdir(exist_ok=True)
+    Path(layout.current_release).symlink_to(f"releases/{release}")
+
+
+def test_start_enables_and_starts_the_service_current_release_names(fake_systemd, layout):
+    _point_current_release(layout, "v1")
+    fake_systemd.unit(layout.unit(1), "failed")
+    result = fake_systemd.run(shell.fpm_start(layout, 1, "v1"))
+    assert result.returncode == 0, result.stderr
+    unit = layout.unit(1)
+    assert fake_systemd.calls() == [f"systemctl reset-failed {unit}",
+                                    f"systemctl enable --quiet {unit}",
+                                    f"systemctl start {unit}"]
+    assert fake_systemd.state_of(unit) == "active"
+    assert fake_systemd.enabled(unit)
+
+
+def test_start_refuses_a_release_current_release_does_not_name_with_exit_3(
+        fake_systemd, layout):
+    _point_current_release(layout, "v1")
+    Path(layout.release("v2")).mkdir()
+    result = fake_systemd.run(shell.fpm_start(layout, 1, "v2"))
     assert result.returncode == 3
-    assert "release v9 is missing" in result.stderr
+    assert "current.release does not name v2" in result.stderr
+    assert fake_systemd.calls() == []  # systemd would have pinned v1
 
 
-# --- pinning: a real private mount namespace (root only) ---------------------------------------
+def test_start_without_current_release_is_refused_with_exit_3(fake_systemd, layout):
+    Path(layout.release("v1")).mkdir()
+    result = fake_systemd.run(shell.fpm_start(layout, 1, "v1"))
+    assert result.returncode == 3
+    assert fake_systemd.calls() == []
 
-FAKE_FPM = r"""#!/bin/bash
-# Stand-in for php-fpm --fpm-config CONF --daemonize: a master titled like FPM that
-# lives on in the caller's mount namespace; returns once it runs, like --daemonize.
-PYTHON=@PYTHON@
-MASTER='import signal, time; signal.signal(signal.SIGQUIT, signal.SIG_DFL); time.sleep(30)'
-conf=$2
-dir=$(dirname "$(dirname "$conf")")
-base=$(basename "$conf" .conf)
-title="php-fpm: master process ($conf)"
-# a background job of a script starts with SIGQUIT ignored: restore it, as FPM does
-exec -a "$title" "$PYTHON" -c "$MASTER" </dev/null >/dev/null 2>&1 &
-pid=$!
-printf '%s\n' "$pid" > "$dir/run/$base.pid"
-until [ "$(tr '\0' '\n' < /proc/$pid/cmdline | head -n 1)" = "$title" ]; do sleep 0.005; done
-"""
 
+def test_a_failed_start_exits_1_with_the_units_last_log_lines(fake_systemd, layout):
+    _point_current_release(layout, "v1")
+    fake_systemd.start_fails(layout.unit(1), "ERROR: unable to bind listening socket\n")
+    result = fake_systemd.run(shell.fpm_start(layout, 1, "v1"))
+    assert result.returncode == 1
+    assert "unable to bind listening socket" in result.stderr
+    assert fake_systemd.calls()[-1] == (
+        f"journalctl --no-pager -o cat -n 5 -u {layout.unit(1)}")
+
+
+# --- pinning: the release bound on current/ in the master's own mount namespace (root only) -----
 
 def _can_pin() -> bool:
     if os.geteuid() != 0 or shutil.which("unshare") is None:
@@ -514,70 +572,46 @@ def _can_pin() -> bool:
 
 needs_pinning = pytest.mark.skipif(not _can_pin(), reason="needs root and unshare --mount")
 
-
-@pytest.fixture
-def fake_fpm(tmp_path: Path) -> Path:
-    path = tmp_path / "bin" / "php-fpm"
-    path.parent.mkdir()
-    path.write_text(FAKE_FPM.replace("@PYTHON@", shlex.quote(sys.executable)))
-    path.chmod(0o755)
-    return path
+# What the unit's BindReadOnlyPaths=current.release:current does before ExecStart.
+PIN = 'mount --bind -o ro -- "$0" "$1" && exec -a "$2" sleep 30'
 
 
-def _kill_stand_in(layout: Layout, n: int) -> None:
-    """Kill the daemonized stand-in by its pid, only if it still carries our title."""
-    try:
-        pid = int(Path(layout.pid(n)).read_text())
-    except (OSError, ValueError):
-        return
-    if _cmdline(pid) == _title(layout, n):
-        os.kill(pid, signal.SIGKILL)
-
-
-def _pinned_layout(base: Path) -> Layout:
+def _pinned_master(masters: list[subprocess.Popen[bytes]], base: Path) -> Layout:
     lay = Layout(dir=PurePosixPath(base / "www"), pool="www")
     for d in lay.directories():
         Path(d).mkdir(parents=True, exist_ok=True)
-    Path(lay.release("v1")).mkdir()
-    Path(lay.release("v1"), "index.php").write_text("<?php echo 'v1';\n")
+    _point_current_release(lay, "v1")
+    title = _title(lay, 1)
+    proc = subprocess.Popen(["unshare", "--mount", "--propagation", "private", "--", "bash",
+                             "-c", PIN, str(lay.current_release), str(lay.current), title])
+    masters.append(proc)
+    _wait_for_title(proc.pid, title)
+    Path(lay.pid(1)).write_text(f"{proc.pid}\n")
     return lay
 
 
 @needs_pinning
-def test_start_pins_the_release_probe_sees_it_and_stop_ends_the_master(sh, tmp_path, fake_fpm):
-    lay = _pinned_layout(tmp_path / "srv")
-    try:
-        result = sh(shell.fpm_start(lay, 1, str(fake_fpm), "v1"))
-        assert result.returncode == 0, result.stderr
-        proc = fpm.parse_probe(sh(shell.probe_replicas(lay, [1])).stdout)[1]
-        assert proc.is_master_of(lay.fpm_conf(1))
-        assert proc.alive
-        assert proc.release == "v1"
-        assert not proc.release_deleted
-        # the bind mount never leaked into our namespace
-        assert not any(Path(lay.current).iterdir())
+def test_probe_sees_the_release_pinned_in_the_masters_namespace_and_its_deletion(
+        fake_systemd, tmp_path, masters):
+    lay = _pinned_master(masters, tmp_path / "srv")
+    fake_systemd.unit(lay.unit(1), "active")
+    proc = fpm.parse_probe(fake_systemd.run(shell.probe_replicas(lay, [1])).stdout)[1]
+    assert proc.runs_master(lay)
+    assert (proc.release, proc.release_deleted) == ("v1", False)
+    assert not any(Path(lay.current).iterdir())  # the bind mount never leaked into ours
 
-        shutil.rmtree(lay.release("v1"))
-        gone = fpm.parse_probe(sh(shell.probe_replicas(lay, [1])).stdout)[1]
-        assert gone.release == "v1"
-        assert gone.release_deleted
-
-        stopped = sh(shell.fpm_stop(lay, 1, timeout=5))
-        assert stopped.stdout.split() == ["stopped"], stopped.stderr
-    finally:
-        _kill_stand_in(lay, 1)
+    shutil.rmtree(lay.release("v1"))
+    gone = fpm.parse_probe(fake_systemd.run(shell.probe_replicas(lay, [1])).stdout)[1]
+    assert (gone.release, gone.release_deleted) == ("v1", True)
 
 
 @needs_pinning
-def test_probe_finds_the_pinned_release_under_a_root_with_a_space(sh, tmp_path, fake_fpm):
-    lay = _pinned_layout(tmp_path / "fleet root")
-    try:
-        assert sh(shell.fpm_start(lay, 1, str(fake_fpm), "v1")).returncode == 0
-        proc = fpm.parse_probe(sh(shell.probe_replicas(lay, [1])).stdout)[1]
-        assert proc.is_master_of(lay.fpm_conf(1))
-        assert proc.release == "v1"
-    finally:
-        _kill_stand_in(lay, 1)
+def test_probe_finds_the_pinned_release_under_a_root_with_a_space(
+        fake_systemd, tmp_path, masters):
+    lay = _pinned_master(masters, tmp_path / "fleet root")
+    proc = fpm.parse_probe(fake_systemd.run(shell.probe_replicas(lay, [1])).stdout)[1]
+    assert proc.runs_master(lay)
+    assert proc.release == "v1"
 
 
 def test_open_connections_counts_connected_entries_of_that_socket_only():

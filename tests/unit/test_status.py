@@ -94,27 +94,33 @@ class FakeHost:
         raise AssertionError("not used")
 
 
-def probe_line(n: int, release: str) -> str:
+def probe_line(n: int, release: str, service: str = "active", strays: int = 0) -> str:
     title = f"php-fpm: master process (/srv/fpm-fleet/www/conf/www-{n}.conf)"
-    return f"{n}\t{100 + n}\tS\t60\t{title}\t/srv/fpm-fleet/www/releases/{release}\n"
+    return (f"{n}\t{100 + n}\tS\t60\t{title}\t/srv/fpm-fleet/www/releases/{release}"
+            f"\t{service}\t{strays}\n")
+
+
+def stopped_line(n: int, service: str = "inactive", strays: int = 0) -> str:
+    return f"{n}\t-\t-\t-\t-\t-\t{service}\t{strays}\n"
 
 
 def test_pool_status_of_a_healthy_pool_is_ok_and_consistent(web):
     host, pool = web
     ex = FakeHost(host, probe_line(1, "v2") + probe_line(2, "v2"), xml("Init Ok", "Init Ok"))
     rows = status.pool_status(ex, host, pool, [1, 2])
-    assert [(r.replica, r.ok, r.release, r.current_release, r.pid, r.lb_status, r.busy)
-            for r in rows] == [(1, True, "v2", "v2", 101, "Init Ok", 1),
-                               (2, True, "v2", "v2", 102, "Init Ok", 2)]
+    assert [(r.replica, r.ok, r.release, r.current_release, r.pid, r.lb_status, r.busy,
+             r.service, r.strays)
+            for r in rows] == [(1, True, "v2", "v2", 101, "Init Ok", 1, "active", 0),
+                               (2, True, "v2", "v2", 102, "Init Ok", 2, "active", 0)]
     assert status.drift(rows) == []
 
 
 def test_pool_status_flags_a_drained_member_and_a_stopped_replica(web):
     host, pool = web
-    ex = FakeHost(host, probe_line(1, "v1") + "2\t-\t-\t-\t-\t-\n", xml("Init Drn Ok", "Init Ok"))
+    ex = FakeHost(host, probe_line(1, "v1") + stopped_line(2), xml("Init Drn Ok", "Init Ok"))
     one, two = status.pool_status(ex, host, pool, [1, 2])
     assert one.problems == ["not in rotation (Init Drn Ok)"]
-    assert two.problems == ["not running"]
+    assert two.problems == ["not running", "service inactive"]
     assert two.release is None and two.pid is None
     assert [d.message for d in status.drift([one, two])] == [
         "current.release is v2 but www-1 pins v1 (restart to apply)"]
@@ -126,6 +132,25 @@ def test_pool_status_reports_a_replica_that_does_not_answer_ping(web):
     (one,) = status.pool_status(ex, host, pool, [1])
     assert one.problems == ["no ping"]
     assert not one.ok
+
+
+def test_pool_status_flags_a_service_systemd_does_not_report_active(web):
+    # a master that runs outside its service (started by hand) is still a problem
+    host, pool = web
+    ex = FakeHost(host, probe_line(1, "v2", service="failed"), xml("Init Ok"))
+    (one,) = status.pool_status(ex, host, pool, [1])
+    assert (one.service, one.pid) == ("failed", 101)
+    assert one.problems == ["service failed"]
+    assert not one.ok
+
+
+def test_pool_status_flags_workers_left_running_by_a_dead_master(web):
+    host, pool = web
+    ex = FakeHost(host, stopped_line(1, service="activating", strays=2), xml("Init Ok"))
+    (one,) = status.pool_status(ex, host, pool, [1])
+    assert one.strays == 2
+    assert one.problems == ["not running", "service activating",
+                            "2 workers run outside any live master"]
 
 
 def test_pool_status_with_balancer_manager_unreadable_keeps_the_error(web):

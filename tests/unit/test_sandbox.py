@@ -1,0 +1,125 @@
+"""tasks.sandbox: the pure parts of the local fleet (cgroup placement, the inventory it writes)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tasks import inventory, sandbox
+
+SESSION = "/user.slice/user-1000.slice/session-3.scope"
+
+# A hybrid machine: cgroup v1 controllers, systemd's named v1 hierarchy, and the unified one.
+HYBRID = (f"12:pids:{SESSION}\n"
+          f"11:memory:{SESSION}\n"
+          "10:cpu,cpuacct:/user.slice\n"
+          "4:devices:/user.slice\n"
+          f"1:name=systemd:{SESSION}\n"
+          f"0::{SESSION}\n")
+
+
+def cgroup_fs(root: Path, *hierarchies: str) -> Path:
+    for name in hierarchies:
+        (root / name).mkdir(parents=True)
+    return root
+
+
+@pytest.fixture
+def hybrid_fs(tmp_path) -> Path:
+    return cgroup_fs(tmp_path / "cgroup", "unified", "systemd", "memory", "pids",
+                     "cpu,cpuacct", "devices")
+
+
+def test_cgroup_dirs_on_a_v1_hybrid_machine_use_systemd_memory_pids_and_unified(hybrid_fs):
+    dirs = sandbox.cgroup_dirs(HYBRID, "h1", hybrid_fs)
+    below = f"{SESSION.lstrip('/')}/fpmf-h1"
+    assert dirs == [hybrid_fs / "pids" / below, hybrid_fs / "memory" / below,
+                    hybrid_fs / "systemd" / below, hybrid_fs / "unified" / below]
+
+
+def test_cgroup_dirs_skip_a_hierarchy_that_is_not_mounted(tmp_path):
+    fs = cgroup_fs(tmp_path / "cgroup", "unified", "systemd", "pids")
+    dirs = sandbox.cgroup_dirs(HYBRID, "h2", fs)
+    assert [d.relative_to(fs).parts[0] for d in dirs] == ["pids", "systemd", "unified"]
+
+
+def test_cgroup_dirs_on_a_pure_v2_machine_is_one_directory_below_this_process(tmp_path):
+    fs = tmp_path / "cgroup"
+    fs.mkdir()
+    (fs / "cgroup.controllers").write_text("cpu memory pids\n")
+    text = "0::/system.slice/ssh.service\n"
+    assert sandbox.cgroup_dirs(text, "h3", fs) == [fs / "system.slice/ssh.service/fpmf-h3"]
+
+
+def test_cgroup_dirs_of_a_process_in_the_root_cgroup_sit_at_the_top(tmp_path):
+    fs = tmp_path / "cgroup"
+    fs.mkdir()
+    (fs / "cgroup.controllers").write_text("memory pids\n")  # a cgroup2 root
+    assert sandbox.cgroup_dirs("0::/\n", "h1", fs) == [fs / "fpmf-h1"]
+
+
+def test_cgroup_dirs_skip_a_v2_line_when_the_root_is_no_cgroup2_mount(tmp_path):
+    fs = tmp_path / "cgroup"
+    fs.mkdir()  # a plain tmpfs holding v1 hierarchies, with no unified/
+    assert sandbox.cgroup_dirs("0::/\n", "h1", fs) == []
+
+
+def test_cgroup_dirs_without_any_mounted_hierarchy_is_empty(tmp_path):
+    assert sandbox.cgroup_dirs(HYBRID, "h1", tmp_path / "missing") == []
+
+
+# --- the inventory `sandbox.up` writes ---------------------------------------------------------
+
+@pytest.fixture
+def written(tmp_path) -> tuple[Path, inventory.Fleet]:
+    base = tmp_path / "sand box"  # the checkout may sit anywhere, spaces included
+    base.mkdir()
+    path = base / "hosts.toml"
+    path.write_text(sandbox.inventory([sandbox.SandboxHost(1), sandbox.SandboxHost(2)], base))
+    return base, inventory.load(path)
+
+
+def test_sandbox_inventory_loads_with_one_host_per_sandbox_host(written):
+    _, fleet = written
+    assert [(h.name, h.address, h.port) for h in fleet.hosts] == [
+        ("h1", "198.18.0.11", 22), ("h2", "198.18.0.12", 22)]
+
+
+def test_sandbox_hosts_are_reached_as_deploy_with_sudo_like_production(written):
+    _, fleet = written
+    for host in fleet.hosts:
+        assert (host.user, host.sudo) == ("deploy", True)
+        assert host.apache.mode == "system"
+        assert host.root == "/srv/fpm-fleet"
+
+
+def test_sandbox_inventory_points_at_the_keys_and_logs_of_the_sandbox_dir(written):
+    base, fleet = written
+    host = fleet.hosts[0]
+    assert host.known_hosts == str(base / "known_hosts")
+    assert host.identity_file == str(base / "id_ed25519")
+    assert host.connect_timeout == 5.0
+    assert fleet.log_dir == str(base / "logs")
+
+
+def test_sandbox_inventory_has_one_www_pool_built_into_the_sandbox_dir(written):
+    base, fleet = written
+    (pool,) = fleet.pools
+    assert (pool.name, pool.replicas, pool.max_children) == ("www", 2, 8)
+    assert pool.source == str(base / "build" / "www")
+    assert pool.shared == ("storage",)
+
+
+def test_sandbox_inventory_takes_the_replica_count(tmp_path):
+    path = tmp_path / "hosts.toml"
+    path.write_text(sandbox.inventory([sandbox.SandboxHost(1)], tmp_path, replicas=3))
+    assert inventory.load(path).pools[0].replicas == 3
+
+
+def test_sandbox_host_names_its_namespace_link_and_address_after_its_index():
+    host = sandbox.SandboxHost(7, Path("/var/tmp/x"))
+    assert (host.name, host.netns, host.veth, host.address) == (
+        "h7", "fpmf-h7", "fpmf-h7", "198.18.0.17")
+    assert host.root == Path("/var/tmp/x/hosts/h7/root")
+    assert len(sandbox.SandboxHost(50).veth) <= 15  # IFNAMSIZ - 1
