@@ -63,11 +63,11 @@ def test_a_malformed_inventory_exits_2_naming_file_and_key(tmp_path: Path) -> No
     assert "Traceback" not in proc.stderr
 
 
-def test_a_typo_in_a_key_exits_2(tmp_path: Path) -> None:
+def test_a_typo_in_a_key_exits_2_naming_the_closest_valid_key(tmp_path: Path) -> None:
     bad = inventory(tmp_path, text=INVENTORY.format(name="a") + "max_childen = 4\n")
     proc = fab("status", env={"FABRIC_INVENTORY": str(bad)})
     assert proc.returncode == 2
-    assert "pools.www.max_childen: unknown key (typo?)" in proc.stderr
+    assert "pools.www.max_childen: unknown key; did you mean 'max_children'?" in proc.stderr
 
 
 def test_an_unknown_pool_or_host_is_refused_with_the_valid_names(tmp_path: Path) -> None:
