@@ -192,7 +192,8 @@ def closest(word: str, candidates: list[str]) -> str | None:
     with a different word that is as similar (`root`)."""
     close = difflib.get_close_matches(word, candidates, n=3)
     swapped = [c for c in close if sorted(c) == sorted(word)]
-    return (swapped or close or [None])[0]
+    best = swapped or close
+    return best[0] if best else None
 
 
 def _kind_name(kind: type) -> str:
