@@ -3,9 +3,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import socket
 import subprocess
 import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -80,9 +85,59 @@ def test_an_unknown_pool_or_host_is_refused_with_the_valid_names(tmp_path: Path)
     assert proc.returncode == 2 and "unknown replica 3" in proc.stderr
 
 
-def test_an_unreachable_host_is_one_line_naming_it(tmp_path: Path) -> None:
+def errors(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if line.startswith("error:")]
+
+
+def test_a_refused_connection_is_one_line_naming_host_and_cause(tmp_path: Path) -> None:
     proc = fab("restart", env={"FABRIC_INVENTORY": str(inventory(tmp_path))})
     assert proc.returncode == 3
-    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and "alpha (root@127.0.0.1:9): unreachable" in errors[0]
+    (error,) = errors(proc.stderr)
+    assert "alpha (root@127.0.0.1:9): connection refused: nothing listens on port 9" in error
     assert "Traceback" not in proc.stderr
+
+
+@contextmanager
+def listening() -> Iterator[tuple[int, list[socket.socket]]]:
+    """A TCP server on 127.0.0.1 that accepts and never answers; yields its port and the
+    connections it accepted."""
+    server = socket.create_server(("127.0.0.1", 0))
+    accepted: list[socket.socket] = []
+
+    def accept() -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                accepted.append(server.accept()[0])
+
+    threading.Thread(target=accept, daemon=True).start()
+    try:
+        yield server.getsockname()[1], accepted
+    finally:
+        server.close()
+        for conn in accepted:
+            conn.close()
+
+
+def test_a_host_that_never_sends_its_banner_is_one_line_and_no_paramiko_noise(
+        tmp_path: Path) -> None:
+    with listening() as (port, accepted):
+        text = INVENTORY.format(name="alpha").replace("port = 9", f"port = {port}")
+        proc = fab("restart", env={"FABRIC_INVENTORY": str(inventory(tmp_path, text=text))})
+        assert accepted, "the task never reached the silent host"
+    assert proc.returncode == 3
+    (error,) = errors(proc.stderr)
+    assert f"alpha (root@127.0.0.1:{port}): no SSH banner within 1s" in error
+    for noise in ("Traceback", "paramiko", "Exception (client)", "Error reading SSH"):
+        assert noise not in proc.stderr
+
+
+def test_a_missing_identity_file_exits_2_before_any_host_is_touched(tmp_path: Path) -> None:
+    with listening() as (port, accepted):
+        text = INVENTORY.format(name="alpha").replace(
+            "port = 9", f'port = {port}\nidentity_file = "keys/deploy"')
+        proc = fab("restart", env={"FABRIC_INVENTORY": str(inventory(tmp_path, text=text))})
+        assert not accepted
+    assert proc.returncode == 2
+    (error,) = errors(proc.stderr)
+    assert (f"hosts.alpha.identity_file: file {tmp_path / 'keys' / 'deploy'} does not exist"
+            in error)
