@@ -141,3 +141,11 @@ def test_a_missing_identity_file_exits_2_before_any_host_is_touched(tmp_path: Pa
     (error,) = errors(proc.stderr)
     assert (f"hosts.alpha.identity_file: file {tmp_path / 'keys' / 'deploy'} does not exist"
             in error)
+
+
+def test_a_failed_check_still_prints_where_its_log_is(tmp_path: Path) -> None:
+    proc = fab("check", env={"FABRIC_INVENTORY": str(inventory(tmp_path))})
+    assert proc.returncode == 1
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"log: {tmp_path / 'logs'}/fpm-fleet-")
+    assert Path(last.removeprefix("log: ")).is_file()
