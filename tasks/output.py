@@ -177,4 +177,5 @@ def show(*renderables: Any) -> None:
 
 
 def note(message: str, style: str = "") -> None:
-    err.print(Text(message, style=style))
+    """One message on stderr, never cut into lines: a log path must stay one path."""
+    err.print(Text(message, style=style), soft_wrap=True)
