@@ -149,3 +149,14 @@ def test_a_failed_check_still_prints_where_its_log_is(tmp_path: Path) -> None:
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith(f"log: {tmp_path / 'logs'}/fpm-fleet-")
     assert Path(last.removeprefix("log: ")).is_file()
+
+
+def test_deploy_without_a_release_says_so_and_touches_no_host(tmp_path: Path) -> None:
+    with listening() as (port, accepted):
+        text = INVENTORY.format(name="alpha").replace("port = 9", f"port = {port}")
+        proc = fab("deploy", env={"FABRIC_INVENTORY": str(inventory(tmp_path, text=text))})
+        assert not accepted
+    assert proc.returncode == 2
+    (error,) = errors(proc.stderr)
+    assert error == ("error: deploy needs --release NAME: the name of the new release "
+                     "(letters, digits, '.', '_' and '-'), e.g. --release v42")
