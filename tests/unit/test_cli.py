@@ -11,6 +11,7 @@ import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -160,3 +161,58 @@ def test_deploy_without_a_release_says_so_and_touches_no_host(tmp_path: Path) ->
     (error,) = errors(proc.stderr)
     assert error == ("error: deploy needs --release NAME: the name of the new release "
                      "(letters, digits, '.', '_' and '-'), e.g. --release v42")
+
+
+@contextmanager
+def any_app() -> Iterator[tuple[int, list[tuple[str, str]]]]:
+    """A web application that is not the demo: 200 to any path; records (path, Host)."""
+    seen: list[tuple[str, str]] = []
+
+    class App(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            seen.append((self.path, self.headers.get("Host", "")))
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(b"<html>welcome</html>")
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), App)
+    threading.Thread(target=server.serve_forever, args=(0.02,), daemon=True).start()
+    try:
+        yield server.server_address[1], seen
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def app_inventory(tmp_path: Path, port: int, pools: str = "") -> Path:
+    text = INVENTORY.format(name="alpha").replace(
+        "connect_timeout = 1", f'connect_timeout = 1\napache = {{ listen = "127.0.0.1:{port}" }}')
+    return inventory(tmp_path, text=text + 'server_name = "shop.example.com"\n' + pools)
+
+
+def test_stress_requests_the_given_paths_of_any_app_with_the_pools_server_name(
+        tmp_path: Path) -> None:
+    with any_app() as (port, seen):
+        proc = fab("stress", "--path", "/", "--path", "/login", "--duration", "1",
+                   "--max-requests", "50",
+                   env={"FABRIC_INVENTORY": str(app_inventory(tmp_path, port))})
+    assert proc.returncode == 0, proc.stderr
+    assert seen and {path for path, _ in seen} == {"/", "/login"}
+    assert {host for _, host in seen} == {f"shop.example.com:{port}"}
+
+
+def test_stress_asks_atomic_php_only_with_atomic(tmp_path: Path) -> None:
+    with any_app() as (port, seen):
+        fab("stress", "--atomic", "--duration", "1", "--max-requests", "50",
+            env={"FABRIC_INVENTORY": str(app_inventory(tmp_path, port))})
+    assert {path.split("?")[0] for path, _ in seen} == {"/", "/atomic.php"}
+
+
+def test_stress_on_a_fleet_of_several_pools_asks_which(tmp_path: Path) -> None:
+    path = app_inventory(tmp_path, 9, pools="[pools.api]\nreplicas = 2\n")
+    proc = fab("stress", env={"FABRIC_INVENTORY": str(path)})
+    assert proc.returncode == 2
+    assert "stress loads one pool's virtual host: add --pool (one of www, api)" in proc.stderr
