@@ -67,4 +67,5 @@ def boundary(c: Context, command: str) -> Iterator[Session]:
 
 
 def command_line() -> str:
-    return " ".join(["fab", *sys.argv[1:]])
+    """The command as typed (`fab ...` or `fpm-fleet ...`), for the log and the lock."""
+    return " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])
