@@ -130,9 +130,10 @@ def run_window(scenario: str, fleet: Fleet, profile: Profile,
     """Load for `lead` seconds, run `action`, keep the load for `tail` seconds (and until the
     window is at least `window` seconds long), stop, let requests in flight finish."""
     clock = Clock(profile.fast_rate)
-    load = stress.Stress(targets(fleet), fast_workers=2, slow_workers=2,
-                         slow_ms=profile.slow_ms, max_requests=profile.max_requests,
-                         fetcher=clock).start()
+    load = stress.Stress(targets(fleet), slow_ms=profile.slow_ms,
+                         max_requests=profile.max_requests, fetcher=clock,
+                         loops=stress.demo_loops(fast=2, slow=2, slow_ms=profile.slow_ms,
+                                                 atomic=1)).start()
     began = time.monotonic()
     try:
         time.sleep(profile.lead)

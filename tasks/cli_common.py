@@ -46,6 +46,8 @@ class Session:
 def boundary(c: Context, command: str) -> Iterator[Session]:
     """Load the inventory, open the log, turn errors and interrupts into exit codes.
 
+    Once the log exists its path is the last line of every exit: success, a FleetError, an
+    interrupt, a task's own Exit (check, status) or a bug, since that is where to look next.
     SIGTERM is handled like Ctrl-C, so a rollout can put its replica back before exiting.
     """
     fleet = load_fleet(c)
@@ -55,16 +57,15 @@ def boundary(c: Context, command: str) -> Iterator[Session]:
         yield Session(fleet, log_path)
     except FleetError as exc:
         output.note(f"error: {exc}", "bold red")
-        output.note(f"log: {log_path}", "dim")
         raise Exit(code=exc.exit_code) from None
     except KeyboardInterrupt:
         output.note("interrupted", "bold red")
-        output.note(f"log: {log_path}", "dim")
         raise Exit(code=130) from None
     finally:
         signal.signal(signal.SIGTERM, previous)
-    output.note(f"log: {log_path}", "dim")
+        output.note(f"log: {log_path}", "dim")
 
 
 def command_line() -> str:
-    return " ".join(["fab", *sys.argv[1:]])
+    """The command as typed (`fab ...` or `fpm-fleet ...`), for the log and the lock."""
+    return " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])

@@ -60,6 +60,9 @@ def deploy_(c: Context, release: str = "", source: str | None = None, host: str 
             dry_run: bool = False, timeout: float = 60, plain: bool = False) -> None:
     """Upload a release to every host, activate it, health-gated rolling restart, auto-revert."""
     with boundary(c, command_line()) as s:
+        if not release:
+            raise UsageError("deploy needs --release NAME: the name of the new release "
+                             "(letters, digits, '.', '_' and '-'), e.g. --release v42")
         name = release_ops.validate_name(release)
         sel = rollout.select(s.fleet, host, pool)
         plans = _plans(sel, name, source, force, timeout, command_line())

@@ -13,8 +13,9 @@ from . import output, provision, rollout
 from . import status as status_mod
 from . import stress as stress_mod
 from .cli_common import boundary, command_line
+from .errors import UsageError
 from .events import Observer
-from .inventory import Host
+from .inventory import Host, Pool
 from .remote import Executor
 from .rollout import HostResult, Runner, Selection
 
@@ -205,32 +206,48 @@ def stop(c: Context, host: str | None = None, pool: str | None = None,
                lambda ex, h, sel, obs, r: rollout.stop_host(ex, h, sel, obs, timeout, force, r))
 
 
-@task(help={"host": SELECT_HELP["host"], "duration": "seconds of load (bounded)",
-            "fast": "fast-request workers per host", "slow": "slow-request workers per host",
-            "slow_ms": "duration of a slow request (ms)",
+@task(iterable=["path"],
+      help={"host": SELECT_HELP["host"],
+            "pool": "the pool whose virtual host is loaded; its server_name is sent as Host "
+                    "(needed when there are several pools)",
+            "path": "URL path to request, e.g. /login (repeatable; default /)",
+            "workers": "request loops per path and host",
+            "atomic": "also request the demo app's atomic.php (detects answers mixing "
+                      "two releases)",
+            "duration": "seconds of load (bounded)",
             "max_requests": "stop a host's load after this many requests",
             "json_": "print the stats as JSON on stdout"})
-def stress(c: Context, host: str | None = None, duration: float = 10, fast: int = 2,
-           slow: int = 2, slow_ms: int = 2000, max_requests: int = 200_000,
-           json_: bool = False) -> None:
-    """Bounded load (ping.php, sleep.php, atomic.php) on every host; failures and latency."""
+def stress(c: Context, host: str | None = None, pool: str | None = None,
+           path: list[str] | None = None, workers: int = 2, atomic: bool = False,
+           duration: float = 10, max_requests: int = 200_000, json_: bool = False) -> None:
+    """Bounded load on a pool's virtual host on every host; failures (with reasons), latency."""
     with boundary(c, command_line()) as s:
-        sel = rollout.select(s.fleet, host)
-        targets = stress_mod.targets(sel.hosts)
-        output.note(f"stress: {duration:g}s on {len(targets)} hosts "
-                    f"({fast} fast, {slow} slow x {slow_ms} ms, 1 atomic per host)")
-        stats = stress_mod.run(targets, duration, fast_workers=fast, slow_workers=slow,
-                               slow_ms=slow_ms, max_requests=max_requests)
+        sel = rollout.select(s.fleet, host, pool)
+        loops = stress_mod.path_loops(path or [], workers, atomic)
+        targets = stress_mod.targets(sel.hosts, _one_pool(sel))
+        host_header = stress_mod.request_headers(targets[0])["Host"]
+        output.note(f"stress: {duration:g}s on {len(targets)} hosts, Host: {host_header}; "
+                    "per host " + ", ".join(f"{lp.workers} x {lp.path}" for lp in loops))
+        stats = stress_mod.run(targets, duration, max_requests=max_requests, loops=loops)
         if json_:
             output.print_json(stats)
         else:
-            rows = [[st.host, st.requests, st.fast, st.slow,
-                     output.ok_text(st.failures == 0, "0", str(st.failures)),
-                     st.p50_ms, st.p99_ms, st.max_ms,
-                     ", ".join(f"{k}: {v}" for k, v in st.releases.items()),
-                     ", ".join(f"{k}: {v}" for k, v in st.reasons.items())] for st in stats]
-            output.show(output.table("stress", ["host", "requests", "fast", "slow+atomic",
-                                                "failed", "p50 ms", "p99 ms", "max ms",
-                                                "releases", "failures"], rows))
+            _print_stress(stats)
         if any(st.failures for st in stats):
             raise Exit(code=1)
+
+
+def _one_pool(sel: Selection) -> Pool:
+    if len(sel.pools) > 1:
+        raise UsageError("stress loads one pool's virtual host: add --pool (one of "
+                         f"{', '.join(p.name for p in sel.pools)})")
+    return sel.pools[0]
+
+
+def _print_stress(stats: list[stress_mod.HostStats]) -> None:
+    rows = [[st.host, st.requests, output.ok_text(st.failures == 0, "0", str(st.failures)),
+             st.p50_ms, st.p99_ms, st.max_ms,
+             ", ".join(f"{k}: {v}" for k, v in st.releases.items()) or "-",
+             ", ".join(f"{k}: {v}" for k, v in st.reasons.items())] for st in stats]
+    output.show(output.table("stress", ["host", "requests", "failed", "p50 ms", "p99 ms",
+                                        "max ms", "releases", "failures"], rows))

@@ -7,7 +7,7 @@ import os
 import shutil
 from pathlib import Path
 
-DEMO_APP = Path(__file__).resolve().parent.parent / "etc" / "demo-app"
+from .resources import DEMO_APP
 
 
 def build(dest: Path, release: str, healthy: bool = True, filler_files: int = 0,

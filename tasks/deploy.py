@@ -8,7 +8,7 @@ from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import fpm, release, release_shell, replica, shell
+from . import balancer, fpm, release, release_shell, replica, shell
 from .errors import FleetError, RemoteError, RolloutError
 from .events import Event, Observer, step
 from .inventory import Host, Pool
@@ -124,15 +124,19 @@ def _activate_and_roll(ex: Executor, host: Host, pool: Pool, plan: Plan, outcome
     outcome.after = plan.release
     try:
         roll_to(ex, host, pool, plan.release, obs, plan.timeout, result)
-    except RolloutError:
-        if outcome.before and outcome.before != plan.release:
-            revert(ex, host, pool, plan, outcome, obs, result)
-        raise
+    except RolloutError as exc:
+        if not outcome.before or outcome.before == plan.release:
+            raise
+        serving = revert(ex, host, pool, plan, outcome, obs, result)
+        raise RolloutError(f"{exc}; {reverted(host, pool, outcome.before, plan.release, serving)}"
+                           ) from None
 
 
 def revert(ex: Executor, host: Host, pool: Pool, plan: Plan, outcome: PoolOutcome,
-           obs: Observer, result: HostResult) -> None:
-    """This host goes back to the release it ran before; the failed release is marked bad."""
+           obs: Observer, result: HostResult) -> int:
+    """This host goes back to the release it ran before; the failed release is marked bad.
+    Returns how many of the pool's replicas are in rotation afterwards (read back, since
+    the message to the operator says so)."""
     previous = outcome.before
     assert previous is not None
     with step(obs, host.name, "revert", pool.name) as s:
@@ -143,6 +147,18 @@ def revert(ex: Executor, host: Host, pool: Pool, plan: Plan, outcome: PoolOutcom
     roll_to(ex, host, pool, previous, obs, plan.timeout, scratch)
     outcome.after, outcome.reverted = previous, True
     result.notes.append(f"reverted to {previous}")
+    bal = balancer.read(ex, host, pool)
+    return sum(balancer.member_of(bal, host, pool, n).enabled for n in pool.replica_numbers)
+
+
+def reverted(host: Host, pool: Pool, previous: str, failed: str, serving: int) -> str:
+    """What an automatic revert left behind, for the operator's last line."""
+    if serving == pool.replicas:
+        return (f"reverted: {host.name} is back on {previous} and in rotation ({serving} of "
+                f"{pool.replicas} {pool.name} replicas serving); {failed} is marked bad")
+    return (f"reverted to {previous}, but only {serving} of {pool.replicas} {pool.name} "
+            f"replicas on {host.name} are in rotation: see `fab status --host {host.name}`; "
+            f"{failed} is marked bad")
 
 
 def rollback_pool(ex: Executor, host: Host, pool: Pool, plan: Plan, obs: Observer,

@@ -6,6 +6,7 @@ raised before any host is touched.
 
 from __future__ import annotations
 
+import difflib
 import re
 import tomllib
 from collections.abc import Callable, Mapping
@@ -127,20 +128,20 @@ class _Reader:
     """Typed access to one TOML table that reports errors as `file: key: problem`."""
 
     def __init__(self, path: str, prefix: str, table: Mapping[str, Any]) -> None:
-        self.path = path
+        self.file = path
         self.prefix = prefix
         self.table = table
         self.used: set[str] = set()
 
     def fail(self, key: str, problem: str) -> ConfigError:
         where = f"{self.prefix}.{key}" if self.prefix else key
-        return ConfigError(f"{self.path}: {where}: {problem}")
+        return ConfigError(f"{self.file}: {where}: {problem}")
 
     def get(self, key: str, kind: type[T], default: T | None = None, required: bool = False) -> T:
         self.used.add(key)
         if key not in self.table:
             if required or default is None:
-                raise self.fail(key, "missing required key")
+                raise self._misspelt(key) or self.fail(key, "missing required key")
             return default
         value = self.table[key]
         if kind is float and isinstance(value, int) and not isinstance(value, bool):
@@ -166,9 +167,34 @@ class _Reader:
             raise self.fail(key, problem)
 
     def reject_unknown(self) -> None:
+        """Called after every valid key was read: what is left is unknown."""
+        valid = sorted(self.used)
         for key in self.table:
             if key not in self.used:
-                raise self.fail(key, "unknown key (typo?)")
+                close = closest(key, valid)
+                hint = f"did you mean {close!r}?" if close else f"valid keys: {', '.join(valid)}"
+                raise self.fail(key, f"unknown key; {hint}")
+
+    def _misspelt(self, required: str) -> ConfigError | None:
+        """A missing required key next to a close unread one (`replica` for `replicas`) is a
+        typo of that key: say so rather than "missing" (reject_unknown runs too late)."""
+        unread = [k for k in self.table if k not in self.used]
+        close = closest(required, unread)
+        return self.fail(close, f"unknown key; did you mean {required!r}?") if close else None
+
+    def path(self, key: str) -> str | None:
+        """An optional file path, resolved against the inventory's directory."""
+        value = self.optional(key, str)
+        return beside(self.file, value) if value else None
+
+
+def closest(word: str, candidates: list[str]) -> str | None:
+    """The candidate `word` is most likely a typo of; swapped letters (`prot`) win a tie
+    with a different word that is as similar (`root`)."""
+    close = difflib.get_close_matches(word, candidates, n=3)
+    swapped = [c for c in close if sorted(c) == sorted(word)]
+    best = swapped or close
+    return best[0] if best else None
 
 
 def _kind_name(kind: type) -> str:
@@ -181,6 +207,13 @@ def _absolute_path(value: str) -> bool:
     path = PurePosixPath(value)
     return (path.is_absolute() and ".." not in path.parts
             and not any(c.isspace() or c in "\0\"'\\" for c in value))
+
+
+def beside(inventory: str, value: str) -> str:
+    """A path written in the inventory: `~` expanded, and a relative one taken from the
+    inventory's own directory, so every task finds the same files from any directory."""
+    path = Path(value).expanduser()
+    return str(path if path.is_absolute() else Path(inventory).parent / path)
 
 
 def _relative_or_absolute(value: str) -> bool:
@@ -209,7 +242,24 @@ def load(path: str | Path) -> Fleet:
         raise ConfigError(f"{path}: inventory file not found") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
-    return parse(data, path)
+    fleet = parse(data, path)
+    _check_files(data, path)
+    return fleet
+
+
+FILE_KEYS = ("identity_file", "known_hosts")
+
+
+def _check_files(data: Mapping[str, Any], path: str) -> None:
+    """Key files named in the inventory must exist: found now, not at connect time on the
+    first host (parse already checked the types, so the tables can be walked as they are)."""
+    tables = [("defaults", data.get("defaults", {}))]
+    tables += [(f"hosts.{h['name']}", h) for h in data["hosts"]]
+    for where, table in tables:
+        for key in FILE_KEYS:
+            if key in table and not Path(beside(path, table[key])).is_file():
+                raise ConfigError(f"{path}: {where}.{key}: file {beside(path, table[key])} "
+                                  "does not exist")
 
 
 def parse(data: Mapping[str, Any], path: str = "hosts.toml") -> Fleet:
@@ -235,9 +285,7 @@ def parse(data: Mapping[str, Any], path: str = "hosts.toml") -> Fleet:
     pools = tuple(_pool(path, name, table) for name, table in pool_tables.items())
     _reject_duplicates(path, "pools", [p.balancer for p in pools], "balancer")
     _reject_duplicates(path, "pools", [p.root.rstrip("/") for p in pools], "root")
-    # a relative log_dir is relative to the inventory file, wherever fab runs from
-    log_dir = str(Path(path).parent / log_dir)
-    return Fleet(path=path, hosts=hosts, pools=pools, log_dir=log_dir)
+    return Fleet(path=path, hosts=hosts, pools=pools, log_dir=beside(path, log_dir))
 
 
 def _reject_duplicates(path: str, section: str, values: list[str], key: str) -> None:
@@ -257,8 +305,8 @@ def _host_settings(reader: _Reader, base: Mapping[str, Any]) -> dict[str, Any]:
     if out["sudo"] is None:
         out["sudo"] = base.get("sudo")
     out["root"] = reader.get("root", str, base["root"])
-    out["known_hosts"] = reader.optional("known_hosts", str) or base.get("known_hosts")
-    out["identity_file"] = reader.optional("identity_file", str) or base.get("identity_file")
+    for key in FILE_KEYS:
+        out[key] = reader.path(key) or base.get(key)
     out["connect_timeout"] = reader.get("connect_timeout", float, base["connect_timeout"])
     out["command_timeout"] = reader.get("command_timeout", float, base["command_timeout"])
     out["trust_new_host_keys"] = reader.get("trust_new_host_keys", bool,
@@ -341,7 +389,7 @@ def _pool(path: str, name: str, table: Any) -> Pool:
         max_children=r.get("max_children", int, 5),
         retry=r.get("retry", int, 1),
         stop_timeout=r.get("stop_timeout", int, 60),
-        source=r.get("source", str, f"build/{name}"),
+        source=beside(path, r.get("source", str, f"build/{name}")),
         shared=r.strings("shared"),
         before_activate=r.strings("before_activate"),
     )

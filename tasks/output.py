@@ -44,6 +44,11 @@ def start_log(log_dir: str, command: str) -> Path:
     root.handlers = [handler]
     root.setLevel(logging.INFO)
     root.propagate = False
+    # paramiko's own warnings and handshake tracebacks belong in the log, not on the terminal
+    noisy = logging.getLogger("paramiko")
+    noisy.handlers = [handler]
+    noisy.setLevel(logging.WARNING)
+    noisy.propagate = False
     log.info("command: %s", command)
     return path
 
@@ -172,4 +177,5 @@ def show(*renderables: Any) -> None:
 
 
 def note(message: str, style: str = "") -> None:
-    err.print(Text(message, style=style))
+    """One message on stderr, never cut into lines: a log path must stay one path."""
+    err.print(Text(message, style=style), soft_wrap=True)

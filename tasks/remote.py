@@ -8,6 +8,7 @@ output to the log file (never to the terminal), and raises RemoteError on failur
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import socket
@@ -18,12 +19,16 @@ from typing import IO, Protocol
 
 import paramiko
 from fabric import Connection
+from paramiko.ssh_exception import NoValidConnectionsError
 
 from .errors import ConfigError, ConnectError, RemoteError, RemoteResult
 from .inventory import Host
 from .shell import as_root
 
 log = logging.getLogger("fpm_fleet.remote")
+# paramiko logs a failed handshake with a traceback from its own thread; without a handler,
+# Python would print it on stderr. output.start_log sends it to the run's log file.
+logging.getLogger("paramiko").addHandler(logging.NullHandler())
 SYSTEM_KNOWN_HOSTS = "/etc/ssh/ssh_known_hosts"
 
 
@@ -52,33 +57,108 @@ def _load_host_keys(client: paramiko.SSHClient, host: Host) -> None:
 
 
 def connect(host: Host) -> Connection:
-    """Open an SSH connection to `host` with strict host-key checking and a connect timeout."""
-    kwargs: dict[str, object] = {"banner_timeout": host.connect_timeout,
-                                 "auth_timeout": host.connect_timeout}
-    if host.identity_file:
-        kwargs["key_filename"] = [os.path.expanduser(host.identity_file)]
-        kwargs["look_for_keys"] = False
+    """Open an SSH connection to `host` with strict host-key checking and a connect timeout.
+
+    Every way this fails is one ConnectError naming the host and the cause, never paramiko's
+    own exception: see `connect_failure`.
+    """
     conn = Connection(host.address, user=host.user, port=host.port,
-                      connect_timeout=int(max(1, host.connect_timeout)), connect_kwargs=kwargs)
+                      connect_kwargs=connect_kwargs(host, _identity(host)))
     _load_host_keys(conn.client, host)
     policy: paramiko.MissingHostKeyPolicy = (
         paramiko.AutoAddPolicy() if host.trust_new_host_keys else paramiko.RejectPolicy())
     conn.client.set_missing_host_key_policy(policy)
-    where = f"{host.name} ({host.user}@{host.address}:{host.port})"
     try:
         conn.open()
-    except paramiko.BadHostKeyException:
-        raise ConnectError(f"{where}: host key does not match known_hosts "
-                           "(possible man-in-the-middle); refusing to connect") from None
-    except paramiko.SSHException as exc:
-        if "not found in known_hosts" in str(exc):
-            raise ConnectError(f"{where}: unknown host key; add it to known_hosts or set "
-                               "trust_new_host_keys = true") from None
-        raise ConnectError(f"{where}: SSH failed: {exc}") from None
-    except (TimeoutError, OSError, EOFError) as exc:
-        raise ConnectError(f"{where}: unreachable: {exc or type(exc).__name__}") from None
+    except (paramiko.SSHException, OSError, EOFError) as exc:
+        conn.close()
+        raise ConnectError(f"{host.name} ({host.user}@{host.address}:{host.port}): "
+                           f"{connect_failure(exc, host)}") from None
     _no_delay(conn)
     return conn
+
+
+def connect_kwargs(host: Host, key: paramiko.PKey | None) -> dict[str, object]:
+    """paramiko's connect() arguments. `timeout` bounds the TCP connect and the whole SSH
+    handshake; the banner deadline is set a little inside it, so that a port which accepts
+    and stays silent fails as "no banner" rather than as a handshake cut off with no cause."""
+    kwargs: dict[str, object] = {"timeout": host.connect_timeout,
+                                 "banner_timeout": host.connect_timeout * BANNER_SHARE,
+                                 "auth_timeout": host.connect_timeout}
+    if host.identity_file:
+        kwargs["look_for_keys"] = False
+        if key is not None:
+            kwargs["pkey"] = key
+        else:
+            kwargs["key_filename"] = [host.identity_file]
+    return kwargs
+
+
+def _identity(host: Host) -> paramiko.PKey | None:
+    """The inventory's key, loaded here: given only the file, paramiko tries every key type
+    in turn and a refused login surfaces as "encountered RSA key, expected OPENSSH key".
+    A passphrase-protected key is left to paramiko and ssh-agent (None)."""
+    if not host.identity_file:
+        return None
+    try:
+        return paramiko.PKey.from_path(host.identity_file)
+    except TypeError:  # cryptography's way of saying it needs a passphrase
+        return None
+    except (ValueError, OSError, paramiko.SSHException) as exc:
+        raise ConfigError(f"{host.name}: identity_file {host.identity_file} is not a private "
+                          f"key fpm-fleet can read: {exc}") from None
+
+
+BANNER_SHARE = 0.9
+
+REFUSED, NO_ROUTE, NET_DOWN, TIMED_OUT = (errno.ECONNREFUSED, errno.EHOSTUNREACH,
+                                          errno.ENETUNREACH, errno.ETIMEDOUT)
+
+
+def connect_failure(exc: BaseException, host: Host) -> str:
+    """Why a connection could not be opened, in the words an operator acts on (pure)."""
+    if isinstance(exc, paramiko.BadHostKeyException):
+        return ("host key changed: it does not match known_hosts (possible man-in-the-middle; "
+                "if the host was reinstalled, replace its known_hosts entry); refusing to connect")
+    if isinstance(exc, paramiko.AuthenticationException):
+        key = f" with key {host.identity_file}" if host.identity_file else ""
+        return f"authentication failed for user {host.user}{key}"
+    if isinstance(exc, paramiko.SSHException):
+        return _ssh_failure(str(exc), host)
+    if isinstance(exc, NoValidConnectionsError):
+        codes = {e.errno for e in exc.errors.values()}
+        return _socket_failure(REFUSED if codes == {REFUSED} else NO_ROUTE, host)
+    if isinstance(exc, socket.gaierror):
+        return f"cannot resolve address {host.address}: {exc.strerror}"
+    if isinstance(exc, TimeoutError):
+        return _socket_failure(TIMED_OUT, host)
+    if isinstance(exc, OSError) and exc.errno is not None:
+        return _socket_failure(exc.errno, host)
+    return f"connection closed during the SSH handshake ({str(exc) or type(exc).__name__})"
+
+
+def _socket_failure(code: int, host: Host) -> str:
+    return {
+        REFUSED: f"connection refused: nothing listens on port {host.port}",
+        NO_ROUTE: "no route to host",
+        NET_DOWN: "network unreachable",
+        TIMED_OUT: f"timed out: no answer within {host.connect_timeout:g}s",
+    }.get(code, f"unreachable: {os.strerror(code)}")
+
+
+def _ssh_failure(text: str, host: Host) -> str:
+    if "not found in known_hosts" in text:
+        return ("unknown host key: add it to known_hosts (ssh-keyscan -p "
+                f"{host.port} {host.address}) or set trust_new_host_keys = true")
+    if "banner" in text:
+        return (f"no SSH banner within {host.connect_timeout:g}s: the port accepts connections "
+                "but no SSH server answers on it")
+    if "No authentication methods" in text:
+        return (f"authentication failed for user {host.user}: no key to offer "
+                "(set identity_file, or load one in ssh-agent)")
+    if "No existing session" in text or "Negotiation failed" in text:
+        return f"SSH handshake did not finish within {host.connect_timeout:g}s"
+    return f"SSH failed: {text}"
 
 
 def _no_delay(conn: Connection) -> None:

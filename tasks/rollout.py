@@ -217,8 +217,8 @@ def stop_host(ex: Executor, host: Host, sel: Selection, obs: Observer, timeout: 
                 replica.wait_idle(ex, r, timeout)  # workers of a dead master may still work
                 outcome = fpm.stop(ex, host, pool, n)
                 fpm.disable(ex, host, pool, n)
-                obs.event(Event("info", host.name, "stop", r.name, f"{outcome}: no-op"
-                                if outcome == "not-running" else outcome))
+                obs.event(Event("info", host.name, "stop", r.name, "was not running: nothing to do"
+                                if outcome == "not-running" else f"no master: {outcome}"))
                 continue
             replica.take_out(ex, r, obs, timeout, check=not force)
             replica.stop(ex, r, obs, timeout)
@@ -228,9 +228,12 @@ def stop_host(ex: Executor, host: Host, sel: Selection, obs: Observer, timeout: 
 
 
 def stopped(title: str, results: list[HostResult]) -> None:
-    """Raise for the first failed host, with that failure's own exit code."""
+    """Raise for the first failed host, with that failure's own exit code, naming the hosts
+    the run never reached (untouched)."""
     failed = [r for r in results if not r.ok]
     if failed:
-        error = RolloutError(f"{title} stopped: {failed[0].error}")
+        untouched = [r.host for r in results if r.ok and not r.reached]
+        tail = f"; not reached (untouched): {', '.join(untouched)}" if untouched else ""
+        error = RolloutError(f"{title} failed: {failed[0].error}{tail}")
         error.exit_code = failed[0].exit_code or RolloutError.exit_code
         raise error

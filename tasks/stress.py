@@ -1,8 +1,10 @@
-"""A bounded load generator: fast (ping.php) and slow (sleep.php) requests to every host.
+"""A bounded load generator: request loops against every host, for any application.
 
 It is how zero downtime is proven: every request is counted, every failure (connection
 error, timeout, non-2xx, an atomic.php answer mixing releases, or a slow request whose sleep
-was cut short) is kept with its reason.
+was cut short) is kept with its reason. What is requested is a list of Loops: the demo app's
+endpoints (`demo_loops`: ping.php, sleep.php, atomic.php) or any paths (`path_loops`), sent
+with the pool's server_name as Host so name-based virtual hosts answer.
 Bounded in time (`duration`) and in count (`max_requests` per host).
 """
 
@@ -13,10 +15,15 @@ import statistics
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
-from .inventory import Host
+from .errors import UsageError
+from .inventory import Host, Pool
+
+# What an answer's body is kept for: the release it names (the first words) and a failure's
+# diagnosis. A real app's pages, kept whole for 200,000 requests, would be gigabytes.
+BODY_KEPT = 200
 
 
 @dataclass(frozen=True)
@@ -24,6 +31,18 @@ class Target:
     host: str
     address: str
     port: int = 80
+    server_name: str | None = None  # sent as Host; None: the address (Apache's default vhost)
+
+
+@dataclass(frozen=True)
+class Loop:
+    """One request repeated back to back by `workers` threads per target. Its kind decides
+    how an answer is judged: "fast" (latency percentiles), "slow" (sleep.php, cut short?),
+    "atomic" (atomic.php, one release?)."""
+
+    kind: str
+    path: str
+    workers: int
 
 
 @dataclass
@@ -67,7 +86,9 @@ def summarize(host: str, samples: list[Sample]) -> HostStats:
         stats.p99_ms = round(percentile(fast, 99), 1)
         stats.max_ms = round(max(fast), 1)
     stats.reasons = dict(Counter(s.reason for s in samples if not s.ok))
-    stats.releases = dict(Counter(release_of(s.body) for s in samples if s.ok and s.body))
+    # only answers that name a release (the demo app's): any other app's pages name none
+    named = (release_of(s.body) for s in samples if s.ok and s.body)
+    stats.releases = dict(Counter(r for r in named if r != "?"))
     return stats
 
 
@@ -96,9 +117,46 @@ def cut_short(body: str, asked_ms: int) -> bool:
     return int(words[1].removesuffix("ms")) < 0.95 * asked_ms
 
 
-def targets(hosts: Iterable[Host]) -> list[Target]:
-    """One load target per host: its address and the port of its public virtual hosts."""
-    return [Target(h.name, h.address, h.apache.port) for h in hosts]
+def targets(hosts: Iterable[Host], pool: Pool | None = None) -> list[Target]:
+    """One load target per host: its address and the port of its public virtual hosts; with
+    a pool, requests name its server_name, as a browser would."""
+    name = pool.server_name if pool else None
+    return [Target(h.name, h.address, h.apache.port, name) for h in hosts]
+
+
+def demo_loops(fast: int = 2, slow: int = 2, slow_ms: int = 2000, atomic: int = 1
+               ) -> tuple[Loop, ...]:
+    """The demo app's endpoints: ping.php, sleep.php?ms=slow_ms, and atomic.php, whose two
+    includes around a sleep of slow_ms/2 must name one release."""
+    return (Loop("fast", "/ping.php", fast), Loop("slow", f"/sleep.php?ms={slow_ms}", slow),
+            Loop("atomic", f"/atomic.php?ms={max(1, slow_ms // 2)}", atomic))
+
+
+def path_loops(paths: Sequence[str], workers: int, atomic: bool = False,
+               atomic_ms: int = 1000) -> tuple[Loop, ...]:
+    """Any app: each path by `workers` loops per host (default: the site's root); the demo
+    app's atomic.php (mixed-release detection) only when asked for."""
+    loops = [Loop("fast", request_path(p), workers) for p in (paths or ["/"])]
+    if atomic:
+        loops.append(Loop("atomic", f"/atomic.php?ms={atomic_ms}", 1))
+    return tuple(loops)
+
+
+def request_path(path: str) -> str:
+    """A path as sent on the request line: absolute, with no space or control character."""
+    if not path.startswith("/") or any(c.isspace() or ord(c) < 32 for c in path):
+        raise UsageError(f"--path {path!r}: must be a URL path starting with '/', without "
+                         "spaces (encode them as %20)")
+    return path
+
+
+def request_headers(target: Target) -> dict[str, str]:
+    """Host names the pool's virtual host (with the port when it is not 80)."""
+    headers = {"Connection": "close"}
+    if target.server_name:
+        port = "" if target.port == 80 else f":{target.port}"
+        headers["Host"] = f"{target.server_name}{port}"
+    return headers
 
 
 def verdict(kind: str, status: int, body: str, slow_ms: int | None) -> str:
@@ -116,7 +174,7 @@ def verdict(kind: str, status: int, body: str, slow_ms: int | None) -> str:
 def fetch(target: Target, path: str, timeout: float) -> tuple[int, str]:
     conn = http.client.HTTPConnection(target.address, target.port, timeout=timeout)
     try:
-        conn.request("GET", path, headers={"Connection": "close"})
+        conn.request("GET", path, headers=request_headers(target))
         resp = conn.getresponse()
         return resp.status, resp.read().decode(errors="replace")
     finally:
@@ -131,11 +189,11 @@ class Stress:
 
     def __init__(self, targets: list[Target], fast_workers: int = 2, slow_workers: int = 2,
                  slow_ms: int = 2000, atomic_workers: int = 1, max_requests: int = 200_000,
-                 fetcher: Fetcher = fetch) -> None:
+                 fetcher: Fetcher = fetch, loops: Sequence[Loop] | None = None) -> None:
+        """Without `loops`, the demo app's endpoints (the worker counts choose how many)."""
         self.targets = targets
-        self.plan = [("fast", "/ping.php", fast_workers),
-                     ("slow", f"/sleep.php?ms={slow_ms}", slow_workers),
-                     ("atomic", f"/atomic.php?ms={max(1, slow_ms // 2)}", atomic_workers)]
+        self.plan = tuple(loops) if loops is not None else demo_loops(
+            fast_workers, slow_workers, slow_ms, atomic_workers)
         self.timeout = slow_ms / 1000 + 30
         self.slow_ms = slow_ms
         self.max_requests = max_requests
@@ -148,9 +206,9 @@ class Stress:
 
     def start(self) -> Stress:
         for target in self.targets:
-            for kind, path, workers in self.plan:
-                for _ in range(workers):
-                    t = threading.Thread(target=self._loop, args=(target, kind, path),
+            for loop in self.plan:
+                for _ in range(loop.workers):
+                    t = threading.Thread(target=self._loop, args=(target, loop.kind, loop.path),
                                          daemon=True)
                     t.start()
                     self.threads.append(t)
@@ -174,9 +232,10 @@ class Stress:
             return Sample(kind, time.monotonic() - started, False, type(exc).__name__)
         elapsed = time.monotonic() - started
         reason = verdict(kind, status, body, self.slow_ms)
+        kept = body[:BODY_KEPT]
         if reason:
-            return Sample(kind, elapsed, False, reason, body if status < 300 else "")
-        return Sample(kind, elapsed, True, body=body if kind != "atomic" else "")
+            return Sample(kind, elapsed, False, reason, kept if status < 300 else "")
+        return Sample(kind, elapsed, True, body=kept if kind != "atomic" else "")
 
     def stop(self) -> list[HostStats]:
         """Stop issuing requests, let those in flight finish, and summarize per host."""
@@ -188,10 +247,11 @@ class Stress:
 
 
 def run(targets: list[Target], duration: float, fast_workers: int = 2, slow_workers: int = 2,
-        slow_ms: int = 2000, max_requests: int = 200_000) -> list[HostStats]:
+        slow_ms: int = 2000, max_requests: int = 200_000,
+        loops: Sequence[Loop] | None = None) -> list[HostStats]:
     """Load for `duration` seconds (bounded), then the per-host stats."""
     load = Stress(targets, fast_workers=fast_workers, slow_workers=slow_workers,
-                  slow_ms=slow_ms, max_requests=max_requests).start()
+                  slow_ms=slow_ms, max_requests=max_requests, loops=loops).start()
     deadline = time.monotonic() + duration
     while time.monotonic() < deadline and any(t.is_alive() for t in load.threads):
         time.sleep(0.1)

@@ -149,8 +149,9 @@ def load(box: Sandbox, slow_ms: int = 2000, hosts: list[str] | None = None
     Bounded: at most 100,000 requests per host, and it stops with the block.
     """
     targets = stress.targets(h for h in box.fleet.hosts if hosts is None or h.name in hosts)
-    runner = stress.Stress(targets, fast_workers=2, slow_workers=2, slow_ms=slow_ms,
-                           max_requests=100_000).start()
+    runner = stress.Stress(targets, slow_ms=slow_ms, max_requests=100_000,
+                           loops=stress.demo_loops(fast=2, slow=2, slow_ms=slow_ms,
+                                                   atomic=1)).start()
     stats: list[stress.HostStats] = []
     time.sleep(1.0)  # slow requests are in flight before anything happens
     try:

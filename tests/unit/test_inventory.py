@@ -340,34 +340,59 @@ def test_two_pools_sharing_one_directory_are_rejected(inventory_data, config_err
 
 # --- unknown keys (typos) ----------------------------------------------------------------------
 
-def test_unknown_top_level_key_is_rejected_as_a_typo(inventory_data, config_error):
+def test_unknown_top_level_key_names_the_closest_valid_key(inventory_data, config_error):
     inventory_data["pool"] = {}
-    expect(config_error(inventory_data, FILE), "pool", "unknown key (typo?)")
+    expect(config_error(inventory_data, FILE), "pool", "unknown key; did you mean 'pools'?")
 
 
-def test_unknown_key_in_defaults_is_rejected_as_a_typo(inventory_data, config_error):
+def test_unknown_key_in_defaults_names_the_closest_valid_key(inventory_data, config_error):
     inventory_data["defaults"]["prot"] = 22
-    expect(config_error(inventory_data, FILE), "defaults.prot", "unknown key (typo?)")
+    expect(config_error(inventory_data, FILE), "defaults.prot",
+           "unknown key; did you mean 'port'?")
 
 
-def test_unknown_key_in_a_host_is_rejected_as_a_typo(inventory_data, config_error):
+def test_unknown_key_in_a_host_names_the_closest_valid_key(inventory_data, config_error):
     inventory_data["hosts"][1]["sudoo"] = True
-    expect(config_error(inventory_data, FILE), "hosts.web2.sudoo", "unknown key (typo?)")
+    expect(config_error(inventory_data, FILE), "hosts.web2.sudoo",
+           "unknown key; did you mean 'sudo'?")
 
 
-def test_unknown_key_in_a_pool_is_rejected_as_a_typo(inventory_data, config_error):
-    inventory_data["pools"]["www"]["replica"] = 3
-    expect(config_error(inventory_data, FILE), "pools.www.replica", "unknown key (typo?)")
+def test_unknown_key_in_a_pool_names_the_closest_valid_key(inventory_data, config_error):
+    inventory_data["pools"]["www"]["max_childen"] = 3
+    expect(config_error(inventory_data, FILE), "pools.www.max_childen",
+           "unknown key; did you mean 'max_children'?")
 
 
-def test_unknown_key_in_defaults_apache_is_rejected_as_a_typo(inventory_data, config_error):
-    inventory_data["defaults"]["apache"]["mdoe"] = "system"
-    expect(config_error(inventory_data, FILE), "defaults.apache.mdoe", "unknown key (typo?)")
+def test_replica_written_for_replicas_is_a_typo_not_a_missing_key(inventory_data, config_error):
+    inventory_data["pools"]["www"] = {"replica": 3}
+    message = config_error(inventory_data, FILE)
+    expect(message, "pools.www.replica", "unknown key; did you mean 'replicas'?")
+    assert "missing" not in message
 
 
-def test_unknown_key_in_a_host_apache_table_is_rejected_as_a_typo(inventory_data, config_error):
+def test_a_misspelt_required_host_key_is_named_as_the_typo(inventory_data, config_error):
+    inventory_data["hosts"][0] = {"name": "web1", "adress": "198.18.0.11"}
+    expect(config_error(inventory_data, FILE), "hosts.web1.adress",
+           "unknown key; did you mean 'address'?")
+
+
+def test_an_unknown_key_like_no_valid_one_lists_the_valid_keys(inventory_data, config_error):
+    inventory_data["hosts"][0]["apache"] = {"zzz": 1}
+    expect(config_error(inventory_data, FILE), "hosts.web1.apache.zzz",
+           "unknown key; valid keys: group, listen, manager_port, mode, user")
+
+
+def test_unknown_key_in_defaults_apache_names_the_closest_valid_key(inventory_data, config_error):
+    inventory_data["defaults"]["apache"]["mdoe"] = "instance"
+    expect(config_error(inventory_data, FILE), "defaults.apache.mdoe",
+           "unknown key; did you mean 'mode'?")
+
+
+def test_unknown_key_in_a_host_apache_table_names_the_closest_valid_key(
+        inventory_data, config_error):
     inventory_data["hosts"][0]["apache"] = {"lisen": "*:80"}
-    expect(config_error(inventory_data, FILE), "hosts.web1.apache.lisen", "unknown key (typo?)")
+    expect(config_error(inventory_data, FILE), "hosts.web1.apache.lisen",
+           "unknown key; did you mean 'listen'?")
 
 
 # --- paths and names -------------------------------------------------------------------------
@@ -458,3 +483,63 @@ def test_missing_inventory_file_is_a_config_error_naming_the_file(tmp_path: Path
     with pytest.raises(ConfigError) as info:
         inventory.load(path)
     assert str(info.value) == f"{path}: inventory file not found"
+
+
+# --- key files and relative paths --------------------------------------------------------------
+
+def test_relative_paths_are_taken_from_the_inventory_directory(inventory_data, build_fleet):
+    inventory_data["log_dir"] = "logs"
+    inventory_data["defaults"].update(identity_file="keys/id_ed25519", known_hosts="known")
+    inventory_data["hosts"][1]["identity_file"] = "keys/web2"
+    inventory_data["pools"]["www"]["source"] = "build/www"
+    fleet = build_fleet(inventory_data, "/opt/app/deploy/hosts.toml")
+    web1, web2 = fleet.hosts
+    assert web1.identity_file == "/opt/app/deploy/keys/id_ed25519"
+    assert web2.identity_file == "/opt/app/deploy/keys/web2"
+    assert web1.known_hosts == web2.known_hosts == "/opt/app/deploy/known"
+    assert fleet.pool("www").source == "/opt/app/deploy/build/www"
+    assert fleet.log_dir == "/opt/app/deploy/logs"
+
+
+def test_the_default_source_is_also_beside_the_inventory(inventory_data, build_fleet):
+    fleet = build_fleet(inventory_data, "/opt/app/hosts.toml")
+    assert fleet.pool("www").source == "/opt/app/build/www"
+
+
+def test_absolute_and_home_paths_are_kept(inventory_data, build_fleet, monkeypatch):
+    monkeypatch.setenv("HOME", "/home/deployer")
+    inventory_data["defaults"].update(identity_file="~/.ssh/id", known_hosts="/etc/ssh/kh")
+    host = build_fleet(inventory_data, "/opt/app/hosts.toml").hosts[0]
+    assert (host.identity_file, host.known_hosts) == ("/home/deployer/.ssh/id", "/etc/ssh/kh")
+
+
+def write_inventory(directory: Path, extra_defaults: str = "", extra_host: str = "") -> Path:
+    path = directory / "hosts.toml"
+    path.write_text(f'[defaults]\n{extra_defaults}\n[[hosts]]\nname = "web1"\n'
+                    f'address = "198.18.0.11"\n{extra_host}\n[pools.www]\nreplicas = 2\n')
+    return path
+
+
+def test_load_finds_key_files_beside_the_inventory_from_another_directory(tmp_path, monkeypatch):
+    (tmp_path / "id_ed25519").write_text("key")
+    (tmp_path / "known_hosts").write_text("")
+    path = write_inventory(tmp_path, 'identity_file = "id_ed25519"\nknown_hosts = "known_hosts"')
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    host = inventory.load(path).hosts[0]
+    assert host.identity_file == str(tmp_path / "id_ed25519")
+
+
+@pytest.mark.parametrize(("where", "key"), [
+    ("defaults", "identity_file"), ("defaults", "known_hosts"),
+    ("hosts.web1", "identity_file"), ("hosts.web1", "known_hosts")])
+def test_a_missing_key_file_is_an_inventory_error_naming_file_and_key(tmp_path, where, key):
+    line = f'{key} = "keys/nope"'
+    path = (write_inventory(tmp_path, extra_defaults=line) if where == "defaults"
+            else write_inventory(tmp_path, extra_host=line))
+    with pytest.raises(ConfigError) as info:
+        inventory.load(path)
+    assert str(info.value) == (f"{path}: {where}.{key}: file {tmp_path / 'keys' / 'nope'} "
+                               "does not exist")
+    assert info.value.exit_code == 2

@@ -75,6 +75,8 @@ def test_cgroup_dirs_without_any_mounted_hierarchy_is_empty(tmp_path):
 def written(tmp_path) -> tuple[Path, inventory.Fleet]:
     base = tmp_path / "sand box"  # the checkout may sit anywhere, spaces included
     base.mkdir()
+    for made_by_up in ("id_ed25519", "known_hosts"):
+        (base / made_by_up).write_text("")
     path = base / "hosts.toml"
     path.write_text(sandbox.inventory([sandbox.SandboxHost(1), sandbox.SandboxHost(2)], base))
     return base, inventory.load(path)
@@ -113,6 +115,8 @@ def test_sandbox_inventory_has_one_www_pool_built_into_the_sandbox_dir(written):
 
 def test_sandbox_inventory_takes_the_replica_count(tmp_path):
     path = tmp_path / "hosts.toml"
+    for made_by_up in ("id_ed25519", "known_hosts"):
+        (tmp_path / made_by_up).write_text("")
     path.write_text(sandbox.inventory([sandbox.SandboxHost(1)], tmp_path, replicas=3))
     assert inventory.load(path).pools[0].replicas == 3
 

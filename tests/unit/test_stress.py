@@ -12,10 +12,12 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import ClassVar
 
 import pytest
 
 from tasks import stress
+from tasks.errors import UsageError
 from tasks.stress import Sample, Target
 
 WEB1 = Target("web1", "198.18.0.11")
@@ -246,3 +248,102 @@ def test_a_cut_short_slow_request_counts_as_a_failure():
     stats = load.stop()
     assert stats[0].failures == stats[0].requests == 3
     assert stats[0].reasons == {"cut short": 3}
+
+
+# --- what is requested, for any application ----------------------------------------------------
+
+def test_without_paths_the_site_root_is_requested_and_atomic_php_is_not():
+    assert stress.path_loops([], workers=3) == (stress.Loop("fast", "/", 3),)
+
+
+def test_each_path_gets_its_own_loops_in_the_order_given():
+    loops = stress.path_loops(["/login", "/api/items?page=2"], workers=2)
+    assert loops == (stress.Loop("fast", "/login", 2), stress.Loop("fast", "/api/items?page=2", 2))
+
+
+def test_atomic_php_is_requested_only_when_asked_for():
+    loops = stress.path_loops(["/"], workers=2, atomic=True)
+    assert loops[-1] == stress.Loop("atomic", "/atomic.php?ms=1000", 1)
+    assert all("atomic" not in lp.path for lp in stress.path_loops(["/"], workers=2))
+
+
+@pytest.mark.parametrize("path", ["login", "", "/a b", "/a\nb", "http://x/"])
+def test_a_path_that_cannot_go_on_a_request_line_is_refused(path):
+    with pytest.raises(UsageError, match="must be a URL path starting with '/'"):
+        stress.path_loops([path], workers=1)
+
+
+def test_the_demo_loops_are_ping_sleep_and_atomic():
+    assert stress.demo_loops(fast=1, slow=2, slow_ms=3000, atomic=1) == (
+        stress.Loop("fast", "/ping.php", 1), stress.Loop("slow", "/sleep.php?ms=3000", 2),
+        stress.Loop("atomic", "/atomic.php?ms=1500", 1))
+
+
+@pytest.mark.parametrize(("target", "host"), [
+    (Target("web1", "198.18.0.11", 80, "shop.example.com"), "shop.example.com"),
+    (Target("web1", "198.18.0.11", 8088, "shop.example.com"), "shop.example.com:8088"),
+])
+def test_the_pools_server_name_is_the_host_header_with_a_non_default_port(target, host):
+    assert stress.request_headers(target) == {"Connection": "close", "Host": host}
+
+
+def test_without_a_server_name_http_client_names_the_address():
+    assert stress.request_headers(WEB1) == {"Connection": "close"}
+
+
+def test_targets_of_a_pool_carry_its_server_name(inventory_data, build_fleet):
+    inventory_data["pools"]["www"]["server_name"] = "shop.example.com"
+    inventory_data["hosts"][1]["apache"] = {"listen": "198.18.0.12:8088"}
+    fleet = build_fleet(inventory_data)
+    assert stress.targets(fleet.hosts, fleet.pool("www")) == [
+        Target("web1", "198.18.0.11", 80, "shop.example.com"),
+        Target("web2", "198.18.0.12", 8088, "shop.example.com")]
+
+
+class Recording(BaseHTTPRequestHandler):
+    """Answers 200 to anything and records (path, Host header) of each request."""
+
+    seen: ClassVar[list[tuple[str, str]]] = []
+
+    def do_GET(self) -> None:
+        self.seen.append((self.path, self.headers.get("Host", "")))
+        self.send_response(200)
+        self.end_headers()
+        self.wfile.write(b"<html>a page that names no release</html>")
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def any_app() -> Iterator[tuple[int, list[tuple[str, str]]]]:
+    seen: ClassVar[list[tuple[str, str]]] = []
+    handler = type("Handler", (Recording,), {"seen": seen})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, args=(0.02,), daemon=True)
+    thread.start()
+    try:
+        yield server.server_address[1], seen
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_load_on_any_app_requests_only_its_paths_with_the_pools_host(any_app):
+    port, seen = any_app
+    target = Target("local", "127.0.0.1", port, "shop.example.com")
+    (s,) = stress.run([target], 0.2, max_requests=20,
+                      loops=stress.path_loops(["/", "/login?next=%2F"], workers=1))
+    assert s.requests == len(seen) > 0 and s.failures == 0
+    assert {path for path, _ in seen} <= {"/", "/login?next=%2F"}
+    assert {host for _, host in seen} == {f"shop.example.com:{port}"}
+    assert s.releases == {}  # its pages name no release: no "?" column of every request
+
+
+def test_only_the_start_of_an_answer_is_kept():
+    load = stress.Stress([WEB1], max_requests=3, fetcher=lambda t, p, s: (200, "x" * 10**6),
+                         loops=[stress.Loop("fast", "/", 1)]).start()
+    load.threads[0].join(timeout=5)
+    load.stop()
+    assert [len(s.body) for s in load.samples["web1"]] == [stress.BODY_KEPT] * 3

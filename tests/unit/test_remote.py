@@ -1,0 +1,189 @@
+"""tasks.remote.connect: every way a connection fails is one ConnectError naming the host and
+the cause. The servers are real and local: a port nothing listens on, a TCP server that
+accepts and stays silent, and paramiko's own SSH server (which refuses every login)."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import paramiko
+import pytest
+from paramiko.ssh_exception import NoValidConnectionsError
+
+from tasks import inventory, remote
+from tasks.errors import ConfigError, ConnectError
+from tasks.inventory import Host
+
+
+def local_host(port: int, **changes: object) -> Host:
+    fleet = inventory.parse({"hosts": [{"name": "web1", "address": "127.0.0.1", "port": port,
+                                        "connect_timeout": 1}],
+                             "pools": {"www": {"replicas": 2}}})
+    return replace(fleet.hosts[0], **changes)  # type: ignore[arg-type]
+
+
+def failure(host: Host) -> str:
+    with pytest.raises(ConnectError) as info:
+        remote.connect(host)
+    assert info.value.exit_code == 3
+    message = str(info.value)
+    assert message.startswith(f"web1 (root@127.0.0.1:{host.port}): "), message
+    assert "\n" not in message
+    return message.split(": ", 1)[1]
+
+
+@pytest.fixture
+def closed_port() -> Iterator[int]:
+    """A port that is bound but not listening: the kernel refuses at once."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        yield s.getsockname()[1]
+
+
+@pytest.fixture
+def silent_port() -> Iterator[int]:
+    """A TCP server that accepts and never says a word (a wrong port, a wedged sshd)."""
+    server = socket.create_server(("127.0.0.1", 0))
+    accepted: list[socket.socket] = []
+
+    def accept() -> None:
+        while True:
+            try:
+                accepted.append(server.accept()[0])
+            except OSError:
+                return
+
+    threading.Thread(target=accept, daemon=True).start()
+    yield server.getsockname()[1]
+    server.close()
+    for conn in accepted:
+        conn.close()
+
+
+class RefuseEveryLogin(paramiko.ServerInterface):
+    def get_allowed_auths(self, username: str) -> str:
+        return "publickey"
+
+
+@dataclass
+class SSHServer:
+    port: int
+    key: paramiko.PKey
+
+    def known_hosts_line(self, key: paramiko.PKey | None = None) -> str:
+        key = key or self.key
+        return f"[127.0.0.1]:{self.port} {key.get_name()} {key.get_base64()}\n"
+
+
+@pytest.fixture
+def ssh_server() -> Iterator[SSHServer]:
+    """paramiko's SSH server on 127.0.0.1 with its own host key; every login is refused."""
+    key = paramiko.ECDSAKey.generate()
+    server = socket.create_server(("127.0.0.1", 0))
+    transports: list[paramiko.Transport] = []
+
+    def serve() -> None:
+        while True:
+            try:
+                conn = server.accept()[0]
+            except OSError:
+                return
+            t = paramiko.Transport(conn)
+            t.add_server_key(key)
+            transports.append(t)
+            with contextlib.suppress(paramiko.SSHException):  # the client hung up first
+                t.start_server(server=RefuseEveryLogin())
+
+    threading.Thread(target=serve, daemon=True).start()
+    yield SSHServer(server.getsockname()[1], key)
+    server.close()
+    for t in transports:
+        t.close()
+
+
+@pytest.fixture
+def client_key(tmp_path: Path) -> str:
+    path = tmp_path / "id_rsa"
+    paramiko.RSAKey.generate(2048).write_private_key_file(str(path))
+    return str(path)
+
+
+def test_a_closed_port_is_connection_refused(closed_port):
+    assert failure(local_host(closed_port)) == (
+        f"connection refused: nothing listens on port {closed_port}")
+
+
+def test_a_silent_port_is_no_ssh_banner_within_the_connect_timeout(silent_port):
+    started = time.monotonic()
+    cause = failure(local_host(silent_port))
+    assert cause.startswith("no SSH banner within 1s")
+    assert time.monotonic() - started < 2.5  # bounded by connect_timeout, not paramiko's 15 s
+
+
+def test_an_unknown_host_key_is_refused_with_how_to_add_it(ssh_server, tmp_path, client_key):
+    known = tmp_path / "known_hosts"
+    known.write_text("")
+    cause = failure(local_host(ssh_server.port, known_hosts=str(known),
+                               identity_file=client_key))
+    assert cause.startswith("unknown host key: add it to known_hosts "
+                            f"(ssh-keyscan -p {ssh_server.port} 127.0.0.1)")
+
+
+def test_a_changed_host_key_is_refused_as_changed(ssh_server, tmp_path, client_key):
+    known = tmp_path / "known_hosts"
+    known.write_text(ssh_server.known_hosts_line(paramiko.ECDSAKey.generate()))
+    cause = failure(local_host(ssh_server.port, known_hosts=str(known),
+                               identity_file=client_key))
+    assert cause.startswith("host key changed: it does not match known_hosts")
+
+
+def test_a_refused_login_is_authentication_failed_naming_user_and_key(
+        ssh_server, tmp_path, client_key):
+    known = tmp_path / "known_hosts"
+    known.write_text(ssh_server.known_hosts_line())
+    cause = failure(local_host(ssh_server.port, known_hosts=str(known),
+                               identity_file=client_key))
+    assert cause == f"authentication failed for user root with key {client_key}"
+
+
+# --- causes that a local test cannot produce for real: the classification alone ------------
+
+HOST = local_host(2222)
+
+
+@pytest.mark.parametrize(("exc", "cause"), [
+    (NoValidConnectionsError({("198.18.0.9", 22): OSError(errno.EHOSTUNREACH, "x")}),
+     "no route to host"),
+    (NoValidConnectionsError({("198.18.0.9", 22): OSError(errno.ECONNREFUSED, "x")}),
+     "connection refused: nothing listens on port 2222"),
+    (OSError(errno.ENETUNREACH, "Network is unreachable"), "network unreachable"),
+    (TimeoutError("timed out"), "timed out: no answer within 1s"),
+    (OSError(errno.ETIMEDOUT, "Connection timed out"), "timed out: no answer within 1s"),
+    (socket.gaierror(-2, "Name or service not known"),
+     "cannot resolve address 127.0.0.1: Name or service not known"),
+    (paramiko.SSHException("No existing session"), "SSH handshake did not finish within 1s"),
+    (EOFError(), "connection closed during the SSH handshake (EOFError)"),
+])
+def test_network_failures_are_named_by_their_cause(exc, cause):
+    assert remote.connect_failure(exc, HOST) == cause
+
+
+def test_a_file_that_is_no_private_key_is_refused_naming_it(tmp_path):
+    path = tmp_path / "id_rsa.pub"
+    path.write_text("ssh-rsa AAAA not a private key\n")
+    with pytest.raises(ConfigError) as info:
+        remote.connect(local_host(22, identity_file=str(path)))
+    assert str(info.value).startswith(f"web1: identity_file {path} is not a private key ")
+
+
+def test_the_banner_deadline_falls_inside_the_connect_timeout():
+    kwargs = remote.connect_kwargs(local_host(22, connect_timeout=4.0), None)
+    assert kwargs["timeout"] == kwargs["auth_timeout"] == 4.0
+    assert 0 < kwargs["banner_timeout"] < 4.0  # type: ignore[operator]
