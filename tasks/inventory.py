@@ -180,16 +180,21 @@ def _kind_name(kind: type) -> str:
             list: "a list", dict: "a table"}.get(kind, kind.__name__)
 
 
+# Roots end up in Apache URLs, FPM configs and mod_rewrite rules, where `$1` and `%1`
+# are back-references and `%{...}` a variable.
+UNSAFE_PATH_CHARS = "\0\"'\\$%"
+
+
 def _absolute_path(value: str) -> bool:
-    """Absolute, normalized, no whitespace (roots end up in Apache URLs and FPM configs)."""
+    """Absolute, normalized, nothing Apache, FPM or mod_rewrite would read differently."""
     path = PurePosixPath(value)
     return (path.is_absolute() and ".." not in path.parts
-            and not any(c.isspace() or c in "\0\"'\\" for c in value))
+            and not any(c.isspace() or c in UNSAFE_PATH_CHARS for c in value))
 
 
 def _relative_or_absolute(value: str) -> bool:
     return (bool(value) and ".." not in PurePosixPath(value).parts
-            and not any(c.isspace() or c in "\0\"'\\" for c in value))
+            and not any(c.isspace() or c in UNSAFE_PATH_CHARS for c in value))
 
 
 HOST_KEYS_DEFAULTS: dict[str, Any] = {
@@ -270,7 +275,7 @@ def _host_settings(reader: _Reader, base: Mapping[str, Any]) -> dict[str, Any]:
     out["keep_releases"] = reader.get("keep_releases", int, base["keep_releases"])
     reader.check("port", lambda v: 0 < v < 65536, "must be a TCP port (1-65535)")
     reader.check("root", _absolute_path,
-                 "must be an absolute path without '..', whitespace or quotes")
+                 "must be an absolute path without '..', '$', '%', whitespace or quotes")
     reader.check("connect_timeout", lambda v: v > 0, "must be > 0")
     reader.check("command_timeout", lambda v: v > 0, "must be > 0")
     reader.check("keep_releases", lambda v: v >= 2, "must be >= 2 (current and previous)")

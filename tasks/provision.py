@@ -104,7 +104,7 @@ class Check:
 
 
 REQUIRED_MODULES = ("proxy_module", "proxy_fcgi_module", "proxy_balancer_module",
-                    "lbmethod_bybusyness_module", "slotmem_shm_module")
+                    "lbmethod_bybusyness_module", "slotmem_shm_module", "rewrite_module")
 
 
 def check_host(ex: Executor, fleet: Fleet, host: Host) -> list[Check]:

@@ -116,7 +116,7 @@ def apache_running(apache: ApacheLayout) -> str:
 
 
 APACHE_MODULES = ("proxy", "proxy_fcgi", "proxy_balancer", "lbmethod_bybusyness",
-                  "lbmethod_byrequests", "slotmem_shm", "authz_host")
+                  "lbmethod_byrequests", "slotmem_shm", "authz_host", "rewrite")
 
 
 def apache_enable_site() -> str:

@@ -592,3 +592,9 @@ def test_open_connections_counts_connected_entries_of_that_socket_only():
     out = subprocess.run(f"p=/srv/www/run/www-1.sock awk {awk}", shell=True, input=table,
                          capture_output=True, text=True, check=True).stdout
     assert out.strip() == "2"
+
+
+def test_system_apache_enables_every_module_the_site_uses_rewrite_included():
+    assert shell.apache_enable_site() == (
+        "a2enmod -q proxy proxy_fcgi proxy_balancer lbmethod_bybusyness lbmethod_byrequests "
+        "slotmem_shm authz_host rewrite >/dev/null && a2ensite -q fpm-fleet >/dev/null")
