@@ -43,6 +43,14 @@ class Apache:
         port = self.listen.rsplit(":", 1)[-1]
         return int(port) if port.isdigit() else 80
 
+    @property
+    def local_address(self) -> str:
+        """Where a client on the host itself reaches the public vhosts (for `fab check`)."""
+        address, colon, _ = self.listen.rpartition(":")
+        if not colon or address in ("*", "0.0.0.0"):
+            return "127.0.0.1"
+        return "[::1]" if address == "[::]" else address
+
 
 @dataclass(frozen=True)
 class Pool:

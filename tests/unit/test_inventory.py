@@ -490,3 +490,14 @@ def test_pool_listen_on_the_manager_port_is_refused(inventory_data, config_error
     inventory_data["hosts"][0]["apache"] = {"listen": "127.0.0.1:8081"}
     expect(config_error(inventory_data, FILE), "hosts.web1.apache.listen",
            "port 8081 is also the manager_port")
+
+
+@pytest.mark.parametrize(("listen", "address", "port"), [
+    ("*:80", "127.0.0.1", 80), ("0.0.0.0:8088", "127.0.0.1", 8088),
+    ("198.18.0.11:80", "198.18.0.11", 80), ("127.0.0.1:8088", "127.0.0.1", 8088),
+    ("[::]:8080", "[::1]", 8080), ("[::1]:81", "[::1]", 81), ("www.example:80", "www.example", 80)])
+def test_local_address_reaches_the_public_vhosts_from_the_host_itself(
+        inventory_data, build_fleet, listen, address, port):
+    inventory_data["hosts"][0]["apache"] = {"listen": listen}
+    apache = build_fleet(inventory_data).hosts[0].apache
+    assert (apache.local_address, apache.port) == (address, port)
