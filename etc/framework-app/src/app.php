@@ -25,6 +25,8 @@ function app_routes(): RouteCollection
     $routes->add('release', new Route('/release', ['_controller' => 'release_action']));
     $routes->add('health', new Route('/health', ['_controller' => 'health']));
     $routes->add('visits', new Route('/visits', ['_controller' => 'visits']));
+    $routes->add('sleep', new Route('/sleep/{ms}', ['_controller' => 'sleep'],
+                                    ['ms' => '\d{1,5}']));
     $routes->add('request', new Route('/request/{rest}', ['_controller' => 'request'],
                                       ['rest' => '.*']));
     return $routes;
@@ -105,6 +107,14 @@ function app_visits(Request $request, array $params): Response
     flock($fh, LOCK_UN);
     fclose($fh);
     return app_text("$count\n");
+}
+
+/** A slow request (at most 10 s), to keep requests in flight during a rolling restart. */
+function app_sleep(Request $request, array $params): Response
+{
+    $ms = min(10000, (int)$params['ms']);
+    usleep($ms * 1000);
+    return app_text(sprintf("slept %d ms in release %s\n", $ms, app_release()));
 }
 
 /** What the front controller was given: the vhost's contract, checked by the tests. */
