@@ -49,7 +49,8 @@ def setup(c: Context, host: str | None = None) -> None:
 
 @task(help={"host": SELECT_HELP["host"]})
 def check(c: Context, host: str | None = None) -> None:
-    """Preflight: ssh, root/sudo, tools, Apache modules, php-fpm, balancer members."""
+    """Preflight: ssh, root/sudo, tools, Apache modules and listen port, php-fpm, balancer
+    members, and each pool answering 200 through Apache (its server_name, its health_path)."""
     with boundary(c, command_line()) as s:
         sel = rollout.select(s.fleet, host)
         checks: list[provision.Check] = []

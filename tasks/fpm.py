@@ -153,7 +153,7 @@ def health(ex: Executor, host: Host, pool: Pool, n: int) -> FcgiResponse | None:
     """The app's own health script, run by this replica (so from its pinned release)."""
     layout = Layout.of(host, pool)
     return request(ex, layout.sock(n), pool.health_path,
-                   f"{layout.current}{pool.health_path}", f"health {pool.name}-{n}")
+                   f"{layout.pinned_web_root}{pool.health_path}", f"health {pool.name}-{n}")
 
 
 def status(ex: Executor, host: Host, pool: Pool, n: int) -> FpmStatus | None:

@@ -20,6 +20,9 @@ HOST_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 POOL_NAME = re.compile(r"^[a-z][a-z0-9-]{0,30}$")
 URL_PATH = re.compile(r"^/[A-Za-z0-9._/-]*$")
 ACCOUNT = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
+# A path inside the release, written into Apache directives and rewrite targets: plain
+# segments only (no '.' or '..', no dot-directory, which the vhost refuses anyway).
+RELEASE_PATH = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*(/[A-Za-z0-9_-][A-Za-z0-9._-]*)*")
 APACHE_MODES = ("system",)
 
 T = TypeVar("T")
@@ -40,6 +43,14 @@ class Apache:
         """The TCP port of the pools' public virtual hosts (`listen` is ADDRESS:PORT)."""
         port = self.listen.rsplit(":", 1)[-1]
         return int(port) if port.isdigit() else 80
+
+    @property
+    def local_address(self) -> str:
+        """Where a client on the host itself reaches the public vhosts (for `fab check`)."""
+        address, colon, _ = self.listen.rpartition(":")
+        if not colon or address in ("*", "0.0.0.0"):
+            return "127.0.0.1"
+        return "[::1]" if address == "[::]" else address
 
 
 @dataclass(frozen=True)
@@ -64,6 +75,8 @@ class Pool:
     source: str
     shared: tuple[str, ...]
     before_activate: tuple[str, ...]
+    document_root: str = ""
+    front_controller: str | None = None
 
     def member(self, n: int) -> str:
         """The balancer member's identity (`fcgi://<pool>-<n>`), unique per Apache."""
@@ -202,11 +215,16 @@ def _kind_name(kind: type) -> str:
             list: "a list", dict: "a table"}.get(kind, kind.__name__)
 
 
+# Roots end up in Apache URLs, FPM configs and mod_rewrite rules, where `$1` and `%1`
+# are back-references and `%{...}` a variable.
+UNSAFE_PATH_CHARS = "\0\"'\\$%"
+
+
 def _absolute_path(value: str) -> bool:
-    """Absolute, normalized, no whitespace (roots end up in Apache URLs and FPM configs)."""
+    """Absolute, normalized, nothing Apache, FPM or mod_rewrite would read differently."""
     path = PurePosixPath(value)
     return (path.is_absolute() and ".." not in path.parts
-            and not any(c.isspace() or c in "\0\"'\\" for c in value))
+            and not any(c.isspace() or c in UNSAFE_PATH_CHARS for c in value))
 
 
 def beside(inventory: str, value: str) -> str:
@@ -218,7 +236,7 @@ def beside(inventory: str, value: str) -> str:
 
 def _relative_or_absolute(value: str) -> bool:
     return (bool(value) and ".." not in PurePosixPath(value).parts
-            and not any(c.isspace() or c in "\0\"'\\" for c in value))
+            and not any(c.isspace() or c in UNSAFE_PATH_CHARS for c in value))
 
 
 HOST_KEYS_DEFAULTS: dict[str, Any] = {
@@ -314,7 +332,7 @@ def _host_settings(reader: _Reader, base: Mapping[str, Any]) -> dict[str, Any]:
     out["keep_releases"] = reader.get("keep_releases", int, base["keep_releases"])
     reader.check("port", lambda v: 0 < v < 65536, "must be a TCP port (1-65535)")
     reader.check("root", _absolute_path,
-                 "must be an absolute path without '..', whitespace or quotes")
+                 "must be an absolute path without '..', '$', '%', whitespace or quotes")
     reader.check("connect_timeout", lambda v: v > 0, "must be > 0")
     reader.check("command_timeout", lambda v: v > 0, "must be > 0")
     reader.check("keep_releases", lambda v: v >= 2, "must be >= 2 (current and previous)")
@@ -334,6 +352,9 @@ def _apache(reader: _Reader, base: Apache) -> Apache:
     reader.check("listen", lambda v: bool(re.fullmatch(r"^[\w.*:\[\]-]+$", v)),
                  "must look like ADDRESS:PORT or *:PORT")
     reader.check("manager_port", lambda v: 0 < v < 65536, "must be a TCP port (1-65535)")
+    if apache.port == apache.manager_port:
+        # both would be rendered as `Listen`, and Apache refuses a second bind of one port
+        raise reader.fail("listen", f"port {apache.port} is also the manager_port")
     for key in ("user", "group"):
         reader.check(key, lambda v: bool(ACCOUNT.fullmatch(v)), "must be a user/group name")
     reader.reject_unknown()
@@ -366,6 +387,20 @@ def _host(path: str, index: int, table: Any, base: Mapping[str, Any], apache: Ap
                 keep_releases=settings["keep_releases"], apache=host_apache)
 
 
+def _check_web_paths(r: _Reader) -> None:
+    """document_root and front_controller end up in Apache directives: plain paths only."""
+    r.check("document_root", lambda v: not v.startswith("/"),
+            "must be relative to the release (e.g. 'public'), not absolute")
+    r.check("document_root", lambda v: v == "" or bool(RELEASE_PATH.fullmatch(v.rstrip("/"))),
+            "must be a path inside the release made of letters, digits, '.', '_', '-' and '/', "
+            "without '..' or a segment starting with '.'")
+    r.check("front_controller", lambda v: bool(RELEASE_PATH.fullmatch(v)),
+            "must be a file inside document_root (e.g. 'index.php'), made of letters, digits, "
+            "'.', '_', '-' and '/', without '..' or a segment starting with '.'")
+    r.check("front_controller", lambda v: v.endswith(".php"),
+            "must be a .php file (only PHP runs through the replicas)")
+
+
 def _pool(path: str, name: str, table: Any) -> Pool:
     if not POOL_NAME.fullmatch(name):
         raise ConfigError(f"{path}: pools.{name}: pool names are lower-case letters, digits "
@@ -392,6 +427,8 @@ def _pool(path: str, name: str, table: Any) -> Pool:
         source=beside(path, r.get("source", str, f"build/{name}")),
         shared=r.strings("shared"),
         before_activate=r.strings("before_activate"),
+        document_root=r.get("document_root", str, "").rstrip("/"),
+        front_controller=r.optional("front_controller", str),
     )
     r.check("replicas", lambda v: v >= 2, "must be >= 2 (a pool needs a spare replica)")
     r.check("replicas", lambda v: v <= 64, "must be <= 64")
@@ -409,6 +446,7 @@ def _pool(path: str, name: str, table: Any) -> Pool:
             "must be a host name")
     for key in ("user", "group"):
         r.check(key, lambda v: bool(ACCOUNT.fullmatch(v)), "must be a user/group name")
+    _check_web_paths(r)
     for item in pool.shared:
         if not _relative_or_absolute(item) or PurePosixPath(item).is_absolute():
             raise r.fail("shared", f"{item!r} must be a relative path without '..'")

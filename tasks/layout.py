@@ -14,10 +14,11 @@ class Layout:
 
     dir: PurePosixPath
     pool: str
+    document_root: str = ""
 
     @classmethod
     def of(cls, host: Host, pool: Pool) -> Layout:
-        return cls(dir=host.pool_dir(pool), pool=pool.name)
+        return cls(dir=host.pool_dir(pool), pool=pool.name, document_root=pool.document_root)
 
     @property
     def releases(self) -> PurePosixPath:
@@ -32,6 +33,16 @@ class Layout:
     def current(self) -> PurePosixPath:
         """The empty mount point every replica pins its release on."""
         return self.dir / "current"
+
+    @property
+    def web_root(self) -> PurePosixPath:
+        """Where Apache serves static files: document_root of the active release."""
+        return self.current_release / self.document_root
+
+    @property
+    def pinned_web_root(self) -> PurePosixPath:
+        """document_root as a replica sees it (PHP's SCRIPT_FILENAME lives under it)."""
+        return self.current / self.document_root
 
     @property
     def shared(self) -> PurePosixPath:
@@ -89,6 +100,8 @@ class Layout:
 
 
 APACHE_SITE = PurePosixPath("/etc/apache2/sites-available/fpm-fleet.conf")
+# The ExecStop of every replica service (one copy per host, shared by the pools).
+STOP_SCRIPT = PurePosixPath("/usr/local/lib/fpm-fleet/replica-stop")
 
 
 @dataclass(frozen=True)

@@ -8,12 +8,12 @@ from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 
 from . import balancer, shell
-from .errors import FleetError, RemoteError
+from .errors import FleetError, RemoteError, RemoteResult
 from .inventory import Fleet, Host, Pool
-from .layout import Layout
+from .layout import STOP_SCRIPT, Layout
 from .manifest import parse_checksums
 from .remote import Executor
-from .render import RenderedFile, apache_files, fpm_files, unit_file
+from .render import RenderedFile, apache_files, fpm_files, stop_script, unit_file
 
 
 @dataclass
@@ -76,10 +76,12 @@ def setup_host(ex: Executor, fleet: Fleet, host: Host) -> SetupReport:
 
 def _setup_services(ex: Executor, fleet: Fleet, host: Host) -> list[str]:
     """One template unit per pool; every replica's service enabled (started at boot)."""
-    units = [unit_file(host, pool) for pool in fleet.pools]
+    units = [stop_script(), *(unit_file(host, pool) for pool in fleet.pools)]
     changed = changed_files(ex, units)
+    if changed:
+        ex.run(f"mkdir -p -- {shell.q(STOP_SCRIPT.parent)}", "create the replica helper dir")
     for f in changed:
-        upload_text(ex, f.path, f.text)
+        upload_text(ex, f.path, f.text, f.mode)
     if changed:
         ex.run(shell.daemon_reload(), "systemctl daemon-reload")
     names = [Layout.of(host, p).unit(n) for p in fleet.pools for n in p.replica_numbers]
@@ -122,7 +124,7 @@ class Check:
 
 
 REQUIRED_MODULES = ("proxy_module", "proxy_fcgi_module", "proxy_balancer_module",
-                    "lbmethod_bybusyness_module", "slotmem_shm_module")
+                    "lbmethod_bybusyness_module", "slotmem_shm_module", "rewrite_module")
 
 
 def check_host(ex: Executor, fleet: Fleet, host: Host) -> list[Check]:
@@ -148,11 +150,50 @@ def _check_apache(ex: Executor, fleet: Fleet, host: Host) -> list[Check]:
     missing = [m for m in REQUIRED_MODULES if m not in mods.stdout]
     checks = [Check(host.name, "apache modules", not missing,
                     "missing " + ", ".join(missing) if missing else "proxy, fcgi, balancer")]
+    checks.append(_check_listen(ex, host))
     for pool in fleet.pools:
         fpm = ex.run(f"test -x {shell.q(pool.php_fpm)}", "check php-fpm", check=False)
         checks.append(Check(host.name, f"{pool.name}: php-fpm", fpm.ok, pool.php_fpm))
         checks.append(_check_members(ex, host, pool))
+        checks.append(_check_vhost(ex, host, pool))
     return checks
+
+
+def _check_listen(ex: Executor, host: Host) -> Check:
+    """`setup` succeeding does not prove Apache listens where the inventory says."""
+    port = host.apache.port
+    ok = ex.run(shell.tcp_listening(port), "check listen port", check=False).ok
+    detail = (f"port {port} ({host.apache.listen})" if ok else
+              f"nothing listens on port {port} (listen = {host.apache.listen}); run fab setup")
+    return Check(host.name, "apache listen", ok, detail)
+
+
+def vhost_url(host: Host, pool: Pool) -> str:
+    apache = host.apache
+    return f"http://{apache.local_address}:{apache.port}{pool.health_path}"
+
+
+def _check_vhost(ex: Executor, host: Host, pool: Pool) -> Check:
+    """The pool answers through Apache, as a client would reach it (its server_name)."""
+    url = vhost_url(host, pool)
+    result = ex.run(shell.vhost_request(Layout.of(host, pool), url, pool.server_name),
+                    f"request {pool.name} through Apache", check=False)
+    return vhost_check(host.name, pool, url, result)
+
+
+def vhost_check(host: str, pool: Pool, url: str, result: RemoteResult) -> Check:
+    """Judge the answer of shell.vhost_request: only a 200 passes."""
+    name = f"{pool.name}: vhost"
+    asked = f"GET {url} (Host: {pool.server_name})"
+    answer = result.stdout.strip()
+    if answer == shell.NO_RELEASE:
+        return Check(host, name, True, "no release deployed yet: not requested")
+    if answer == "200":
+        return Check(host, name, True, f"{asked}: 200")
+    if answer.isdigit() and answer != "000":
+        return Check(host, name, False, f"{asked}: HTTP {answer}")
+    reason = result.stderr.strip().splitlines()[-1:] or ["no answer"]
+    return Check(host, name, False, f"{asked}: {reason[0][:120]}")
 
 
 def _check_members(ex: Executor, host: Host, pool: Pool) -> Check:

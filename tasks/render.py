@@ -9,7 +9,7 @@ from pathlib import PurePosixPath
 import jinja2
 
 from .inventory import Fleet, Host, Pool
-from .layout import ApacheLayout, Layout
+from .layout import STOP_SCRIPT, ApacheLayout, Layout
 from .resources import TEMPLATES
 
 
@@ -17,6 +17,32 @@ from .resources import TEMPLATES
 class Site:
     pool: Pool
     layout: Layout
+
+
+@dataclass(frozen=True)
+class Listen:
+    """One `Listen` the site adds, left out while any of `unless_loaded` is loaded."""
+
+    address: str
+    unless_loaded: tuple[str, ...] = ()
+
+
+# What Debian's /etc/apache2/ports.conf listens on, on every address: port 80, and 443
+# while mod_ssl or mod_gnutls is loaded. A second `Listen` for a covered port is either
+# a syntax error (same port) or, worse, passes configtest and then fails to bind
+# (`Listen 80` + `Listen 198.18.0.11:80`: EADDRINUSE), stopping Apache at the graceful.
+DEBIAN_PORTS: dict[int, tuple[str, ...]] = {80: (), 443: ("ssl_module", "mod_gnutls.c")}
+
+
+def site_listens(host: Host) -> tuple[Listen, ...]:
+    """The `Listen` lines the system site must add for the pools and balancer-manager."""
+    manager = Listen(f"127.0.0.1:{host.apache.manager_port}")
+    port = host.apache.port
+    if port not in DEBIAN_PORTS:
+        return (Listen(host.apache.listen), manager)
+    if DEBIAN_PORTS[port]:
+        return (Listen(host.apache.listen, DEBIAN_PORTS[port]), manager)
+    return (manager,)
 
 
 @dataclass(frozen=True)
@@ -57,8 +83,8 @@ def _env() -> jinja2.Environment:
 def apache_files(fleet: Fleet, host: Host) -> list[RenderedFile]:
     apache = ApacheLayout.of(host)
     sites = [Site(pool, Layout.of(host, pool)) for pool in fleet.pools]
-    site = _env().get_template("apache-site.conf.j2").render(host=host, apache=apache,
-                                                               sites=sites)
+    site = _env().get_template("apache-site.conf.j2").render(
+        host=host, sites=sites, listens=site_listens(host))
     return [RenderedFile(apache.site, site)]
 
 
@@ -73,5 +99,11 @@ def fpm_files(host: Host, pool: Pool) -> list[RenderedFile]:
 def unit_file(host: Host, pool: Pool) -> RenderedFile:
     """The pool's systemd template unit (one service per replica)."""
     layout = Layout.of(host, pool)
-    text = _env().get_template("fpm-replica.service.j2").render(pool=pool, layout=layout)
+    text = _env().get_template("fpm-replica.service.j2").render(pool=pool, layout=layout,
+                                                                 stop_script=STOP_SCRIPT)
     return RenderedFile(layout.unit_file, text)
+
+
+def stop_script() -> RenderedFile:
+    """What a replica service runs when it stops (see templates/replica-stop.sh)."""
+    return RenderedFile(STOP_SCRIPT, (TEMPLATES / "replica-stop.sh").read_text(), "0755")

@@ -106,12 +106,31 @@ def apache_running() -> str:
 
 
 APACHE_MODULES = ("proxy", "proxy_fcgi", "proxy_balancer", "lbmethod_bybusyness",
-                  "lbmethod_byrequests", "slotmem_shm", "authz_host")
+                  "lbmethod_byrequests", "slotmem_shm", "authz_host", "rewrite")
 
 
 def apache_enable_site() -> str:
     """The modules and the site, enabled the Debian way."""
     return f"a2enmod -q {join(APACHE_MODULES)} >/dev/null && a2ensite -q fpm-fleet >/dev/null"
+
+
+NO_RELEASE = "no-release"
+
+
+def vhost_request(layout: Layout, url: str, server_name: str, timeout: float = 5) -> str:
+    """GET `url` from one pool's virtual host (Host: server_name) through the host's own
+    Apache; prints the HTTP status (000 when nothing answered), or NO_RELEASE before the
+    pool's first deploy, when there is nothing to serve yet."""
+    curl = join(["curl", "-sS", "-g", "--noproxy", "*", "-o", "/dev/null", "-w", "%{http_code}",
+                 "--max-time", f"{timeout:g}", "-H", f"Host: {server_name}", url])
+    return f"if [ -e {q(layout.current_release)} ]; then {curl}; else echo {NO_RELEASE}; fi"
+
+
+def tcp_listening(port: int) -> str:
+    """Exit 0 when a socket listens on TCP `port`, on any address (read from the kernel's
+    table: no tool to install, and every process of the host's network namespace counts)."""
+    return (f"cat /proc/net/tcp /proc/net/tcp6 2>/dev/null | awk -v p={port:04X} "
+            "'$4 == \"0A\" && substr($2, index($2, \":\") + 1) == p {f = 1} END {exit !f}'")
 
 
 def apache_modules_loaded() -> str:

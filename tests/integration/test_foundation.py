@@ -34,6 +34,11 @@ def test_setup_rewrites_what_changed_and_a_second_run_changes_nothing(fleet2: Sa
     assert apache_pid() == before, "Apache was restarted although its config did not change"
 
 
+def test_the_replica_units_pass_systemd_analyze_verify_on_a_host(fleet2: Sandbox) -> None:
+    verify = fleet2.run(0, "systemd-analyze", "verify", "fpm-fleet-www@1.service")
+    assert (verify.returncode, verify.stderr.strip()) == (0, ""), verify.stderr
+
+
 def test_check_passes_on_every_host(fleet2: Sandbox) -> None:
     proc = ok(fab("check"))
     for host in ("h1", "h2"):

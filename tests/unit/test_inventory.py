@@ -543,3 +543,71 @@ def test_a_missing_key_file_is_an_inventory_error_naming_file_and_key(tmp_path, 
     assert str(info.value) == (f"{path}: {where}.{key}: file {tmp_path / 'keys' / 'nope'} "
                                "does not exist")
     assert info.value.exit_code == 2
+
+
+# --- framework applications: document_root and front_controller -----------------------------
+
+def test_document_root_defaults_to_the_release_root_and_front_controller_to_none(
+        inventory_data, build_fleet):
+    pool = build_fleet(inventory_data).pools[0]
+    assert (pool.document_root, pool.front_controller) == ("", None)
+
+
+@pytest.mark.parametrize(("value", "expected"), [
+    ("public", "public"), ("public/", "public"), ("web/public_html", "web/public_html"),
+    ("v1.2-app", "v1.2-app")])
+def test_document_root_is_a_path_inside_the_release(inventory_data, build_fleet, value,
+                                                    expected):
+    inventory_data["pools"]["www"].update(document_root=value, front_controller="index.php")
+    pool = build_fleet(inventory_data).pools[0]
+    assert (pool.document_root, pool.front_controller) == (expected, "index.php")
+
+
+@pytest.mark.parametrize(("value", "problem"), [
+    ("/var/www/public", "must be relative to the release"),
+    ("../public", "without '..'"),
+    ("public/../..", "without '..'"),
+    ("./public", "without '..' or a segment starting with '.'"),
+    (".git", "segment starting with '.'"),
+    ("public/.well-known", "segment starting with '.'"),
+    ("public dir", "letters, digits"),
+    ('pub"lic', "letters, digits"),
+    ("pub\nlic", "letters, digits"),
+    ("public$1", "letters, digits"),
+    ("a//b", "letters, digits"),
+])
+def test_document_root_that_could_escape_the_release_or_break_apache_is_refused(
+        inventory_data, config_error, value, problem):
+    inventory_data["pools"]["www"]["document_root"] = value
+    expect(config_error(inventory_data, FILE), "pools.www.document_root", problem)
+
+
+@pytest.mark.parametrize(("value", "problem"), [
+    ("index.html", "must be a .php file"),
+    ("/index.php", "letters, digits"),
+    ("../index.php", "without '..'"),
+    (".index.php", "segment starting with '.'"),
+    ("index php.php", "letters, digits"),
+    ("index.php\n", "letters, digits"),
+])
+def test_front_controller_must_be_a_plain_php_file_inside_document_root(
+        inventory_data, config_error, value, problem):
+    inventory_data["pools"]["www"]["front_controller"] = value
+    expect(config_error(inventory_data, FILE), "pools.www.front_controller", problem)
+
+
+def test_pool_listen_on_the_manager_port_is_refused(inventory_data, config_error):
+    inventory_data["hosts"][0]["apache"] = {"listen": "127.0.0.1:8081"}
+    expect(config_error(inventory_data, FILE), "hosts.web1.apache.listen",
+           "port 8081 is also the manager_port")
+
+
+@pytest.mark.parametrize(("listen", "address", "port"), [
+    ("*:80", "127.0.0.1", 80), ("0.0.0.0:8088", "127.0.0.1", 8088),
+    ("198.18.0.11:80", "198.18.0.11", 80), ("127.0.0.1:8088", "127.0.0.1", 8088),
+    ("[::]:8080", "[::1]", 8080), ("[::1]:81", "[::1]", 81), ("www.example:80", "www.example", 80)])
+def test_local_address_reaches_the_public_vhosts_from_the_host_itself(
+        inventory_data, build_fleet, listen, address, port):
+    inventory_data["hosts"][0]["apache"] = {"listen": listen}
+    apache = build_fleet(inventory_data).hosts[0].apache
+    assert (apache.local_address, apache.port) == (address, port)

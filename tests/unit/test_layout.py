@@ -55,3 +55,18 @@ def test_apache_site_path_does_not_follow_the_host_root(inventory_data, build_fl
     inventory_data["defaults"]["root"] = "/srv/h1"
     apache = ApacheLayout.of(build_fleet(inventory_data).hosts[0])
     assert apache.site == P("/etc/apache2/sites-available/fpm-fleet.conf")
+
+
+def test_web_roots_are_the_release_root_without_a_document_root():
+    lay = Layout(dir=P("/srv/fpm-fleet/www"), pool="www")
+    assert lay.web_root == P("/srv/fpm-fleet/www/current.release")
+    assert lay.pinned_web_root == P("/srv/fpm-fleet/www/current")
+
+
+def test_web_roots_follow_the_pools_document_root(inventory_data, build_fleet):
+    inventory_data["pools"]["www"]["document_root"] = "web/public"
+    fleet = build_fleet(inventory_data)
+    lay = Layout.of(fleet.hosts[0], fleet.pools[0])
+    # static files switch with current.release; PHP runs from the replica's pinned current/
+    assert lay.web_root == P("/srv/fpm-fleet/www/current.release/web/public")
+    assert lay.pinned_web_root == P("/srv/fpm-fleet/www/current/web/public")

@@ -626,3 +626,88 @@ def test_open_connections_counts_connected_entries_of_that_socket_only():
     out = subprocess.run(f"p=/srv/www/run/www-1.sock awk {awk}", shell=True, input=table,
                          capture_output=True, text=True, check=True).stdout
     assert out.strip() == "2"
+
+
+def test_system_apache_enables_every_module_the_site_uses_rewrite_included():
+    assert shell.apache_enable_site() == (
+        "a2enmod -q proxy proxy_fcgi proxy_balancer lbmethod_bybusyness lbmethod_byrequests "
+        "slotmem_shm authz_host rewrite >/dev/null && a2ensite -q fpm-fleet >/dev/null")
+
+
+# --- fab check: the pool through Apache, and the listen port -----------------------------------
+
+def test_vhost_request_asks_apache_with_the_pools_host_header_only_once_a_release_is_active():
+    lay = Layout(dir=PurePosixPath("/srv/fpm-fleet/www"), pool="www")
+    assert shell.vhost_request(lay, "http://127.0.0.1:8088/health.php", "www.example") == (
+        "if [ -e /srv/fpm-fleet/www/current.release ]; then curl -sS -g --noproxy '*' "
+        "-o /dev/null -w '%{http_code}' --max-time 5 -H 'Host: www.example' "
+        "http://127.0.0.1:8088/health.php; else echo no-release; fi")
+
+
+@pytest.fixture
+def http_server() -> Iterator[tuple[int, list[str]]]:
+    """A one-thread HTTP server on a free loopback port that records each Host header and
+    answers 200 for /health.php, 404 otherwise."""
+    import http.server
+
+    hosts: list[str] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            hosts.append(self.headers["Host"])
+            self.send_response(200 if self.path == "/health.php" else 404)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server.server_address[1], hosts
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="needs curl")
+def test_vhost_request_prints_the_status_apache_answered_with(sh, layout, http_server):
+    port, hosts = http_server
+    Path(layout.current_release).symlink_to("releases")
+    ok = sh(shell.vhost_request(layout, f"http://127.0.0.1:{port}/health.php", "www.example"))
+    missing = sh(shell.vhost_request(layout, f"http://127.0.0.1:{port}/nope", "www.example"))
+    assert (ok.stdout, missing.stdout) == ("200", "404")
+    assert hosts == ["www.example", "www.example"]
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="needs curl")
+def test_vhost_request_prints_000_and_the_reason_when_nothing_answers(sh, layout):
+    Path(layout.current_release).symlink_to("releases")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # bound, not listening: connection refused
+        result = sh(shell.vhost_request(layout, f"http://127.0.0.1:{port}/", "www"))
+    assert result.stdout == "000"
+    assert "Failed to connect" in result.stderr or "Couldn't connect" in result.stderr
+
+
+def test_vhost_request_before_the_first_deploy_requests_nothing(sh, layout):
+    result = sh(shell.vhost_request(layout, "http://127.0.0.1:9/health.php", "www"))
+    assert (result.returncode, result.stdout.strip()) == (0, shell.NO_RELEASE)
+
+
+def test_tcp_listening_reads_the_kernels_table_for_the_port_in_hex():
+    assert shell.tcp_listening(8088) == (
+        "cat /proc/net/tcp /proc/net/tcp6 2>/dev/null | awk -v p=1F98 "
+        "'$4 == \"0A\" && substr($2, index($2, \":\") + 1) == p {f = 1} END {exit !f}'")
+
+
+@pytest.mark.parametrize("family", [socket.AF_INET, socket.AF_INET6])
+def test_tcp_listening_is_true_only_while_a_socket_listens_on_the_port(sh, family):
+    address = "127.0.0.1" if family == socket.AF_INET else "::1"
+    with socket.socket(family) as s:
+        s.bind((address, 0))
+        port = s.getsockname()[1]
+        assert sh(shell.tcp_listening(port)).returncode == 1  # bound is not listening
+        s.listen()
+        assert sh(shell.tcp_listening(port)).returncode == 0
+    assert sh(shell.tcp_listening(port)).returncode == 1

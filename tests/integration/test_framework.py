@@ -1,0 +1,232 @@
+"""A framework application (etc/framework-app: Symfony components, web root public/, every
+route through index.php) deployed beside the demo pool on a real 2-host sandbox.
+
+Written for the systemd fleet and NOT run by its author (no fleet to run it on). What it
+relies on, beyond the repository:
+- the fleet hosts have php-symfony-routing, php-symfony-http-foundation and
+  php-symfony-dotenv installed (the example's before_activate fails without them);
+- the replicas' health gate runs `health_path` under document_root, i.e. fpm.health uses
+  `Layout.pinned_web_root` (current/public/health.php), not `Layout.current`;
+- sandbox/hosts.toml gives each host `apache = { listen = "ADDRESS:80" }` (the non-80 test
+  rewrites that port).
+Checked off the fleet: the vhost rules on a private Apache 2.4.71 + php8.2-fpm; the HTTP
+assertions of the first three tests against that Apache; and a deploy under this module's
+load through fpm-fleet's own deploy_host run locally (no SSH), with fpm.health patched as
+above: 0 failed of 1,942 requests. Unpatched, the new release fails its health gate (404).
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import re
+import shutil
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from .conftest import ROOT, Sandbox, fab, ok
+
+APP = ROOT / "etc" / "framework-app"
+SERVER_NAME = "app.test"
+SECRETS = ("fake-secret-4c1d2e0f-never-served", "git-config-never-served")
+POOL = f"""
+[pools.app]
+replicas = 2
+max_children = 4
+server_name = "{SERVER_NAME}"
+document_root = "public"
+front_controller = "index.php"
+health_path = "/health.php"
+shared = ["storage"]
+before_activate = ["php bin/console cache:warm", "chown www-data:www-data storage/"]
+"""
+
+
+@pytest.fixture(scope="module")
+def box(fleet2: Sandbox) -> Sandbox:
+    return fleet2
+
+
+@pytest.fixture(scope="module")
+def inv(box: Sandbox, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The sandbox inventory plus the framework pool."""
+    path = tmp_path_factory.mktemp("framework") / "hosts.toml"
+    path.write_text(box.path.read_text() + POOL)
+    ok(fab("setup", inventory_path=path))
+    return path
+
+
+def build(base: Path, release: str) -> Path:
+    """The example app as a release, with a .git/ of its own (deployed: it must not leak)."""
+    dest = base / f"app-{release}"
+    shutil.copytree(APP, dest)
+    (dest / "release.txt").write_text(f"{release}\n")
+    (dest / ".git").mkdir()
+    (dest / ".git" / "config").write_text(f"[core]\n\tsecret = {SECRETS[1]}\n")
+    return dest
+
+
+def deploy(inv: Path, release: str) -> None:
+    proc = fab("deploy", "--release", release, "--pool", "app", "--plain",
+               "--source", str(build(inv.parent, release)), inventory_path=inv)
+    if proc.returncode != 0 and "Symfony/Component" in proc.stdout + proc.stderr:
+        pytest.fail("the fleet hosts lack Debian's php-symfony-* packages")
+    ok(proc)
+
+
+def get(address: str, path: str, port: int = 80, timeout: float = 15
+        ) -> tuple[int, dict[str, str], str]:
+    conn = http.client.HTTPConnection(address, port, timeout=timeout)
+    try:
+        conn.request("GET", path, headers={"Host": SERVER_NAME, "Connection": "close"})
+        resp = conn.getresponse()
+        return resp.status, dict(resp.getheaders()), resp.read().decode(errors="replace")
+    finally:
+        conn.close()
+
+
+@dataclass
+class AppLoad:
+    """Requests to the framework pool (by its server_name), fast ones and 1 s ones, on every
+    host, until stopped; every answer but a 200 is a failure."""
+
+    addresses: list[str]
+    requests: int = 0
+    failures: list[str] = field(default_factory=list)
+    releases: Counter[str] = field(default_factory=Counter)
+    stop: threading.Event = field(default_factory=threading.Event)
+
+    def worker(self, address: str, path: str) -> None:
+        while not self.stop.is_set() and self.requests < 50_000:
+            try:
+                status, headers, body = get(address, path)
+            except OSError as exc:
+                self.failures.append(f"{address}{path}: {exc}")
+                continue
+            self.requests += 1
+            if status != 200:
+                self.failures.append(f"{address}{path}: HTTP {status} {body[:80]!r}")
+            self.releases[headers.get("X-Release", "?")] += 1
+
+
+@contextmanager
+def app_load(box: Sandbox) -> Iterator[AppLoad]:
+    load = AppLoad(box.addresses())
+    threads = [threading.Thread(target=load.worker, args=(a, p), daemon=True)
+               for a in load.addresses for p in ("/hello/load?n=1", "/sleep/1000")]
+    for t in threads:
+        t.start()
+    time.sleep(1.5)  # slow requests are in flight before the deploy starts
+    try:
+        yield load
+    finally:
+        load.stop.set()
+        for t in threads:
+            t.join(timeout=20)
+
+
+def visits(address: str) -> int:
+    status, _, body = get(address, "/visits")
+    assert status == 200, body
+    return int(body)
+
+
+def test_first_deploy_serves_the_routes_through_the_front_controller(box: Sandbox,
+                                                                     inv: Path) -> None:
+    deploy(inv, "v1")
+    for address in box.addresses():
+        status, headers, body = get(address, "/hello/fleet")
+        assert (status, body) == (200, "Hello, fleet!\n")
+        # before_activate compiled the routes in the release before it went live
+        assert headers["X-Routes"] == "compiled" and headers["X-Release"] == "v1"
+        assert get(address, "/release")[2] == "v1\n"
+        assert get(address, "/health.php")[2] == "ok v1\n"
+        assert get(address, "/nope")[0] == 404  # the app's own 404, through index.php
+
+
+def test_front_controller_gets_the_original_request_uri_and_path_info(box: Sandbox,
+                                                                      inv: Path) -> None:
+    status, _, body = get(box.addresses()[0], "/request/a/b%20c?x=1&y=two")
+    assert status == 200
+    seen = json.loads(body)
+    assert seen["REQUEST_URI"] == "/request/a/b%20c?x=1&y=two"
+    assert seen["PATH_INFO"] == "/request/a/b c"
+    assert seen["SCRIPT_NAME"] == "/index.php"
+    assert seen["path_info"] == "/request/a/b%20c"  # Symfony's own, from REQUEST_URI
+    assert seen["query"] == {"x": "1", "y": "two"}
+    assert re.fullmatch(r"/.+/app/current/public/index\.php", seen["SCRIPT_FILENAME"])
+
+
+def test_static_files_are_served_and_nothing_outside_public_or_hidden_is(box: Sandbox,
+                                                                         inv: Path) -> None:
+    address = box.addresses()[0]
+    status, headers, body = get(address, "/robots.txt")
+    assert (status, body) == (200, (APP / "public" / "robots.txt").read_text())
+    assert "X-Release" not in headers  # Apache served it, PHP never ran
+    assert get(address, "/assets/app.css")[0] == 200
+    for path in ("/.env", "/.git/config", "/.git/", "/%2eenv", "/x/../.env", "/public/.env",
+                 "/../.env"):
+        status, _, body = get(address, path)
+        assert status in (400, 403, 404), path
+        assert not any(secret in body for secret in SECRETS), path
+    # outside public/: not files of the web root, so the app answers them (its 404)
+    for path in ("/release.txt", "/src/app.php", "/bin/console", "/storage/visits.txt",
+                 "/var/cache/url_matching_routes.php"):
+        status, _, body = get(address, path)
+        assert status == 404, path
+        assert not any(secret in body for secret in SECRETS), path
+
+
+def test_second_deploy_under_load_fails_no_request_and_every_route_answers_v2(
+        box: Sandbox, inv: Path) -> None:
+    before = {a: visits(a) for a in box.addresses()}
+    with app_load(box) as load:
+        deploy(inv, "v2")
+    assert load.requests > 0
+    assert load.failures == [], load.failures[:10]
+    assert set(load.releases) <= {"v1", "v2"} and load.releases["v2"] > 0
+    for address in box.addresses():
+        # enough requests to reach both replicas of the pool
+        assert {get(address, "/release")[2] for _ in range(10)} == {"v2\n"}
+        assert get(address, "/hello/v2")[1]["X-Release"] == "v2"
+        # storage/ is shared: the counter carried on across the release change
+        assert visits(address) == before[address] + 1
+
+
+def test_check_requests_the_pool_through_apache_and_fails_naming_it(inv: Path,
+                                                                    tmp_path: Path) -> None:
+    proc = ok(fab("check", inventory_path=inv))
+    assert ":80/health.php (Host: app.test): 200" in proc.stdout, proc.stdout
+    broken = tmp_path / "hosts.toml"
+    broken.write_text(inv.read_text().replace('health_path = "/health.php"',
+                                              'health_path = "/missing.php"'))
+    proc = fab("check", inventory_path=broken)
+    assert proc.returncode == 1
+    assert "/missing.php (Host: app.test): HTTP 404" in proc.stdout, proc.stdout
+
+
+def test_a_listen_port_other_than_80_is_listened_on_and_checked(box: Sandbox, inv: Path,
+                                                                tmp_path: Path) -> None:
+    text = inv.read_text()
+    moved, count = re.subn(r'(listen = "[^"]+):80"', r'\1:8088"', text)
+    assert count == len(box.addresses()), "expected one listen = \"ADDRESS:80\" per host"
+    other = tmp_path / "hosts-8088.toml"
+    other.write_text(moved)
+    try:
+        ok(fab("setup", inventory_path=other))
+        for address in box.addresses():
+            status, _, body = get(address, "/release", port=8088)
+            assert (status, body) == (200, "v2\n")
+        proc = ok(fab("check", inventory_path=other))
+        assert "port 8088" in proc.stdout
+        assert ":8088/health.php (Host: app.test): 200" in proc.stdout, proc.stdout
+    finally:
+        ok(fab("setup", inventory_path=inv))
+    assert get(box.addresses()[0], "/release")[2] == "v2\n"

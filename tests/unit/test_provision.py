@@ -1,0 +1,115 @@
+"""tasks.provision: what `fab check` concludes from each answer (no SSH: scripted results)."""
+
+from __future__ import annotations
+
+import pytest
+
+from tasks import provision, shell
+from tasks.errors import RemoteResult
+
+
+def result(stdout: str = "", stderr: str = "", exited: int = 0) -> RemoteResult:
+    return RemoteResult("cmd", exited, stdout, stderr)
+
+
+URL = "http://127.0.0.1:8088/health.php"
+
+
+def test_vhost_answering_200_passes(web):
+    _, pool = web
+    check = provision.vhost_check("web1", pool, URL, result("200"))
+    assert check == provision.Check("web1", "www: vhost", True,
+                                    f"GET {URL} (Host: www): 200")
+
+
+@pytest.mark.parametrize("status", ["404", "403", "503", "301"])
+def test_vhost_answering_anything_but_200_fails_naming_the_pool_and_status(web, status):
+    _, pool = web
+    check = provision.vhost_check("web1", pool, URL, result(status))
+    assert not check.ok
+    assert check.name == "www: vhost"
+    assert check.detail == f"GET {URL} (Host: www): HTTP {status}"
+
+
+def test_vhost_that_does_not_answer_fails_with_curls_reason(web):
+    _, pool = web
+    err = "curl: (7) Failed to connect to 127.0.0.1 port 8088 after 0 ms: Couldn't connect"
+    check = provision.vhost_check("web1", pool, URL, result("000", err, exited=7))
+    assert not check.ok and check.detail == f"GET {URL} (Host: www): {err}"
+
+
+def test_vhost_of_a_pool_never_deployed_is_not_requested(web):
+    _, pool = web
+    check = provision.vhost_check("web1", pool, URL, result(shell.NO_RELEASE + "\n"))
+    assert check.ok and "no release deployed yet" in check.detail
+
+
+def test_vhost_url_uses_the_listen_port_and_the_pools_health_path(inventory_data,
+                                                                  build_fleet):
+    inventory_data["hosts"][0]["apache"] = {"listen": "*:8088"}
+    inventory_data["pools"]["www"]["health_path"] = "/health"
+    fleet = build_fleet(inventory_data)
+    assert provision.vhost_url(fleet.hosts[0], fleet.pools[0]) == "http://127.0.0.1:8088/health"
+
+
+class ByPurpose:
+    """An executor answering each command by the start of the purpose the caller gave it."""
+
+    def __init__(self, host, answers: dict[str, RemoteResult]) -> None:
+        self.host = host
+        self.answers = answers
+        self.commands: list[str] = []
+
+    def run(self, command, what, *, check=True, timeout=None):
+        self.commands.append(command)
+        return next((r for key, r in self.answers.items() if what.startswith(key)), result())
+
+    def stream(self, command, what, source, *, timeout=None):
+        raise AssertionError("check never writes")
+
+
+MODULES = "\n".join(f" {m} (shared)" for m in provision.REQUIRED_MODULES)
+
+
+def apache_checks(host, fleet, **answers: RemoteResult) -> dict[str, provision.Check]:
+    base = {"list Apache modules": result(MODULES),
+            "check listen port": result(), "request www through Apache": result("200")}
+    ex = ByPurpose(host, {**base, **{k.replace("_", " "): v for k, v in answers.items()}})
+    return {c.name: c for c in provision._check_apache(ex, fleet, host)}
+
+
+def test_check_requests_each_pool_through_apache_and_checks_the_listen_port(
+        inventory_data, build_fleet):
+    inventory_data["hosts"][0]["apache"] = {"listen": "127.0.0.1:8088"}
+    fleet = build_fleet(inventory_data)
+    host = fleet.hosts[0]
+    ex = ByPurpose(host, {"list Apache modules": result(MODULES),
+                          "request www through Apache": result("200")})
+    provision._check_apache(ex, fleet, host)
+    assert shell.tcp_listening(8088) in ex.commands
+    assert any(c.startswith("if [ -e /srv/fpm-fleet/www/current.release ]; then curl")
+               and "'Host: www'" in c and "http://127.0.0.1:8088/health.php" in c
+               for c in ex.commands)
+
+
+def test_check_fails_naming_the_pool_that_does_not_answer(inventory_data, build_fleet):
+    fleet = build_fleet(inventory_data)
+    checks = apache_checks(fleet.hosts[0], fleet, request_www_through_Apache=result("503"))
+    assert not checks["www: vhost"].ok
+    assert "HTTP 503" in checks["www: vhost"].detail
+
+
+def test_check_fails_when_nothing_listens_on_the_listen_port(inventory_data, build_fleet):
+    inventory_data["hosts"][0]["apache"] = {"listen": "127.0.0.1:8088"}
+    fleet = build_fleet(inventory_data)
+    checks = apache_checks(fleet.hosts[0], fleet, check_listen_port=result(exited=1))
+    assert checks["apache listen"] == provision.Check(
+        "web1", "apache listen", False,
+        "nothing listens on port 8088 (listen = 127.0.0.1:8088); run fab setup")
+
+
+def test_check_wants_mod_rewrite(inventory_data, build_fleet):
+    fleet = build_fleet(inventory_data)
+    loaded = MODULES.replace(" rewrite_module (shared)", "")
+    checks = apache_checks(fleet.hosts[0], fleet, list_Apache_modules=result(loaded))
+    assert checks["apache modules"].detail == "missing rewrite_module"
