@@ -25,13 +25,15 @@ DEFAULT_DIR = "sandbox"
 
 @task(help={"hosts": "how many hosts (Debian 12 containers with systemd)",
             "dir": "sandbox directory",
-            "release": "name of the demo release deployed first"})
-def up(c: Context, hosts: int = 3, dir: str = DEFAULT_DIR, release: str = "v1") -> None:
+            "release": "name of the demo release deployed first",
+            "bare": "only boot the hosts (fresh Debian servers): no setup, no deploy"})
+def up(c: Context, hosts: int = 3, dir: str = DEFAULT_DIR, release: str = "v1",
+       bare: bool = False) -> None:
     """Boot N Debian 12 hosts (systemd), provision them, deploy the demo app."""
     started = time.monotonic()
     try:
         with sandbox.exclusive():
-            fleet = bring_up(Path(dir).resolve(), hosts, release)
+            fleet = bring_up(Path(dir).resolve(), hosts, None if bare else release)
     except FleetError as exc:
         raise Exit(f"error: {exc}", code=exc.exit_code) from None
     output.note(f"sandbox up: {len(fleet.hosts)} hosts in {time.monotonic() - started:.1f}s; "
@@ -60,8 +62,9 @@ def down(c: Context, dir: str = DEFAULT_DIR, purge: bool = False) -> None:
         raise Exit("left behind: " + "; ".join(left), code=1)
 
 
-def bring_up(base: Path, count: int, release: str) -> inventory.Fleet:
-    """Boot `count` hosts (reusing those already up), then provision and deploy to them."""
+def bring_up(base: Path, count: int, release: str | None) -> inventory.Fleet:
+    """Boot `count` hosts (reusing those already up), then provision them and deploy
+    `release` of the demo app (with no release: hosts as a fresh server is)."""
     sandbox.require_root()
     if not 1 <= count <= 50:
         raise FleetError("sandbox: --hosts must be 1..50")
@@ -86,7 +89,8 @@ def bring_up(base: Path, count: int, release: str) -> inventory.Fleet:
     path = base / "hosts.toml"
     path.write_text(sandbox.inventory(hosts, base))
     fleet = inventory.load(path)
-    provision_and_deploy(fleet, base, release)
+    if release is not None:
+        provision_and_deploy(fleet, base, release)
     return fleet
 
 

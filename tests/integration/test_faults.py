@@ -149,6 +149,10 @@ def test_sigterm_mid_deploy_releases_the_lock_and_puts_replicas_back(box: Sandbo
         code, _, err = run.finish()
     assert code == 130, err
     assert "interrupted" in err and not lock.exists()
+    # past the point of no return: current.release names v3, a replica may still pin the
+    # old release; the report says which command completes the job
+    assert "h1/www: current.release is v3; finish with `fab restart --host h1 --pool www`" \
+        in err, err
     assert_no_failures(stats)
     assert all(r["ok"] for r in box.status("--host", "h1"))
 

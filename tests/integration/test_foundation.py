@@ -72,13 +72,20 @@ def test_an_apache_config_that_fails_its_test_is_not_installed(fleet2: Sandbox,
     site = fleet2.on_host("/etc/apache2/sites-available/fpm-fleet.conf")
     enabled = fleet2.on_host("/etc/apache2/sites-enabled/fpm-fleet.conf")
     before = site.read_text()
-    # the public vhost on the balancer-manager's own address and port: two Listen lines clash
+    # an operator's own config that also listens on balancer-manager's port: with it, any
+    # site fpm-fleet writes fails configtest (two Listen for one address)
+    clash = fleet2.on_host("/etc/apache2/conf-enabled/zz-operator.conf")
+    clash.write_text("Listen 127.0.0.1:8081\n")
     inv = tmp_path / "hosts.toml"
-    inv.write_text(fleet2.path.read_text().replace(
-        '[[hosts]]\nname = "h1"', '[[hosts]]\nname = "h1"\napache = { listen = "127.0.0.1:8081" }'))
-    proc = fab("setup", "--host", "h1", inventory_path=inv)
+    inv.write_text(fleet2.path.read_text().replace("[pools.www]",
+                                                   '[pools.www]\nserver_name = "www.test"'))
+    try:
+        proc = fab("setup", "--host", "h1", inventory_path=inv)
+    finally:
+        clash.unlink()
     assert proc.returncode != 0
     assert "fails its test and was not installed" in proc.stdout + proc.stderr
+    assert "Listen" in proc.stdout + proc.stderr, "the error says what Apache refused"
     assert site.read_text() == before and enabled.is_symlink()
     assert get(fleet2.addresses()[0], "/ping.php")[0] == 200
     assert not list(site.parent.glob("*.fpm-fleet-*")), "no staged or backup file is left"

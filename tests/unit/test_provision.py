@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tasks import provision, shell
-from tasks.errors import RemoteResult
+from tasks.errors import FleetError, RemoteResult
 
 
 def result(stdout: str = "", stderr: str = "", exited: int = 0) -> RemoteResult:
@@ -113,3 +113,39 @@ def test_check_wants_mod_rewrite(inventory_data, build_fleet):
     loaded = MODULES.replace(" rewrite_module (shared)", "")
     checks = apache_checks(fleet.hosts[0], fleet, list_Apache_modules=result(loaded))
     assert checks["apache modules"].detail == "missing rewrite_module"
+
+
+class Recording(ByPurpose):
+    def stream(self, command, what, source, *, timeout=None):
+        self.commands.append(command)
+        return result()
+
+
+def test_setup_refuses_a_host_without_systemd_before_changing_anything(inventory_data,
+                                                                       build_fleet):
+    fleet = build_fleet(inventory_data)
+    ex = Recording(fleet.hosts[0], {"check for systemd": result(exited=1)})
+    with pytest.raises(FleetError, match="web1: this host was not booted with systemd"):
+        provision.setup_host(ex, fleet, fleet.hosts[0])
+    assert ex.commands == [shell.has_systemd()]
+
+
+def test_check_fails_the_systemd_line_on_a_host_without_systemd(inventory_data, build_fleet):
+    fleet = build_fleet(inventory_data)
+    ex = Recording(fleet.hosts[0], {"check for systemd": result(exited=1),
+                                    "list Apache modules": result(MODULES)})
+    checks = {c.name: c for c in provision.check_host(ex, fleet, fleet.hosts[0])}
+    assert not checks["systemd"].ok
+    assert "not booted with systemd" in checks["systemd"].detail
+
+
+def test_setup_installs_the_units_and_stop_helper_then_reloads_systemd_once(inventory_data,
+                                                                           build_fleet):
+    fleet = build_fleet(inventory_data)
+    ex = Recording(fleet.hosts[0], {"enable replica services": result("fpm-fleet-www@1.service\n"),
+                                    "is Apache running": result()})
+    report = provision.setup_host(ex, fleet, fleet.hosts[0])
+    assert "wrote /etc/systemd/system/fpm-fleet-www@.service" in report.changes
+    assert "wrote /usr/local/lib/fpm-fleet/replica-stop" in report.changes
+    assert "enabled fpm-fleet-www@1.service" in report.changes
+    assert ex.commands.count(shell.daemon_reload()) == 1
