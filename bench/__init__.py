@@ -1,17 +1,19 @@
 """fpm-fleet benchmarks: `bench/run [--quick]`.
 
-One command that brings up the local test fleet (the sandbox: network namespaces on
-198.18.0.0/24, each with its own sshd, Apache and PHP-FPM replicas), measures, tears the
-fleet down again, prints tables and writes JSON to bench/results/:
+One command that brings up the local test fleet (the sandbox: Debian 12 hosts booted with
+systemd, systemd-nspawn containers on 198.18.0.0/24, each with Debian's sshd and Apache and
+PHP-FPM replicas as systemd services, driven over SSH as the sudo user `deploy`), measures,
+tears the fleet down again, prints tables and writes JSON to bench/results/:
 
 1. zero downtime: requests failed under constant load during a rolling `fab restart`,
    versus a plain `kill -USR2` reload (process_control_timeout 0 and 10s), versus nothing;
 2. the tool's own cost: rollout wall time versus the waits it cannot avoid;
 3. upload: first and one-file-changed deploy of a ~5,000-file release, versus a plain tar;
-4. fleet scale: `fab deploy` (sequential and --parallel N) and `fab status` for 1, 3, 6 hosts.
+4. fleet scale: `fab sandbox.up` (boot), `fab deploy` (sequential and --parallel N) and
+   `fab status` for 1, 3, 6 hosts.
 
 Every load loop is bounded in count and time, traffic goes only to the sandbox hosts, and
 the whole run holds the machine's sandbox lock (/tmp/fpm-fleet-sandbox.lock).
-One module per concern: main (orchestration), profile, lock, fleet, load, reload, fpmconf,
+One module per concern: main (orchestration), profile, lock, sandbox, load, reload, fpmconf,
 downtime, steps, upload, scale, machine, results, tables, render.
 """

@@ -2,10 +2,12 @@
 
 1. steady state (nothing happens): the baseline;
 2. `fab restart --plain`: fpm-fleet's rolling, drained, health-gated restart;
-3. `kill -USR2` to every replica master, process_control_timeout = 0 (PHP-FPM's default);
-4. the same reload with process_control_timeout = 10s (set in [global] of every replica
-   config and loaded by an unmeasured `fab restart` first).
+3. `kill -USR2` to every replica master at once, process_control_timeout = 0 (PHP-FPM's
+   default);
+4. the same reload with process_control_timeout = 10s.
 
+For 3 and 4 the setting is written into [global] of every replica config (fpm-fleet's own
+configs set it to the pool's stop_timeout) and loaded by an unmeasured `fab restart`.
 Afterwards the configs are restored and `fab setup` + `fab restart` put the fleet back.
 """
 
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from tasks.inventory import Fleet
 
@@ -22,13 +25,14 @@ from .load import Window, run_window
 from .profile import Profile
 from .sandbox import Run
 
-TIMEOUT_SETTING = "process_control_timeout = 10s"
+TIMEOUT_KEY = "process_control_timeout"
 SCENARIOS = {
     "steady": "steady state (nothing happens)",
     "restart": "fab restart (fpm-fleet, rolling)",
-    "reload0": "kill -USR2, process_control_timeout=0 (default)",
+    "reload0": "kill -USR2, process_control_timeout=0 (PHP-FPM default)",
     "reload10": "kill -USR2, process_control_timeout=10s",
 }
+TIMEOUTS = {"reload0": "0", "reload10": "10s"}
 
 
 @dataclass
@@ -50,6 +54,7 @@ def one_round(fleet: Fleet, profile: Profile, tell: Callable[[str], None], resul
     def say(message: str) -> None:
         tell(f"downtime {n}/{profile.rounds}: {message}")
 
+    rendered = {path: path.read_text() for path in fpmconf.replica_configs(fleet)}
     say(SCENARIOS["steady"])
     steady, _ = run_window(SCENARIOS["steady"], fleet, profile, lambda: None)
     steady.action_detail = "-"
@@ -59,16 +64,15 @@ def one_round(fleet: Fleet, profile: Profile, tell: Callable[[str], None], resul
     result.restart_runs.append(restart)
     _add(result, window, n)
     sandbox.healthy()
-    say(SCENARIOS["reload0"])
-    _add(result, reload_window(SCENARIOS["reload0"], fleet, profile), n)
-    sandbox.healthy()
-    say(SCENARIOS["reload10"])
-    with fpmconf.global_setting(fleet, TIMEOUT_SETTING):
-        sandbox.fab("restart", "--plain")  # the masters load the changed config
+    for key in ("reload0", "reload10"):
+        say(SCENARIOS[key])
+        with fpmconf.global_setting(fleet, TIMEOUT_KEY, TIMEOUTS[key]):
+            sandbox.fab("restart", "--plain")  # the masters load the changed config
+            sandbox.healthy()
+            _add(result, reload_window(SCENARIOS[key], fleet, profile), n)
         sandbox.healthy()
-        _add(result, reload_window(SCENARIOS["reload10"], fleet, profile), n)
     say("restoring the replica configs (fab setup, fab restart)")
-    result.restored = restore(fleet)
+    result.restored = restore(fleet, rendered)
 
 
 def _add(result: Downtime, window: Window, n: int) -> None:
@@ -85,18 +89,22 @@ def restart_window(fleet: Fleet, profile: Profile) -> tuple[Window, Run]:
 
 
 def reload_window(scenario: str, fleet: Fleet, profile: Profile) -> Window:
-    window, outcome = run_window(scenario, fleet, profile, lambda: reload.reload_all(fleet))
+    """The masters are found (inside each host) before the window; the action is only the
+    signals and the wait for the new masters."""
+    masters = reload.masters(fleet)
+    window, outcome = run_window(scenario, fleet, profile, lambda: reload.reload_all(masters))
     window.action_ok = outcome.complete
     window.action_detail = outcome.detail
     return window
 
 
-def restore(fleet: Fleet) -> bool:
-    """`fab setup` (configs as rendered), `fab restart` (masters reload them), all healthy."""
+def restore(fleet: Fleet, rendered: dict[Path, str]) -> bool:
+    """`fab setup` (configs as rendered), `fab restart` (masters reload them), all healthy;
+    every config must be byte for byte what it was before the round."""
     sandbox.fab("setup")
-    left = [p for p in fpmconf.replica_configs(fleet) if TIMEOUT_SETTING in p.read_text()]
+    left = [p for p, text in rendered.items() if p.read_text() != text]
     if left:
-        raise BenchError(f"{TIMEOUT_SETTING!r} still in {', '.join(map(str, left))}")
+        raise BenchError(f"replica configs not restored: {', '.join(map(str, left))}")
     sandbox.healthy()
     sandbox.fab("restart", "--plain")
     sandbox.healthy()

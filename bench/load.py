@@ -122,7 +122,8 @@ class Window:
 
 
 def targets(fleet: Fleet) -> list[Target]:
-    return stress.targets(fleet.hosts)
+    """Every host, asked for the first pool's virtual host by name (as `fab stress` does)."""
+    return stress.targets(fleet.hosts, fleet.pools[0])
 
 
 def run_window(scenario: str, fleet: Fleet, profile: Profile,

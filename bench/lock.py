@@ -8,9 +8,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from tasks.sandbox import LOCK_HELD
-
-LOCK_PATH = Path("/tmp/fpm-fleet-sandbox.lock")
+from tasks.sandbox import LOCK_HELD, LOCK_PATH
 
 
 @contextmanager

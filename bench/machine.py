@@ -1,4 +1,8 @@
-"""The facts a benchmark result is meaningless without: machine, kernel, versions, commit."""
+"""The facts a benchmark result is meaningless without: machine, kernel, versions, commit.
+
+The fleet's software is that of its hosts, not of this machine: Debian's packages in the
+hosts' base tree (every host is an overlay of it), read from that tree's dpkg database.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +12,12 @@ import subprocess
 import time
 from pathlib import Path
 
+from tasks.sandbox_base import BASE_DIR
+
 from .sandbox import ROOT
+
+HOST_PACKAGES = {"apache": "apache2", "php_fpm": "php8.2-fpm", "openssh_server": "openssh-server",
+                 "systemd": "systemd"}
 
 
 def _first_line(argv: list[str]) -> str:
@@ -33,17 +42,28 @@ def _commit() -> str:
     return rev + (" (tasks/ or templates/ modified)" if dirty.strip() else "")
 
 
+def _debian(root: Path) -> str:
+    path = root / "etc" / "debian_version"
+    return path.read_text().strip() if path.exists() else "?"
+
+
+def host_package(package: str, base: Path = BASE_DIR) -> str:
+    """The version of a Debian package installed in the hosts' base tree."""
+    return _first_line(["dpkg-query", f"--admindir={base / 'var/lib/dpkg'}", "-W",
+                        "-f=${Version}", package])
+
+
 def facts() -> dict[str, str]:
-    debian = Path("/etc/debian_version")
     return {
         "date": time.strftime("%Y-%m-%d %H:%M %Z"),
         "cpus": str(os.cpu_count()),
         "memory": f"{_memory_gib()} GiB",
         "kernel": platform.release(),
-        "debian": debian.read_text().strip() if debian.exists() else "?",
-        "apache": _first_line(["apache2", "-v"]).removeprefix("Server version: "),
-        "php_fpm": _first_line(["php-fpm8.2", "-v"]),
-        "openssh": _first_line(["ssh", "-V"]),
+        "debian": _debian(Path("/")),
+        "hosts": f"systemd-nspawn containers ({_first_line(['systemd-nspawn', '--version'])}), "
+                 f"Debian {_debian(BASE_DIR)}",
+        **{f"host_{k}": host_package(v) for k, v in HOST_PACKAGES.items()},
+        "openssh_client": _first_line(["ssh", "-V"]),
         "python": platform.python_version(),
         "commit": _commit(),
     }

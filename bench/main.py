@@ -45,13 +45,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def measure(results: Results, profile: Profile, sections: tuple[str, ...]) -> None:
     """Every section in turn; results fill in as they come, so a failure keeps the rest."""
     if "downtime" in sections or "upload" in sections:
-        fleet, _ = sandbox.up(profile.downtime_hosts)
+        fresh = sandbox.up(profile.downtime_hosts)
+        results.base_build_s = fresh.base_build_s
+        results.fleet_up_s, results.fleet_boot_s = round(fresh.seconds, 2), fresh.boot_s
+        fleet = fresh.fleet
         if "downtime" in sections:
             measure_downtime(results, profile, fleet)
         if "upload" in sections:
             results.upload = upload.run(fleet, profile.files, render.say)
     if "scale" in sections:
         results.scale = scale.run(profile.scale, profile.status_runs, render.say)
+        built = [r.base_build_s for r in results.scale if r.base_build_s is not None]
+        if results.base_build_s is None and built:
+            results.base_build_s = built[0]
     results.complete = True
 
 

@@ -24,11 +24,11 @@ class Table:
 
 
 def say(message: str) -> None:
-    err.print(Text(f"bench: {message}", style="cyan"))
+    err.print(Text(f"bench: {message}", style="cyan"), soft_wrap=True)
 
 
 def warn(message: str) -> None:
-    err.print(Text(f"bench: {message}", style="bold red"))
+    err.print(Text(f"bench: {message}", style="bold red"), soft_wrap=True)
 
 
 def to_rich(table: Table) -> RichTable:

@@ -14,7 +14,7 @@ from .steps import Cost
 from .upload import UploadBench
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
-SCHEMA = 1
+SCHEMA = 2
 
 
 @dataclass
@@ -32,6 +32,9 @@ class Results:
     rollout_cost: list[Cost] = field(default_factory=list)
     upload: UploadBench | None = None
     scale: list[ScaleRow] = field(default_factory=list)
+    base_build_s: float | None = None  # None: the hosts' base tree was already built
+    fleet_up_s: float | None = None  # `fab sandbox.up` of the downtime/upload fleet
+    fleet_boot_s: float | None = None  # of which booting its hosts
     errors: list[str] = field(default_factory=list)
 
 

@@ -1,17 +1,24 @@
-"""The local test fleet, driven as an operator drives it: the real `fab` command line."""
+"""The local test fleet, driven as an operator drives it: the real `fab` command line.
+
+Its hosts are systemd-nspawn containers (Debian 12, systemd as PID 1): each has its own
+filesystem (seen from here under `SandboxHost.root`) and its own PID namespace, so a pid
+read on a host means something only inside that host (`in_host`).
+"""
 
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import time
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from tasks import inventory
 from tasks import sandbox as tasks_sandbox
-from tasks.inventory import Fleet
+from tasks.inventory import Fleet, Host
+from tasks.sandbox import SandboxHost
 
 from .errors import BenchError
 
@@ -55,11 +62,33 @@ def fab(*args: str, check: bool = True, timeout: float = 600) -> Run:
     return run
 
 
-def up(hosts: int) -> tuple[Fleet, float]:
-    """A fresh sandbox of `hosts` hosts; returns its inventory and the `sandbox.up` time."""
+@dataclass(frozen=True)
+class Up:
+    """A fresh fleet and what bringing it up cost: the whole `fab sandbox.up`, the boot of
+    its hosts (as `sandbox.up` reports it) and the base tree build, when one was needed."""
+
+    fleet: Fleet
+    seconds: float
+    boot_s: float | None
+    base_build_s: float | None
+
+
+BOOTED = re.compile(r"\b(\d+) hosts booted in (\d+(?:\.\d+)?)s")
+BASE_BUILT = re.compile(r"built the hosts' base tree in (\d+(?:\.\d+)?)s")
+
+
+def reported_seconds(pattern: re.Pattern[str], stderr: str, group: int = 1) -> float | None:
+    """A duration `fab sandbox.up` printed on stderr, or None when it did not print it."""
+    m = pattern.search(stderr)
+    return float(m.group(group)) if m else None
+
+
+def up(hosts: int) -> Up:
+    """A fresh sandbox of `hosts` hosts (whatever was up before is removed first)."""
     down()
     run = fab("sandbox.up", "--hosts", str(hosts))
-    return inventory.load(INVENTORY), run.seconds
+    return Up(inventory.load(INVENTORY), run.seconds, reported_seconds(BOOTED, run.stderr, 2),
+              reported_seconds(BASE_BUILT, run.stderr))
 
 
 def down(timeout: float = 10) -> None:
@@ -84,3 +113,25 @@ def healthy(timeout: float = 20) -> float:
         if time.monotonic() - started > timeout:
             raise BenchError(f"fleet not healthy after {timeout:g}s:\n{run.tail()}")
         time.sleep(0.5)
+
+
+def sandbox_host(host: Host) -> SandboxHost:
+    """The container behind an inventory host (matched by address)."""
+    for box in tasks_sandbox.existing_hosts():
+        if box.address == host.address:
+            return box
+    raise BenchError(f"{host.name} ({host.address}) is not a host of the local fleet")
+
+
+def on_host(box: SandboxHost, path: PurePosixPath) -> Path:
+    """A file of the host, as this machine sees it through the host's root filesystem."""
+    return box.root / str(path).lstrip("/")
+
+
+def in_host(box: SandboxHost, command: str, timeout: float = 30) -> str:
+    """Run a shell command inside the host as its root; its stdout, or BenchError."""
+    proc = tasks_sandbox.run_in(box, "sh", "-c", command, timeout=timeout)
+    if proc.returncode != 0:
+        raise BenchError(f"{box.name}: {command[:80]!r} exited {proc.returncode}: "
+                         f"{proc.stderr.strip()[-300:]}")
+    return proc.stdout

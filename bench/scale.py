@@ -1,5 +1,6 @@
-"""Fleet scale: `fab deploy` (sequential and --parallel N) and `fab status` wall time for
-fleets of 1, 3, 6 hosts, each brought up fresh with `fab sandbox.up --hosts N`."""
+"""Fleet scale: `fab sandbox.up` (and the hosts' boot within it), `fab deploy` (sequential
+and --parallel N) and `fab status` wall time for fleets of 1, 3, 6 hosts, each brought up
+fresh with `fab sandbox.up --hosts N`."""
 
 from __future__ import annotations
 
@@ -15,9 +16,11 @@ class ScaleRow:
     hosts: int
     replicas: int
     up_s: float
+    boot_s: float | None
     deploy_s: float
     deploy_parallel_s: float
     status_s: float
+    base_build_s: float | None = None
 
 
 def run(counts: tuple[int, ...], status_runs: int, say: Callable[[str], None]) -> list[ScaleRow]:
@@ -31,7 +34,8 @@ def run(counts: tuple[int, ...], status_runs: int, say: Callable[[str], None]) -
 
 def one(hosts: int, status_runs: int) -> ScaleRow:
     """Fresh fleet; deploy s2 one host at a time, s3 all hosts at once; time status."""
-    fleet, up_s = sandbox.up(hosts)
+    fresh = sandbox.up(hosts)
+    fleet = fresh.fleet
     sandbox.fab("sandbox.build", "--release", "s2")
     sequential = sandbox.fab("deploy", "--release", "s2", "--plain")
     status = [sandbox.fab("status").seconds for _ in range(status_runs)]
@@ -39,5 +43,7 @@ def one(hosts: int, status_runs: int) -> ScaleRow:
     parallel = sandbox.fab("deploy", "--release", "s3", "--parallel", str(hosts), "--plain")
     sandbox.fab("status")
     replicas = sum(p.replicas for p in fleet.pools) * len(fleet.hosts)
-    return ScaleRow(hosts, replicas, round(up_s, 2), round(sequential.seconds, 2),
-                    round(parallel.seconds, 2), round(statistics.median(status), 2))
+    return ScaleRow(hosts, replicas, round(fresh.seconds, 2), fresh.boot_s,
+                    round(sequential.seconds, 2),
+                    round(parallel.seconds, 2), round(statistics.median(status), 2),
+                    fresh.base_build_s)

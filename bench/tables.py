@@ -22,11 +22,27 @@ def size(n: int) -> str:
     return f"{n / 1024:.1f} KiB"
 
 
+def seconds(value: float | None, missing: str = "?") -> str:
+    return missing if value is None else f"{value:.1f} s"
+
+
+def fleet_note(results: Results) -> str:
+    """The local fleet's own cost: the base tree (once per machine) and the boot."""
+    base = ("the hosts' base tree was already built (a cache, built once per machine)"
+            if results.base_build_s is None else
+            f"the hosts' base tree was built in this run: {results.base_build_s:.0f} s")
+    if results.fleet_up_s is None:
+        return base
+    return (f"{base}; fab sandbox.up of the measured fleet {seconds(results.fleet_up_s)}, "
+            f"of which booting its hosts {seconds(results.fleet_boot_s)}")
+
+
 def machine(results: Results) -> Table:
     return Table("Machine", ["what", "value"],
                  [[k, v] for k, v in results.machine.items()],
                  f"profile: {results.profile}; run took {results.seconds:.0f} s (after "
-                 f"{results.lock_wait_s:.0f} s waiting for the sandbox lock)")
+                 f"{results.lock_wait_s:.0f} s waiting for the sandbox lock); "
+                 f"{fleet_note(results)}")
 
 
 def by_scenario(windows: list[Window]) -> dict[str, list[Window]]:
@@ -75,9 +91,10 @@ def downtime(windows: list[Window], profile: Profile) -> Table:
             "the restart/reload began (fewest of the rounds). Latencies are of successful "
             "requests. 'cut short' = slow requests answered 200 in less than 95% of "
             f"{profile.slow_ms} ms: PHP's usleep was interrupted by FPM's SIGQUIT, so the "
-            "script went on without having done its work. The reloads signal every replica "
-            "master at once; 'action' is how long the restart took, or how long until every "
-            "pid file named a new master.")
+            "script went on without having done its work. The reloads send USR2 to every "
+            "replica master at once (inside each host); 'action' is how long the restart "
+            "took, or how long until every replica's status page showed a new start time "
+            "(polled every ~20 ms plus the time of one status request).")
     return Table("Zero downtime: failed requests under constant load",
                  ["scenario", "rounds", "window s", "in flight", "requests", "failed",
                   "failed per round", "failures", "fast p50 ms", "fast p99 ms", "fast max ms",
@@ -110,18 +127,22 @@ def upload(u: UploadBench) -> Table:
     note = (f"Release: {u.files:,} files, {size(u.size_bytes)} on disk; the second build "
             f"differs in {u.changed_files} files (the demo files carry the release name). "
             f"Local manifest scan (sha256 of every file): {u.scan_s:.2f} s per build, not "
-            "included above. fpm-fleet packs with gzip level 3 in Python; tar uses gzip -6.")
+            "included above. fpm-fleet packs with gzip level 3 in Python; tar uses gzip -6. Both "
+            "log in as the inventory's user (deploy) and unpack as root through sudo.")
     return Table(f"Upload to one host ({u.host})", ["method", "files sent", "bytes sent",
                                                    "time s", "detail"], rows, note)
 
 
 def scale(results: Results) -> Table:
-    rows = [[str(r.hosts), str(r.replicas), f"{r.up_s:.1f}", f"{r.deploy_s:.2f}",
+    rows = [[str(r.hosts), str(r.replicas), f"{r.up_s:.1f}",
+             "?" if r.boot_s is None else f"{r.boot_s:.1f}", f"{r.deploy_s:.2f}",
              f"{r.deploy_parallel_s:.2f}", f"{r.status_s:.2f}"] for r in results.scale]
-    note = ("Wall time of the `fab` command, no load; each fleet brought up fresh. Deploys "
-            "upload the small demo app (delta against the running release) and restart "
-            "every replica, health-gated.")
-    return Table("Fleet scale", ["hosts", "replicas", "sandbox.up s", "deploy s",
+    note = ("Wall time of the `fab` command, no load; each fleet brought up fresh. "
+            "sandbox.up boots the hosts (systemd-nspawn, as `sandbox.up` reports it: 'boot "
+            "s'), runs `fab setup` on them and deploys the demo app. Deploys upload the small "
+            "demo app (delta against the running release) and restart every replica, "
+            "health-gated.")
+    return Table("Fleet scale", ["hosts", "replicas", "sandbox.up s", "boot s", "deploy s",
                                  "deploy --parallel N s", "status s"], rows, note)
 
 

@@ -1,10 +1,11 @@
 """Upload cost: fpm-fleet's verified delta upload (tasks.release.upload) of a large release,
-first deploy and one-file-changed deploy, against a plain `tar -czf - | ssh tar -xzf -`.
+first deploy and one-file-changed deploy, against a plain `tar -czf - | ssh sudo tar -xzf -`.
 
 The releases are the demo app plus N ~10 KB filler files (tasks.demo.build, the same as
 `fab sandbox.build --files N`); the second build differs only where the demo files carry the
 release name. Uploads go to the first sandbox host, under the deploy lock, and are removed
-afterwards; nothing is activated.
+afterwards; nothing is activated. Both log in as the inventory's user (`deploy` on the
+local fleet) and write as root through sudo, into the same filesystem of the host.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from tasks import demo, manifest, release, remote
 from tasks.inventory import Fleet, Host, Pool
 from tasks.manifest import Manifest
 from tasks.remote import Executor
-from tasks.shell import q
+from tasks.shell import as_root, q
 
 from .errors import BenchError
 from .sandbox import SANDBOX
@@ -109,22 +110,43 @@ def ssh_argv(host: Host, command: str) -> list[str]:
     return [*argv, f"{host.user}@{host.address}", command]
 
 
+def tar_extract(dest: PurePosixPath, sudo: bool) -> str:
+    """The receiving end of a plain tar deploy: as root (through sudo for a sudo user, as
+    fpm-fleet's own upload does), into a fresh directory."""
+    return as_root(f"mkdir -p {q(dest)} && tar -xzf - -C {q(dest)}", sudo)
+
+
+def count_files(dest: PurePosixPath, sudo: bool) -> str:
+    return as_root(f"find {q(dest)} -type f | wc -l", sudo)
+
+
 def plain_tar(source: Path, host: Host, dest: PurePosixPath) -> Transfer:
-    """`tar -czf - -C SRC . | ssh HOST 'tar -xzf - -C DEST'`, bytes counted in between."""
+    """`tar -czf - -C SRC . | ssh HOST 'sudo tar -xzf - -C DEST'`, bytes counted in between;
+    the files that landed are counted on the host."""
     count = sum(1 for p in source.rglob("*") if p.is_file())
     try:
         started = time.monotonic()
         sent = _pipe(["tar", "-czf", "-", "-C", str(source), "."],
-                     ssh_argv(host, f"mkdir -p {q(dest)} && tar -xzf - -C {q(dest)}"))
+                     ssh_argv(host, tar_extract(dest, host.sudo)))
         seconds = time.monotonic() - started
-        landed = sum(1 for p in Path(str(dest)).rglob("*") if p.is_file())
+        landed = _ssh_int(host, count_files(dest, host.sudo))
     finally:
-        subprocess.run(ssh_argv(host, f"rm -rf -- {q(dest)}"), check=False,
+        subprocess.run(ssh_argv(host, as_root(f"rm -rf -- {q(dest)}", host.sudo)), check=False,
                        capture_output=True, timeout=60)
     if landed != count:
-        raise BenchError(f"plain tar: {landed} of {count} files arrived in {dest}")
-    return Transfer("plain tar -czf | ssh (every deploy)", count, sent, round(seconds, 2),
-                    "everything, every time; not verified")
+        raise BenchError(f"plain tar: {landed} of {count} files arrived in {host.name}:{dest}")
+    return Transfer("plain tar -czf | ssh, sudo tar -xzf (every deploy)", count, sent,
+                    round(seconds, 2), "everything, every time; not verified")
+
+
+def _ssh_int(host: Host, command: str) -> int:
+    proc = subprocess.run(ssh_argv(host, command), capture_output=True, text=True, timeout=60,
+                          check=False)
+    try:
+        return int(proc.stdout.strip())
+    except ValueError:
+        raise BenchError(f"{host.name}: {command!r} exited {proc.returncode}: "
+                         f"{proc.stderr.strip()}") from None
 
 
 def _pipe(producer: list[str], consumer: list[str]) -> int:

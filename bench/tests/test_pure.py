@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from bench import fpmconf, reload, render, steps
@@ -42,32 +40,85 @@ def test_cost_is_wall_minus_wait_idle_and_start_per_replica() -> None:
 CONF = """; header
 [global]
 pid = "/x/run/www-1.pid"
-daemonize = yes
+process_control_timeout = 60s
 
 [www-1]
 user = www-data
 """
 
 
-def test_setting_goes_at_the_end_of_global_not_into_the_pool() -> None:
-    text = fpmconf.with_global(CONF, "process_control_timeout = 10s")
-    assert text.splitlines()[4] == "process_control_timeout = 10s"
-    assert text.index("process_control_timeout") < text.index("[www-1]")
-    assert text.replace("process_control_timeout = 10s\n", "") == CONF
+def test_setting_replaces_the_one_in_global_and_nothing_else() -> None:
+    text = fpmconf.with_global(CONF, "process_control_timeout", "0")
+    assert text == CONF.replace("process_control_timeout = 60s", "process_control_timeout = 0")
+
+
+def test_a_new_setting_goes_at_the_end_of_global_not_into_the_pool() -> None:
+    text = fpmconf.with_global(CONF, "daemonize", "no")
+    assert text.splitlines()[4] == "daemonize = no"
+    assert text.index("daemonize") < text.index("[www-1]")
+    assert text.replace("daemonize = no\n", "") == CONF
+
+
+def test_a_repeated_setting_is_left_once() -> None:
+    conf = "[global]\na = 1\nb = 2\na = 3\n[p]\na = 4\n"
+    assert fpmconf.with_global(conf, "a", "9") == "[global]\na = 9\nb = 2\n[p]\na = 4\n"
 
 
 def test_config_without_global_is_refused() -> None:
     with pytest.raises(ValueError):
-        fpmconf.with_global("[www]\nuser = x\n", "a = b")
+        fpmconf.with_global("[www]\nuser = x\n", "a", "b")
 
 
-def test_read_pid_tolerates_a_half_written_file(tmp_path: Path) -> None:
-    path = tmp_path / "www-1.pid"
-    path.write_text("")
-    assert reload.read_pid(path) is None
-    path.write_text("1234\n")
-    assert reload.read_pid(path) == 1234
-    assert reload.read_pid(tmp_path / "missing.pid") is None
+STATUS = ("Content-type: application/json\r\nExpires: Thu, 01 Jan 1970 00:00:00 GMT\r\n\r\n"
+          '{"pool":"www-1","process manager":"static","start time":1764270000,'
+          '"start since":12,"accepted conn":3}')
+
+
+def test_start_time_comes_from_the_status_page() -> None:
+    assert reload.start_time(STATUS) == 1764270000
+
+
+def test_no_start_time_while_the_status_page_does_not_answer() -> None:
+    assert reload.start_time("") is None
+    assert reload.start_time("Status: 503 Service Unavailable\r\n\r\nbusy") is None
+    assert reload.start_time("Content-type: text/plain\r\n\r\npool: www-1\n") is None
+
+
+def test_the_reload_signals_every_master_of_a_host_in_one_kill() -> None:
+    assert reload.signal_command([101, 202]) == "kill -USR2 101 202"
+
+
+def test_the_status_request_asks_the_replica_status_socket_for_json() -> None:
+    from tasks.inventory import parse
+
+    fleet = parse({"hosts": [{"name": "h1", "address": "198.18.0.11"}],
+                   "pools": {"www": {"replicas": 2, "source": "/tmp/src"}}})
+    cmd = reload.status_request(fleet.hosts[0], fleet.pools[0], 2)
+    assert "-connect /srv/fpm-fleet/www/run/www-2-status.sock" in cmd
+    assert "QUERY_STRING=json" in cmd and cmd.startswith("timeout 10 ")
+
+
+def test_plain_tar_unpacks_as_root_through_sudo_for_a_sudo_user() -> None:
+    from pathlib import PurePosixPath
+
+    from bench import upload
+
+    dest = PurePosixPath("/srv/fpm-fleet/bench tar")
+    assert upload.tar_extract(dest, sudo=True) == (
+        "sudo -n -- sh -c 'mkdir -p '\"'\"'/srv/fpm-fleet/bench tar'\"'\"' && tar -xzf - -C "
+        "'\"'\"'/srv/fpm-fleet/bench tar'\"'\"''")
+    assert upload.tar_extract(dest, sudo=False) == (
+        "mkdir -p '/srv/fpm-fleet/bench tar' && tar -xzf - -C '/srv/fpm-fleet/bench tar'")
+
+
+def test_boot_and_base_build_times_are_read_from_sandbox_up() -> None:
+    from bench import sandbox
+
+    stderr = ("built the hosts' base tree in 73s (/var/cache/x; reused from now on)\n"
+              "3 hosts booted in 4.2s: h1 running, h2 running, h3 running\n")
+    assert sandbox.reported_seconds(sandbox.BOOTED, stderr, 2) == 4.2
+    assert sandbox.reported_seconds(sandbox.BASE_BUILT, stderr) == 73.0
+    assert sandbox.reported_seconds(sandbox.BASE_BUILT, "3 hosts booted in 4.2s") is None
 
 
 def test_judge_and_kind_follow_the_load_generator() -> None:
