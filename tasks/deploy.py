@@ -44,22 +44,25 @@ class PoolOutcome:
 
 def roll_to(ex: Executor, host: Host, pool: Pool, target: str, obs: Observer, timeout: float,
             result: HostResult, numbers: list[int] | None = None) -> None:
-    """Restart every replica not already pinned to `target`, each health-gated."""
+    """Restart every replica not already pinned to `target`, each health-gated. One already
+    on `target` but out of rotation (its gate failed before) is gated and put back."""
     procs = fpm.probe(ex, host, pool)
+    bal = balancer.read(ex, host, pool)
     wanted = numbers or list(pool.replica_numbers)
     for n in ordered_replicas(ex, host, pool, wanted):
         r = Replica(host, pool, n)
         proc = procs[n]
         running = proc.runs_master(r.layout)
         current = running and proc.release == target and not proc.release_deleted
-        if current and fpm.ping(ex, host, pool, n):
+        answers = current and fpm.ping(ex, host, pool, n)
+        if answers and not balancer.member_of(bal, host, pool, n).out:
             obs.event(Event("info", host.name, "restart", r.name, f"already on {target}"))
             continue
         with tracked(ex, r, obs, result):
-            if running:
+            if running and not answers:
                 replica.restart(ex, r, target, obs, timeout)
             else:
-                replica.start(ex, r, target, obs)
+                replica.start(ex, r, target, obs)  # a running service: gate and enable
 
 
 def deploy_pool(ex: Executor, host: Host, pool: Pool, plan: Plan, obs: Observer,

@@ -7,6 +7,7 @@ raised before any host is touched.
 from __future__ import annotations
 
 import difflib
+import os
 import re
 import tomllib
 from collections.abc import Callable, Mapping
@@ -231,7 +232,7 @@ def beside(inventory: str, value: str) -> str:
     """A path written in the inventory: `~` expanded, and a relative one taken from the
     inventory's own directory, so every task finds the same files from any directory."""
     path = Path(value).expanduser()
-    return str(path if path.is_absolute() else Path(inventory).parent / path)
+    return os.path.abspath(path if path.is_absolute() else Path(inventory).parent / path)
 
 
 def _relative_or_absolute(value: str) -> bool:

@@ -11,6 +11,7 @@ Bounded in time (`duration`) and in count (`max_requests` per host).
 from __future__ import annotations
 
 import http.client
+import re
 import statistics
 import threading
 import time
@@ -92,14 +93,14 @@ def summarize(host: str, samples: list[Sample]) -> HostStats:
     return stats
 
 
+DEMO_ANSWER = re.compile(r"(?:pong|slept \d+ms) (\S+)(?: |$)")
+
+
 def release_of(body: str) -> str:
-    """The release named by a demo answer ("pong v1 pid=..", "slept 2000ms v1 ..")."""
-    words = body.split()
-    if words[:1] == ["pong"] and len(words) > 1:
-        return words[1]
-    if words[:1] == ["slept"] and len(words) > 2:
-        return words[2]
-    return "?"
+    """The release named by a demo answer ("pong v1 pid=..", "slept 2000ms v1 .."); "?"
+    for any other page (another app's "slept 10 ms in release v2" names none for us)."""
+    match = DEMO_ANSWER.match(body)
+    return match.group(1) if match else "?"
 
 
 def atomic_ok(body: str) -> bool:

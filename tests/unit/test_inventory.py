@@ -5,6 +5,7 @@ Every error must name the file, the key and the problem, so each test checks all
 
 from __future__ import annotations
 
+import os
 from pathlib import Path, PurePosixPath
 
 import pytest
@@ -55,7 +56,7 @@ def test_built_in_defaults_apply_when_nothing_is_set(build_fleet):
         "/fpm-ping", "/fpm-status", "/health.php")
     assert pool.shared == () and pool.before_activate == ()
     assert pool.stop_timeout == 60
-    assert fleet.log_dir == "logs"
+    assert fleet.log_dir == os.path.abspath("logs")  # beside a relative inventory, absolute
 
 
 def test_defaults_are_inherited_by_every_host(inventory_data, build_fleet):

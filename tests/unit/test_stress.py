@@ -347,3 +347,10 @@ def test_only_the_start_of_an_answer_is_kept():
     load.threads[0].join(timeout=5)
     load.stop()
     assert [len(s.body) for s in load.samples["web1"]] == [stress.BODY_KEPT] * 3
+
+
+def test_release_of_reads_only_the_demo_apps_answers():
+    assert stress.release_of("pong v7 pid=42\n") == "v7"
+    assert stress.release_of("slept 2000ms v7 pid=42 asked=2000ms\n") == "v7"
+    assert stress.release_of("slept 10 ms in release v2\n") == "?"
+    assert stress.release_of("<html>pong</html>") == "?"
