@@ -9,7 +9,10 @@ from __future__ import annotations
 import os
 import platform
 import subprocess
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from tasks.sandbox_base import BASE_DIR
@@ -67,3 +70,26 @@ def facts() -> dict[str, str]:
         "python": platform.python_version(),
         "commit": _commit(),
     }
+
+
+@contextmanager
+def load_samples(every: float = 10.0) -> Iterator[list[float]]:
+    """This machine's 1-minute load average, every `every` seconds while the block runs
+    (first sample at once). The fleet, the load generator and `fab` share this machine's
+    CPUs with whatever else runs on it; the samples say how busy it was."""
+    samples: list[float] = []
+    stop = threading.Event()
+
+    def sample() -> None:
+        while True:
+            samples.append(round(os.getloadavg()[0], 2))
+            if stop.wait(every):
+                return
+
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
+    try:
+        yield samples
+    finally:
+        stop.set()
+        thread.join(timeout=5)

@@ -89,7 +89,9 @@ def run_locked(results: Results, profile: Profile, sections: tuple[str, ...]) ->
         started = time.monotonic()
         results.lock_wait_s = round(started - waited, 1)
         try:
-            measure(results, profile, sections)
+            with machine.load_samples() as samples:
+                results.load_1m = samples  # fills in while the run lasts
+                measure(results, profile, sections)
         except FAILURES as exc:
             results.errors.append(f"{type(exc).__name__}: {exc}")
             render.warn(f"failed: {exc}")

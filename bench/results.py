@@ -35,6 +35,7 @@ class Results:
     base_build_s: float | None = None  # None: the hosts' base tree was already built
     fleet_up_s: float | None = None  # `fab sandbox.up` of the downtime/upload fleet
     fleet_boot_s: float | None = None  # of which booting its hosts
+    load_1m: list[float] = field(default_factory=list)  # this machine's, every 10 s
     errors: list[str] = field(default_factory=list)
 
 

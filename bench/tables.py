@@ -37,12 +37,21 @@ def fleet_note(results: Results) -> str:
             f"of which booting its hosts {seconds(results.fleet_boot_s)}")
 
 
+def load_note(samples: list[float]) -> str:
+    """How busy the shared machine was: before the fleet came up, then during the run."""
+    if not samples:
+        return "load average not sampled"
+    return (f"1-minute load average {samples[0]:.1f} when the run began, median "
+            f"{statistics.median(samples):.1f} and max {max(samples):.1f} during it "
+            f"({len(samples)} samples, 10 s apart; the fleet and the load generator count)")
+
+
 def machine(results: Results) -> Table:
     return Table("Machine", ["what", "value"],
                  [[k, v] for k, v in results.machine.items()],
                  f"profile: {results.profile}; run took {results.seconds:.0f} s (after "
                  f"{results.lock_wait_s:.0f} s waiting for the sandbox lock); "
-                 f"{fleet_note(results)}")
+                 f"{fleet_note(results)}; {load_note(results.load_1m)}")
 
 
 def by_scenario(windows: list[Window]) -> dict[str, list[Window]]:

@@ -163,3 +163,30 @@ def test_downtime_row_totals_failures_and_keeps_the_worst_latency() -> None:
     assert row[4:8] == ["30", "3", "2 / 1", "slow: HTTP 503 x3"]
     assert row[8:11] == ["2.0", "5.0", "30.0"]
     assert row[-1] == "ok, 0.10-0.20 s"
+
+
+def test_the_machine_note_says_how_busy_it_was_and_what_the_fleet_cost() -> None:
+    from bench.results import Results
+    from bench.tables import fleet_note, load_note
+
+    assert load_note([0.5, 3.0, 4.0, 2.0]) == (
+        "1-minute load average 0.5 when the run began, median 2.5 and max 4.0 during it "
+        "(4 samples, 10 s apart; the fleet and the load generator count)")
+    assert load_note([]) == "load average not sampled"
+    r = Results("full", base_build_s=73.4, fleet_up_s=6.9, fleet_boot_s=1.0)
+    assert fleet_note(r) == ("the hosts' base tree was built in this run: 73 s; fab sandbox.up "
+                             "of the measured fleet 6.9 s, of which booting its hosts 1.0 s")
+    assert fleet_note(Results("quick")).startswith("the hosts' base tree was already built")
+
+
+def test_load_is_sampled_at_once_and_stops_with_the_block() -> None:
+    import time
+
+    from bench import machine
+
+    with machine.load_samples(every=0.01) as samples:
+        pass
+    count = len(samples)
+    assert count >= 1
+    time.sleep(0.05)
+    assert len(samples) == count
