@@ -4,6 +4,7 @@ request and leave the fleet serving."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import time
@@ -41,7 +42,7 @@ def test_sshd_killed_mid_rollout_stops_it_and_the_host_keeps_serving(box: Sandbo
         code, _, err = run.finish()
         serving(box)
     assert code != 0
-    assert "h1: connection lost during" in err or "h1 (deploy@198.18.0.11:22)" in err, err
+    assert "h1: connection lost" in err or "h1 (deploy@198.18.0.11:22)" in err, err
     assert "[h2]" not in err, "the rollout stopped at the failed host"
     assert_no_failures(stats)
     with load(box) as stats:
@@ -81,7 +82,8 @@ def test_master_killed_while_it_drains(box: Sandbox) -> None:
         box.run(1, "kill", "-KILL", master_pid(box, 1, 1))
         answer, _ = in_flight.communicate(timeout=30)
         code, _, err = run.finish()
-    assert "slept 4000ms" in answer, "the request in flight outlived its master"
+    slept = re.search(r"slept (\d+)ms", answer)
+    assert slept and int(slept.group(1)) >= 4000, f"cut short: {answer!r}"
     assert code == 0, err
     assert_no_failures(stats)
     assert healthy(box)
@@ -113,7 +115,7 @@ def test_a_crashed_replica_is_restarted_by_systemd_on_the_current_release(box: S
             assert time.monotonic() - crashed < 30, "the replica never came back"
             time.sleep(0.05)
         recovered = time.monotonic() - crashed
-        while not healthy(box):
+        while not all(r["ok"] for r in box.status("--host", "h3")):
             assert time.monotonic() - crashed < 30, box.status("--host", "h3")
             time.sleep(0.2)
     print(f"crash recovery: a new master answers {recovered:.2f}s after kill -9")
