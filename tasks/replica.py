@@ -91,6 +91,7 @@ class Activity:
     busy: int
     status: fpm.FpmStatus | None
     connections: int
+    out: bool = True
 
     @property
     def fpm_idle(self) -> bool:
@@ -110,11 +111,11 @@ def idle_probe(ex: Executor, r: Replica) -> Activity:
     ])
     out = shell.split_sections(ex.run(cmd, f"idle probe {r.name}", check=False).stdout)
     bal = balancer.parse_xml(out.get("bm", ""))[r.pool.balancer]
-    busy = balancer.member_of(bal, r.host, r.pool, r.n).busy
+    member = balancer.member_of(bal, r.host, r.pool, r.n)
     resp = fpm.parse_fcgi(out.get("fpm", ""))
     status = fpm.parse_status(resp.body) if resp.status == 200 else None
     conns = out.get("conns", "").strip()
-    return Activity(busy, status, int(conns) if conns.isdigit() else 0)
+    return Activity(member.busy, status, int(conns) if conns.isdigit() else 0, member.out)
 
 
 STALE_BUSY_GRACE = 1.0
@@ -132,6 +133,15 @@ def wait_idle(ex: Executor, r: Replica, timeout: float) -> tuple[float, str]:
     quiet, idle_since, accepted = 0, None, None
     while True:
         act = idle_probe(ex, r)
+        if not act.out:
+            # Apache lost the drain flag meanwhile (a restart or graceful that did not keep
+            # it): new requests reach the replica again, so it would never become idle
+            if time.monotonic() - started > timeout:
+                raise RolloutError(f"{r.host.name}: {r.name}: the balancer keeps losing its "
+                                   "drain flag")
+            balancer.drain(ex, r.host, r.pool, r.n)
+            quiet, idle_since = 0, None
+            continue
         now = time.monotonic()
         status = act.status
         same_conns = status is None or accepted is None or status.accepted == accepted
