@@ -28,7 +28,9 @@ SELECT_HELP = {
 
 @task(help={"host": SELECT_HELP["host"]})
 def setup(c: Context, host: str | None = None) -> None:
-    """Provision hosts idempotently: directories, replica configs, the Apache site."""
+    """Provision hosts idempotently: directories owned by the inventory's user, its sudoers
+    file, balancer-manager's credential, replica configs and services, the Apache site.
+    Needs full root: logs in as setup_user (default: user)."""
     with boundary(c, command_line()) as s:
         sel = rollout.select(s.fleet, host)
         reports: dict[str, provision.SetupReport] = {}
@@ -36,7 +38,8 @@ def setup(c: Context, host: str | None = None) -> None:
         def work(ex: Executor, h: Host, result: HostResult) -> None:
             reports[h.name] = provision.setup_host(ex, s.fleet, h)
 
-        results = Runner(output.PlainObserver(), stop_on_failure=False).run(sel.hosts, work)
+        results = Runner(output.PlainObserver(), stop_on_failure=False,
+                         connector=provision.setup_connector).run(sel.hosts, work)
         rows = []
         for r in results:
             rep = reports.get(r.host)
