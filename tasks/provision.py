@@ -112,9 +112,11 @@ def hand_over(layout: Layout, user: str) -> str:
 
 
 def join_groups(user: str, groups: list[str]) -> str:
-    """Put the deploy user in the pools' PHP groups, print each group joined. It runs the
-    code those workers run anyway; as a member it can make a shared item writable for them
-    in a hook (`chgrp www-data storage/ && chmod g+ws storage/`) without root."""
+    """Put the deploy user in Apache's group and the pools' PHP groups, print each group
+    joined. Apache's group reaches the replica sockets (0660), which the deploy user probes
+    without root; it runs the code the PHP workers run anyway, and as a member of their
+    group it can make a shared item writable for them in a hook (`chgrp www-data storage/
+    && chmod g+ws storage/`) without root."""
     return (f"for g in {shell.join(groups)}; do id -nG -- {q(user)} | tr ' ' '\\n' | "
             f"grep -qx -- \"$g\" || {{ usermod -a -G \"$g\" -- {q(user)} && "
             "printf '%s\\n' \"$g\"; }; done")
@@ -172,8 +174,8 @@ def setup_host(login: Executor, fleet: Fleet, host: Host) -> SetupReport:
                                   f"{pool.name} to {host.user}")
     report.changes += _setup_sudoers(ex, fleet, host)
     if host.user != "root":
-        groups = sorted({pool.group for pool in fleet.pools})
-        joined = ex.run(join_groups(host.user, groups), f"add {host.user} to PHP groups")
+        groups = sorted({host.apache.group, *(pool.group for pool in fleet.pools)})
+        joined = ex.run(join_groups(host.user, groups), f"add {host.user} to groups")
         report.changes += [f"added {host.user} to group {g}" for g in joined.stdout.split()]
     made = ex.run(manager_credential(host.user, host.apache.group),
                   "balancer-manager credential")

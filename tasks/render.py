@@ -94,7 +94,7 @@ def fpm_files(host: Host, pool: Pool) -> list[RenderedFile]:
     layout = Layout.of(host, pool)
     template = _env().get_template("fpm-replica.conf.j2")
     return [RenderedFile(layout.fpm_conf(n), template.render(pool=pool, layout=layout, n=n,
-                                                              apache=host.apache, host=host))
+                                                              apache=host.apache))
             for n in pool.replica_numbers]
 
 

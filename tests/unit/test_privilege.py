@@ -240,3 +240,17 @@ def test_no_remote_command_writes_a_fixed_path_in_tmp(deploy_fleet):
                  shell.install_checked([PurePosixPath("/etc/x")], shell.apache_site_test(False)),
                  shell.probe_replicas(layout, [1, 2])]
     assert not [c for c in commands if re.search(r"/tmp/|/var/tmp/", c)]
+
+
+def test_setup_installs_the_sudoers_file_and_puts_the_user_in_apaches_and_phps_groups(
+        inventory_data):
+    inventory_data["defaults"].update(user="deploy", setup_user="root",
+                                      apache={"group": "web"})
+    fleet = inventory.parse(inventory_data)
+    host = fleet.hosts[0]
+    ex = Login(provision.setup_login(host), "0\n")
+    report = provision.setup_host(ex, fleet, host)
+    assert provision.join_groups("deploy", ["web", "www-data"]) in ex.commands
+    assert shell.install_sudoers("/etc/sudoers.d/fpm-fleet") in ex.commands
+    assert "wrote /etc/sudoers.d/fpm-fleet" in report.changes
+    assert all("sudo -n" not in c for c in ex.commands), "a root login needs no sudo"

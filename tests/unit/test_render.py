@@ -304,18 +304,15 @@ def test_fpm_config_has_pid_listen_status_listener_and_ping(fleet):
     assert values["ping.response"] == "pong"
     assert values["chdir"] == '"/srv/fpm-fleet/www/current"'
     assert "daemonize" not in values  # systemd runs the master in the foreground
-    assert values["listen.owner"] == fleet.host("sys").user
-    assert values["listen.group"] == "www-data"
+    assert values["listen.owner"] == values["listen.group"] == "www-data"
     assert values["user"] == values["group"] == "www-data"
 
 
-def test_fpm_socket_belongs_to_the_deploy_user_and_apaches_group(inventory_data, build_fleet):
-    """The deploy user probes replicas without root; Apache reaches them by its group."""
-    inventory_data["defaults"].update(user="deploy", apache={"user": "apache", "group": "web"})
+def test_fpm_listen_owner_follows_the_hosts_apache_user(inventory_data, build_fleet):
+    inventory_data["defaults"]["apache"].update(user="apache", group="web")
     fleet = build_fleet(inventory_data)
     values = ini(render.fpm_files(fleet.hosts[0], fleet.pools[0])[0].text)
-    assert (values["listen.owner"], values["listen.group"], values["listen.mode"]) == (
-        "deploy", "web", "0660")
+    assert (values["listen.owner"], values["listen.group"]) == ("apache", "web")
 
 
 def test_fpm_ini_values_are_quoted(inventory_data, build_fleet):
