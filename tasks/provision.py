@@ -99,16 +99,19 @@ def hand_over(layout: Layout, user: str) -> str:
 
     The pool directory stays root's, group-writable for the user's group and sticky: the
     user creates and replaces its own entries there (current.release), but cannot rename or
-    remove root's conf/ and run/.
+    remove root's conf/ and run/. shared/ itself only: what the PHP workers wrote in it
+    stays theirs.
     """
     mode = "755" if user == "root" else "1775"
     pool, link, who = q(layout.dir), q(layout.current_release), q(user)
+    whole = [d for d in layout.deploy_owned() if d != layout.shared]
+    mismatch = (f"\\( ! -user {who} -o ! -group \"$g\" \\) "
+                f"-exec chown -h {who}:\"$g\" -- {{}} + -print")
     return (f"g=$(id -gn -- {who}) || {{ echo {q(f'no user {user} on this host')} >&2; "
             f"exit 1; }}; [ \"$(stat -c %U:%G:%a -- {pool})\" = \"root:$g:{mode}\" ] || "
             f"{{ chown root:\"$g\" -- {pool} && chmod {mode} -- {pool} && echo {pool}; }}; "
-            f"set -- {shell.join(layout.deploy_owned())}; [ -L {link} ] && set -- \"$@\" {link}; "
-            f"find \"$@\" \\( ! -user {who} -o ! -group \"$g\" \\) "
-            f"-exec chown -h {who}:\"$g\" -- {{}} + -print")
+            f"set -- {shell.join(whole)}; [ -L {link} ] && set -- \"$@\" {link}; "
+            f"find \"$@\" {mismatch}; find {q(layout.shared)} -maxdepth 0 {mismatch}")
 
 
 def join_groups(user: str, groups: list[str]) -> str:
