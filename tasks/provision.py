@@ -175,7 +175,6 @@ def setup_host(login: Executor, fleet: Fleet, host: Host) -> SetupReport:
         if any(given):
             report.changes.append(f"gave {len([g for g in given if g])} paths of "
                                   f"{pool.name} to {host.user}")
-    report.changes += _setup_sudoers(ex, fleet, host)
     if host.user != "root":
         groups = sorted({host.apache.group, *(pool.group for pool in fleet.pools)})
         joined = ex.run(join_groups(host.user, groups), f"add {host.user} to groups")
@@ -191,6 +190,8 @@ def setup_host(login: Executor, fleet: Fleet, host: Host) -> SetupReport:
             report.changes.append(f"wrote {f.path}")
     report.changes += _setup_services(ex, fleet, host)
     report.changes += _setup_apache(ex, fleet, host)
+    # Last: it may replace a broader rule of the same name that this very run relies on.
+    report.changes += _setup_sudoers(ex, fleet, host)
     return report
 
 
