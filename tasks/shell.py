@@ -206,7 +206,10 @@ def tcp_listening(port: int) -> str:
 
 
 def apache_modules_loaded() -> str:
-    return "apache2ctl -M 2>/dev/null"
+    """The LoadModule lines of Debian's enabled modules (what Apache loads at its next
+    start or graceful). Not `apache2ctl -M`: as the deploy user it cannot create its
+    runtime directory under /run/apache2 and lists nothing."""
+    return "cat /etc/apache2/mods-enabled/*.load 2>/dev/null"
 
 
 def has_systemd() -> str:
@@ -346,4 +349,6 @@ def probe_tools() -> str:
     """Preflight: which of the commands fpm-fleet relies on are present on the host."""
     tools = ("systemctl", "cgi-fcgi", "curl", "awk", "ps", "tar", "sha256sum", "flock",
              "apache2")
-    return "; ".join(f"printf '%s\\t%s\\n' {t} \"$(command -v {t} || echo -)\"" for t in tools)
+    # sbin is not on a non-root user's PATH on Debian (apache2 lives in /usr/sbin)
+    return "PATH=\"$PATH:/usr/local/sbin:/usr/sbin:/sbin\"; " + "; ".join(
+        f"printf '%s\\t%s\\n' {t} \"$(command -v {t} || echo -)\"" for t in tools)

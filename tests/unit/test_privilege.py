@@ -257,3 +257,17 @@ def test_setup_installs_the_sudoers_file_and_puts_the_user_in_apaches_and_phps_g
     assert shell.install_sudoers("/etc/sudoers.d/fpm-fleet") in ex.commands
     assert "wrote /etc/sudoers.d/fpm-fleet" in report.changes
     assert all("sudo -n" not in c for c in ex.commands), "a root login needs no sudo"
+
+
+# --- fab check as the deploy user ---------------------------------------------------------------
+
+@pytest.mark.skipif(not Path("/usr/sbin/apache2").exists(), reason="no /usr/sbin/apache2 here")
+def test_check_finds_tools_in_sbin_although_a_deploy_users_path_lacks_it():
+    proc = subprocess.run(["sh", "-c", shell.probe_tools()], capture_output=True, text=True,
+                          check=True, env={"PATH": "/usr/bin:/bin"})
+    assert "apache2\t/usr/sbin/apache2" in proc.stdout.splitlines()
+
+
+def test_check_reads_the_enabled_modules_not_apache2ctl_which_needs_root():
+    assert "apache2ctl" not in shell.apache_modules_loaded()
+    assert "/etc/apache2/mods-enabled/" in shell.apache_modules_loaded()
