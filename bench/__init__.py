@@ -2,8 +2,9 @@
 
 One command that brings up the local test fleet (the sandbox: Debian 12 hosts booted with
 systemd, systemd-nspawn containers on 198.18.0.0/24, each with Debian's sshd and Apache and
-PHP-FPM replicas as systemd services, driven over SSH as the sudo user `deploy`), measures,
-tears the fleet down again, prints tables and writes JSON to bench/results/:
+PHP-FPM replicas as systemd services, driven over SSH as the user `deploy`, whose sudo allows
+only fpm-fleet's sudoers lines), measures, tears the fleet down again, prints tables and
+writes JSON to bench/results/:
 
 1. zero downtime: requests failed under constant load during a rolling `fab restart`,
    versus a plain `kill -USR2` reload (process_control_timeout 0 and 10s), versus nothing;

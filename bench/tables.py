@@ -137,7 +137,7 @@ def upload(u: UploadBench) -> Table:
             f"differs in {u.changed_files} files (the demo files carry the release name). "
             f"Local manifest scan (sha256 of every file): {u.scan_s:.2f} s per build, not "
             "included above. fpm-fleet packs with gzip level 3 in Python; tar uses gzip -6. Both "
-            "log in as the inventory's user (deploy) and unpack as root through sudo.")
+            "log in as the inventory's user (deploy) and unpack as that user (no sudo).")
     return Table(f"Upload to one host ({u.host})", ["method", "files sent", "bytes sent",
                                                    "time s", "detail"], rows, note)
 

@@ -1,11 +1,11 @@
 """Upload cost: fpm-fleet's verified delta upload (tasks.release.upload) of a large release,
-first deploy and one-file-changed deploy, against a plain `tar -czf - | ssh sudo tar -xzf -`.
+first deploy and one-file-changed deploy, against a plain `tar -czf - | ssh tar -xzf -`.
 
 The releases are the demo app plus N ~10 KB filler files (tasks.demo.build, the same as
 `fab sandbox.build --files N`); the second build differs only where the demo files carry the
 release name. Uploads go to the first sandbox host, under the deploy lock, and are removed
 afterwards; nothing is activated. Both log in as the inventory's user (`deploy` on the
-local fleet) and write as root through sudo, into the same filesystem of the host.
+local fleet) and write as that user (no sudo), into the same filesystem of the host.
 """
 
 from __future__ import annotations
@@ -21,9 +21,10 @@ from typing import IO
 
 from tasks import demo, manifest, release, remote
 from tasks.inventory import Fleet, Host, Pool
+from tasks.layout import Layout
 from tasks.manifest import Manifest
 from tasks.remote import Executor
-from tasks.shell import as_root, q
+from tasks.shell import q
 
 from .errors import BenchError
 from .sandbox import SANDBOX
@@ -64,7 +65,8 @@ def run(fleet: Fleet, files: int, say: Callable[[str], None]) -> UploadBench:
         say("upload: fpm-fleet, first deploy and one file changed")
         bench.transfers += fpm_fleet_uploads(host, pool, sources, manifests)
         say("upload: plain tar over ssh")
-        bench.transfers.append(plain_tar(sources[0], host, PurePosixPath(host.root) / "bench-tar"))
+        dest = Layout.of(host, pool).incoming / "bench-tar"  # the deploy user's own
+        bench.transfers.append(plain_tar(sources[0], host, dest))
         return bench
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
@@ -110,32 +112,32 @@ def ssh_argv(host: Host, command: str) -> list[str]:
     return [*argv, f"{host.user}@{host.address}", command]
 
 
-def tar_extract(dest: PurePosixPath, sudo: bool) -> str:
-    """The receiving end of a plain tar deploy: as root (through sudo for a sudo user, as
-    fpm-fleet's own upload does), into a fresh directory."""
-    return as_root(f"mkdir -p {q(dest)} && tar -xzf - -C {q(dest)}", sudo)
+def tar_extract(dest: PurePosixPath) -> str:
+    """The receiving end of a plain tar deploy: as the login user (as fpm-fleet's own upload
+    does), into a fresh directory."""
+    return f"mkdir -p {q(dest)} && tar -xzf - -C {q(dest)}"
 
 
-def count_files(dest: PurePosixPath, sudo: bool) -> str:
-    return as_root(f"find {q(dest)} -type f | wc -l", sudo)
+def count_files(dest: PurePosixPath) -> str:
+    return f"find {q(dest)} -type f | wc -l"
 
 
 def plain_tar(source: Path, host: Host, dest: PurePosixPath) -> Transfer:
-    """`tar -czf - -C SRC . | ssh HOST 'sudo tar -xzf - -C DEST'`, bytes counted in between;
+    """`tar -czf - -C SRC . | ssh HOST 'tar -xzf - -C DEST'`, bytes counted in between;
     the files that landed are counted on the host."""
     count = sum(1 for p in source.rglob("*") if p.is_file())
     try:
         started = time.monotonic()
         sent = _pipe(["tar", "-czf", "-", "-C", str(source), "."],
-                     ssh_argv(host, tar_extract(dest, host.sudo)))
+                     ssh_argv(host, tar_extract(dest)))
         seconds = time.monotonic() - started
-        landed = _ssh_int(host, count_files(dest, host.sudo))
+        landed = _ssh_int(host, count_files(dest))
     finally:
-        subprocess.run(ssh_argv(host, as_root(f"rm -rf -- {q(dest)}", host.sudo)), check=False,
+        subprocess.run(ssh_argv(host, f"rm -rf -- {q(dest)}"), check=False,
                        capture_output=True, timeout=60)
     if landed != count:
         raise BenchError(f"plain tar: {landed} of {count} files arrived in {host.name}:{dest}")
-    return Transfer("plain tar -czf | ssh, sudo tar -xzf (every deploy)", count, sent,
+    return Transfer("plain tar -czf | ssh, tar -xzf (every deploy)", count, sent,
                     round(seconds, 2), "everything, every time; not verified")
 
 

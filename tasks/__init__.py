@@ -12,8 +12,9 @@ from .cli_common import DEFAULT_INVENTORY
 
 def collection() -> Collection:
     ns = Collection()
-    for t in (cli_fleet.setup, cli_fleet.check, cli_fleet.list_, cli_fleet.status,
-              cli_fleet.start, cli_fleet.stop, cli_fleet.restart, cli_fleet.stress):
+    for t in (cli_fleet.setup, cli_fleet.sudoers, cli_fleet.check, cli_fleet.list_,
+              cli_fleet.status, cli_fleet.start, cli_fleet.stop, cli_fleet.restart,
+              cli_fleet.stress):
         ns.add_task(t)
     for t in (cli_deploy.deploy_, cli_deploy.rollback, cli_deploy.releases, cli_deploy.cleanup,
               cli_deploy.unlock):

@@ -9,7 +9,7 @@ from invoke.context import Context
 from invoke.exceptions import Exit
 from invoke.tasks import task
 
-from . import output, provision, rollout
+from . import output, provision, render, rollout
 from . import status as status_mod
 from . import stress as stress_mod
 from .cli_common import boundary, command_line
@@ -28,7 +28,9 @@ SELECT_HELP = {
 
 @task(help={"host": SELECT_HELP["host"]})
 def setup(c: Context, host: str | None = None) -> None:
-    """Provision hosts idempotently: directories, replica configs, the Apache site."""
+    """Provision hosts idempotently: directories owned by the inventory's user, its sudoers
+    file, balancer-manager's credential, replica configs and services, the Apache site.
+    Needs full root: logs in as setup_user (default: user)."""
     with boundary(c, command_line()) as s:
         sel = rollout.select(s.fleet, host)
         reports: dict[str, provision.SetupReport] = {}
@@ -36,7 +38,8 @@ def setup(c: Context, host: str | None = None) -> None:
         def work(ex: Executor, h: Host, result: HostResult) -> None:
             reports[h.name] = provision.setup_host(ex, s.fleet, h)
 
-        results = Runner(output.PlainObserver(), stop_on_failure=False).run(sel.hosts, work)
+        results = Runner(output.PlainObserver(), stop_on_failure=False,
+                         connector=provision.setup_connector).run(sel.hosts, work)
         rows = []
         for r in results:
             rep = reports.get(r.host)
@@ -45,6 +48,19 @@ def setup(c: Context, host: str | None = None) -> None:
             rows.append([r.host, output.ok_text(r.ok), f"{r.seconds:.1f}s", what])
         output.show(output.table("setup", ["host", "result", "time", "changes"], rows))
         _exit_on_failure(results)
+
+
+@task(help={"host": "the host to render it for (default: the first selected)"})
+def sudoers(c: Context, host: str | None = None) -> None:
+    """Print the sudoers file `fab setup` installs for the inventory's user (to review it,
+    or to install it by hand): the replica services and Apache's configtest/graceful only."""
+    with boundary(c, command_line()) as s:
+        h = rollout.select(s.fleet, host).hosts[0]
+        rendered = render.sudoers(s.fleet, h)
+        if rendered is None:
+            output.note(f"{h.name}: the inventory logs in as root: no sudoers file is needed")
+            return
+        output.out.print(rendered.text, end="", markup=False, highlight=False, soft_wrap=True)
 
 
 @task(help={"host": SELECT_HELP["host"]})

@@ -101,7 +101,7 @@ def provision_and_deploy(fleet: inventory.Fleet, base: Path, release: str) -> No
     def setup(ex: Executor, h: Host, result: HostResult) -> None:
         provision.setup_host(ex, fleet, h)
 
-    _check(Runner(obs, parallel=4).run(fleet.hosts, setup))
+    _check(Runner(obs, parallel=4, connector=provision.setup_connector).run(fleet.hosts, setup))
     pool = fleet.pools[0]
     source = demo_app.build(Path(pool.source), release)
     plan = Plan(release=release, command="sandbox.up", timeout=30, source=source,

@@ -239,8 +239,8 @@ def _activation_commands(host: Host, pool: Pool, plan: Plan) -> Commands:
         member = f"unix:{layout.sock(n)}|{pool.member(n)}"
         cmds += [(f"drain {pool.name}-{n}",
                   shell.balancer_set(url, pool.balancer, member, "<nonce>", {"N": 1})),
-                 (f"stop {pool.name}-{n}", shell.fpm_stop(layout, n)),
-                 (f"start {pool.name}-{n}", shell.fpm_start(layout, n, name)),
+                 (f"stop {pool.name}-{n}", shell.fpm_stop(layout, n, host.sudo)),
+                 (f"start {pool.name}-{n}", shell.fpm_start(layout, n, name, host.sudo)),
                  (f"enable {pool.name}-{n}", shell.balancer_set(
                      url, pool.balancer, member, "<nonce>", {"D": 0, "N": 0, "S": 0}))]
     cmds.append(("unlock", release_shell.release_lock(layout, "<holder>")))

@@ -168,7 +168,8 @@ def status(ex: Executor, host: Host, pool: Pool, n: int) -> FpmStatus | None:
 def start(ex: Executor, host: Host, pool: Pool, n: int, release: str) -> None:
     layout = Layout.of(host, pool)
     try:
-        ex.run(shell.fpm_start(layout, n, release), f"start {pool.name}-{n} pinned to {release}")
+        ex.run(shell.fpm_start(layout, n, release, host.sudo),
+               f"start {pool.name}-{n} pinned to {release}")
     except RemoteError as exc:
         raise RolloutError(f"{host.name}: {pool.name}-{n} did not start: {exc}") from None
 
@@ -178,7 +179,7 @@ def stop(ex: Executor, host: Host, pool: Pool, n: int) -> str:
     (with a note when workers of a dead master were stopped too)."""
     layout = Layout.of(host, pool)
     try:
-        result = ex.run(shell.fpm_stop(layout, n), f"stop {pool.name}-{n}",
+        result = ex.run(shell.fpm_stop(layout, n, host.sudo), f"stop {pool.name}-{n}",
                         timeout=pool.stop_timeout + 30)
     except RemoteError as exc:
         raise RolloutError(f"{host.name}: {pool.name}-{n} could not be stopped: {exc}") from None
@@ -192,7 +193,8 @@ def stop(ex: Executor, host: Host, pool: Pool, n: int) -> str:
 
 def disable(ex: Executor, host: Host, pool: Pool, n: int) -> None:
     """A replica stopped by the operator stays stopped at the next boot."""
-    ex.run(shell.fpm_disable(Layout.of(host, pool), n), f"disable {pool.name}-{n} at boot")
+    ex.run(shell.fpm_disable(Layout.of(host, pool), n, host.sudo),
+           f"disable {pool.name}-{n} at boot")
 
 
 def current_release(ex: Executor, host: Host, pool: Pool) -> str | None:

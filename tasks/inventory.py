@@ -105,6 +105,9 @@ class Host:
     trust_new_host_keys: bool
     keep_releases: int
     apache: Apache
+    # Who `fab setup` logs in as: it needs full root (root, or sudo for everything), and
+    # provisions the host for `user`, which needs only fpm-fleet's sudoers lines afterwards.
+    setup_user: str = "root"
 
     def pool_dir(self, pool: Pool) -> PurePosixPath:
         """`<root>/<pool>` on this host (an absolute pool root wins)."""
@@ -320,6 +323,7 @@ def _host_settings(reader: _Reader, base: Mapping[str, Any]) -> dict[str, Any]:
     out = dict(base)
     out["port"] = reader.get("port", int, base["port"])
     out["user"] = reader.get("user", str, base["user"])
+    out["setup_user"] = reader.optional("setup_user", str) or base.get("setup_user")
     out["sudo"] = reader.optional("sudo", bool)
     if out["sudo"] is None:
         out["sudo"] = base.get("sudo")
@@ -338,6 +342,7 @@ def _host_settings(reader: _Reader, base: Mapping[str, Any]) -> dict[str, Any]:
     reader.check("command_timeout", lambda v: v > 0, "must be > 0")
     reader.check("keep_releases", lambda v: v >= 2, "must be >= 2 (current and previous)")
     reader.check("user", lambda v: bool(ACCOUNT.fullmatch(v)), "must be a user name")
+    reader.check("setup_user", lambda v: bool(ACCOUNT.fullmatch(v)), "must be a user name")
     return out
 
 
@@ -385,7 +390,8 @@ def _host(path: str, index: int, table: Any, base: Mapping[str, Any], apache: Ap
                 connect_timeout=settings["connect_timeout"],
                 command_timeout=settings["command_timeout"],
                 trust_new_host_keys=settings["trust_new_host_keys"],
-                keep_releases=settings["keep_releases"], apache=host_apache)
+                keep_releases=settings["keep_releases"], apache=host_apache,
+                setup_user=settings["setup_user"] or settings["user"])
 
 
 def _check_web_paths(r: _Reader) -> None:

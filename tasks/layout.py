@@ -98,8 +98,22 @@ class Layout:
         return (self.dir, self.releases, self.current, self.shared, self.run, self.log,
                 self.conf, self.state, self.incoming)
 
+    def deploy_owned(self) -> tuple[PurePosixPath, ...]:
+        """What the deploy user writes (uploads, hooks, state). The rest stays root's: conf/
+        (a deploy user who could write an FPM config could run PHP as root) and run/ (the
+        root FPM master writes its pid file there, and would follow a planted symlink)."""
+        return (self.releases, self.shared, self.state, self.incoming)
+
 
 APACHE_SITE = PurePosixPath("/etc/apache2/sites-available/fpm-fleet.conf")
+# balancer-manager's credential, made by `fab setup` on the host (the password never leaves
+# it): the client's netrc, readable only by root and the deploy user, and Apache's htpasswd
+# (a bcrypt hash of it, readable by Apache's user).
+MANAGER_NETRC = PurePosixPath("/etc/fpm-fleet/balancer-manager.netrc")
+MANAGER_HTPASSWD = PurePosixPath("/etc/fpm-fleet/balancer-manager.htpasswd")
+MANAGER_LOGIN = "fpm-fleet"
+# What the deploy user may run as root (rendered from etc/sudoers.d/fpm-fleet).
+SUDOERS = PurePosixPath("/etc/sudoers.d/fpm-fleet")
 # The ExecStop of every replica service (one copy per host, shared by the pools).
 STOP_SCRIPT = PurePosixPath("/usr/local/lib/fpm-fleet/replica-stop")
 

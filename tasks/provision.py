@@ -2,18 +2,29 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
+from typing import IO
 
 from . import balancer, shell
 from .errors import FleetError, RemoteError, RemoteResult
 from .inventory import Fleet, Host, Pool
-from .layout import STOP_SCRIPT, Layout
+from .layout import MANAGER_HTPASSWD, MANAGER_LOGIN, MANAGER_NETRC, STOP_SCRIPT, Layout
 from .manifest import parse_checksums
-from .remote import Executor
-from .render import RenderedFile, apache_files, fpm_files, stop_script, unit_file
+from .remote import Executor, SSHExecutor, connect
+from .render import (
+    RenderedFile,
+    apache_files,
+    fpm_files,
+    stop_script,
+    sudo_commands,
+    sudoers,
+    unit_file,
+)
+from .shell import q
 
 
 @dataclass
@@ -24,6 +35,50 @@ class SetupReport:
     @property
     def changed(self) -> bool:
         return bool(self.changes)
+
+
+def setup_login(host: Host) -> Host:
+    """The host as `fab setup` reaches it: logged in as setup_user (root, or a user with sudo
+    for everything), while `host.user` stays the account the host is set up for."""
+    return dataclasses.replace(host, user=host.setup_user, sudo=host.setup_user != "root")
+
+
+def setup_connector(host: Host) -> Executor:
+    """Runner's connector for `fab setup`: the SSH session of setup_user."""
+    login = setup_login(host)
+    return SSHExecutor(login, connect(login))
+
+
+class AsRoot:
+    """An Executor that runs every command as root: `fab setup` writes /etc and systemd
+    units, so it needs full root; no other task does."""
+
+    def __init__(self, inner: Executor) -> None:
+        self.inner = inner
+        self.host = inner.host
+
+    def run(self, command: str, what: str, *, check: bool = True,
+            timeout: float | None = None) -> RemoteResult:
+        return self.inner.run(shell.as_root(command, self.host.sudo), what, check=check,
+                              timeout=timeout)
+
+    def stream(self, command: str, what: str, source: IO[bytes], *,
+               timeout: float | None = None) -> tuple[RemoteResult, int]:
+        return self.inner.stream(shell.as_root(command, self.host.sudo), what, source,
+                                 timeout=timeout)
+
+
+def require_root(ex: Executor, host: Host) -> None:
+    """Fail first, and say how to fix it, when the setup login cannot become root."""
+    result = ex.run("id -u", "check for root", check=False)
+    if result.stdout.strip() == "0":
+        return
+    login = ex.host.user
+    why = (result.stderr.strip().splitlines() or ["not root"])[-1][:120]
+    raise FleetError(f"{host.name}: fab setup needs full root, and {login} cannot become root "
+                     f"({why}); set setup_user = \"root\" in the inventory (or a user with "
+                     f"sudo for every command): after setup, {host.user} needs only the "
+                     "commands of /etc/sudoers.d/fpm-fleet")
 
 
 def directories(fleet: Fleet, host: Host) -> list[PurePosixPath]:
@@ -37,6 +92,54 @@ def create_missing_dirs(paths: list[PurePosixPath]) -> str:
     """Create what is missing and print each directory created (so a rerun prints nothing)."""
     return (f"for d in {shell.join(paths)}; do [ -d \"$d\" ] || "
             f"{{ mkdir -p -- \"$d\" && chmod 0755 -- \"$d\" && printf '%s\\n' \"$d\"; }}; done")
+
+
+def hand_over(layout: Layout, user: str) -> str:
+    """Give the deploy user what it writes, print every path changed (a rerun prints nothing).
+
+    The pool directory stays root's, group-writable for the user's group and sticky: the
+    user creates and replaces its own entries there (current.release), but cannot rename or
+    remove root's conf/ and run/. shared/ itself only: what the PHP workers wrote in it
+    stays theirs.
+    """
+    mode = "755" if user == "root" else "1775"
+    pool, link, who = q(layout.dir), q(layout.current_release), q(user)
+    whole = [d for d in layout.deploy_owned() if d != layout.shared]
+    mismatch = (f"\\( ! -user {who} -o ! -group \"$g\" \\) "
+                f"-exec chown -h {who}:\"$g\" -- {{}} + -print")
+    return (f"g=$(id -gn -- {who}) || {{ echo {q(f'no user {user} on this host')} >&2; "
+            f"exit 1; }}; [ \"$(stat -c %U:%G:%a -- {pool})\" = \"root:$g:{mode}\" ] || "
+            f"{{ chown root:\"$g\" -- {pool} && chmod {mode} -- {pool} && echo {pool}; }}; "
+            f"set -- {shell.join(whole)}; [ -L {link} ] && set -- \"$@\" {link}; "
+            f"find \"$@\" {mismatch}; find {q(layout.shared)} -maxdepth 0 {mismatch}")
+
+
+def join_groups(user: str, groups: list[str]) -> str:
+    """Put the deploy user in Apache's group and the pools' PHP groups, print each group
+    joined. Apache's group reaches the replica sockets (0660), which the deploy user probes
+    without root; it runs the code the PHP workers run anyway, and as a member of their
+    group it can make a shared item writable for them in a hook (`chgrp www-data storage/
+    && chmod g+ws storage/`) without root."""
+    return (f"for g in {shell.join(groups)}; do id -nG -- {q(user)} | tr ' ' '\\n' | "
+            f"grep -qx -- \"$g\" || {{ usermod -a -G \"$g\" -- {q(user)} && "
+            "printf '%s\\n' \"$g\"; }; done")
+
+
+def manager_credential(user: str, apache_group: str) -> str:
+    """balancer-manager's credential: a random password made on the host (it never leaves
+    it, and never appears on a command line), kept in a netrc readable by root and the
+    deploy user's group only, and Apache's bcrypt hash of it. Prints what it wrote."""
+    netrc, htpasswd = q(MANAGER_NETRC), q(MANAGER_HTPASSWD)
+    password = f"awk '$1 == \"default\" {{print $5}}' {netrc}"
+    return (f"g=$(id -gn -- {q(user)}) || exit 1; mkdir -p -m 0755 -- {q(MANAGER_NETRC.parent)}"
+            f" && if [ ! -s {netrc} ]; then (umask 077; p=$(tr -dc A-Za-z0-9 < /dev/urandom "
+            f"| head -c 40); printf 'default login %s password %s\\n' {MANAGER_LOGIN} \"$p\" "
+            f"> {netrc}.tmp) && mv -f -- {netrc}.tmp {netrc} && echo {netrc}; fi && "
+            f"chown root:\"$g\" -- {netrc} && chmod 0640 -- {netrc} && "
+            f"if ! {password} | htpasswd -v -i {htpasswd} {MANAGER_LOGIN} >/dev/null 2>&1; then "
+            f"{password} | htpasswd -c -i -B {htpasswd}.tmp {MANAGER_LOGIN} >/dev/null && "
+            f"chown root:{q(apache_group)} -- {htpasswd}.tmp && chmod 0640 -- {htpasswd}.tmp && "
+            f"mv -f -- {htpasswd}.tmp {htpasswd} && echo {htpasswd}; fi")
 
 
 def changed_files(ex: Executor, files: list[RenderedFile]) -> list[RenderedFile]:
@@ -55,14 +158,30 @@ NO_SYSTEMD = ("this host was not booted with systemd: fpm-fleet runs every repli
               "systemd hosts")
 
 
-def setup_host(ex: Executor, fleet: Fleet, host: Host) -> SetupReport:
-    """Directories, replica configs and services, the Apache site; each reloaded only on
-    change, so a second run changes nothing."""
+def setup_host(login: Executor, fleet: Fleet, host: Host) -> SetupReport:
+    """Directories (the deploy user's own), the sudoers file, balancer-manager's credential,
+    replica configs and services, the Apache site; each reloaded only on change, so a second
+    run changes nothing. `login` is connected as setup_user; everything runs as root."""
+    ex = AsRoot(login)
+    require_root(ex, host)
     if not ex.run(shell.has_systemd(), "check for systemd", check=False).ok:
         raise FleetError(f"{host.name}: {NO_SYSTEMD}")
     report = SetupReport(host.name)
     created = ex.run(create_missing_dirs(directories(fleet, host)), "create directories")
     report.changes += [f"created {d}" for d in created.stdout.split("\n") if d]
+    for pool in fleet.pools:
+        given = ex.run(hand_over(Layout.of(host, pool), host.user), f"give {pool.name} to "
+                       f"{host.user}").stdout.split("\n")
+        if any(given):
+            report.changes.append(f"gave {len([g for g in given if g])} paths of "
+                                  f"{pool.name} to {host.user}")
+    if host.user != "root":
+        groups = sorted({host.apache.group, *(pool.group for pool in fleet.pools)})
+        joined = ex.run(join_groups(host.user, groups), f"add {host.user} to groups")
+        report.changes += [f"added {host.user} to group {g}" for g in joined.stdout.split()]
+    made = ex.run(manager_credential(host.user, host.apache.group),
+                  "balancer-manager credential")
+    report.changes += [f"wrote {f}" for f in made.stdout.split("\n") if f]
     for pool in fleet.pools:
         for f in changed_files(ex, fpm_files(host, pool)):
             upload_text(ex, f"{f.path}{shell.STAGED}", f.text)
@@ -71,7 +190,23 @@ def setup_host(ex: Executor, fleet: Fleet, host: Host) -> SetupReport:
             report.changes.append(f"wrote {f.path}")
     report.changes += _setup_services(ex, fleet, host)
     report.changes += _setup_apache(ex, fleet, host)
+    # Last: it may replace a broader rule of the same name that this very run relies on.
+    report.changes += _setup_sudoers(ex, fleet, host)
     return report
+
+
+def _setup_sudoers(ex: Executor, fleet: Fleet, host: Host) -> list[str]:
+    """What the deploy user may run as root; checked by visudo before it is installed."""
+    rendered = sudoers(fleet, host)
+    if rendered is None or not changed_files(ex, [rendered]):
+        return []
+    upload_text(ex, f"{rendered.path}{shell.STAGED}", rendered.text, rendered.mode)
+    try:
+        ex.run(shell.install_sudoers(rendered.path), f"install {rendered.path}")
+    except RemoteError as exc:
+        raise FleetError(f"{host.name}: the sudoers file fails visudo -cf and was not "
+                         f"installed: {exc.result.stderr.strip()}") from None
+    return [f"wrote {rendered.path}"]
 
 
 def _setup_services(ex: Executor, fleet: Fleet, host: Host) -> list[str]:
@@ -96,7 +231,8 @@ def _setup_apache(ex: Executor, fleet: Fleet, host: Host) -> list[str]:
     if changed:
         for f in changed:
             upload_text(ex, f"{f.path}{shell.STAGED}", f.text)
-        test = f"{shell.apache_enable_site()} && {shell.apache_test()}"
+        enabled = ex.run(shell.apache_site_enabled(), "is the site enabled", check=False).ok
+        test = shell.apache_site_test(enabled)
         try:
             ex.run(shell.install_checked([f.path for f in changed], test),
                    "install Apache config")
@@ -132,17 +268,39 @@ def check_host(ex: Executor, fleet: Fleet, host: Host) -> list[Check]:
     checks = [Check(host.name, "ssh", True, f"{host.user}@{host.address}:{host.port}")]
     systemd = ex.run(shell.has_systemd(), "check for systemd", check=False).ok
     checks.append(Check(host.name, "systemd", systemd, "PID 1" if systemd else NO_SYSTEMD))
-    uid = ex.run("id -u", "check root", check=False)
-    how = "sudo" if host.sudo else "root login"
-    checks.append(Check(host.name, "root", uid.stdout.strip() == "0",
-                        f"via {how}" if uid.stdout.strip() == "0"
-                        else f"not root via {how}: {uid.stderr.strip()[:80]}"))
+    checks.append(_check_sudo(ex, fleet, host))
     tools = ex.run(shell.probe_tools(), "probe tools", check=False)
     for line in tools.stdout.splitlines():
         name, _, where = line.partition("\t")
         checks.append(Check(host.name, name, where != "-", where if where != "-" else "missing"))
     checks += _check_apache(ex, fleet, host)
     return checks
+
+
+def _check_sudo(ex: Executor, fleet: Fleet, host: Host) -> Check:
+    """A deploy user needs sudo for exactly the commands of /etc/sudoers.d/fpm-fleet."""
+    if not host.sudo:
+        return Check(host.name, "root", True, "via root login")
+    argvs = [tuple(c.split()) for c in sudo_commands(fleet, host)]
+    denied = ex.run(shell.sudo_denied(argvs), "check sudo", check=False).stdout.split("\n")
+    denied = [d for d in denied if d]
+    if denied:
+        return Check(host.name, "root", False,
+                     f"{host.user} may not run via sudo: {denied[0]}"
+                     + (f" (and {len(denied) - 1} more)" if len(denied) > 1 else "")
+                     + "; run fab setup")
+    return Check(host.name, "root", True, f"via sudo: the {len(argvs)} commands of "
+                 "/etc/sudoers.d/fpm-fleet")
+
+
+def _check_owner(ex: Executor, host: Host, pool: Pool) -> Check:
+    """Uploads, hooks and state files run as the login user, in directories it owns."""
+    layout = Layout.of(host, pool)
+    out = ex.run(shell.not_writable(layout.deploy_owned()), "check writable dirs", check=False)
+    missing = [d for d in out.stdout.split("\n") if d]
+    detail = (f"{host.user} may write releases/, shared/, state/, incoming/" if not missing
+              else f"{host.user} may not write {', '.join(missing)}; run fab setup")
+    return Check(host.name, f"{pool.name}: owner", out.ok and not missing, detail)
 
 
 def _check_apache(ex: Executor, fleet: Fleet, host: Host) -> list[Check]:
@@ -154,6 +312,7 @@ def _check_apache(ex: Executor, fleet: Fleet, host: Host) -> list[Check]:
     for pool in fleet.pools:
         fpm = ex.run(f"test -x {shell.q(pool.php_fpm)}", "check php-fpm", check=False)
         checks.append(Check(host.name, f"{pool.name}: php-fpm", fpm.ok, pool.php_fpm))
+        checks.append(_check_owner(ex, host, pool))
         checks.append(_check_members(ex, host, pool))
         checks.append(_check_vhost(ex, host, pool))
     return checks

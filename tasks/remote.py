@@ -2,8 +2,11 @@
 
 Host keys: unknown keys are refused (paramiko RejectPolicy) unless the inventory opts in
 with `trust_new_host_keys = true`; Fabric alone would add them silently.
-Every command goes through `Executor.run`, which applies sudo, logs the command and its
-output to the log file (never to the terminal), and raises RemoteError on failure.
+Every command goes through `Executor.run`, which logs the command and its output to the log
+file (never to the terminal) and raises RemoteError on failure. Commands run as the login
+user: uploads, hooks, activation and state files never run as root. The few root commands a
+deploy needs (a replica's service) carry their own `sudo -n` (shell.privileged), and `fab
+setup`, which needs full root, wraps its commands with `as_root` (provision.AsRoot).
 """
 
 from __future__ import annotations
@@ -23,7 +26,6 @@ from paramiko.ssh_exception import NoValidConnectionsError
 
 from .errors import ConfigError, ConnectError, RemoteError, RemoteResult
 from .inventory import Host
-from .shell import as_root
 
 log = logging.getLogger("fpm_fleet.remote")
 # paramiko logs a failed handshake with a traceback from its own thread; without a handler,
@@ -198,7 +200,6 @@ class SSHExecutor:
         transport = self.conn.client.get_transport()
         if transport is None or not transport.is_active():
             raise ConnectError(f"{self.host.name}: connection lost before {what}")
-        full = as_root(command, self.host.sudo)
         limit = timeout or self.host.command_timeout
         started = time.monotonic()
         sent = 0
@@ -206,7 +207,7 @@ class SSHExecutor:
             chan = transport.open_session(timeout=self.host.connect_timeout)
             try:
                 chan.settimeout(limit)
-                chan.exec_command(full)
+                chan.exec_command(command)
                 if source is not None:
                     sent = _pump(chan, source)
                 chan.shutdown_write()

@@ -8,9 +8,10 @@ from pathlib import PurePosixPath
 
 import jinja2
 
+from . import shell
 from .inventory import Fleet, Host, Pool
-from .layout import STOP_SCRIPT, ApacheLayout, Layout
-from .resources import TEMPLATES
+from .layout import MANAGER_HTPASSWD, MANAGER_LOGIN, STOP_SCRIPT, SUDOERS, ApacheLayout, Layout
+from .resources import SUDOERS_TEMPLATE, TEMPLATES
 
 
 @dataclass(frozen=True)
@@ -84,7 +85,8 @@ def apache_files(fleet: Fleet, host: Host) -> list[RenderedFile]:
     apache = ApacheLayout.of(host)
     sites = [Site(pool, Layout.of(host, pool)) for pool in fleet.pools]
     site = _env().get_template("apache-site.conf.j2").render(
-        host=host, sites=sites, listens=site_listens(host))
+        host=host, sites=sites, listens=site_listens(host), htpasswd=MANAGER_HTPASSWD,
+        manager_login=MANAGER_LOGIN)
     return [RenderedFile(apache.site, site)]
 
 
@@ -107,3 +109,29 @@ def unit_file(host: Host, pool: Pool) -> RenderedFile:
 def stop_script() -> RenderedFile:
     """What a replica service runs when it stops (see templates/replica-stop.sh)."""
     return RenderedFile(STOP_SCRIPT, (TEMPLATES / "replica-stop.sh").read_text(), "0755")
+
+
+# Characters sudoers reads as syntax inside a command line (they would need a backslash).
+SUDOERS_SPECIAL = set("\\,:=#\"'*?[]!\n")
+
+
+def sudo_commands(fleet: Fleet, host: Host) -> list[str]:
+    """Every command the deploy user runs through sudo, as the sudoers file names it."""
+    argvs = [shell.replica_command(verb, Layout.of(host, pool).unit(n))
+             for pool in fleet.pools for n in pool.replica_numbers
+             for verb in shell.REPLICA_VERBS]
+    argvs += [shell.APACHE_CONFIGTEST, shell.APACHE_GRACEFUL]
+    lines = [" ".join((shell.SUDO_PATHS[argv[0]], *argv[1:])) for argv in argvs]
+    for line in lines:
+        if SUDOERS_SPECIAL & set(line):
+            raise ValueError(f"cannot write {line!r} into a sudoers file")
+    return lines
+
+
+def sudoers(fleet: Fleet, host: Host) -> RenderedFile | None:
+    """/etc/sudoers.d/fpm-fleet for the inventory's user; None for a root login (no sudo)."""
+    if not host.sudo:
+        return None
+    text = _env().from_string(SUDOERS_TEMPLATE.read_text()).render(
+        host=host.name, user=host.user, commands=sudo_commands(fleet, host))
+    return RenderedFile(SUDOERS, text, "0440")

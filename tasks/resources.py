@@ -1,6 +1,6 @@
 """Where fpm-fleet's data files are: inside the installed package (`pip install .` copies
-templates/ and etc/demo-app/ there), or beside the package in a checkout (run from the
-source tree, or installed editable)."""
+templates/, etc/demo-app/ and etc/sudoers.d/ there), or beside the package in a checkout
+(run from the source tree, or installed editable)."""
 
 from __future__ import annotations
 
@@ -17,3 +17,4 @@ def data_dir(installed: str, checkout: str, package: Path = PACKAGE) -> Path:
 
 TEMPLATES = data_dir("templates", "templates")
 DEMO_APP = data_dir("demo_app", "etc/demo-app")
+SUDOERS_TEMPLATE = data_dir("sudoers", "etc/sudoers.d") / "fpm-fleet"

@@ -3,7 +3,8 @@
 Every host is a systemd-nspawn container on an overlay of one shared base tree
 (`sandbox_base`), in a network namespace of its own on a bridge (198.18.0.0/24), with its
 own identity (hostname, machine-id, SSH host key), Debian's own ssh.service and
-apache2.service, and a non-root deploy user with sudo. fpm-fleet drives it over SSH
+apache2.service, and a non-root deploy user whose sudo allows only fpm-fleet's own commands
+(the sudoers file `fab setup`, logged in as root, installs). fpm-fleet drives it over SSH
 exactly as a production server (`mode = "system"`). `systemctl reboot` inside a host
 reboots it: its launcher (scripts/sandbox-host) boots it again, same address, same keys.
 
@@ -213,6 +214,14 @@ def write_identity(host: SandboxHost, client_pub: str) -> None:
     for home, owner in ((host.root / "root", "root"),
                         (host.root / "home" / DEPLOY_USER, DEPLOY_USER)):
         _authorize(home, client_pub, _ids(etc, owner))
+    restrict_sudo(etc)
+
+
+def restrict_sudo(etc: Path) -> None:
+    """The base tree gives the deploy user sudo for everything (the shared tree is kept as
+    built); each host takes that away in its own layer, so that, as on a production host,
+    the deploy user has only what `fab setup` (as root) installs: fpm-fleet's sudoers file."""
+    (etc / "sudoers.d" / DEPLOY_USER).unlink(missing_ok=True)
 
 
 def _ids(etc: Path, user: str) -> tuple[int, int]:
@@ -398,6 +407,8 @@ def inventory(hosts: list[SandboxHost], base: Path, replicas: int = 2) -> str:
         "",
         "[defaults]",
         f'user = "{DEPLOY_USER}"',
+        "# fab setup needs full root; the deploy user has only fpm-fleet's sudoers lines",
+        'setup_user = "root"',
         f"known_hosts = {_toml(base / 'known_hosts')}",
         f"identity_file = {_toml(base / 'id_ed25519')}",
         "connect_timeout = 5",

@@ -10,7 +10,7 @@ import shlex
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import PurePosixPath
 
-from .layout import Layout
+from .layout import MANAGER_NETRC, Layout
 
 PathLike = str | PurePosixPath
 SECTION = "@@fpm-fleet-section@@"
@@ -28,10 +28,64 @@ def join(argv: Iterable[PathLike | int]) -> str:
 
 
 def as_root(command: str, sudo: bool) -> str:
-    """Run `command` as root: as is for a root login, else through passwordless sudo."""
+    """Run a whole shell command as root: as is for a root login, else through passwordless
+    sudo. Only `fab setup` does this (it needs full root); every other task runs as the
+    login user and reaches root only through `privileged`."""
     if not sudo:
         return command
     return f"sudo -n -- sh -c {q(command)}"
+
+
+# --- the few commands a deploy user runs as root ---------------------------------------------
+# Word for word what etc/sudoers.d/fpm-fleet allows (rendered by render.sudoers from these
+# same tuples): fixed arguments only, one line per replica service, no wildcard (a `*` in
+# sudoers also matches spaces, so `fpm-fleet-*@*.service` would allow extra units and options).
+
+SUDO_PATHS = {"systemctl": "/usr/bin/systemctl", "journalctl": "/usr/bin/journalctl",
+              "apache2ctl": "/usr/sbin/apache2ctl"}
+REPLICA_VERBS = ("start", "stop", "enable", "disable", "reset-failed", "journal")
+APACHE_CONFIGTEST = ("apache2ctl", "configtest")
+APACHE_GRACEFUL = ("systemctl", "reload", "apache2.service")
+
+
+def replica_command(verb: str, unit: str) -> tuple[str, ...]:
+    """The exact argv of one privileged action on a replica's service."""
+    commands = {
+        "start": ("systemctl", "start", unit),
+        "stop": ("systemctl", "stop", unit),
+        "enable": ("systemctl", "enable", "--quiet", unit),
+        "disable": ("systemctl", "disable", "--quiet", unit),
+        "reset-failed": ("systemctl", "reset-failed", unit),
+        "journal": ("journalctl", "--no-pager", "-o", "cat", "-n", "5", "-u", unit),
+    }
+    return commands[verb]
+
+
+def privileged(argv: Sequence[str], sudo: bool) -> str:
+    """One root command: through `sudo -n` for a non-root login (sudo finds the binary on
+    its secure_path, the path the sudoers line names), as is for a root login."""
+    return ("sudo -n -- " if sudo else "") + join(argv)
+
+
+def install_sudoers(path: PathLike) -> str:
+    """Install the staged `<path>.fpm-fleet-new` only if `visudo -cf` accepts it (a broken
+    file in sudoers.d breaks sudo for everyone). The staged name holds a dot: sudo's
+    includedir skips it meanwhile."""
+    new = q(f"{path}{STAGED}")
+    return (f"if visudo -cf {new} >/dev/null; then chown root:root -- {new} && "
+            f"chmod 0440 -- {new} && mv -f -- {new} {q(path)}; else rm -f -- {new}; exit 1; fi")
+
+
+def sudo_denied(argvs: Iterable[Sequence[str]]) -> str:
+    """Print each of the commands that `sudo -n` would refuse to this user (sudo -l asks the
+    policy without running anything)."""
+    return "; ".join(f"sudo -n -l -- {join(a)} >/dev/null 2>&1 || printf '%s\\n' {q(join(a))}"
+                     for a in argvs) + "; true"
+
+
+def not_writable(paths: Iterable[PathLike]) -> str:
+    """Print each path the login user cannot write to."""
+    return (f"for d in {join(paths)}; do [ -w \"$d\" ] || printf '%s\\n' \"$d\"; done")
 
 
 def sections(parts: Sequence[tuple[str, str]]) -> str:
@@ -83,7 +137,7 @@ def install_checked(files: Sequence[PathLike], test: str) -> str:
         old = q(f"{f}.fpm-fleet-old")
         restore.append(f"if [ -e {old} ]; then mv -f -- {old} {q(f)}; else rm -f -- {q(f)}; fi")
     cleanup = "; ".join(f"rm -f -- {q(f'{f}.fpm-fleet-old')}" for f in files)
-    return ("; ".join(steps) + f"; if out=$({test} 2>&1); then {cleanup}; else "
+    return ("; ".join(steps) + f"; if out=$({{ {test}; }} 2>&1); then {cleanup}; else "
             + "; ".join(restore) + "; printf '%s\\n' \"$out\" >&2; exit 1; fi")
 
 
@@ -106,12 +160,30 @@ def apache_running() -> str:
 
 
 APACHE_MODULES = ("proxy", "proxy_fcgi", "proxy_balancer", "lbmethod_bybusyness",
-                  "lbmethod_byrequests", "slotmem_shm", "authz_host", "rewrite")
+                  "lbmethod_byrequests", "slotmem_shm", "authz_host", "rewrite", "auth_basic",
+                  "authn_core", "authn_file", "authz_user")
 
 
 def apache_enable_site() -> str:
     """The modules and the site, enabled the Debian way."""
     return f"a2enmod -q {join(APACHE_MODULES)} >/dev/null && a2ensite -q fpm-fleet >/dev/null"
+
+
+APACHE_SITE_LINK = "/etc/apache2/sites-enabled/fpm-fleet.conf"
+
+
+def apache_site_enabled() -> str:
+    return f"test -L {q(APACHE_SITE_LINK)}"
+
+
+def apache_site_test(enabled_before: bool) -> str:
+    """Enable the site and test Apache's config (install_checked's test). A site that was not
+    enabled before is disabled again when the test fails, so a first setup whose config is
+    refused leaves no sites-enabled link to a file that is then removed."""
+    test = f"{apache_enable_site()} && {apache_test()}"
+    if enabled_before:
+        return test
+    return f"{{ {test}; }} || {{ rc=$?; a2dissite -q fpm-fleet >/dev/null 2>&1; exit $rc; }}"
 
 
 NO_RELEASE = "no-release"
@@ -134,7 +206,10 @@ def tcp_listening(port: int) -> str:
 
 
 def apache_modules_loaded() -> str:
-    return "apache2ctl -M 2>/dev/null"
+    """The LoadModule lines of Debian's enabled modules (what Apache loads at its next
+    start or graceful). Not `apache2ctl -M`: as the deploy user it cannot create its
+    runtime directory under /run/apache2 and lists nothing."""
+    return "cat /etc/apache2/mods-enabled/*.load 2>/dev/null"
 
 
 def has_systemd() -> str:
@@ -144,9 +219,14 @@ def has_systemd() -> str:
 
 # --- balancer-manager ------------------------------------------------------------------------
 
+# balancer-manager wants fpm-fleet's credential; curl reads it from a file readable only by
+# root and the deploy user, so it never shows on a command line (ps, /proc/PID/cmdline).
+MANAGER_CURL = f"curl -sS --fail --max-time 5 --netrc-file {q(MANAGER_NETRC)}"
+
+
 def balancer_xml(url: str) -> str:
     """Read balancer-manager as XML (it answers with HTML without a same-host Referer)."""
-    return f"curl -sS --fail --max-time 5 -H {q('Referer: ' + url)} {q(url + '?xml=1')}"
+    return f"{MANAGER_CURL} -H {q('Referer: ' + url)} {q(url + '?xml=1')}"
 
 
 def balancer_set(url: str, balancer: str, worker: str, nonce: str,
@@ -155,7 +235,7 @@ def balancer_set(url: str, balancer: str, worker: str, nonce: str,
     form = [f"--data-urlencode {q(f'{k}={v}')}" for k, v in
             (("b", balancer), ("w", worker), ("nonce", nonce))]
     form += [f"--data {q(f'w_status_{flag}={value}')}" for flag, value in flags.items()]
-    post = (f"curl -sS --fail --max-time 5 -o /dev/null -H {q('Referer: ' + url)} "
+    post = (f"{MANAGER_CURL} -o /dev/null -H {q('Referer: ' + url)} "
             f"{' '.join(form)} {q(url)}")
     return f"{post} && {balancer_xml(url)}"
 
@@ -216,22 +296,24 @@ def read_current_release(layout: Layout) -> str:
     return f"readlink -- {q(layout.current_release)}"
 
 
-def fpm_start(layout: Layout, n: int, release: str) -> str:
+def fpm_start(layout: Layout, n: int, release: str, sudo: bool) -> str:
     """Start replica n's service; systemd pins it to what current.release names (its unit
     bind-mounts current.release on current/ in the service's own mount namespace), so
     `release` must be what current.release names now. Enabled, so it starts at boot too.
 
     Type=notify: systemctl returns once FPM listens. A failure prints the unit's last log.
     """
-    unit = q(layout.unit(n))
+    def root(verb: str) -> str:
+        return privileged(replica_command(verb, layout.unit(n)), sudo)
+
     return (f"[ \"$(basename -- \"$(readlink -- {q(layout.current_release)})\")\" = {q(release)} ] "
             f"|| {{ echo {q(f'current.release does not name {release}')} >&2; exit 3; }}; "
-            f"systemctl reset-failed {unit} 2>/dev/null; "
-            f"systemctl enable --quiet {unit} && systemctl start {unit} || "
-            f"{{ journalctl --no-pager -o cat -n 5 -u {unit} >&2; exit 1; }}")
+            f"{root('reset-failed')} 2>/dev/null; "
+            f"{root('enable')} && {root('start')} || "
+            f"{{ {root('journal')} >&2; exit 1; }}")
 
 
-def fpm_stop(layout: Layout, n: int) -> str:
+def fpm_stop(layout: Layout, n: int, sudo: bool) -> str:
     """Stop replica n's service: systemd sends SIGQUIT (graceful) to every process of it,
     a dead master's workers included, and waits for them (the unit's TimeoutStopSec, then
     SIGKILL). Prints `not-running` or `stopped`, after `escalated` when the timeout hit
@@ -243,14 +325,14 @@ def fpm_stop(layout: Layout, n: int) -> str:
               "END {print n + 0}'")
     return (f"s=$({strays}); [ \"$s\" = 0 ] || echo \"strays $s\"; "
             f"if systemctl is-active --quiet {unit} || [ \"$s\" != 0 ]; then "
-            f"systemctl stop {unit} || exit 1; "
+            f"{privileged(replica_command('stop', layout.unit(n)), sudo)} || exit 1; "
             f"[ \"$(systemctl show -p Result --value {unit})\" != timeout ] || echo escalated; "
             f"echo stopped; else echo not-running; fi")
 
 
-def fpm_disable(layout: Layout, n: int) -> str:
+def fpm_disable(layout: Layout, n: int, sudo: bool) -> str:
     """Keep a stopped replica stopped across reboots (`fab start` enables it again)."""
-    return f"systemctl disable --quiet {q(layout.unit(n))}"
+    return privileged(replica_command("disable", layout.unit(n)), sudo)
 
 
 def daemon_reload() -> str:
@@ -267,4 +349,6 @@ def probe_tools() -> str:
     """Preflight: which of the commands fpm-fleet relies on are present on the host."""
     tools = ("systemctl", "cgi-fcgi", "curl", "awk", "ps", "tar", "sha256sum", "flock",
              "apache2")
-    return "; ".join(f"printf '%s\\t%s\\n' {t} \"$(command -v {t} || echo -)\"" for t in tools)
+    # sbin is not on a non-root user's PATH on Debian (apache2 lives in /usr/sbin)
+    return "PATH=\"$PATH:/usr/local/sbin:/usr/sbin:/sbin\"; " + "; ".join(
+        f"printf '%s\\t%s\\n' {t} \"$(command -v {t} || echo -)\"" for t in tools)

@@ -98,17 +98,15 @@ def test_the_status_request_asks_the_replica_status_socket_for_json() -> None:
     assert "QUERY_STRING=json" in cmd and cmd.startswith("timeout 10 ")
 
 
-def test_plain_tar_unpacks_as_root_through_sudo_for_a_sudo_user() -> None:
+def test_plain_tar_unpacks_as_the_login_user_like_fpm_fleet_itself() -> None:
     from pathlib import PurePosixPath
 
     from bench import upload
 
-    dest = PurePosixPath("/srv/fpm-fleet/bench tar")
-    assert upload.tar_extract(dest, sudo=True) == (
-        "sudo -n -- sh -c 'mkdir -p '\"'\"'/srv/fpm-fleet/bench tar'\"'\"' && tar -xzf - -C "
-        "'\"'\"'/srv/fpm-fleet/bench tar'\"'\"''")
-    assert upload.tar_extract(dest, sudo=False) == (
-        "mkdir -p '/srv/fpm-fleet/bench tar' && tar -xzf - -C '/srv/fpm-fleet/bench tar'")
+    dest = PurePosixPath("/srv/fpm-fleet/www/incoming/bench tar")
+    assert upload.tar_extract(dest) == (
+        "mkdir -p '/srv/fpm-fleet/www/incoming/bench tar' && "
+        "tar -xzf - -C '/srv/fpm-fleet/www/incoming/bench tar'")
 
 
 def test_boot_and_base_build_times_are_read_from_sandbox_up() -> None:

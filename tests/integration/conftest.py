@@ -1,6 +1,7 @@
 """The integration tests run fpm-fleet for real against a local fleet of Debian 12 hosts
 booted with systemd (systemd-nspawn), each with Debian's own OpenSSH, Apache and PHP-FPM,
-driven over SSH as a sudo user. Root is required.
+driven over SSH as the user `deploy`, whose sudo allows only the commands of fpm-fleet's
+sudoers file (`fab setup` logs in as root to install it). Root is required.
 """
 
 from __future__ import annotations
@@ -84,6 +85,13 @@ class Sandbox:
 
     def on_host(self, path: Path | str, host: int = 0) -> Path:
         return self.host(host).root / str(path).lstrip("/")
+
+    def as_deploy(self, path: Path, host: int = 0) -> None:
+        """Hand files a test made as root (from outside) to the deploy user, as if a run of
+        fpm-fleet had made them: the deploy user owns releases/ and state/, not root."""
+        owner = (self.pool_dir(host) / "releases").stat()
+        for p in [path, *(path.rglob("*") if path.is_dir() and not path.is_symlink() else [])]:
+            os.lchown(p, owner.st_uid, owner.st_gid)
 
     def run(self, host: int, *argv: str, timeout: float = 60
             ) -> subprocess.CompletedProcess[str]:

@@ -124,6 +124,7 @@ def test_unlock_removes_a_stale_lock_and_says_whose_it_was(box: Sandbox) -> None
     lock = box.pool_dir(2) / "state" / "lock"
     lock.mkdir()
     (lock / "holder").write_text("ghost@nowhere pid=1 since=2020 cmd=fab deploy\n")
+    box.as_deploy(lock, host=2)
     refused = fab("cleanup", "--host", "h3")
     assert refused.returncode != 0 and "ghost@nowhere" in refused.stderr
     proc = ok(fab("unlock", "--host", "h3"))
@@ -160,6 +161,7 @@ def test_cleanup_keeps_newest_current_previous_and_pinned(box: Sandbox) -> None:
         old = releases / f"old{i}"
         old.mkdir()
         (old / "index.php").write_text("<?php echo 'old';\n")
+        box.as_deploy(old, host=1)
         os.utime(old, (1_600_000_000 + i, 1_600_000_000 + i))
     os.utime(releases / "v1", (1_500_000_000, 1_500_000_000))  # oldest, but previous
     ok(fab("cleanup", "--host", "h2"))

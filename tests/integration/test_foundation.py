@@ -91,6 +91,28 @@ def test_an_apache_config_that_fails_its_test_is_not_installed(fleet2: Sandbox,
     assert not list(site.parent.glob("*.fpm-fleet-*")), "no staged or backup file is left"
 
 
+def test_a_first_setup_whose_apache_config_fails_leaves_no_site_enabled(fleet2: Sandbox) -> None:
+    """A fresh host (no fpm-fleet site yet) whose Apache refuses the new config: the site
+    is not installed, and no sites-enabled link is left pointing at nothing."""
+    site = fleet2.on_host("/etc/apache2/sites-available/fpm-fleet.conf")
+    enabled = fleet2.on_host("/etc/apache2/sites-enabled/fpm-fleet.conf")
+    assert fleet2.run(0, "a2dissite", "-q", "fpm-fleet").returncode == 0
+    site.unlink()
+    clash = fleet2.on_host("/etc/apache2/conf-enabled/zz-operator.conf")
+    clash.write_text("Listen 127.0.0.1:8081\n")
+    try:
+        proc = fab("setup", "--host", "h1")
+    finally:
+        clash.unlink()
+    assert proc.returncode != 0
+    assert "fails its test and was not installed" in proc.stdout + proc.stderr
+    assert not site.exists()
+    assert not enabled.is_symlink(), "a dangling sites-enabled link was left"
+    ok(fab("setup", "--host", "h1"))
+    assert enabled.is_symlink() and site.exists()
+    assert get(fleet2.addresses()[0], "/ping.php")[0] == 200
+
+
 def test_up_twice_and_down_twice_are_harmless() -> None:
     """Last in this module: it replaces the module's fleet by its own and removes it."""
     box = bring_up(2)
@@ -105,3 +127,4 @@ def test_up_twice_and_down_twice_are_harmless() -> None:
     mounts = Path("/proc/self/mountinfo").read_text()
     assert str(SANDBOX) not in mounts and str(HOSTS_DIR) not in mounts
     assert not list(Path("/sys/fs/cgroup/systemd").glob("fpmf-*"))
+

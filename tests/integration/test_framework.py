@@ -35,7 +35,7 @@ document_root = "public"
 front_controller = "index.php"
 health_path = "/health.php"
 shared = ["storage"]
-before_activate = ["php bin/console cache:warm", "chown www-data:www-data storage/"]
+before_activate = ["php bin/console cache:warm", "chgrp www-data storage/ && chmod g+ws storage/"]
 """
 
 

@@ -16,10 +16,14 @@ from .conftest import FAB, ROOT, Sandbox, assert_no_failures, fab, get, load, ok
 
 
 def repoint(pool_dir: Path, release: str) -> None:
-    """What activation does: a temporary symlink renamed over current.release."""
+    """What activation does: a temporary symlink renamed over current.release, owned by the
+    deploy user as activation makes it (the pool directory is sticky: a root-owned link
+    there could not be replaced by the next deploy)."""
     tmp = pool_dir / "current.release.test-tmp"
     tmp.unlink(missing_ok=True)
     os.symlink(f"releases/{release}", tmp)
+    owner = (pool_dir / "releases").stat()
+    os.lchown(tmp, owner.st_uid, owner.st_gid)
     os.replace(tmp, pool_dir / "current.release")
 
 

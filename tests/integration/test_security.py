@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import shlex
 import subprocess
 from pathlib import Path
 
@@ -76,3 +78,103 @@ def test_no_secret_is_printed_or_logged(box: Sandbox) -> None:
     for text in texts:
         assert "PRIVATE KEY" not in text
         assert not any(chunk in text for chunk in body)
+
+
+# --- least privilege (issue 9, items 7 and 8) ---------------------------------------------------
+
+def ssh(box: Sandbox, user: str, *argv: str) -> subprocess.CompletedProcess[str]:
+    """One command on h1 over SSH, as `user` (the sandbox's key logs in as root and deploy)."""
+    return subprocess.run(["ssh", "-i", str(SANDBOX / "id_ed25519"), "-o", "BatchMode=yes",
+                           "-o", f"UserKnownHostsFile={SANDBOX / 'known_hosts'}",
+                           f"{user}@{box.addresses()[0]}", shlex.join(argv)],
+                          capture_output=True, text=True, timeout=30, check=False)
+
+
+def host_ids(box: Sandbox, user: str) -> tuple[int, int]:
+    for line in box.on_host("/etc/passwd").read_text().splitlines():
+        fields = line.split(":")
+        if fields[0] == user:
+            return int(fields[2]), int(fields[3])
+    raise AssertionError(f"no user {user}")
+
+
+def test_the_deploy_user_may_run_only_fpm_fleets_own_commands_as_root(box: Sandbox) -> None:
+    assert ssh(box, "deploy", "sudo", "-n", "true").returncode != 0
+    assert not box.on_host("/etc/sudoers.d/deploy").exists(), "the broad rule is gone"
+    allowed = ["systemctl stop fpm-fleet-www@1.service", "systemctl reload apache2.service",
+               "journalctl --no-pager -o cat -n 5 -u fpm-fleet-www@2.service",
+               "apache2ctl configtest"]
+    refused = ["systemctl stop fpm-fleet-www@1.service ssh.service",
+               "systemctl start ssh.service", "systemctl stop fpm-fleet-www@9.service",
+               "systemctl --now stop fpm-fleet-www@1.service", "journalctl -u ssh.service",
+               "sh -c id", "apache2ctl -k stop"]
+    for command in allowed + refused:
+        listed = ssh(box, "deploy", "sudo", "-n", "-l", *command.split())
+        assert (listed.returncode == 0) is (command in allowed), (command, listed.stderr)
+
+
+def test_uploads_and_hooks_run_as_the_deploy_user_not_root(box: Sandbox, tmp_path: Path) -> None:
+    inv = tmp_path / "hosts.toml"
+    inv.write_text(box.path.read_text().replace(
+        "[pools.www]\n", '[pools.www]\nbefore_activate = ["id -un > hook-user.txt"]\n'))
+    box.build("v8")
+    ok(fab("deploy", "--release", "v8", "--host", "h1", inventory_path=inv))
+    release = box.pool_dir(0) / "releases" / "v8"
+    assert (release / "hook-user.txt").read_text() == "deploy\n"
+    owners = {(p.lstat().st_uid, p.lstat().st_gid) for p in [release, *release.rglob("*")]}
+    assert owners == {host_ids(box, "deploy")}
+    conf = box.pool_dir(0) / "conf"
+    assert (conf.stat().st_uid, box.pool_dir(0).stat().st_uid) == (0, 0), \
+        "replica configs stay root's: a deploy user who wrote them could run PHP as root"
+
+
+DRAIN = """<?php
+// A script of a deployed release that tries to take every member out of rotation.
+$url = 'http://127.0.0.1:8081/balancer-manager';
+function ask(string $url, string $method, string $body = ''): array {
+    $ctx = stream_context_create(['http' => ['method' => $method, 'ignore_errors' => true,
+        'header' => "Referer: $url\\r\\nContent-Type: application/x-www-form-urlencoded\\r\\n",
+        'content' => $body]]);
+    $page = @file_get_contents($url, false, $ctx);
+    return [(string) $page, $http_response_header[0] ?? 'no answer'];
+}
+[$page, $read] = ask("$url?xml=1", 'GET');
+preg_match('/<httpd:nonce>([^<]*)/', $page, $m);
+$drain = [];
+foreach ([1, 2] as $n) {
+    $form = http_build_query(['b' => 'www', 'w' => "unix:RUN/www-$n.sock|fcgi://www-$n",
+                              'nonce' => $m[1] ?? '', 'w_status_N' => 1]);
+    $drain[] = ask($url, 'POST', $form)[1];
+}
+echo json_encode(['read' => $read, 'drain' => $drain,
+                  'netrc' => @file_get_contents('NETRC') !== false]);
+"""
+
+
+def test_a_php_script_of_a_release_cannot_drain_the_balancer_members(box: Sandbox,
+                                                                      tmp_path: Path) -> None:
+    source = tmp_path / "app"
+    box.build("v9")
+    subprocess.run(["cp", "-a", str(box.fleet.pools[0].source), str(source)], check=True)
+    run = box.remote_pool_dir(0) / "run"
+    (source / "drain.php").write_text(DRAIN.replace("RUN", str(run))
+                                      .replace("NETRC", "/etc/fpm-fleet/balancer-manager.netrc"))
+    ok(fab("deploy", "--release", "v9", "--host", "h1", "--source", str(source)))
+    status, body = get(box.addresses()[0], "/drain.php")
+    answer = json.loads(body)
+    assert status == 200 and "401" in answer["read"], answer
+    assert all("401" in code for code in answer["drain"]), answer
+    assert answer["netrc"] is False, "PHP workers can read the credential"
+    rows = box.status("--host", "h1")
+    assert [r["lb_status"] for r in rows] == ["Init Ok", "Init Ok"], rows
+    netrc = box.on_host("/etc/fpm-fleet/balancer-manager.netrc").stat()
+    assert (netrc.st_mode & 0o777, netrc.st_uid, netrc.st_gid) == (
+        0o640, 0, host_ids(box, "deploy")[1])
+
+
+def test_setup_as_the_deploy_user_says_it_needs_full_root(box: Sandbox, tmp_path: Path) -> None:
+    inv = tmp_path / "hosts.toml"
+    inv.write_text(box.path.read_text().replace('setup_user = "root"', 'setup_user = "deploy"'))
+    proc = fab("setup", "--host", "h1", inventory_path=inv)
+    assert proc.returncode != 0
+    assert "fab setup needs full root" in proc.stdout + proc.stderr

@@ -39,7 +39,7 @@ def test_a_rebooted_host_comes_back_serving_the_same_release_by_itself(box: Sand
         reboot = subprocess.run(
             ["ssh", "-i", str(box.path.parent / "id_ed25519"), "-o", "BatchMode=yes",
              "-o", f"UserKnownHostsFile={box.path.parent / 'known_hosts'}",
-             f"deploy@{box.addresses()[1]}", "sudo", "systemctl", "reboot"],
+             f"root@{box.addresses()[1]}", "systemctl", "reboot"],
             capture_output=True, text=True, timeout=30, check=False)
         started = time.monotonic()
         time.sleep(0.5)

@@ -216,3 +216,12 @@ def test_stress_on_a_fleet_of_several_pools_asks_which(tmp_path: Path) -> None:
     proc = fab("stress", env={"FABRIC_INVENTORY": str(path)})
     assert proc.returncode == 2
     assert "stress loads one pool's virtual host: add --pool (one of www, api)" in proc.stderr
+
+
+def test_sudoers_prints_the_file_setup_installs_for_the_inventory_user(tmp_path: Path) -> None:
+    text = INVENTORY.format(name="alpha").replace("[[hosts]]", '[defaults]\nuser = "deploy"\n\n'
+                                                  "[[hosts]]")
+    proc = fab("sudoers", env={"FABRIC_INVENTORY": str(inventory(tmp_path, text=text))})
+    assert proc.returncode == 0, proc.stderr
+    assert "/usr/bin/systemctl start fpm-fleet-www@2.service, \\" in proc.stdout
+    assert proc.stdout.endswith("deploy ALL=(root) NOPASSWD: FPM_FLEET\n")

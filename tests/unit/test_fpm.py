@@ -144,7 +144,7 @@ def test_the_probe_and_stop_commands_name_the_replicas_service_and_worker_title(
     layout = Layout(dir=PurePosixPath("/srv/fpm-fleet/www"), pool="www")
     probe = shell.probe_replicas(layout, [1])
     assert probe.endswith(" fpm-fleet-www@1.service www-1")
-    stop = shell.fpm_stop(layout, 1)
+    stop = shell.fpm_stop(layout, 1, sudo=False)
     assert "systemctl stop fpm-fleet-www@1.service || exit 1;" in stop
     assert "-v t='php-fpm: pool www-1'" in stop
 
@@ -229,7 +229,7 @@ def test_start_runs_the_start_command_for_the_release_it_was_given(web):
     host, pool = web
     ex = Answers(host, (0, ""))
     fpm.start(ex, host, pool, 2, "v7")
-    assert ex.commands == [shell.fpm_start(Layout.of(host, pool), 2, "v7")]
+    assert ex.commands == [shell.fpm_start(Layout.of(host, pool), 2, "v7", host.sudo)]
 
 
 def test_a_failing_start_is_a_rollout_error_naming_the_replica(web):

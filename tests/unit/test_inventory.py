@@ -101,6 +101,21 @@ def test_explicit_sudo_wins_over_the_user_based_default(inventory_data, build_fl
     assert web2.sudo is True
 
 
+def test_setup_user_defaults_to_the_login_user_and_a_host_may_override_it(inventory_data,
+                                                                         build_fleet):
+    inventory_data["defaults"] = {"user": "deploy"}
+    inventory_data["hosts"][1]["setup_user"] = "root"
+    web1, web2 = build_fleet(inventory_data).hosts
+    assert (web1.user, web1.setup_user) == ("deploy", "deploy")
+    assert (web2.user, web2.setup_user) == ("deploy", "root")
+
+
+def test_setup_user_must_be_a_user_name(inventory_data):
+    inventory_data["defaults"]["setup_user"] = "root; rm -rf /"
+    with pytest.raises(ConfigError, match=r"defaults\.setup_user: must be a user name"):
+        inventory.parse(inventory_data)
+
+
 def test_integer_timeouts_are_accepted_as_numbers(inventory_data, build_fleet):
     inventory_data["defaults"]["connect_timeout"] = 5
     host = build_fleet(inventory_data).hosts[0]

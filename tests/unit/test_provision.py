@@ -115,6 +115,9 @@ def test_check_wants_mod_rewrite(inventory_data, build_fleet):
     assert checks["apache modules"].detail == "missing rewrite_module"
 
 
+ROOT = result("0\n")
+
+
 class Recording(ByPurpose):
     def stream(self, command, what, source, *, timeout=None):
         self.commands.append(command)
@@ -124,10 +127,11 @@ class Recording(ByPurpose):
 def test_setup_refuses_a_host_without_systemd_before_changing_anything(inventory_data,
                                                                        build_fleet):
     fleet = build_fleet(inventory_data)
-    ex = Recording(fleet.hosts[0], {"check for systemd": result(exited=1)})
+    ex = Recording(fleet.hosts[0], {"check for root": ROOT,
+                                    "check for systemd": result(exited=1)})
     with pytest.raises(FleetError, match="web1: this host was not booted with systemd"):
         provision.setup_host(ex, fleet, fleet.hosts[0])
-    assert ex.commands == [shell.has_systemd()]
+    assert ex.commands == ["id -u", shell.has_systemd()]
 
 
 def test_check_fails_the_systemd_line_on_a_host_without_systemd(inventory_data, build_fleet):
@@ -142,7 +146,8 @@ def test_check_fails_the_systemd_line_on_a_host_without_systemd(inventory_data, 
 def test_setup_installs_the_units_and_stop_helper_then_reloads_systemd_once(inventory_data,
                                                                            build_fleet):
     fleet = build_fleet(inventory_data)
-    ex = Recording(fleet.hosts[0], {"enable replica services": result("fpm-fleet-www@1.service\n"),
+    ex = Recording(fleet.hosts[0], {"check for root": ROOT,
+                                    "enable replica services": result("fpm-fleet-www@1.service\n"),
                                     "is Apache running": result()})
     report = provision.setup_host(ex, fleet, fleet.hosts[0])
     assert "wrote /etc/systemd/system/fpm-fleet-www@.service" in report.changes

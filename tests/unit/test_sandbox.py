@@ -91,7 +91,7 @@ def test_sandbox_inventory_loads_with_one_host_per_sandbox_host(written):
 def test_sandbox_hosts_are_reached_as_deploy_with_sudo_like_production(written):
     _, fleet = written
     for host in fleet.hosts:
-        assert (host.user, host.sudo) == ("deploy", True)
+        assert (host.user, host.sudo, host.setup_user) == ("deploy", True, "root")
         assert host.apache.mode == "system"
         assert host.root == "/srv/fpm-fleet"
 
@@ -127,3 +127,14 @@ def test_sandbox_host_names_its_namespace_link_and_address_after_its_index():
         "h7", "fpmf-h7", "fpmf-h7", "198.18.0.17")
     assert host.root == Path("/var/tmp/x/hosts/h7/root")
     assert len(sandbox.SandboxHost(50).veth) <= 15  # IFNAMSIZ - 1
+
+
+def test_a_sandbox_host_takes_the_base_trees_broad_sudo_rule_away_in_its_own_layer(tmp_path):
+    """Only fab setup's sudoers file is left for the deploy user, as on a production host."""
+    etc = tmp_path / "etc"
+    (etc / "sudoers.d").mkdir(parents=True)
+    (etc / "sudoers.d" / "deploy").write_text("deploy ALL=(root) NOPASSWD: ALL\n")
+    (etc / "sudoers.d" / "README").write_text("kept\n")
+    sandbox.restrict_sudo(etc)
+    sandbox.restrict_sudo(etc)  # again: harmless
+    assert sorted(p.name for p in (etc / "sudoers.d").iterdir()) == ["README"]

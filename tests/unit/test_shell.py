@@ -41,13 +41,14 @@ def test_balancer_set_posts_form_with_referer_nonce_and_reads_xml_back():
     cmd = shell.balancer_set(url, "www", "unix:/srv/fpm-fleet/www/run/www-1.sock|fcgi://www-1",
                              "3f2a-11", {"D": 1})
     assert cmd == (
-        "curl -sS --fail --max-time 5 -o /dev/null "
-        "-H 'Referer: http://127.0.0.1:8081/balancer-manager' "
+        "curl -sS --fail --max-time 5 --netrc-file /etc/fpm-fleet/balancer-manager.netrc "
+        "-o /dev/null -H 'Referer: http://127.0.0.1:8081/balancer-manager' "
         "--data-urlencode b=www "
         "--data-urlencode 'w=unix:/srv/fpm-fleet/www/run/www-1.sock|fcgi://www-1' "
         "--data-urlencode nonce=3f2a-11 --data w_status_D=1 "
         "http://127.0.0.1:8081/balancer-manager && "
-        "curl -sS --fail --max-time 5 -H 'Referer: http://127.0.0.1:8081/balancer-manager' "
+        "curl -sS --fail --max-time 5 --netrc-file /etc/fpm-fleet/balancer-manager.netrc "
+        "-H 'Referer: http://127.0.0.1:8081/balancer-manager' "
         "'http://127.0.0.1:8081/balancer-manager?xml=1'")
 
 
@@ -61,7 +62,8 @@ def test_balancer_set_sends_one_data_field_per_flag_in_order():
 
 def test_balancer_xml_sends_a_same_host_referer_and_asks_for_xml():
     assert shell.balancer_xml("http://127.0.0.1:8081/balancer-manager") == (
-        "curl -sS --fail --max-time 5 -H 'Referer: http://127.0.0.1:8081/balancer-manager' "
+        "curl -sS --fail --max-time 5 --netrc-file /etc/fpm-fleet/balancer-manager.netrc "
+        "-H 'Referer: http://127.0.0.1:8081/balancer-manager' "
         "'http://127.0.0.1:8081/balancer-manager?xml=1'")
 
 
@@ -90,7 +92,7 @@ def test_fcgi_request_keeps_a_script_filename_with_spaces_as_one_word():
 
 def test_apache_is_tested_with_apache2ctl_and_driven_through_systemd():
     assert shell.apache_test() == "apache2ctl configtest"
-    assert shell.apache_modules_loaded() == "apache2ctl -M 2>/dev/null"
+    assert shell.apache_modules_loaded() == "cat /etc/apache2/mods-enabled/*.load 2>/dev/null"
     assert shell.apache_ctl("start") == "systemctl start --quiet apache2.service"
     assert shell.apache_ctl("reload") == "systemctl reload --quiet apache2.service"
     assert shell.apache_ctl("enable") == "systemctl enable --quiet apache2.service"
@@ -109,7 +111,8 @@ def test_has_systemd_is_sd_booteds_own_test():
 def test_daemon_reload_and_disable_are_plain_systemctl_calls():
     layout = Layout(dir=PurePosixPath("/srv/fpm-fleet/www"), pool="www")
     assert shell.daemon_reload() == "systemctl daemon-reload"
-    assert shell.fpm_disable(layout, 2) == "systemctl disable --quiet fpm-fleet-www@2.service"
+    assert shell.fpm_disable(layout, 2, sudo=False) == (
+        "systemctl disable --quiet fpm-fleet-www@2.service")
 
 
 def test_read_current_release_reads_the_symlink():
@@ -277,8 +280,8 @@ def test_shell_builders_never_execute_metacharacters_in_paths(
         shell.checksums([lay.fpm_conf(1), lay.dir / evil]),
         shell.read_current_release(lay),
         shell.probe_replicas(lay, [1, 2]),
-        shell.fpm_stop(lay, 1),
-        shell.fpm_start(lay, 1, evil),
+        shell.fpm_stop(lay, 1, sudo=False),
+        shell.fpm_start(lay, 1, evil, sudo=False),
         shell.fcgi_request(lay.sock(1), evil, lay.current / evil, query=evil, timeout=1),
         shell.balancer_xml(f"http://127.0.0.1:9/{evil}"),
         shell.balancer_set(f"http://127.0.0.1:9/{evil}", evil, evil, evil, {"D": 1}),
@@ -478,7 +481,7 @@ def test_stop_of_an_inactive_service_without_strays_is_not_running_and_stops_not
         fake_systemd, layout):
     fake_systemd.unit(layout.unit(1), "inactive", result="timeout")  # an old stop's result
     fake_systemd.processes((1, "php-fpm: pool www-2"), (1, "php-fpm: pool www-11"))
-    result = fake_systemd.run(shell.fpm_stop(layout, 1))
+    result = fake_systemd.run(shell.fpm_stop(layout, 1, sudo=False))
     assert (result.returncode, result.stdout.split()) == (0, ["not-running"])
     assert not any(c.startswith("systemctl stop") for c in fake_systemd.calls())
 
@@ -486,7 +489,7 @@ def test_stop_of_an_inactive_service_without_strays_is_not_running_and_stops_not
 def test_stop_of_an_active_service_stops_it_through_systemd(fake_systemd, layout):
     fake_systemd.unit(layout.unit(1), "active", main_pid=4242)
     fake_systemd.processes((1, _title(layout, 1)), (4242, WORKER), (4242, WORKER))
-    result = fake_systemd.run(shell.fpm_stop(layout, 1))
+    result = fake_systemd.run(shell.fpm_stop(layout, 1, sudo=False))
     assert (result.returncode, result.stdout.split()) == (0, ["stopped"])
     assert f"systemctl stop {layout.unit(1)}" in fake_systemd.calls()
     assert fake_systemd.state_of(layout.unit(1)) == "inactive"
@@ -495,14 +498,14 @@ def test_stop_of_an_active_service_stops_it_through_systemd(fake_systemd, layout
 def test_stop_says_escalated_when_systemd_hit_the_stop_timeout(fake_systemd, layout):
     fake_systemd.unit(layout.unit(1), "active", main_pid=4242)
     fake_systemd.on_stop(layout.unit(1), "timeout")  # SIGQUIT was not enough: SIGKILL
-    result = fake_systemd.run(shell.fpm_stop(layout, 1))
+    result = fake_systemd.run(shell.fpm_stop(layout, 1, sudo=False))
     assert (result.returncode, result.stdout.split()) == (0, ["escalated", "stopped"])
 
 
 def test_stop_of_a_dead_masters_workers_counts_and_stops_them(fake_systemd, layout):
     fake_systemd.unit(layout.unit(1), "inactive")
     fake_systemd.processes((1, WORKER), (1, WORKER), (1, "php-fpm: pool www-11"))
-    result = fake_systemd.run(shell.fpm_stop(layout, 1))
+    result = fake_systemd.run(shell.fpm_stop(layout, 1, sudo=False))
     assert (result.returncode, result.stdout.split()) == (0, ["strays", "2", "stopped"])
     assert f"systemctl stop {layout.unit(1)}" in fake_systemd.calls()
 
@@ -511,7 +514,7 @@ def test_stop_counts_old_workers_beside_a_restarted_master_as_strays(fake_system
     # Restart=always started a new master; the dead one's worker still finishes its request
     fake_systemd.unit(layout.unit(1), "active", main_pid=5000)
     fake_systemd.processes((5000, WORKER), (5000, WORKER), (1, WORKER))
-    result = fake_systemd.run(shell.fpm_stop(layout, 1))
+    result = fake_systemd.run(shell.fpm_stop(layout, 1, sudo=False))
     assert result.stdout.split() == ["strays", "1", "stopped"]
 
 
@@ -523,7 +526,7 @@ def _point_current_release(layout: Layout, release: str) -> None:
 def test_start_enables_and_starts_the_service_current_release_names(fake_systemd, layout):
     _point_current_release(layout, "v1")
     fake_systemd.unit(layout.unit(1), "failed")
-    result = fake_systemd.run(shell.fpm_start(layout, 1, "v1"))
+    result = fake_systemd.run(shell.fpm_start(layout, 1, "v1", sudo=False))
     assert result.returncode == 0, result.stderr
     unit = layout.unit(1)
     assert fake_systemd.calls() == [f"systemctl reset-failed {unit}",
@@ -537,7 +540,7 @@ def test_start_refuses_a_release_current_release_does_not_name_with_exit_3(
         fake_systemd, layout):
     _point_current_release(layout, "v1")
     Path(layout.release("v2")).mkdir()
-    result = fake_systemd.run(shell.fpm_start(layout, 1, "v2"))
+    result = fake_systemd.run(shell.fpm_start(layout, 1, "v2", sudo=False))
     assert result.returncode == 3
     assert "current.release does not name v2" in result.stderr
     assert fake_systemd.calls() == []  # systemd would have pinned v1
@@ -545,7 +548,7 @@ def test_start_refuses_a_release_current_release_does_not_name_with_exit_3(
 
 def test_start_without_current_release_is_refused_with_exit_3(fake_systemd, layout):
     Path(layout.release("v1")).mkdir()
-    result = fake_systemd.run(shell.fpm_start(layout, 1, "v1"))
+    result = fake_systemd.run(shell.fpm_start(layout, 1, "v1", sudo=False))
     assert result.returncode == 3
     assert fake_systemd.calls() == []
 
@@ -553,7 +556,7 @@ def test_start_without_current_release_is_refused_with_exit_3(fake_systemd, layo
 def test_a_failed_start_exits_1_with_the_units_last_log_lines(fake_systemd, layout):
     _point_current_release(layout, "v1")
     fake_systemd.start_fails(layout.unit(1), "ERROR: unable to bind listening socket\n")
-    result = fake_systemd.run(shell.fpm_start(layout, 1, "v1"))
+    result = fake_systemd.run(shell.fpm_start(layout, 1, "v1", sudo=False))
     assert result.returncode == 1
     assert "unable to bind listening socket" in result.stderr
     assert fake_systemd.calls()[-1] == (
@@ -631,7 +634,8 @@ def test_open_connections_counts_connected_entries_of_that_socket_only():
 def test_system_apache_enables_every_module_the_site_uses_rewrite_included():
     assert shell.apache_enable_site() == (
         "a2enmod -q proxy proxy_fcgi proxy_balancer lbmethod_bybusyness lbmethod_byrequests "
-        "slotmem_shm authz_host rewrite >/dev/null && a2ensite -q fpm-fleet >/dev/null")
+        "slotmem_shm authz_host rewrite auth_basic authn_core authn_file authz_user "
+        ">/dev/null && a2ensite -q fpm-fleet >/dev/null")
 
 
 # --- fab check: the pool through Apache, and the listen port -----------------------------------
