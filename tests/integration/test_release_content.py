@@ -100,8 +100,7 @@ def test_escaping_symlinks_and_non_utf8_names_are_refused_before_any_host(
     source = demo.build(tmp_path / "below", "v9")
     (source / "var").mkdir()
     os.symlink("var", source / "storage")
-    (tmp_path / "below-inv").mkdir()
-    inv = unreachable(box, tmp_path / "below-inv", 'shared = ["storage/logs"]')
+    inv.write_text(inv.read_text().replace('shared = ["storage"]', 'shared = ["storage/logs"]'))
     proc = fab("deploy", "--release", "v9", "--source", str(source), inventory_path=inv)
     assert proc.returncode == 2 and "lies below the symlink ./storage" in proc.stderr
 
