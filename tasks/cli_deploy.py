@@ -46,9 +46,13 @@ def _sources(sel: Selection, source: str | None) -> dict[str, Path]:
 def _plans(sel: Selection, name: str, source: str | None, force: bool, timeout: float,
            command: str) -> dict[str, Plan]:
     plans = {}
-    for pool_name, path in _sources(sel, source).items():
+    sources = _sources(sel, source)
+    for pool in sel.pools:
+        pool_name, path = pool.name, sources[pool.name]
+        scanned = manifest.scan(path)
+        manifest.check_shared(scanned, pool.shared, pool_name)
         plans[pool_name] = Plan(release=name, command=command, timeout=timeout, source=path,
-                                manifest=manifest.scan(path), force=force)
+                                manifest=scanned, force=force)
     return plans
 
 

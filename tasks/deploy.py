@@ -73,14 +73,29 @@ def deploy_pool(ex: Executor, host: Host, pool: Pool, plan: Plan, obs: Observer,
         outcome.before = fpm.current_release(ex, host, pool)
         ex.run(release_shell.clear_incoming(layout), "clear interrupted uploads")
         _upload(ex, host, pool, plan, outcome, obs)
-        with step(obs, host.name, "shared links", pool.name) as s:
-            ex.run(release_shell.link_shared(layout, plan.release, pool.shared), "link shared")
-            s.detail = ", ".join(pool.shared) or "none"
-        for command in pool.before_activate:
-            with step(obs, host.name, "before_activate", pool.name) as s:
-                s.detail = command
-                _before_activate(ex, host, layout, plan.release, command)
+        if outcome.upload is not None and outcome.upload.prepared:
+            obs.event(Event("info", host.name, "shared links", pool.name,
+                            f"{plan.release} already prepared (shared links, hooks)"))
+        else:
+            _prepare(ex, host, pool, plan, obs)
         _activate_and_roll(ex, host, pool, plan, outcome, obs, result)
+
+
+def _prepare(ex: Executor, host: Host, pool: Pool, plan: Plan, obs: Observer) -> None:
+    """Shared links, then the before_activate hooks, then the seal that lets a later deploy
+    of the same name reuse the release only while it stays exactly as prepared."""
+    layout = Layout.of(host, pool)
+    with step(obs, host.name, "shared links", pool.name) as s:
+        ex.run(release_shell.link_shared(layout, plan.release, pool.shared), "link shared")
+        s.detail = ", ".join(pool.shared) or "none"
+    if pool.before_activate:
+        # hooks may rewrite files in place: none may share an inode with another release
+        ex.run(release_shell.own_copies(layout, plan.release), "unshare hard links")
+    for command in pool.before_activate:
+        with step(obs, host.name, "before_activate", pool.name) as s:
+            s.detail = command
+            _before_activate(ex, host, layout, plan.release, command)
+    release.seal(ex, host, pool, plan.release)
 
 
 def _lock(ex: Executor, host: Host, pool: Pool, plan: Plan, obs: Observer,
@@ -102,11 +117,19 @@ def _upload(ex: Executor, host: Host, pool: Pool, plan: Plan, outcome: PoolOutco
     assert plan.source is not None and plan.manifest is not None
     with step(obs, host.name, "upload", pool.name) as s:
         up = release.upload(ex, host, pool, plan.source, plan.manifest, plan.release,
-                            base=outcome.before, force=plan.force)
+                            base=outcome.before, force=plan.force,
+                            in_use=_in_use(ex, host, pool, outcome.before) if plan.force
+                            else frozenset())
         outcome.upload = up
         s.detail = ("already present, identical" if up.reused else
                     f"{up.sent_files} sent, {up.linked_files} linked, "
                     f"{up.bytes_sent / 1024:.0f} KiB, verified")
+
+
+def _in_use(ex: Executor, host: Host, pool: Pool, current: str | None) -> frozenset[str]:
+    """The current release and every release a live master pins: never replaced."""
+    pinned = {p.release for p in fpm.probe(ex, host, pool).values() if p.alive and p.release}
+    return frozenset(n for n in (current, *pinned) if n)
 
 
 def _before_activate(ex: Executor, host: Host, layout: Layout, name: str, command: str) -> None:
@@ -218,8 +241,11 @@ def dry_run_commands(host: Host, pool: Pool, plan: Plan, base: str | None) -> Co
             ("verify", release_shell.verify(layout, name)),
             ("commit", release_shell.commit_release(layout, name, plan.force)),
             ("shared links", release_shell.link_shared(layout, name, pool.shared))]
+    if pool.before_activate:
+        cmds.append(("own copies", release_shell.own_copies(layout, name)))
     cmds += [("before_activate", release_shell.before_activate(layout, name, c))
              for c in pool.before_activate]
+    cmds.append(("seal", release_shell.seal(layout, name)))
     return cmds + _activation_commands(host, pool, plan)
 
 
@@ -233,7 +259,7 @@ def _activation_commands(host: Host, pool: Pool, plan: Plan) -> Commands:
     """Activate, then restart every replica onto the release, then unlock."""
     layout = Layout.of(host, pool)
     name = plan.release
-    cmds = [("activate", release_shell.activate(layout, name))]
+    cmds = [("activate", release_shell.activate(layout, name, "<time>", "<user>", plan.command))]
     url = host.manager_url(pool)
     for n in pool.replica_numbers:
         member = f"unix:{layout.sock(n)}|{pool.member(n)}"

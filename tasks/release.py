@@ -21,7 +21,7 @@ from . import shell
 from .errors import ConfigError, LockError, RemoteError, RolloutError
 from .inventory import Host, Pool
 from .layout import Layout
-from .manifest import Entry, Manifest, parse_checksums
+from .manifest import Entry, Manifest, parse_checksums, safe_mode
 from .remote import Executor
 
 NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,99}")
@@ -90,6 +90,7 @@ class Upload:
     bytes_sent: int
     seconds: float
     reused: bool = False
+    prepared: bool = False  # reused, and sealed: shared links and hooks were done before
 
 
 def stored_manifest(ex: Executor, layout: Layout, name: str) -> dict[str, Entry] | None:
@@ -98,17 +99,22 @@ def stored_manifest(ex: Executor, layout: Layout, name: str) -> dict[str, Entry]
 
 
 def upload(ex: Executor, host: Host, pool: Pool, source: Path, manifest: Manifest, name: str,
-           base: str | None, force: bool = False) -> Upload:
-    """Upload `source` as releases/NAME: staged, delta against `base`, verified, renamed."""
+           base: str | None, force: bool = False, in_use: frozenset[str] = frozenset()
+           ) -> Upload:
+    """Upload `source` as releases/NAME: staged, delta against `base`, verified, renamed.
+
+    A release of that name already there is reused only if it still verifies on disk; with
+    `force` it is replaced, unless it is in `in_use` (current, or pinned by a replica).
+    """
     layout = Layout.of(host, pool)
     started = time.monotonic()
     existing = stored_manifest(ex, layout, name)
     if existing is not None:
-        if existing == parse_stored(serialize(manifest)):
-            return Upload(name, len(manifest.files), 0, 0, 0, time.monotonic() - started, True)
-        if not force:
-            raise RolloutError(f"{host.name}: release {name} already exists with different "
-                               "content; pick a new name or use --force")
+        problem, sealed = _reuse_problem(ex, layout, pool, name, manifest, existing)
+        if problem is None:
+            return Upload(name, len(manifest.files), 0, 0, 0, time.monotonic() - started,
+                          True, sealed)
+        _refuse_replacing(host, name, problem, force, in_use)
     base_entries = stored_manifest(ex, layout, base) if base and base != name else None
     if base_entries is not None:
         base_entries = without_shared(base_entries, pool.shared)
@@ -128,6 +134,36 @@ def upload(ex: Executor, host: Host, pool: Pool, source: Path, manifest: Manifes
     files = [e for e in send if e.kind == "f"]
     return Upload(name, len(manifest.files), len(files), len(manifest.files) - len(files), sent,
                   time.monotonic() - started)
+
+
+def _reuse_problem(ex: Executor, layout: Layout, pool: Pool, name: str, manifest: Manifest,
+                   existing: dict[str, Entry]) -> tuple[str | None, bool]:
+    """Why the release NAME on the host cannot be reused as is (None: it can), and whether
+    it was sealed. A sealed release must still be exactly as sealed; one never prepared
+    must match its manifest, shared items aside (they may be links into shared/ by now)."""
+    if existing != parse_stored(serialize(manifest)):
+        return "with different content", False
+    now = ex.run(rs.verify_release(layout, name), f"verify {name} on disk").stdout
+    sealed = ex.run(rs.read_sealed(layout, name), f"read the seal of {name}").stdout
+    if sealed:
+        changes = tree_changes(sealed, now)
+        return (f"but was changed on the host since it was prepared ({changes})"
+                if changes else None), True
+    problems = differences(without_shared(manifest.entries, pool.shared), now,
+                           skip=pool.shared)
+    return (f"but was changed on the host ({'; '.join(problems)})" if problems else None), False
+
+
+def _refuse_replacing(host: Host, name: str, problem: str, force: bool,
+                      in_use: frozenset[str]) -> None:
+    if not force:
+        raise RolloutError(f"{host.name}: release {name} already exists {problem}; pick a new "
+                           "name or use --force")
+    if name in in_use:
+        # replacing it would delete files under a serving replica (or the active release)
+        raise RolloutError(f"{host.name}: release {name} exists {problem}, and it is in use "
+                           "(current or pinned by a running replica): --force never replaces "
+                           "a release in use; deploy under a new name")
 
 
 class DeltaMismatch(RolloutError):
@@ -193,19 +229,72 @@ def _send_tar(ex: Executor, layout: Layout, name: str, source: Path, entries: li
 def _owner(info: tarfile.TarInfo) -> tarfile.TarInfo:
     info.uid = info.gid = 0
     info.uname = info.gname = "root"
+    info.mode = safe_mode(info.mode)  # what the manifest recorded, and what verify expects
     return info
+
+
+def parse_tree(text: str) -> tuple[dict[str, tuple[str, int, str]], dict[str, str]]:
+    """list_tree output -> ({./path: (kind, mode, symlink target)}, {./path: sha256})."""
+    listing, _, sums = text.partition(f"\n{rs.SUMS}\n")
+    if listing.startswith(rs.SUMS + "\n"):
+        listing, sums = "", listing[len(rs.SUMS) + 1:]
+    entries: dict[str, tuple[str, int, str]] = {}
+    for line in listing.splitlines():
+        parts = line.split("\t", 3)
+        if len(parts) == 4 and parts[1].isdigit():
+            entries[parts[3]] = (parts[0], int(parts[1], 8), parts[2])
+    return entries, parse_checksums(sums)
+
+
+def _expected(e: Entry) -> tuple[str, int, str]:
+    # a symlink's own mode means nothing on Linux: only its target is compared
+    return (e.kind, 0o777 if e.kind == "l" else e.mode, e.digest if e.kind == "l" else "")
+
+
+def _under(path: str, items: tuple[str, ...]) -> bool:
+    return any(path == f"./{i.strip('/')}" or path.startswith(f"./{i.strip('/')}/")
+               for i in items)
+
+
+def differences(expected: dict[str, Entry], text: str, skip: tuple[str, ...] = ()) -> list[str]:
+    """How the tree that list_tree printed differs from `expected`: entries missing or extra
+    (any kind: FIFO, device, socket), kinds, modes, symlink targets, file contents. Paths at
+    or below the `skip` items are not compared."""
+    actual, sums = parse_tree(text)
+    actual = {p: (k, 0o777 if k == "l" else m, t) for p, (k, m, t) in actual.items()
+              if not _under(p, skip)}
+    want = {p: _expected(e) for p, e in expected.items()}
+    problems = []
+    extra, missing = sorted(set(actual) - set(want)), sorted(set(want) - set(actual))
+    changed = sorted(p for p in set(want) & set(actual) if want[p] != actual[p])
+    content = sorted(p for p, e in expected.items()
+                     if e.kind == "f" and p in sums and sums[p] != e.digest)
+    for label, paths in (("unexpected", extra), ("missing", missing),
+                         ("kind, mode or target differs", changed), ("content differs", content)):
+        if paths:
+            more = f" and {len(paths) - 5} more" if len(paths) > 5 else ""
+            problems.append(f"{label}: {', '.join(paths[:5])}{more}")
+    return problems
+
+
+def tree_changes(before: str, after: str) -> str:
+    """The paths whose entry or content differs between two list_tree outputs."""
+    (entries_a, sums_a), (entries_b, sums_b) = parse_tree(before), parse_tree(after)
+    paths = sorted({p for p in entries_a.keys() | entries_b.keys()
+                    if entries_a.get(p) != entries_b.get(p)}
+                   | {p for p in sums_a.keys() | sums_b.keys() if sums_a.get(p) != sums_b.get(p)})
+    more = f" and {len(paths) - 5} more" if len(paths) > 5 else ""
+    return ", ".join(paths[:5]) + more
+
+
+def seal(ex: Executor, host: Host, pool: Pool, name: str) -> None:
+    ex.run(rs.seal(Layout.of(host, pool), name), f"seal {name}")
 
 
 def _verify(ex: Executor, host: Host, layout: Layout, name: str, manifest: Manifest,
             delta: bool = False) -> None:
     out = ex.run(rs.verify(layout, name), f"verify {name}").stdout
-    first, _, sums = out.partition("\n")
-    counts = tuple(int(x) for x in first.split())
-    problems = []
-    if counts != manifest.counts():
-        problems.append(f"counts (files, symlinks, dirs) {counts} != {manifest.counts()}")
-    if parse_checksums(sums) != parse_checksums(manifest.checksum_text()):
-        problems.append("checksums differ")
+    problems = differences(manifest.entries, out)
     if problems:
         error = DeltaMismatch if delta else RolloutError
         raise error(f"{host.name}: upload of {name} did not verify: "
@@ -217,12 +306,10 @@ def _verify(ex: Executor, host: Host, layout: Layout, name: str, manifest: Manif
 def activate(ex: Executor, host: Host, pool: Pool, name: str, command: str) -> str | None:
     """Repoint current.release; record release, previous, time and user. Returns previous."""
     layout = Layout.of(host, pool)
-    out = ex.run(rs.activate(layout, name), f"activate {name}").stdout.strip()
-    previous = out or None
     stamp = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-    line = "\t".join([stamp, name, previous or "-", operator(), command])
-    ex.run(rs.append_history(layout, line), "record activation")
-    return previous
+    out = ex.run(rs.activate(layout, name, stamp, operator(), command), f"activate {name}")
+    previous = out.stdout.partition("\n")[0].strip()
+    return previous or None
 
 
 def operator() -> str:
@@ -238,15 +325,32 @@ class Activation:
     command: str
 
 
-def history(ex: Executor, host: Host, pool: Pool) -> list[Activation]:
-    text = ex.run(rs.read_history(Layout.of(host, pool)), "read history").stdout
+STAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d([+-]\d{4}|Z)?")
+UNESCAPE = re.compile(r"\\(.)")
+
+
+def unescape_field(value: str) -> str:
+    table = {"t": "\t", "n": "\n", "r": "\r"}
+    return UNESCAPE.sub(lambda m: table.get(m.group(1), m.group(1)), value)
+
+
+def parse_history(text: str) -> list[Activation]:
+    """Only well-formed entries: five fields, a time, release names; anything else (a line
+    written by hand, a truncated write, an old unescaped entry) is skipped, never trusted."""
     out = []
     for line in text.splitlines():
         parts = line.split("\t")
-        if len(parts) >= 5:
-            out.append(Activation(parts[0], parts[1], None if parts[2] == "-" else parts[2],
-                                  parts[3], parts[4]))
+        if len(parts) != 5 or not STAMP.fullmatch(parts[0]) or not NAME.fullmatch(parts[1]):
+            continue
+        if parts[2] != "-" and not NAME.fullmatch(parts[2]):
+            continue
+        out.append(Activation(parts[0], parts[1], None if parts[2] == "-" else parts[2],
+                              unescape_field(parts[3]), unescape_field(parts[4])))
     return out
+
+
+def history(ex: Executor, host: Host, pool: Pool) -> list[Activation]:
+    return parse_history(ex.run(rs.read_history(Layout.of(host, pool)), "read history").stdout)
 
 
 def previous_of(current: str | None, hist: list[Activation]) -> str | None:

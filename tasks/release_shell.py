@@ -4,8 +4,10 @@ locks, cleanup. Paths come from Layout; every word is quoted with shell.q.
 
 from __future__ import annotations
 
+from pathlib import PurePosixPath
+
 from .layout import Layout
-from .shell import q
+from .shell import PathLike, q
 
 LOCK_STALE_NOTE = "remove it with `fab unlock` once you are sure no deploy runs"
 
@@ -56,54 +58,125 @@ def drop_staging(layout: Layout, name: str) -> str:
     return f"rm -rf -- {q(staging(layout, name))}"
 
 
-def verify(layout: Layout, name: str) -> str:
-    """Counts (files, symlinks, dirs) then the sha256 of every file, sorted bytewise."""
-    tmp = q(staging(layout, name))
-    return (f"cd -- {tmp} && printf '%s %s %s\\n' \"$(find . -type f | wc -l)\" "
-            f"\"$(find . -type l | wc -l)\" \"$(find . -mindepth 1 -type d | wc -l)\" && "
+SUMS = "@@fpm-fleet-sums@@"
+
+
+def list_tree(path: PathLike) -> str:
+    """Every entry under `path` (type, octal mode, symlink target, path; sorted bytewise),
+    then a SUMS line, then the sha256 of every file: all a verification compares."""
+    return (f"cd -- {q(path)} && find . -mindepth 1 -printf '%y\\t%m\\t%l\\t%p\\n' | "
+            f"LC_ALL=C sort && printf '%s\\n' {q(SUMS)} && "
             f"find . -type f -print0 | LC_ALL=C sort -z | xargs -0 -r sha256sum")
+
+
+def verify(layout: Layout, name: str) -> str:
+    """The staged upload, as list_tree prints it."""
+    return list_tree(staging(layout, name))
+
+
+def verify_release(layout: Layout, name: str) -> str:
+    """An installed release, as list_tree prints it (a same-name redeploy checks it)."""
+    return list_tree(layout.release(name))
+
+
+def sealed_path(layout: Layout, name: str) -> str:
+    return f"{manifest_path(layout, name)}.sealed"
+
+
+def seal(layout: Layout, name: str) -> str:
+    """Record the release as it is once prepared (shared links, hooks done), just before its
+    first activation: a later same-name deploy reuses it only if it is still exactly so."""
+    sealed = sealed_path(layout, name)
+    return (f"{{ {list_tree(layout.release(name))}; }} > {q(sealed + '.tmp')} && "
+            f"mv -f -- {q(sealed + '.tmp')} {q(sealed)}")
+
+
+def read_sealed(layout: Layout, name: str) -> str:
+    return f"cat -- {q(sealed_path(layout, name))} 2>/dev/null; true"
 
 
 def commit_release(layout: Layout, name: str, replace: bool) -> str:
     """Rename the verified staging dir to releases/NAME (rename(2): all or nothing)."""
     final, tmp = q(layout.release(name)), q(staging(layout, name))
+    unseal = f"rm -f -- {q(sealed_path(layout, name))}"
     if replace:
         old = q(layout.incoming / f"{name}.replaced")
-        return (f"rm -rf -- {old}; if [ -e {final} ]; then mv -T -- {final} {old}; fi; "
-                f"mv -T -- {tmp} {final} && rm -rf -- {old}")
-    return f"[ ! -e {final} ] && mv -T -- {tmp} {final}"
+        return (f"{unseal} && rm -rf -- {old}; if [ -e {final} ]; then mv -T -- {final} {old}; "
+                f"fi; mv -T -- {tmp} {final} && rm -rf -- {old}")
+    return f"[ ! -e {final} ] && {unseal} && mv -T -- {tmp} {final}"
+
+
+def _no_symlink_above(base: PurePosixPath, item: str) -> str:
+    """A test that no directory between `base` and `item` (exclusive) is a symlink."""
+    parts = PurePosixPath(item).parts[:-1]
+    tests = [f"[ ! -L {q(base.joinpath(*parts[:i + 1]))} ]" for i in range(len(parts))]
+    return " && ".join(tests) or "true"
 
 
 def link_shared(layout: Layout, name: str, items: tuple[str, ...]) -> str:
-    """Replace each shared item in the release by a symlink into shared/ (seeded on first use)."""
+    """Replace each shared item in the release by a symlink into shared/ (seeded on first use).
+
+    Root deletes the item's path: refused (exit 4) when a directory above it, in the release
+    or in shared/, is a symlink, since the path would then lie outside the pool.
+    """
     steps = []
     for item in items:
         rel, shared = q(layout.release(name) / item), q(layout.shared / item)
+        guard = (f"{{ {_no_symlink_above(layout.release(name), item)} && "
+                 f"{_no_symlink_above(layout.shared, item)}; }} || "
+                 f"{{ echo {q(f'shared item {item}: a directory above it is a symlink')} >&2; "
+                 f"exit 4; }}")
         steps.append(
-            f"if [ ! -e {shared} ]; then mkdir -p -- \"$(dirname -- {shared})\"; "
-            f"if [ -e {rel} ]; then cp -a -- {rel} {shared}; else mkdir -p -- {shared}; fi; fi; "
-            f"mkdir -p -- \"$(dirname -- {rel})\" && rm -rf -- {rel} && ln -s -- {shared} {rel}")
+            f"{guard}; if [ ! -e {shared} ]; then mkdir -p -- \"$(dirname -- {shared})\" && "
+            f"if [ -e {rel} ]; then cp -a -- {rel} {shared}; else mkdir -p -- {shared}; fi "
+            f"|| exit 1; fi; mkdir -p -- \"$(dirname -- {rel})\" && rm -rf -- {rel} && "
+            f"ln -s -- {shared} {rel} || exit 1")
     return "; ".join(steps) if steps else "true"
+
+
+OWN_COPY = ('for f; do t=$(mktemp -- "$f.XXXXXX") && cp -p -- "$f" "$t" && mv -f -- "$t" "$f" '
+            '|| exit 1; done')
+
+
+def own_copies(layout: Layout, name: str) -> str:
+    """Give the release its own copy of every file that shares an inode (a hard link from
+    the previous release), before a before_activate hook may rewrite one in place (`>`,
+    file_put_contents): copy, then rename(2) over the link, so the other release keeps its
+    inode and every byte of it. Symlinks (shared items) are not followed."""
+    return (f"find -P {q(layout.release(name))} -type f -links +1 "
+            f"-exec sh -c {q(OWN_COPY)} sh {{}} +")
 
 
 def before_activate(layout: Layout, name: str, command: str) -> str:
     return f"cd -- {q(layout.release(name))} && sh -c {q(command)}"
 
 
-def activate(layout: Layout, name: str) -> str:
-    """Point current.release at releases/NAME atomically (temp symlink + rename(2)).
+def escape_field(value: str) -> str:
+    """One history field on one line and without tabs (a newline in a command line must not
+    start a forged entry): backslash, tab, newline and carriage return are escaped."""
+    return (value.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n")
+            .replace("\r", "\\r"))
 
-    Prints the previous target's name first.
+
+def activate(layout: Layout, name: str, stamp: str, user: str, command: str) -> str:
+    """Point current.release at releases/NAME atomically (temp symlink + rename(2)) and
+    record it in the history (time, release, previous, user, command), in one command.
+
+    Prints the previous target's name first. Whatever can fail (the missing release, writing
+    the new history beside the old) happens before the symlink's rename; after it only the
+    history's own rename: never an activation without its record.
     """
-    tmp = q(f"{layout.current_release}.fpm-fleet-tmp")
+    cur, hist = q(layout.current_release), q(layout.state / "history")
+    tmp, new = q(f"{layout.current_release}.fpm-fleet-tmp"), q(f"{layout.state}/history.new")
+    fields = " ".join(q(escape_field(f)) for f in (stamp, name))
+    record = " ".join(q(escape_field(f)) for f in (user, command))
     return (f"[ -d {q(layout.release(name))} ] || {{ echo {q(f'release {name} is missing')} "
-            f">&2; exit 3; }}; basename -- \"$(readlink -- {q(layout.current_release)} || true)\"; "
-            f"rm -f -- {tmp} && ln -s -- {q(f'releases/{name}')} {tmp} && "
-            f"mv -T -f -- {tmp} {q(layout.current_release)}")
-
-
-def append_history(layout: Layout, line: str) -> str:
-    return f"printf '%s\\n' {q(line)} >> {q(layout.state / 'history')}"
+            f">&2; exit 3; }}; prev=$(basename -- \"$(readlink -- {cur} || true)\"); "
+            f"printf '%s\\n' \"$prev\"; case $prev in ''|*[!A-Za-z0-9._-]*) prev=-;; esac; "
+            f"{{ cat -- {hist} 2>/dev/null; printf '%s\\t%s\\t%s\\t%s\\t%s\\n' {fields} "
+            f"\"$prev\" {record}; }} > {new} && rm -f -- {tmp} && "
+            f"ln -s -- {q(f'releases/{name}')} {tmp} && mv -T -f -- {tmp} {cur} && "
+            f"mv -f -- {new} {hist}")
 
 
 def read_history(layout: Layout) -> str:
@@ -128,7 +201,7 @@ def list_releases(layout: Layout) -> str:
 
 def remove_release(layout: Layout, name: str) -> str:
     return (f"rm -rf -- {q(layout.release(name))} {q(manifest_path(layout, name))} "
-            f"{q(layout.state / 'bad' / name)}")
+            f"{q(sealed_path(layout, name))} {q(layout.state / 'bad' / name)}")
 
 
 def take_lock(layout: Layout, info: str) -> str:

@@ -11,7 +11,7 @@ from pathlib import Path, PurePosixPath
 
 import pytest
 
-from tasks import manifest, shell
+from tasks import manifest, release, shell
 from tasks import release_shell as rs
 from tasks.errors import ConfigError
 from tasks.layout import Layout
@@ -39,14 +39,23 @@ def tar_gz(source: Path, paths: list[str]) -> bytes:
 
 # --- exact strings -----------------------------------------------------------------------------
 
-def test_activate_command_is_a_temp_symlink_renamed_over_current_release():
-    assert rs.activate(SRV, "v2") == (
+def act(layout: Layout, name: str, command: str = "fab deploy") -> str:
+    return rs.activate(layout, name, "2026-01-01T00:00:00+0000", "alice@box", command)
+
+
+def test_activate_command_writes_history_beside_then_renames_symlink_and_history():
+    assert act(SRV, "v2", "fab deploy --release v2") == (
         "[ -d /srv/fpm-fleet/www/releases/v2 ] || { echo 'release v2 is missing' >&2; "
-        "exit 3; }; basename -- \"$(readlink -- /srv/fpm-fleet/www/current.release || true)\"; "
+        "exit 3; }; prev=$(basename -- \"$(readlink -- /srv/fpm-fleet/www/current.release || "
+        "true)\"); printf '%s\\n' \"$prev\"; case $prev in ''|*[!A-Za-z0-9._-]*) prev=-;; esac; "
+        "{ cat -- /srv/fpm-fleet/www/state/history 2>/dev/null; "
+        "printf '%s\\t%s\\t%s\\t%s\\t%s\\n' 2026-01-01T00:00:00+0000 v2 \"$prev\" alice@box "
+        "'fab deploy --release v2'; } > /srv/fpm-fleet/www/state/history.new && "
         "rm -f -- /srv/fpm-fleet/www/current.release.fpm-fleet-tmp && "
         "ln -s -- releases/v2 /srv/fpm-fleet/www/current.release.fpm-fleet-tmp && "
         "mv -T -f -- /srv/fpm-fleet/www/current.release.fpm-fleet-tmp "
-        "/srv/fpm-fleet/www/current.release")
+        "/srv/fpm-fleet/www/current.release && "
+        "mv -f -- /srv/fpm-fleet/www/state/history.new /srv/fpm-fleet/www/state/history")
 
 
 def test_take_lock_command_is_a_mkdir_test_and_set_exiting_9():
@@ -67,6 +76,7 @@ def test_release_lock_command_compares_the_holder_before_removing():
 def test_commit_release_without_replace_refuses_an_existing_release():
     assert rs.commit_release(SRV, "v2", replace=False) == (
         "[ ! -e /srv/fpm-fleet/www/releases/v2 ] && "
+        "rm -f -- /srv/fpm-fleet/www/state/manifests/v2.sealed && "
         "mv -T -- /srv/fpm-fleet/www/incoming/v2.partial /srv/fpm-fleet/www/releases/v2")
 
 
@@ -84,11 +94,11 @@ def test_paths_of_manifests_and_staging_live_under_state_and_incoming():
 def test_activate_repoints_current_release_and_prints_the_previous_name(sh, layout):
     make_release(layout, "v1")
     make_release(layout, "v2")
-    first = sh(rs.activate(layout, "v1"))
+    first = sh(act(layout, "v1"))
     assert first.returncode == 0, first.stderr
     assert first.stdout.strip() == ""  # nothing was active before
     assert os.readlink(layout.current_release) == "releases/v1"
-    second = sh(rs.activate(layout, "v2"))
+    second = sh(act(layout, "v2"))
     assert second.returncode == 0, second.stderr
     assert second.stdout.strip() == "v1"
     assert os.readlink(layout.current_release) == "releases/v2"
@@ -99,8 +109,8 @@ def test_activate_repoints_current_release_and_prints_the_previous_name(sh, layo
 
 def test_activate_of_a_missing_release_fails_with_3_and_changes_nothing(sh, layout):
     make_release(layout, "v1")
-    sh(rs.activate(layout, "v1"))
-    result = sh(rs.activate(layout, "v9"))
+    sh(act(layout, "v1"))
+    result = sh(act(layout, "v9"))
     assert result.returncode == 3
     assert "release v9 is missing" in result.stderr
     assert os.readlink(layout.current_release) == "releases/v1"
@@ -109,8 +119,8 @@ def test_activate_of_a_missing_release_fails_with_3_and_changes_nothing(sh, layo
 def test_activate_never_lets_a_reader_see_current_release_missing(sh, layout):
     make_release(layout, "v1")
     make_release(layout, "v2")
-    sh(rs.activate(layout, "v1"))
-    commands = [rs.activate(layout, "v2"), rs.activate(layout, "v1")]
+    sh(act(layout, "v1"))
+    commands = [act(layout, "v2"), act(layout, "v1")]
     done = threading.Event()
     misses: list[str] = []
     seen: set[str] = set()
@@ -135,7 +145,7 @@ def test_activate_never_lets_a_reader_see_current_release_missing(sh, layout):
 
 
 def test_activate_does_not_execute_a_quote_breaking_release_name(sh, layout, pwned):
-    sh(rs.activate(layout, "x'; touch pwned; '"))
+    sh(act(layout, "x'; touch pwned; '"))
     assert pwned() == []
 
 
@@ -240,9 +250,12 @@ def test_verify_output_matches_the_local_manifest_of_the_same_tree(sh, layout, t
     assert sh(rs.extract(layout, "v1"), stdin=tar_gz(src, paths)).returncode == 0
     result = sh(rs.verify(layout, "v1"))
     assert result.returncode == 0, result.stderr
-    first, _, sums = result.stdout.partition("\n")
-    assert tuple(int(x) for x in first.split()) == local.counts() == (8, 1, 3)
-    assert sums == local.checksum_text()
+    entries, sums = release.parse_tree(result.stdout)
+    assert sorted(entries) == sorted(local.entries)
+    assert entries["./link.php"] == ("l", 0o777, "index.php")
+    assert entries["./empty"][0] == "d" and entries["./index.php"][0] == "f"
+    assert sums == manifest.parse_checksums(local.checksum_text())
+    assert release.differences(local.entries, result.stdout) == []
 
 
 def test_verify_notices_a_changed_file(sh, layout, tmp_path):
@@ -253,8 +266,8 @@ def test_verify_notices_a_changed_file(sh, layout, tmp_path):
     stage = Path(rs.staging(layout, "v1"))
     stage.mkdir()
     (stage / "index.php").write_text("tampered\n")
-    sums = sh(rs.verify(layout, "v1")).stdout.partition("\n")[2]
-    assert manifest.parse_checksums(sums) != manifest.parse_checksums(local.checksum_text())
+    problems = release.differences(local.entries, sh(rs.verify(layout, "v1")).stdout)
+    assert problems == ["content differs: ./index.php"]
 
 
 def test_commit_release_renames_staging_into_releases(sh, layout):
@@ -318,12 +331,28 @@ def test_link_shared_seeds_shared_from_the_first_release_then_links_every_releas
     assert (v2 / "storage" / "log.txt").read_text() == "kept\n"
 
 
-def test_history_lines_roundtrip_with_tabs_and_quotes(sh, layout):
-    lines = ["2024-01-01T00:00:00\tv1\t-\talice@a\tfab deploy --release 'v1'",
-             "2024-01-02T00:00:00\tv2\tv1\tbob@b\tfab rollback \"$(x)\""]
-    for line in lines:
-        assert sh(rs.append_history(layout, line)).returncode == 0
-    assert sh(rs.read_history(layout)).stdout.splitlines() == lines
+def test_activation_records_history_fields_with_tabs_quotes_and_newlines_escaped(sh, layout):
+    make_release(layout, "v1")
+    make_release(layout, "v2")
+    commands = ["fab deploy --release 'v1'\tx", "fab rollback \"$(x)\"\n2026-01-01T00:00:00\tv9"]
+    assert sh(act(layout, "v1", commands[0])).returncode == 0
+    assert sh(act(layout, "v2", commands[1])).returncode == 0
+    lines = Path(layout.state, "history").read_text().splitlines()
+    assert lines == [
+        "2026-01-01T00:00:00+0000\tv1\t-\talice@box\tfab deploy --release 'v1'\\tx",
+        "2026-01-01T00:00:00+0000\tv2\tv1\talice@box\t"
+        "fab rollback \"$(x)\"\\n2026-01-01T00:00:00\\tv9"]
+    assert [a.command for a in release.parse_history(sh(rs.read_history(layout)).stdout)] == \
+        commands
+
+
+def test_activation_that_fails_leaves_history_and_current_release_unchanged(sh, layout):
+    make_release(layout, "v1")
+    sh(act(layout, "v1"))
+    before = Path(layout.state, "history").read_text()
+    assert sh(act(layout, "v9")).returncode == 3
+    assert Path(layout.state, "history").read_text() == before
+    assert os.readlink(layout.current_release) == "releases/v1"
 
 
 def test_read_history_of_a_fresh_pool_is_empty_and_succeeds(sh, layout):
@@ -400,9 +429,13 @@ def test_release_builders_never_execute_metacharacters_in_paths_names_or_notes(
         rs.prepare_staging(lay, name, name),
         rs.verify(lay, name),
         rs.link_shared(lay, name, ("storage;$(touch pwned)",)),
-        rs.activate(lay, no_quote),
-        rs.activate(lay, name.replace("'", "")),
-        rs.append_history(lay, "line $(touch pwned) `touch pwned` ' \""),
+        act(lay, no_quote),
+        act(lay, name.replace("'", "")),
+        rs.activate(lay, name, "$(touch pwned)", "`touch pwned`", "line $(touch pwned) ' \""),
+        rs.verify_release(lay, name),
+        rs.seal(lay, name),
+        rs.read_sealed(lay, name),
+        rs.own_copies(lay, name),
         rs.read_history(lay),
         rs.mark_bad(lay, name),
         rs.list_bad(lay),
