@@ -8,7 +8,7 @@ from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import balancer, fpm, release, release_shell, replica, shell
+from . import balancer, fpm, lock, release, release_shell, replica, shell
 from .errors import FleetError, RemoteError, RolloutError
 from .events import Event, Observer, step
 from .inventory import Host, Pool
@@ -87,12 +87,9 @@ def _lock(ex: Executor, host: Host, pool: Pool, plan: Plan, obs: Observer,
           held: ExitStack) -> None:
     """Take the deploy lock (a stale one of a killed run is taken over), then the preflight:
     put back replicas a killed run left out, and fail here if balancer-manager is unusable."""
-    def stale(holder: str) -> None:
-        obs.event(Event("warn", host.name, "lock", pool.name,
-                        f"took over the lock of a killed run: {holder}"))
-
     with step(obs, host.name, "lock", pool.name):
-        held.enter_context(release.locked(ex, host, pool, plan.command, stale))
+        held.enter_context(lock.locked(ex, host, pool, plan.command,
+                                       *lock.reporters(obs, host.name, pool.name)))
     with step(obs, host.name, "preflight", pool.name):
         heal(ex, host, pool, obs)
 
@@ -212,7 +209,7 @@ def dry_run_commands(host: Host, pool: Pool, plan: Plan, base: str | None) -> Co
     """The remote commands a deploy would run on one host, in order (nothing is executed)."""
     layout = Layout.of(host, pool)
     name = plan.release
-    cmds = [("lock", release_shell.take_lock(layout, "<holder>")),
+    cmds = [("lock", lock.take(layout, "<holder>")),
             ("stage", release_shell.prepare_staging(layout, name, base)),
             ("upload", release_shell.extract(layout, name) + "   < gzip tar of changed files"),
             ("verify", release_shell.verify(layout, name)),
@@ -225,7 +222,7 @@ def dry_run_commands(host: Host, pool: Pool, plan: Plan, base: str | None) -> Co
 
 def dry_run_rollback_commands(host: Host, pool: Pool, plan: Plan) -> Commands:
     """The remote commands a rollback to plan.release would run on one host."""
-    return [("lock", release_shell.take_lock(Layout.of(host, pool), "<holder>")),
+    return [("lock", lock.take(Layout.of(host, pool), "<holder>")),
             *_activation_commands(host, pool, plan)]
 
 
@@ -243,7 +240,7 @@ def _activation_commands(host: Host, pool: Pool, plan: Plan) -> Commands:
                  (f"start {pool.name}-{n}", shell.fpm_start(layout, n, name)),
                  (f"enable {pool.name}-{n}", shell.balancer_set(
                      url, pool.balancer, member, "<nonce>", {"D": 0, "N": 0, "S": 0}))]
-    cmds.append(("unlock", release_shell.release_lock(layout, "<holder>")))
+    cmds.append(("unlock", lock.remove_if(layout, "<holder>")))
     return cmds
 
 

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import FAB, ROOT, Sandbox, assert_no_failures, fab, get, load, ok
+from .conftest import (FAB, ROOT, Background, Sandbox, assert_no_failures, fab, get, load,
+                       ok)
 
 
 def pinned(box: Sandbox) -> set[tuple[str, int, str]]:
@@ -115,8 +116,30 @@ def test_second_deploy_is_refused_while_the_first_holds_the_lock(box: Sandbox) -
     assert_no_failures(stats)
     assert first.returncode == 0, err
     assert second.returncode == 6, second.stderr
-    assert "locked by another deploy" in second.stderr and f"pid={first.pid}" in second.stderr
+    assert "locked by another run: `fab deploy --release v4" in second.stderr
+    assert f"pid {first.pid}" in second.stderr
     assert not lock.exists(), "the lock is released at the end"
+    assert all_on(box, "v4")
+
+
+def test_restart_during_a_deploy_is_refused_naming_the_deploy(box: Sandbox,
+                                                             tmp_path: Path) -> None:
+    slow = with_pool_keys(box, tmp_path, 'before_activate = ["sleep 4"]')
+    lock = box.pool_dir(0) / "state" / "lock"
+    with load(box) as stats:  # v4 again: reused, but its hook runs (and holds the lock)
+        deploy = Background("deploy", "--release", "v4", "--host", "h1", "--plain",
+                            inventory_path=slow)
+        deploy.wait_for("shared links")
+        assert lock.exists()
+        restart = fab("restart", "--host", "h1", "--plain")
+        stop = fab("stop", "--host", "h1", "--replica", "1", "--plain")
+        code, _, err = deploy.finish()
+    assert_no_failures(stats)
+    assert code == 0, err
+    for refused in (restart, stop):
+        assert refused.returncode == 6, refused.stderr
+        assert "locked by another run: `fab deploy --release v4 --host h1" in refused.stderr
+    assert not lock.exists()
     assert all_on(box, "v4")
 
 
