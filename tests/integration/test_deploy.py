@@ -11,8 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import (FAB, ROOT, Background, Sandbox, assert_no_failures, fab, get, load,
-                       ok)
+from .conftest import FAB, ROOT, Background, Sandbox, assert_no_failures, fab, get, load, ok
 
 
 def pinned(box: Sandbox) -> set[tuple[str, int, str]]:
