@@ -14,6 +14,7 @@ from .events import Event, Observer, step
 from .inventory import Host, Pool
 from .layout import Layout
 from .manifest import Manifest
+from .redact import redact
 from .remote import Executor
 from .replica import Replica
 from .rollout import HostResult, Selection, heal, ordered_replicas, tracked
@@ -78,7 +79,7 @@ def deploy_pool(ex: Executor, host: Host, pool: Pool, plan: Plan, obs: Observer,
             s.detail = ", ".join(pool.shared) or "none"
         for command in pool.before_activate:
             with step(obs, host.name, "before_activate", pool.name) as s:
-                s.detail = command
+                s.detail = redact(command)
                 _before_activate(ex, host, layout, plan.release, command)
         _activate_and_roll(ex, host, pool, plan, outcome, obs, result)
 
@@ -107,10 +108,11 @@ def _upload(ex: Executor, host: Host, pool: Pool, plan: Plan, outcome: PoolOutco
 
 
 def _before_activate(ex: Executor, host: Host, layout: Layout, name: str, command: str) -> None:
+    shown = redact(command)  # never a secret on the terminal
     try:
-        ex.run(release_shell.before_activate(layout, name, command), f"before_activate {command}")
+        ex.run(release_shell.before_activate(layout, name, command), f"before_activate {shown}")
     except RemoteError as exc:
-        raise RolloutError(f"{host.name}: before_activate `{command}` failed; {name} was not "
+        raise RolloutError(f"{host.name}: before_activate `{shown}` failed; {name} was not "
                            f"activated: {exc}") from None
 
 
@@ -215,7 +217,7 @@ def dry_run_commands(host: Host, pool: Pool, plan: Plan, base: str | None) -> Co
             ("verify", release_shell.verify(layout, name)),
             ("commit", release_shell.commit_release(layout, name, plan.force)),
             ("shared links", release_shell.link_shared(layout, name, pool.shared))]
-    cmds += [("before_activate", release_shell.before_activate(layout, name, c))
+    cmds += [("before_activate", redact(release_shell.before_activate(layout, name, c)))
              for c in pool.before_activate]
     return cmds + _activation_commands(host, pool, plan)
 
