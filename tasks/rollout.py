@@ -7,6 +7,7 @@ failure stops the rollout: hosts not reached stay untouched.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -15,11 +16,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from . import balancer, fpm, replica
-from .errors import FleetError, RolloutError, UsageError
+from .errors import AnswerError, FleetError, RolloutError, UsageError
 from .events import Event, Observer
 from .inventory import Fleet, Host, Pool
 from .remote import Executor, SSHExecutor, connect
 from .replica import Replica
+
+log = logging.getLogger("fpm_fleet.rollout")
 
 
 @dataclass(frozen=True)
@@ -120,9 +123,10 @@ class Runner:
                 close = getattr(ex, "close", None)
                 if close:
                     close()
-        except FleetError as exc:
-            result.ok, result.error, result.exit_code = False, str(exc), exc.exit_code
-            self.obs.event(Event("fail", host.name, "host", detail=str(exc)))
+        except Exception as exc:
+            failure = as_failure(host, exc)
+            result.ok, result.error, result.exit_code = False, str(failure), failure.exit_code
+            self.obs.event(Event("fail", host.name, "host", detail=str(failure)))
             if self.stop_on_failure:
                 self._stop.set()
         finally:
@@ -139,17 +143,46 @@ def ordered_replicas(ex: Executor, host: Host, pool: Pool, numbers: list[int]) -
 @contextmanager
 def tracked(ex: Executor, r: Replica, obs: Observer, result: HostResult) -> Iterator[None]:
     """Count the replica in the host's recap; on Ctrl-C / SIGTERM mid-step put it back if it
-    runs and is healthy, and report its state."""
+    runs and is healthy, and report its state. So does any failure the steps did not handle
+    themselves (a remote command that failed, an answer that could not be parsed): the host
+    fails with a message, never a traceback, and never leaves a healthy replica drained."""
     try:
         yield
     except KeyboardInterrupt:
-        state = replica.recover(ex, r)
-        obs.event(Event("warn", r.host.name, "interrupted", r.name, state))
+        _recover(ex, r, obs, "interrupted")
+        raise
+    except AnswerError:
+        result.failed += 1
+        _recover(ex, r, obs, "recover")
         raise
     except RolloutError:
         result.failed += 1
         raise
+    except Exception as exc:
+        result.failed += 1
+        _recover(ex, r, obs, "recover")
+        raise as_failure(r.host, exc) from None
     result.done += 1
+
+
+def _recover(ex: Executor, r: Replica, obs: Observer, what: str) -> None:
+    """Put the replica back if it runs and is healthy; say what state it is left in. A failure
+    of the recovery itself (the connection is gone) is said, never raised over the cause."""
+    try:
+        state = replica.recover(ex, r)
+    except Exception as exc:
+        state = f"state unknown, not put back ({as_failure(r.host, exc)})"
+    obs.event(Event("warn", r.host.name, what, r.name, state))
+
+
+def as_failure(host: Host, exc: Exception) -> FleetError:
+    """Any exception as the FleetError of one host: ours as they are, anything else (a bug,
+    an answer the parsers did not expect) as a RolloutError whose traceback goes to the log."""
+    if isinstance(exc, FleetError):
+        return exc
+    log.error("[%s] unexpected error", host.name, exc_info=exc)
+    return RolloutError(f"{host.name}: unexpected error: {type(exc).__name__}: {exc} "
+                        "(details in the log)")
 
 
 def heal(ex: Executor, host: Host, pool: Pool, obs: Observer) -> None:
