@@ -13,14 +13,16 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import IO, Protocol
 
 import paramiko
 from fabric import Connection
 from paramiko.ssh_exception import NoValidConnectionsError
 
+from . import known_hosts
 from .errors import ConfigError, ConnectError, RemoteError, RemoteResult
 from .inventory import Host
 from .shell import as_root
@@ -30,6 +32,7 @@ log = logging.getLogger("fpm_fleet.remote")
 # Python would print it on stderr. output.start_log sends it to the run's log file.
 logging.getLogger("paramiko").addHandler(logging.NullHandler())
 SYSTEM_KNOWN_HOSTS = "/etc/ssh/ssh_known_hosts"
+USER_KNOWN_HOSTS = "~/.ssh/known_hosts"
 
 
 class Executor(Protocol):
@@ -44,30 +47,38 @@ class Executor(Protocol):
                timeout: float | None = None) -> tuple[RemoteResult, int]: ...
 
 
-def _load_host_keys(client: paramiko.SSHClient, host: Host) -> None:
+def _host_keys(client: paramiko.SSHClient, host: Host,
+               say: Callable[[str], None]) -> known_hosts.Policy:
+    """Load known_hosts (the inventory's file, else the user's and the system's) and return
+    the policy for a key it does not list."""
+    user_file = os.path.expanduser(USER_KNOWN_HOSTS)
     if host.known_hosts:
-        path = os.path.expanduser(host.known_hosts)
-        if not os.path.exists(path):
-            raise ConfigError(f"{host.name}: known_hosts file {path} does not exist")
-        client.load_host_keys(path)
-        return
-    client.load_system_host_keys()
-    if os.path.exists(SYSTEM_KNOWN_HOSTS):
-        client.load_system_host_keys(SYSTEM_KNOWN_HOSTS)
+        paths = [os.path.expanduser(host.known_hosts)]
+        if not os.path.exists(paths[0]):
+            raise ConfigError(f"{host.name}: known_hosts file {paths[0]} does not exist")
+    else:
+        paths = [p for p in (user_file, SYSTEM_KNOWN_HOSTS) if os.path.exists(p)]
+    name = known_hosts.host_name(host.address, host.port)
+    lines = []
+    for path in paths:
+        found = known_hosts.parse(Path(path).read_text(errors="replace"))
+        known_hosts.check_markers(found, name, path, host.name)
+        lines += found
+    revoked = known_hosts.revoked_keys(lines, name)
+    known_hosts.load(client.get_host_keys(), lines, revoked)
+    return known_hosts.Policy(host.trust_new_host_keys, revoked, paths[0] if host.known_hosts
+                              else user_file, say)
 
 
-def connect(host: Host) -> Connection:
+def connect(host: Host, say: Callable[[str], None] | None = None) -> Connection:
     """Open an SSH connection to `host` with strict host-key checking and a connect timeout.
 
     Every way this fails is one ConnectError naming the host and the cause, never paramiko's
-    own exception: see `connect_failure`.
+    own exception: see `connect_failure`. `say` hears of a new host key trusted and saved.
     """
     conn = Connection(host.address, user=host.user, port=host.port,
                       connect_kwargs=connect_kwargs(host, _identity(host)))
-    _load_host_keys(conn.client, host)
-    policy: paramiko.MissingHostKeyPolicy = (
-        paramiko.AutoAddPolicy() if host.trust_new_host_keys else paramiko.RejectPolicy())
-    conn.client.set_missing_host_key_policy(policy)
+    conn.client.set_missing_host_key_policy(_host_keys(conn.client, host, say or log.warning))
     try:
         conn.open()
     except (paramiko.SSHException, OSError, EOFError) as exc:
@@ -147,6 +158,8 @@ def _socket_failure(code: int, host: Host) -> str:
 
 
 def _ssh_failure(text: str, host: Host) -> str:
+    if text.startswith("host key revoked"):
+        return text
     if "not found in known_hosts" in text:
         return ("unknown host key: add it to known_hosts (ssh-keyscan -p "
                 f"{host.port} {host.address}) or set trust_new_host_keys = true")

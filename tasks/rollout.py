@@ -89,7 +89,7 @@ class Runner:
     obs: Observer
     parallel: int = 1
     stop_on_failure: bool = True
-    connector: Callable[[Host], Executor] = field(default=lambda h: SSHExecutor(h, connect(h)))
+    connector: Callable[[Host], Executor] | None = None  # default: SSH, see _connect
     _stop: threading.Event = field(default_factory=threading.Event)
 
     def run(self, hosts: tuple[Host, ...],
@@ -109,13 +109,16 @@ class Runner:
                     raise
         return [results[h.name] for h in hosts]
 
+    def _connect(self, host: Host) -> Executor:
+        return _ssh(self.obs, host)
+
     def _one(self, host: Host, work: Callable[[Executor, Host, HostResult], None],
              result: HostResult) -> None:
         if self._stop.is_set():
             return
         started = time.monotonic()
         try:
-            ex = self.connector(host)
+            ex = (self.connector or self._connect)(host)
             result.reached = True
             try:
                 work(ex, host, result)
@@ -131,6 +134,14 @@ class Runner:
                 self._stop.set()
         finally:
             result.seconds = time.monotonic() - started
+
+
+def _ssh(obs: Observer, host: Host) -> Executor:
+    """An SSH executor; a new host key trusted on the way is said as a warning."""
+    def say(message: str) -> None:
+        obs.event(Event("warn", host.name, "host key", detail=message))
+
+    return SSHExecutor(host, connect(host, say))
 
 
 def ordered_replicas(ex: Executor, host: Host, pool: Pool, numbers: list[int]) -> list[int]:

@@ -4,8 +4,11 @@ accepts and stays silent, and paramiko's own SSH server (which refuses every log
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import errno
+import hashlib
+import hmac
 import socket
 import threading
 import time
@@ -17,7 +20,7 @@ import paramiko
 import pytest
 from paramiko.ssh_exception import NoValidConnectionsError
 
-from tasks import inventory, remote
+from tasks import inventory, known_hosts, remote
 from tasks.errors import ConfigError, ConnectError
 from tasks.inventory import Host
 
@@ -187,3 +190,79 @@ def test_the_banner_deadline_falls_inside_the_connect_timeout():
     kwargs = remote.connect_kwargs(local_host(22, connect_timeout=4.0), None)
     assert kwargs["timeout"] == kwargs["auth_timeout"] == 4.0
     assert 0 < kwargs["banner_timeout"] < 4.0  # type: ignore[operator]
+
+
+# --- known_hosts: new keys saved, @revoked honoured, @cert-authority refused clearly --------
+
+def connect_to(server: SSHServer, known: Path, client_key: str, trust: bool = False,
+               said: list[str] | None = None) -> Exception:
+    host = local_host(server.port, known_hosts=str(known), identity_file=client_key,
+                      trust_new_host_keys=trust)
+    with pytest.raises((ConnectError, ConfigError)) as info:
+        remote.connect(host, said.append if said is not None else None)
+    return info.value
+
+
+def test_a_trusted_new_key_is_saved_to_known_hosts_keeping_its_comments_and_said(
+        ssh_server, tmp_path, client_key):
+    known = tmp_path / "known_hosts"
+    other = f"other.example {ssh_server.key.get_name()} {paramiko.ECDSAKey.generate().get_base64()}"
+    known.write_text(f"# pinned by ops, do not edit\n{other}")  # no final newline
+    said: list[str] = []
+    error = connect_to(ssh_server, known, client_key, trust=True, said=said)
+    assert "authentication failed" in str(error)  # the key was accepted, the login refused
+    assert known.read_text() == ("# pinned by ops, do not edit\n" + other + "\n"
+                                 + ssh_server.known_hosts_line())
+    assert said == [f"trusted the new host key of [127.0.0.1]:{ssh_server.port} "
+                    f"({ssh_server.key.get_name()} {ssh_server.key.fingerprint}) "
+                    f"and saved it to {known}"]
+    again = connect_to(ssh_server, known, client_key)  # no longer trusting: now known
+    assert "authentication failed" in str(again)
+
+
+def test_a_revoked_key_is_refused_even_when_trusting_new_keys(ssh_server, tmp_path, client_key):
+    known = tmp_path / "known_hosts"
+    known.write_text("@revoked * " + ssh_server.known_hosts_line().split(" ", 1)[1])
+    error = connect_to(ssh_server, known, client_key, trust=True)
+    assert isinstance(error, ConnectError)
+    assert "host key revoked" in str(error) and "refusing to connect" in str(error)
+    assert known.read_text().count("\n") == 1, "a revoked key is never saved"
+
+
+def test_a_revoked_key_is_refused_even_when_also_listed(ssh_server, tmp_path, client_key):
+    known = tmp_path / "known_hosts"
+    line = ssh_server.known_hosts_line()
+    known.write_text(line + "@revoked * " + line.split(" ", 1)[1])
+    assert "host key revoked" in str(connect_to(ssh_server, known, client_key))
+
+
+def test_a_cert_authority_entry_for_the_host_is_refused_with_a_clear_message(
+        ssh_server, tmp_path, client_key):
+    known = tmp_path / "known_hosts"
+    ca = paramiko.ECDSAKey.generate()
+    known.write_text(f"# CA\n@cert-authority [127.0.0.1]:* {ca.get_name()} {ca.get_base64()}\n")
+    error = connect_to(ssh_server, known, client_key)
+    assert isinstance(error, ConfigError)
+    assert str(error) == (f"web1: {known} line 2: @cert-authority entry for "
+                          f"[127.0.0.1]:{ssh_server.port}: fpm-fleet (paramiko) cannot check "
+                          "host certificates; add the host's own key to known_hosts")
+
+
+def test_markers_for_other_hosts_do_not_get_in_the_way(ssh_server, tmp_path, client_key):
+    known = tmp_path / "known_hosts"
+    ca = paramiko.ECDSAKey.generate()
+    known.write_text(f"@cert-authority *.example.com {ca.get_name()} {ca.get_base64()}\n"
+                     f"@revoked old.example {ca.get_name()} {ca.get_base64()}\n"
+                     "garbage line\n" + ssh_server.known_hosts_line())
+    assert "authentication failed" in str(connect_to(ssh_server, known, client_key))
+
+
+def test_hashed_and_negated_patterns_match_as_openssh_does():
+    salt = b"0123456789abcdef0123"
+    digest = hmac.new(salt, b"web1.example", hashlib.sha1).digest()
+    hashed = f"|1|{base64.b64encode(salt).decode()}|{base64.b64encode(digest).decode()}"
+    lines = known_hosts.parse(f"@revoked {hashed} ssh-ed25519 AAAA\n"
+                              "@revoked *.example,!web2.example ssh-ed25519 BBBB\n")
+    assert known_hosts.revoked_keys(lines, "web1.example") == {("ssh-ed25519", "AAAA"),
+                                                               ("ssh-ed25519", "BBBB")}
+    assert known_hosts.revoked_keys(lines, "web2.example") == set()
