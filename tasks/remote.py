@@ -25,7 +25,7 @@ from paramiko.ssh_exception import NoValidConnectionsError
 from . import known_hosts
 from .errors import ConfigError, ConnectError, RemoteError, RemoteResult
 from .inventory import Host
-from .shell import as_root
+from .shell import KILL_AFTER, as_root, bounded
 
 log = logging.getLogger("fpm_fleet.remote")
 # paramiko logs a failed handshake with a traceback from its own thread; without a handler,
@@ -85,7 +85,7 @@ def connect(host: Host, say: Callable[[str], None] | None = None) -> Connection:
         conn.close()
         raise ConnectError(f"{host.name} ({host.user}@{host.address}:{host.port}): "
                            f"{connect_failure(exc, host)}") from None
-    _no_delay(conn)
+    _tune(conn)
     return conn
 
 
@@ -121,6 +121,9 @@ def _identity(host: Host) -> paramiko.PKey | None:
 
 
 BANNER_SHARE = 0.9
+KEEPALIVE = 15  # seconds between SSH keepalives on an idle connection
+CLIENT_GRACE = KILL_AFTER + 5  # the host's `timeout` ends a command before the client does
+HOST_TIMEOUT_CODES = (124, 128 + 9)  # timeout's own exit status, and after its SIGKILL
 
 REFUSED, NO_ROUTE, NET_DOWN, TIMED_OUT = (errno.ECONNREFUSED, errno.EHOSTUNREACH,
                                           errno.ENETUNREACH, errno.ETIMEDOUT)
@@ -174,9 +177,12 @@ def _ssh_failure(text: str, host: Host) -> str:
     return f"SSH failed: {text}"
 
 
-def _no_delay(conn: Connection) -> None:
-    """Disable Nagle: small command/answer exchanges otherwise stall ~40 ms on delayed ACKs."""
+def _tune(conn: Connection) -> None:
+    """Keepalives, so a dead host or a dropped NAT mapping ends the run instead of hanging it;
+    no Nagle: small command/answer exchanges otherwise stall ~40 ms on delayed ACKs."""
     transport = conn.client.get_transport()
+    if transport is not None:
+        transport.set_keepalive(KEEPALIVE)
     sock = getattr(transport, "sock", None)
     if isinstance(sock, socket.socket):
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -211,8 +217,10 @@ class SSHExecutor:
         transport = self.conn.client.get_transport()
         if transport is None or not transport.is_active():
             raise ConnectError(f"{self.host.name}: connection lost before {what}")
-        full = as_root(command, self.host.sudo)
         limit = timeout or self.host.command_timeout
+        full = as_root(command, self.host.sudo)
+        if source is None:  # an upload ends with its input, however long that takes
+            full = bounded(full, limit)
         started = time.monotonic()
         sent = 0
         try:
@@ -223,12 +231,16 @@ class SSHExecutor:
                 if source is not None:
                     sent = _pump(chan, source)
                 chan.shutdown_write()
-                stdout, stderr, code = _drain(chan, started + limit)
+                # the deadline starts once the input is sent: a long upload is no timeout;
+                # the host's own bound fires first, this one is for a connection that hangs
+                stdout, stderr, code = _drain(chan, time.monotonic() + limit + CLIENT_GRACE)
             finally:
                 chan.close()
         except (paramiko.SSHException, OSError, EOFError) as exc:
             raise ConnectError(f"{self.host.name}: connection lost during {what}: "
                                f"{exc or type(exc).__name__}") from None
+        if source is None and code in HOST_TIMEOUT_CODES:
+            stderr += f"\ntimed out on the host after {limit:g}s (command_timeout)"
         result = RemoteResult(command, code, stdout, stderr)
         _log(self.host.name, what, result, time.monotonic() - started, source is not None)
         return result, sent

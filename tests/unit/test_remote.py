@@ -9,6 +9,7 @@ import contextlib
 import errno
 import hashlib
 import hmac
+import io
 import socket
 import threading
 import time
@@ -20,7 +21,7 @@ import paramiko
 import pytest
 from paramiko.ssh_exception import NoValidConnectionsError
 
-from tasks import inventory, known_hosts, remote
+from tasks import inventory, known_hosts, remote, shell
 from tasks.errors import ConfigError, ConnectError
 from tasks.inventory import Host
 
@@ -266,3 +267,114 @@ def test_hashed_and_negated_patterns_match_as_openssh_does():
     assert known_hosts.revoked_keys(lines, "web1.example") == {("ssh-ed25519", "AAAA"),
                                                                ("ssh-ed25519", "BBBB")}
     assert known_hosts.revoked_keys(lines, "web2.example") == set()
+
+
+# --- deadlines: after the input is sent, and on the host too ---------------------------------
+
+class SlowChannel:
+    """An exec channel whose input takes `send_seconds` to go out; the command then runs
+    `run_seconds` and exits 0 (with the command line it was given recorded)."""
+
+    def __init__(self, send_seconds: float, run_seconds: float, code: int = 0) -> None:
+        self.send_seconds, self.run_seconds, self.code = send_seconds, run_seconds, code
+        self.command = ""
+        self.done_at = float("inf")
+        self.closed = False
+
+    def settimeout(self, seconds: float) -> None:
+        pass
+
+    def exec_command(self, command: str) -> None:
+        self.command = command
+
+    def sendall(self, chunk: bytes) -> None:
+        time.sleep(self.send_seconds)
+
+    def shutdown_write(self) -> None:
+        self.done_at = time.monotonic() + self.run_seconds
+
+    def recv_ready(self) -> bool:
+        return False
+
+    recv_stderr_ready = recv_ready
+
+    @property
+    def eof_received(self) -> bool:
+        return time.monotonic() >= self.done_at
+
+    def exit_status_ready(self) -> bool:
+        return self.eof_received
+
+    def recv_exit_status(self) -> int:
+        return self.code
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class FakeTransport:
+    def __init__(self, chan: SlowChannel) -> None:
+        self.chan = chan
+        self.keepalive = 0
+
+    def is_active(self) -> bool:
+        return True
+
+    def open_session(self, timeout: float) -> SlowChannel:
+        return self.chan
+
+    def set_keepalive(self, seconds: int) -> None:
+        self.keepalive = seconds
+
+
+class FakeConnection:
+    def __init__(self, transport: FakeTransport) -> None:
+        self.client = self
+        self.transport = transport
+
+    def get_transport(self) -> FakeTransport:
+        return self.transport
+
+
+def executor(chan: SlowChannel, **host: object) -> remote.SSHExecutor:
+    return remote.SSHExecutor(local_host(22, **host),
+                              FakeConnection(FakeTransport(chan)))  # type: ignore[arg-type]
+
+
+def test_a_long_upload_is_no_timeout_the_deadline_starts_once_the_input_is_sent():
+    chan = SlowChannel(send_seconds=0.3, run_seconds=0.05)
+    ex = executor(chan)
+    result, sent = ex.stream("tar -x", "upload", io.BytesIO(b"x" * 10), timeout=0.1)
+    assert result.exited == 0 and sent == 10
+    assert chan.command == "tar -x", "an upload is bounded by its input, not by `timeout`"
+
+
+def test_commands_are_bounded_on_the_host_by_their_timeout():
+    chan = SlowChannel(send_seconds=0, run_seconds=0)
+    executor(chan, sudo=True).run("systemctl start x", "start", timeout=42)
+    assert chan.command == ("timeout -k 5 42 sh -c "
+                            "'sudo -n -- sh -c '\"'\"'systemctl start x'\"'\"''")
+
+
+def test_a_command_over_its_timeout_is_ended_on_the_host(sh):
+    result = sh(shell.bounded("sleep 5; echo never", 0.2))
+    assert result.returncode == 124 and "never" not in result.stdout
+
+
+def test_a_command_ended_by_the_host_bound_says_so():
+    ex = executor(SlowChannel(send_seconds=0, run_seconds=0, code=124))
+    result = ex.run("sh -c 'sleep 600'", "before_activate", check=False, timeout=30)
+    assert result.stderr.endswith("timed out on the host after 30s (command_timeout)")
+
+
+def test_the_host_bound_ends_a_hooks_children_too(sh, tmp_path):
+    started = time.monotonic()
+    sh(shell.bounded("(sleep 3; touch late) & sleep 3", 0.3))
+    time.sleep(3.2 - (time.monotonic() - started))
+    assert not (tmp_path / "late").exists()
+
+
+def test_keepalives_are_on():
+    transport = FakeTransport(SlowChannel(0, 0))
+    remote._tune(FakeConnection(transport))  # type: ignore[arg-type]
+    assert transport.keepalive == remote.KEEPALIVE > 0
