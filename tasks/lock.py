@@ -25,7 +25,7 @@ from .errors import FleetError, LockError, RemoteError
 from .events import Event, Observer
 from .inventory import Host, Pool
 from .layout import Layout
-from .remote import Executor
+from .remote import Executor, shielded
 from .shell import q
 
 STALE_NOTE = "remove it with `fab unlock` once you are sure no deploy runs"
@@ -205,8 +205,9 @@ def locked(ex: Executor, host: Host, pool: Pool, command: str,
         raise
     finally:
         try:
-            ex.run(remove_if(Layout.of(host, pool), mine.line()),
-                   f"release the {pool.name} lock")
+            with shielded(ex):
+                ex.run(remove_if(Layout.of(host, pool), mine.line()),
+                       f"release the {pool.name} lock")
         except FleetError as exc:
             if not failed:
                 raise

@@ -12,6 +12,7 @@ import errno
 import logging
 import os
 import socket
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -298,6 +299,58 @@ def _indent(label: str, text: str) -> str:
     if len(lines) > 60:
         lines = [*lines[:30], f"... {len(lines) - 60} lines ...", *lines[-30:]]
     return "\n" + "\n".join(f"  {label}| {line}" for line in lines)
+
+
+class Interrupted(KeyboardInterrupt):
+    """Raised in a host's thread at its next remote command once a parallel run is
+    interrupted (only the main thread gets Ctrl-C / SIGTERM)."""
+
+
+class Interruptible:
+    """An executor that refuses its next command once `interrupt` is set, so every host of a
+    parallel run stops at its next step; commands inside `shield()` (putting a replica back,
+    releasing the lock) still run."""
+
+    def __init__(self, inner: Executor, interrupt: threading.Event) -> None:
+        self.inner, self.host, self.interrupt = inner, inner.host, interrupt
+        self.shields = 0
+
+    def _check(self, what: str) -> None:
+        if self.interrupt.is_set() and not self.shields:
+            raise Interrupted(f"{self.host.name}: interrupted before {what}")
+
+    def run(self, command: str, what: str, *, check: bool = True,
+            timeout: float | None = None) -> RemoteResult:
+        self._check(what)
+        return self.inner.run(command, what, check=check, timeout=timeout)
+
+    def stream(self, command: str, what: str, source: IO[bytes], *,
+               timeout: float | None = None) -> tuple[RemoteResult, int]:
+        self._check(what)
+        return self.inner.stream(command, what, source, timeout=timeout)
+
+    def close(self) -> None:
+        close = getattr(self.inner, "close", None)
+        if close:
+            close()
+
+    @contextmanager
+    def shield(self) -> Iterator[None]:
+        self.shields += 1
+        try:
+            yield
+        finally:
+            self.shields -= 1
+
+
+@contextmanager
+def shielded(ex: Executor) -> Iterator[None]:
+    """Run the block's commands even after an interrupt: the recovery of what it left."""
+    if isinstance(ex, Interruptible):
+        with ex.shield():
+            yield
+    else:
+        yield
 
 
 @contextmanager

@@ -11,7 +11,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -19,7 +19,7 @@ from . import balancer, fpm, replica
 from .errors import AnswerError, FleetError, RolloutError, UsageError
 from .events import Event, Observer
 from .inventory import Fleet, Host, Pool
-from .remote import Executor, SSHExecutor, connect
+from .remote import Executor, Interruptible, SSHExecutor, connect, shielded
 from .replica import Replica
 
 log = logging.getLogger("fpm_fleet.rollout")
@@ -91,6 +91,7 @@ class Runner:
     stop_on_failure: bool = True
     connector: Callable[[Host], Executor] | None = None  # default: SSH, see _connect
     _stop: threading.Event = field(default_factory=threading.Event)
+    _interrupt: threading.Event = field(default_factory=threading.Event)
 
     def run(self, hosts: tuple[Host, ...],
             work: Callable[[Executor, Host, HostResult], None]) -> list[HostResult]:
@@ -102,11 +103,17 @@ class Runner:
                 self._one(h, work, results[h.name])
         else:
             with ThreadPoolExecutor(max_workers=self.parallel) as pool:
+                futures = [pool.submit(self._one, h, work, results[h.name]) for h in hosts]
                 try:
-                    list(pool.map(lambda h: self._one(h, work, results[h.name]), hosts))
+                    # short waits: the main thread checks for Ctrl-C / SIGTERM in between
+                    while wait(futures, timeout=0.1).not_done:
+                        pass
+                    for future in futures:
+                        future.result()
                 except KeyboardInterrupt:
                     self._stop.set()  # hosts not started stay untouched
-                    raise
+                    self._interrupt.set()  # the others stop at their next step
+                    raise  # once every host put its replica back (the pool waits)
         return [results[h.name] for h in hosts]
 
     def _connect(self, host: Host) -> Executor:
@@ -119,6 +126,8 @@ class Runner:
         started = time.monotonic()
         try:
             ex = (self.connector or self._connect)(host)
+            if self.parallel > 1:
+                ex = Interruptible(ex, self._interrupt)
             result.reached = True
             try:
                 work(ex, host, result)
@@ -180,7 +189,8 @@ def _recover(ex: Executor, r: Replica, obs: Observer, what: str) -> None:
     """Put the replica back if it runs and is healthy; say what state it is left in. A failure
     of the recovery itself (the connection is gone) is said, never raised over the cause."""
     try:
-        state = replica.recover(ex, r)
+        with shielded(ex):
+            state = replica.recover(ex, r)
     except Exception as exc:
         state = f"state unknown, not put back ({as_failure(r.host, exc)})"
     obs.event(Event("warn", r.host.name, what, r.name, state))

@@ -9,9 +9,12 @@ command by text no parser expects.
 
 from __future__ import annotations
 
+import _thread
 import ast
 import json
 import re
+import threading
+import time
 
 import pytest
 
@@ -188,3 +191,48 @@ def test_an_unexpected_exception_mid_replica_puts_the_replica_back(fake, monkeyp
     result, _ = restart(fake)
     assert not result.ok and "unexpected error: IndexError" in result.error
     assert fake.serving() == [1, 2]
+
+
+# --- an interrupted parallel run (issue 9, item 12) -----------------------------------------
+
+class SlowHost(FakeHost):
+    """A FakeHost whose every command takes a little time, as over SSH."""
+
+    def run(self, command, what, *, check=True, timeout=None) -> RemoteResult:
+        time.sleep(0.03)
+        return super().run(command, what, check=check, timeout=timeout)
+
+
+def test_an_interrupt_stops_every_host_of_a_parallel_run_at_its_next_step(web, monkeypatch,
+                                                                          inventory_data,
+                                                                          build_fleet):
+    monkeypatch.setattr("tasks.replica.POLL", 0)
+    inventory_data["hosts"].append({"name": "web3", "address": "198.18.0.13"})
+    fleet = build_fleet(inventory_data)
+    fakes = {h.name: SlowHost(h, fleet.pools[0]) for h in fleet.hosts}
+    sel = rollout.Selection(fleet.hosts, fleet.pools)
+    obs = Recorder()
+    runner = Runner(obs, parallel=3, connector=lambda h: fakes[h.name])
+    started: list[str] = []
+
+    def work(ex, h, r):
+        started.append(h.name)
+        rollout.restart_host(ex, h, sel, obs, 5, r)
+
+    signalled: list[float] = []
+
+    def ctrl_c() -> None:  # as Python delivers it: to the main thread only
+        signalled.append(time.monotonic())
+        _thread.interrupt_main()
+
+    threading.Timer(0.4, ctrl_c).start()
+    with pytest.raises(KeyboardInterrupt):
+        runner.run(fleet.hosts, work)
+    assert sorted(started) == ["web1", "web2", "web3"]
+    for fake in fakes.values():
+        assert fake.serving() == [1, 2], f"{fake.host.name}: a replica was left out"
+    stopped = [e for e in obs.events if e.step == "interrupted"]
+    assert {e.host for e in stopped} == {"web1", "web2", "web3"}, obs.events
+    assert not any(e.kind == "done" and e.step == "enable" and e.target.endswith("-2")
+                   for e in obs.events), "no host went on to its last replica"
+    assert time.monotonic() - signalled[0] < 1, "every host stopped and recovered at once"
