@@ -221,3 +221,25 @@ def test_rollback_to_a_release_missing_on_a_host_is_refused(box: Sandbox) -> Non
     assert proc.returncode != 0
     assert "rollback refused, nothing changed" in proc.stderr and "h1" in proc.stderr
     assert pinned(box) == before
+
+
+def test_sigterm_stops_a_parallel_run_on_every_host_at_once_and_puts_replicas_back(
+        box: Sandbox) -> None:
+    with load(box) as stats:
+        run = Background("restart", "--parallel", "3", "--plain")
+        for h in ("h1", "h2", "h3"):
+            run.wait_for(f"[{h}] www-1 drain ok")
+        signalled = time.monotonic()
+        run.proc.send_signal(signal.SIGTERM)
+        for h in ("h1", "h2", "h3"):
+            run.wait_for(f"[{h}] www-1 interrupted", timeout=5)
+        stopped_in = time.monotonic() - signalled
+        code, _, err = run.finish(timeout=60)
+    assert code == 130, err
+    # each host stops at its next step: a stop waits for the demo's 2 s requests at most
+    assert stopped_in < 3.5, err
+    assert "www-2 drain" not in err, "no host went on to its next replica"
+    assert_no_failures(stats)
+    rows = box.status()
+    assert all(r["ok"] and r["lb_status"] == "Init Ok" for r in rows), rows
+    assert not any((box.pool_dir(i) / "state" / "lock").exists() for i in range(3))
