@@ -216,3 +216,14 @@ def test_stress_on_a_fleet_of_several_pools_asks_which(tmp_path: Path) -> None:
     proc = fab("stress", env={"FABRIC_INVENTORY": str(path)})
     assert proc.returncode == 2
     assert "stress loads one pool's virtual host: add --pool (one of www, api)" in proc.stderr
+
+
+def test_an_infinite_timeout_or_absurd_pool_size_exits_2_naming_the_key(tmp_path: Path) -> None:
+    for key, line in (("connect_timeout", "connect_timeout = inf"),
+                      ("max_children", "max_children = 1000000")):
+        text = INVENTORY.format(name="alpha").replace(
+            "connect_timeout = 1" if key == "connect_timeout" else "replicas = 2",
+            line if key == "connect_timeout" else f"replicas = 2\n{line}")
+        proc = fab("list", env={"FABRIC_INVENTORY": str(inventory(tmp_path, text=text))})
+        assert proc.returncode == 2, proc.stderr
+        assert f".{key}: must be" in proc.stderr, proc.stderr
