@@ -225,8 +225,9 @@ def test_rollback_to_a_release_missing_on_a_host_is_refused(box: Sandbox) -> Non
 
 def test_sigterm_stops_a_parallel_run_on_every_host_at_once_and_puts_replicas_back(
         box: Sandbox) -> None:
+    box.build("v8")
     with load(box) as stats:
-        run = Background("restart", "--parallel", "3", "--plain")
+        run = Background("deploy", "--release", "v8", "--parallel", "3", "--plain")
         for h in ("h1", "h2", "h3"):
             run.wait_for(f"[{h}] www-1 drain ok")
         signalled = time.monotonic()
