@@ -89,14 +89,18 @@ def revoked_keys(lines: Iterable[Line], name: str) -> set[tuple[str, str]]:
     return {(ln.keytype, ln.key) for ln in lines if ln.marker == "@revoked" and matches(ln, name)}
 
 
-def check_markers(lines: Iterable[Line], name: str, path: str, host: str) -> None:
-    """Refuse, before connecting, a host whose entry is a certificate authority."""
+def check_markers(lines: Iterable[Line], name: str, path: str, host: str,
+                  known: bool) -> None:
+    """Refuse, before connecting, a host that only a certificate authority vouches for (a
+    plain key for it, `known`, is used instead), or whose entry has a marker OpenSSH lacks."""
     for ln in lines:
-        if ln.marker == "@cert-authority" and matches(ln, name):
+        if not ln.marker or not matches(ln, name):
+            continue
+        if ln.marker == "@cert-authority" and not known:
             raise ConfigError(f"{host}: {path} line {ln.number}: @cert-authority entry for "
                               f"{name}: fpm-fleet (paramiko) cannot check host certificates; "
                               "add the host's own key to known_hosts")
-        if ln.marker not in ("", "@revoked", "@cert-authority") and matches(ln, name):
+        if ln.marker not in ("@revoked", "@cert-authority"):
             raise ConfigError(f"{host}: {path} line {ln.number}: unknown marker {ln.marker}")
 
 

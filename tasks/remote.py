@@ -60,13 +60,13 @@ def _host_keys(client: paramiko.SSHClient, host: Host,
     else:
         paths = [p for p in (user_file, SYSTEM_KNOWN_HOSTS) if os.path.exists(p)]
     name = known_hosts.host_name(host.address, host.port)
-    lines = []
-    for path in paths:
-        found = known_hosts.parse(Path(path).read_text(errors="replace"))
-        known_hosts.check_markers(found, name, path, host.name)
-        lines += found
+    found = {path: known_hosts.parse(Path(path).read_text(errors="replace")) for path in paths}
+    lines = [line for each in found.values() for line in each]
     revoked = known_hosts.revoked_keys(lines, name)
     known_hosts.load(client.get_host_keys(), lines, revoked)
+    known = client.get_host_keys().lookup(name) is not None
+    for path, each in found.items():
+        known_hosts.check_markers(each, name, path, host.name, known)
     return known_hosts.Policy(host.trust_new_host_keys, revoked, paths[0] if host.known_hosts
                               else user_file, say)
 

@@ -378,3 +378,12 @@ def test_keepalives_are_on():
     transport = FakeTransport(SlowChannel(0, 0))
     remote._tune(FakeConnection(transport))  # type: ignore[arg-type]
     assert transport.keepalive == remote.KEEPALIVE > 0
+
+
+def test_a_cert_authority_for_every_host_is_fine_where_the_hosts_own_key_is_listed(
+        ssh_server, tmp_path, client_key):
+    known = tmp_path / "known_hosts"
+    ca = paramiko.ECDSAKey.generate()
+    known.write_text(f"@cert-authority * {ca.get_name()} {ca.get_base64()}\n"
+                     + ssh_server.known_hosts_line())
+    assert "authentication failed" in str(connect_to(ssh_server, known, client_key))
