@@ -117,7 +117,11 @@ class Runner:
         return [results[h.name] for h in hosts]
 
     def _connect(self, host: Host) -> Executor:
-        return _ssh(self.obs, host)
+        """An SSH executor; a new host key trusted on the way is said as a warning."""
+        def say(message: str) -> None:
+            self.obs.event(Event("warn", host.name, "host key", detail=message))
+
+        return SSHExecutor(host, connect(host, say))
 
     def _one(self, host: Host, work: Callable[[Executor, Host, HostResult], None],
              result: HostResult) -> None:
@@ -143,14 +147,6 @@ class Runner:
                 self._stop.set()
         finally:
             result.seconds = time.monotonic() - started
-
-
-def _ssh(obs: Observer, host: Host) -> Executor:
-    """An SSH executor; a new host key trusted on the way is said as a warning."""
-    def say(message: str) -> None:
-        obs.event(Event("warn", host.name, "host key", detail=message))
-
-    return SSHExecutor(host, connect(host, say))
 
 
 def ordered_replicas(ex: Executor, host: Host, pool: Pool, numbers: list[int]) -> list[int]:
