@@ -219,9 +219,10 @@ class SSHExecutor:
         if transport is None or not transport.is_active():
             raise ConnectError(f"{self.host.name}: connection lost before {what}")
         limit = timeout or self.host.command_timeout
-        full = as_root(command, self.host.sudo)
-        if source is None:  # an upload ends with its input, however long that takes
-            full = bounded(full, limit)
+        # bounded inside sudo: sudo does not pass on a signal sent by its own process group,
+        # so a `timeout` around sudo would end sudo and leave the command running; an upload
+        # is not bounded (it ends with its input, however long that takes)
+        full = as_root(bounded(command, limit) if source is None else command, self.host.sudo)
         started = time.monotonic()
         sent = 0
         try:

@@ -352,8 +352,8 @@ def test_a_long_upload_is_no_timeout_the_deadline_starts_once_the_input_is_sent(
 def test_commands_are_bounded_on_the_host_by_their_timeout():
     chan = SlowChannel(send_seconds=0, run_seconds=0)
     executor(chan, sudo=True).run("systemctl start x", "start", timeout=42)
-    assert chan.command == ("timeout -k 5 42 sh -c "
-                            "'sudo -n -- sh -c '\"'\"'systemctl start x'\"'\"''")
+    assert chan.command == ("sudo -n -- sh -c "
+                            "'timeout -k 5 42 sh -c '\"'\"'systemctl start x'\"'\"''")
 
 
 def test_a_command_over_its_timeout_is_ended_on_the_host(sh):
