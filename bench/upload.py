@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import IO
 
-from tasks import demo, manifest, release, remote
+from tasks import demo, lock, manifest, release, remote
 from tasks.inventory import Fleet, Host, Pool
 from tasks.layout import Layout
 from tasks.manifest import Manifest
@@ -80,7 +80,7 @@ def changed_files(old: Manifest, new: Manifest) -> int:
 
 def fpm_fleet_uploads(host: Host, pool: Pool, sources: list[Path],
                       manifests: list[Manifest]) -> list[Transfer]:
-    with remote.session(host) as ex, release.locked(ex, host, pool, "bench/run upload"):
+    with remote.session(host) as ex, lock.locked(ex, host, pool, "bench/run upload"):
         try:
             first = _upload(ex, host, pool, sources[0], manifests[0], NAMES[0], None)
             second = _upload(ex, host, pool, sources[1], manifests[1], NAMES[1], NAMES[0])

@@ -12,7 +12,7 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 
 from . import shell
-from .errors import RemoteError, RolloutError
+from .errors import AnswerError, RemoteError, RolloutError
 from .inventory import Host, Pool
 from .remote import Executor
 
@@ -89,16 +89,17 @@ def read(ex: Executor, host: Host, pool: Pool) -> Balancer:
     """The pool's balancer as Apache sees it now."""
     url = host.manager_url(pool)
     result = ex.run(shell.balancer_xml(url), f"read balancer-manager {url}")
-    return _pick(host, pool, result.stdout)
+    return pick(host, pool, result.stdout)
 
 
-def _pick(host: Host, pool: Pool, text: str) -> Balancer:
+def pick(host: Host, pool: Pool, text: str) -> Balancer:
+    """The pool's balancer from a `?xml=1` answer; anything else is the host's RolloutError."""
     try:
         balancers = parse_xml(text)
     except ValueError as exc:
-        raise RolloutError(f"{host.name}: {exc}") from None
+        raise AnswerError(f"{host.name}: {exc}") from None
     if pool.balancer not in balancers:
-        raise RolloutError(f"{host.name}: balancer://{pool.balancer} is not configured in "
+        raise AnswerError(f"{host.name}: balancer://{pool.balancer} is not configured in "
                            f"Apache (found: {', '.join(balancers) or 'none'}); run `fab setup`")
     return balancers[pool.balancer]
 
@@ -127,7 +128,7 @@ def set_member(ex: Executor, host: Host, pool: Pool, n: int, flags: dict[str, in
         except RemoteError as exc:
             raise RolloutError(f"{host.name}: balancer-manager refused the change: {exc}") \
                 from None
-        member = member_of(_pick(host, pool, result.stdout), host, pool, n)
+        member = member_of(pick(host, pool, result.stdout), host, pool, n)
         if _applied(member, flags):
             return member
         time.sleep(0.05)

@@ -9,7 +9,7 @@ from pathlib import Path
 from invoke.context import Context
 from invoke.tasks import task
 
-from . import deploy, fpm, manifest, output, rollout
+from . import deploy, fpm, lock, manifest, output, rollout
 from . import release as release_ops
 from .cli_common import Session, boundary, command_line
 from .cli_fleet import reporting_interrupts
@@ -233,7 +233,8 @@ def cleanup(c: Context, host: str | None = None, pool: str | None = None) -> Non
         with output.progress(plain=True) as obs:
             def work(ex: Executor, h: Host, result: HostResult) -> None:
                 for p in sel.pools:
-                    with release_ops.locked(ex, h, p, command_line()):
+                    with lock.locked(ex, h, p, command_line(),
+                                     *lock.reporters(obs, h.name, p.name)):
                         removed = deploy.cleanup_pool(ex, h, p, obs)
                     result.notes.append(f"{p.name}: removed {', '.join(removed) or 'nothing'}")
 
@@ -252,7 +253,7 @@ def unlock(c: Context, host: str | None = None, pool: str | None = None) -> None
 
         def work(ex: Executor, h: Host, result: HostResult) -> None:
             for p in sel.pools:
-                result.notes.append(f"{p.name}: {release_ops.unlock(ex, h, p)}")
+                result.notes.append(f"{p.name}: {lock.unlock(ex, h, p)}")
 
         for r in Runner(output.PlainObserver(), stop_on_failure=False).run(sel.hosts, work):
             output.note(f"{r.host}: " + ("; ".join(r.notes) if r.ok else r.error))

@@ -3,18 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 
 from invoke.context import Context
 from invoke.exceptions import Exit
 from invoke.tasks import task
 
-from . import output, provision, render, rollout
+from . import lock, output, provision, render, rollout
 from . import status as status_mod
 from . import stress as stress_mod
 from .cli_common import boundary, command_line
 from .errors import UsageError
-from .events import Observer
+from .events import Observer, step
 from .inventory import Host, Pool
 from .remote import Executor
 from .rollout import HostResult, Runner, Selection
@@ -36,7 +36,11 @@ def setup(c: Context, host: str | None = None) -> None:
         reports: dict[str, provision.SetupReport] = {}
 
         def work(ex: Executor, h: Host, result: HostResult) -> None:
-            reports[h.name] = provision.setup_host(ex, s.fleet, h)
+            # every pool's lock: setup rewrites the configs a deploy or a restart relies on
+            # (as root: the setup login may be an administrator with sudo, and on a first
+            # setup the pools' directories do not exist yet)
+            with lock.locked_pools(provision.AsRoot(ex), h, s.fleet.pools, command_line()):
+                reports[h.name] = provision.setup_host(ex, s.fleet, h)
 
         results = Runner(output.PlainObserver(), stop_on_failure=False,
                          connector=provision.setup_connector).run(sel.hosts, work)
@@ -192,8 +196,17 @@ def _lifecycle(c: Context, title: str, host: str | None, pool: str | None,
                replica: str | None, plain: bool, body: HostWork) -> None:
     with boundary(c, command_line()) as s:
         sel = rollout.select(s.fleet, host, pool, replica)
+        command = command_line()
+
+        def work(ex: Executor, h: Host, r: HostResult, obs: Observer) -> None:
+            with ExitStack() as held:
+                with step(obs, h.name, "lock", ",".join(p.name for p in sel.pools)):
+                    held.enter_context(lock.locked_pools(ex, h, sel.pools, command,
+                                                         *lock.reporters(obs, h.name, "")))
+                body(ex, h, sel, obs, r)
+
         with reporting_interrupts(sel), output.progress(plain) as obs:
-            results = Runner(obs).run(sel.hosts, lambda ex, h, r: body(ex, h, sel, obs, r))
+            results = Runner(obs).run(sel.hosts, lambda ex, h, r: work(ex, h, r, obs))
         _recap(title, results)
         rollout.stopped(title, results)
 

@@ -8,12 +8,13 @@ from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import balancer, fpm, release, release_shell, replica, shell
+from . import balancer, fpm, lock, release, release_shell, replica, shell
 from .errors import FleetError, RemoteError, RolloutError
 from .events import Event, Observer, step
 from .inventory import Host, Pool
 from .layout import Layout
 from .manifest import Manifest
+from .redact import redact
 from .remote import Executor
 from .replica import Replica
 from .rollout import HostResult, Selection, heal, ordered_replicas, tracked
@@ -93,7 +94,7 @@ def _prepare(ex: Executor, host: Host, pool: Pool, plan: Plan, obs: Observer) ->
         ex.run(release_shell.own_copies(layout, plan.release), "unshare hard links")
     for command in pool.before_activate:
         with step(obs, host.name, "before_activate", pool.name) as s:
-            s.detail = command
+            s.detail = redact(command)
             _before_activate(ex, host, layout, plan.release, command)
     release.seal(ex, host, pool, plan.release)
 
@@ -102,12 +103,9 @@ def _lock(ex: Executor, host: Host, pool: Pool, plan: Plan, obs: Observer,
           held: ExitStack) -> None:
     """Take the deploy lock (a stale one of a killed run is taken over), then the preflight:
     put back replicas a killed run left out, and fail here if balancer-manager is unusable."""
-    def stale(holder: str) -> None:
-        obs.event(Event("warn", host.name, "lock", pool.name,
-                        f"took over the lock of a killed run: {holder}"))
-
     with step(obs, host.name, "lock", pool.name):
-        held.enter_context(release.locked(ex, host, pool, plan.command, stale))
+        held.enter_context(lock.locked(ex, host, pool, plan.command,
+                                       *lock.reporters(obs, host.name, pool.name)))
     with step(obs, host.name, "preflight", pool.name):
         heal(ex, host, pool, obs)
 
@@ -133,10 +131,11 @@ def _in_use(ex: Executor, host: Host, pool: Pool, current: str | None) -> frozen
 
 
 def _before_activate(ex: Executor, host: Host, layout: Layout, name: str, command: str) -> None:
+    shown = redact(command)  # never a secret on the terminal
     try:
-        ex.run(release_shell.before_activate(layout, name, command), f"before_activate {command}")
+        ex.run(release_shell.before_activate(layout, name, command), f"before_activate {shown}")
     except RemoteError as exc:
-        raise RolloutError(f"{host.name}: before_activate `{command}` failed; {name} was not "
+        raise RolloutError(f"{host.name}: before_activate `{shown}` failed; {name} was not "
                            f"activated: {exc}") from None
 
 
@@ -235,7 +234,7 @@ def dry_run_commands(host: Host, pool: Pool, plan: Plan, base: str | None) -> Co
     """The remote commands a deploy would run on one host, in order (nothing is executed)."""
     layout = Layout.of(host, pool)
     name = plan.release
-    cmds = [("lock", release_shell.take_lock(layout, "<holder>")),
+    cmds = [("lock", lock.take(layout, "<holder>")),
             ("stage", release_shell.prepare_staging(layout, name, base)),
             ("upload", release_shell.extract(layout, name) + "   < gzip tar of changed files"),
             ("verify", release_shell.verify(layout, name)),
@@ -243,7 +242,7 @@ def dry_run_commands(host: Host, pool: Pool, plan: Plan, base: str | None) -> Co
             ("shared links", release_shell.link_shared(layout, name, pool.shared))]
     if pool.before_activate:
         cmds.append(("own copies", release_shell.own_copies(layout, name)))
-    cmds += [("before_activate", release_shell.before_activate(layout, name, c))
+    cmds += [("before_activate", redact(release_shell.before_activate(layout, name, c)))
              for c in pool.before_activate]
     cmds.append(("seal", release_shell.seal(layout, name)))
     return cmds + _activation_commands(host, pool, plan)
@@ -251,7 +250,7 @@ def dry_run_commands(host: Host, pool: Pool, plan: Plan, base: str | None) -> Co
 
 def dry_run_rollback_commands(host: Host, pool: Pool, plan: Plan) -> Commands:
     """The remote commands a rollback to plan.release would run on one host."""
-    return [("lock", release_shell.take_lock(Layout.of(host, pool), "<holder>")),
+    return [("lock", lock.take(Layout.of(host, pool), "<holder>")),
             *_activation_commands(host, pool, plan)]
 
 
@@ -269,7 +268,7 @@ def _activation_commands(host: Host, pool: Pool, plan: Plan) -> Commands:
                  (f"start {pool.name}-{n}", shell.fpm_start(layout, n, name, host.sudo)),
                  (f"enable {pool.name}-{n}", shell.balancer_set(
                      url, pool.balancer, member, "<nonce>", {"D": 0, "N": 0, "S": 0}))]
-    cmds.append(("unlock", release_shell.release_lock(layout, "<holder>")))
+    cmds.append(("unlock", lock.remove_if(layout, "<holder>")))
     return cmds
 
 

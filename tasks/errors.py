@@ -63,6 +63,11 @@ class RolloutError(FleetError):
     exit_code = 5
 
 
+class AnswerError(RolloutError):
+    """A host answered something fpm-fleet cannot read (balancer-manager, FPM status): the
+    step could not finish, so the replica in hand is put back if it is healthy."""
+
+
 class LockError(FleetError):
     """Another deploy holds the host's lock."""
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import PurePosixPath
 
 from . import shell
-from .errors import RemoteError, RolloutError
+from .errors import AnswerError, RemoteError, RolloutError
 from .inventory import Host, Pool
 from .layout import Layout
 from .remote import Executor
@@ -162,7 +162,10 @@ def status(ex: Executor, host: Host, pool: Pool, n: int) -> FpmStatus | None:
                    f"status {pool.name}-{n}", query="json")
     if resp is None or resp.status != 200:
         return None
-    return parse_status(resp.body)
+    try:
+        return parse_status(resp.body)
+    except ValueError as exc:
+        raise AnswerError(f"{host.name}: {pool.name}-{n}: {exc}") from None
 
 
 def start(ex: Executor, host: Host, pool: Pool, n: int, release: str) -> None:

@@ -7,7 +7,9 @@ raised before any host is touched.
 from __future__ import annotations
 
 import difflib
+import math
 import os
+import posixpath
 import re
 import tomllib
 from collections.abc import Callable, Mapping
@@ -165,6 +167,8 @@ class _Reader:
             value = float(value)
         if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
             raise self.fail(key, f"must be {_kind_name(kind)}, got {type(value).__name__}")
+        if isinstance(value, float) and not _finite(value):
+            raise self.fail(key, f"must be a finite number, got {value}")
         return value
 
     def optional(self, key: str, kind: type[T]) -> T | None:
@@ -219,16 +223,31 @@ def _kind_name(kind: type) -> str:
             list: "a list", dict: "a table"}.get(kind, kind.__name__)
 
 
-# Roots end up in Apache URLs, FPM configs and mod_rewrite rules, where `$1` and `%1`
-# are back-references and `%{...}` a variable.
-UNSAFE_PATH_CHARS = "\0\"'\\$%"
+# Roots and binaries end up in Apache directives (quoted strings, `<Directory>` section tags,
+# whose paths are globs, `unix:SOCKET|fcgi://` members, mod_rewrite rules where `$1` and `%1`
+# are back-references), FPM ini values and systemd units (`BindReadOnlyPaths=SRC:DST`, `%`
+# specifiers). Only characters none of them reads specially are allowed.
+CONFIG_PATH = re.compile(r"[A-Za-z0-9._/@+,=~-]+")
+CONFIG_PATH_RULE = ("no whitespace or quotes, only letters, digits and . _ - / + @ , = ~ "
+                    "(it is written into Apache, PHP-FPM and systemd configs)")
+
+
+def _config_path(value: str) -> bool:
+    return bool(CONFIG_PATH.fullmatch(value))
 
 
 def _absolute_path(value: str) -> bool:
-    """Absolute, normalized, nothing Apache, FPM or mod_rewrite would read differently."""
+    """Absolute, no '..', nothing Apache, FPM, systemd or mod_rewrite would read differently."""
     path = PurePosixPath(value)
-    return (path.is_absolute() and ".." not in path.parts
-            and not any(c.isspace() or c in UNSAFE_PATH_CHARS for c in value))
+    return path.is_absolute() and ".." not in path.parts and _config_path(value)
+
+
+def normal(value: str) -> str:
+    """`a//b/./c/` -> `a/b/c` (after '..' was refused: no symlink question arises)."""
+    if not value:
+        return value
+    path = posixpath.normpath(value)
+    return "/" + path.lstrip("/") if path.startswith("//") else path  # POSIX keeps a leading //
 
 
 def beside(inventory: str, value: str) -> str:
@@ -239,9 +258,20 @@ def beside(inventory: str, value: str) -> str:
 
 
 def _relative_or_absolute(value: str) -> bool:
-    return (bool(value) and ".." not in PurePosixPath(value).parts
-            and not any(c.isspace() or c in UNSAFE_PATH_CHARS for c in value))
+    return (bool(value) and ".." not in PurePosixPath(value).parts and _config_path(value)
+            and normal(value) not in (".", "/"))
 
+
+def _finite(value: float) -> bool:
+    return math.isfinite(value)
+
+
+# Beyond these a value is a typo (or `inf`), never a setting: a deadline of a day, a pool
+# of thousands of PHP workers per replica.
+MAX_CONNECT_TIMEOUT = 300.0
+MAX_COMMAND_TIMEOUT = 86400.0
+MAX_KEEP_RELEASES = 100
+MAX_CHILDREN = 1000
 
 HOST_KEYS_DEFAULTS: dict[str, Any] = {
     "port": 22,
@@ -306,8 +336,26 @@ def parse(data: Mapping[str, Any], path: str = "hosts.toml") -> Fleet:
     _reject_duplicates(path, "hosts", [f"{h.address}:{h.port}" for h in hosts], "address")
     pools = tuple(_pool(path, name, table) for name, table in pool_tables.items())
     _reject_duplicates(path, "pools", [p.balancer for p in pools], "balancer")
-    _reject_duplicates(path, "pools", [p.root.rstrip("/") for p in pools], "root")
+    _reject_duplicates(path, "pools", [p.root for p in pools], "root")
+    for host in hosts:
+        _reject_overlapping_pools(path, host, pools)
     return Fleet(path=path, hosts=hosts, pools=pools, log_dir=beside(path, log_dir))
+
+
+def _inside(inner: PurePosixPath, outer: PurePosixPath) -> bool:
+    return inner == outer or outer in inner.parents
+
+
+def _reject_overlapping_pools(path: str, host: Host, pools: tuple[Pool, ...]) -> None:
+    """Two pools in one directory (`www` and `/srv/fpm-fleet/www`), or one inside the other,
+    would share releases, locks and sockets, and a cleanup of one would delete the other."""
+    dirs = [(p, host.pool_dir(p)) for p in pools]
+    for i, (a, dir_a) in enumerate(dirs):
+        for b, dir_b in dirs[i + 1:]:
+            if _inside(dir_a, dir_b) or _inside(dir_b, dir_a):
+                raise ConfigError(f"{path}: pools: {a.name} and {b.name} resolve to overlapping "
+                                  f"directories on host {host.name} ({dir_a}, {dir_b}): give "
+                                  "each pool a directory of its own")
 
 
 def _reject_duplicates(path: str, section: str, values: list[str], key: str) -> None:
@@ -337,10 +385,14 @@ def _host_settings(reader: _Reader, base: Mapping[str, Any]) -> dict[str, Any]:
     out["keep_releases"] = reader.get("keep_releases", int, base["keep_releases"])
     reader.check("port", lambda v: 0 < v < 65536, "must be a TCP port (1-65535)")
     reader.check("root", _absolute_path,
-                 "must be an absolute path without '..', '$', '%', whitespace or quotes")
-    reader.check("connect_timeout", lambda v: v > 0, "must be > 0")
-    reader.check("command_timeout", lambda v: v > 0, "must be > 0")
-    reader.check("keep_releases", lambda v: v >= 2, "must be >= 2 (current and previous)")
+                 f"must be an absolute path without '..'; {CONFIG_PATH_RULE}")
+    out["root"] = normal(out["root"])
+    reader.check("connect_timeout", lambda v: 0 < v <= MAX_CONNECT_TIMEOUT,
+                 f"must be > 0 and <= {MAX_CONNECT_TIMEOUT:g} seconds")
+    reader.check("command_timeout", lambda v: 0 < v <= MAX_COMMAND_TIMEOUT,
+                 f"must be > 0 and <= {MAX_COMMAND_TIMEOUT:g} seconds")
+    reader.check("keep_releases", lambda v: 2 <= v <= MAX_KEEP_RELEASES,
+                 f"must be >= 2 (current and previous) and <= {MAX_KEEP_RELEASES}")
     reader.check("user", lambda v: bool(ACCOUNT.fullmatch(v)), "must be a user name")
     reader.check("setup_user", lambda v: bool(ACCOUNT.fullmatch(v)), "must be a user name")
     return out
@@ -408,6 +460,20 @@ def _check_web_paths(r: _Reader) -> None:
             "must be a .php file (only PHP runs through the replicas)")
 
 
+def _check_shared(r: _Reader, items: tuple[str, ...], written: tuple[str, ...]) -> None:
+    """Shared items are paths inside the release, each replaced by a link into shared/: not
+    the release itself ('.'), nothing outside it, and never one inside another."""
+    for raw in written:
+        if not _relative_or_absolute(raw) or PurePosixPath(raw).is_absolute():
+            raise r.fail("shared", f"{raw!r} must be a relative path without '..' inside the "
+                         "release, other than '.'")
+    for i, a in enumerate(items):
+        for b in items[i + 1:]:
+            if _inside(PurePosixPath(a), PurePosixPath(b)) or \
+                    _inside(PurePosixPath(b), PurePosixPath(a)):
+                raise r.fail("shared", f"{a!r} and {b!r} overlap: list each path once")
+
+
 def _pool(path: str, name: str, table: Any) -> Pool:
     if not POOL_NAME.fullmatch(name):
         raise ConfigError(f"{path}: pools.{name}: pool names are lower-case letters, digits "
@@ -418,7 +484,7 @@ def _pool(path: str, name: str, table: Any) -> Pool:
     pool = Pool(
         name=name,
         replicas=r.get("replicas", int, required=True),
-        root=r.get("root", str, name),
+        root=normal(r.get("root", str, name)),
         php_fpm=r.get("php_fpm", str, "/usr/sbin/php-fpm8.2"),
         user=r.get("user", str, "www-data"),
         group=r.get("group", str, "www-data"),
@@ -432,21 +498,22 @@ def _pool(path: str, name: str, table: Any) -> Pool:
         retry=r.get("retry", int, 1),
         stop_timeout=r.get("stop_timeout", int, 60),
         source=beside(path, r.get("source", str, f"build/{name}")),
-        shared=r.strings("shared"),
+        shared=tuple(normal(item) for item in r.strings("shared")),
         before_activate=r.strings("before_activate"),
         document_root=r.get("document_root", str, "").rstrip("/"),
         front_controller=r.optional("front_controller", str),
     )
     r.check("replicas", lambda v: v >= 2, "must be >= 2 (a pool needs a spare replica)")
     r.check("replicas", lambda v: v <= 64, "must be <= 64")
-    r.check("root", _relative_or_absolute, "must be a path without '..'")
-    r.check("php_fpm", _absolute_path, "must be an absolute path")
+    r.check("root", _relative_or_absolute, "must be a path without '..', other than '/' or "
+            f"'.'; {CONFIG_PATH_RULE}")
+    r.check("php_fpm", _absolute_path, f"must be an absolute path; {CONFIG_PATH_RULE}")
     for key in ("ping_path", "status_path", "health_path"):
         r.check(key, lambda v: bool(URL_PATH.fullmatch(v)), "must be a URL path starting with '/'")
     r.check("balancer", lambda v: bool(POOL_NAME.fullmatch(v)), "must be a simple lower-case name")
     r.check("manager_url", lambda v: bool(re.fullmatch(r"^https?://[^\s/]+/\S*$", v)),
             "must be an http(s) URL")
-    r.check("max_children", lambda v: v >= 1, "must be >= 1")
+    r.check("max_children", lambda v: 1 <= v <= MAX_CHILDREN, f"must be >= 1 and <= {MAX_CHILDREN}")
     r.check("retry", lambda v: 0 <= v <= 60, "must be 0..60 seconds")
     r.check("stop_timeout", lambda v: 1 <= v <= 3600, "must be 1..3600 seconds")
     r.check("server_name", lambda v: bool(re.fullmatch(r"^[A-Za-z0-9.*-]+$", v)),
@@ -454,8 +521,6 @@ def _pool(path: str, name: str, table: Any) -> Pool:
     for key in ("user", "group"):
         r.check(key, lambda v: bool(ACCOUNT.fullmatch(v)), "must be a user/group name")
     _check_web_paths(r)
-    for item in pool.shared:
-        if not _relative_or_absolute(item) or PurePosixPath(item).is_absolute():
-            raise r.fail("shared", f"{item!r} must be a relative path without '..'")
+    _check_shared(r, pool.shared, r.strings("shared"))
     r.reject_unknown()
     return pool

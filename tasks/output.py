@@ -38,6 +38,10 @@ def start_log(log_dir: str, command: str) -> Path:
     directory = Path(log_dir)
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"fpm-fleet-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
+    # The log holds every remote command and its output (hook commands included): only the
+    # operator may read it. Created 0600 whatever the umask, before anything is written.
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600))
+    os.chmod(path, 0o600)
     handler = logging.FileHandler(path)
     handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
     root = logging.getLogger("fpm_fleet")
@@ -125,9 +129,9 @@ class LiveObserver:
         with self.lock:
             for (host, target), row in self.rows.items():
                 running = time.monotonic() - row.since if row.kind == "start" else row.elapsed
-                table.add_row(host, target, str(row.steps), row.step,
+                table.add_row(Text(host), Text(target), str(row.steps), Text(row.step),
                               Text(MARK[row.kind], style=STYLE[row.kind]),
-                              f"{running:.2f}s", row.detail[:60])
+                              f"{running:.2f}s", Text(row.detail[:60]))
         return table
 
     def __enter__(self) -> LiveObserver:
@@ -155,7 +159,9 @@ def table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]],
         t.add_column(col)
     for i, row in enumerate(rows):
         style = styles[i] if styles else None
-        t.add_row(*[c if isinstance(c, Text) else str(c) for c in row], style=style)
+        # Text, never str: a cell holds remote text (paths, errors), which rich would
+        # otherwise read as markup (`[red]`, or `[/x]`, which even raises)
+        t.add_row(*[c if isinstance(c, Text) else Text(str(c)) for c in row], style=style)
     return t
 
 

@@ -11,14 +11,12 @@ import socket
 import tarfile
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from . import release_shell as rs
 from . import shell
-from .errors import ConfigError, LockError, RemoteError, RolloutError
+from .errors import ConfigError, RemoteError, RolloutError
 from .inventory import Host, Pool
 from .layout import Layout
 from .manifest import Entry, Manifest, parse_checksums, safe_mode
@@ -364,58 +362,6 @@ def bad_releases(ex: Executor, host: Host, pool: Pool) -> set[str]:
 
 def mark_bad(ex: Executor, host: Host, pool: Pool, name: str) -> None:
     ex.run(rs.mark_bad(Layout.of(host, pool), name), f"mark {name} bad")
-
-
-# --- the deploy lock -------------------------------------------------------------------------
-
-def stale_holder(holder: str, me: str | None = None) -> bool:
-    """A lock taken from this very machine by a process that no longer exists (the tool was
-    killed): safe to take over. A holder on another machine is never judged stale."""
-    fields = dict(f.split("=", 1) for f in holder.split()[1:] if "=" in f)
-    who, pid = holder.split(" ", 1)[0] if holder else "", fields.get("pid", "")
-    if who != (me or operator()) or not pid.isdigit():
-        return False
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    return False
-
-
-@contextmanager
-def locked(ex: Executor, host: Host, pool: Pool, command: str,
-           on_stale: Callable[[str], None] | None = None) -> Iterator[None]:
-    """Hold the pool's deploy lock on this host; released on every exit path.
-
-    A lock left by a killed run of this machine is taken over (and reported via on_stale).
-    """
-    layout = Layout.of(host, pool)
-    info = f"{operator()} pid={os.getpid()} since={time.strftime('%Y-%m-%dT%H:%M:%S')} " \
-           f"cmd={command}"
-    try:
-        ex.run(rs.take_lock(layout, info), "take deploy lock")
-    except RemoteError as exc:
-        holder = exc.result.stdout.strip()
-        if exc.result.exited != 9:
-            raise
-        if not stale_holder(holder):
-            raise LockError(f"{host.name}: pool {pool.name} is locked by another deploy: "
-                            f"{holder}; {rs.LOCK_STALE_NOTE}") from None
-        if on_stale:
-            on_stale(holder)
-        ex.run(rs.force_unlock(layout), "remove stale deploy lock")
-        ex.run(rs.take_lock(layout, info), "take deploy lock")
-    try:
-        yield
-    finally:
-        ex.run(rs.release_lock(layout, info), "release deploy lock", check=False)
-
-
-def unlock(ex: Executor, host: Host, pool: Pool) -> str:
-    out = ex.run(rs.force_unlock(Layout.of(host, pool)), "force unlock").stdout.strip()
-    return out or "not locked"
 
 
 # --- listing and cleanup ---------------------------------------------------------------------

@@ -1,5 +1,6 @@
 """Pure builders of the remote commands for releases: upload, verify, activate, history,
-locks, cleanup. Paths come from Layout; every word is quoted with shell.q.
+cleanup (the lock has its own, in lock.py). Paths come from Layout; every word is quoted
+with shell.q.
 """
 
 from __future__ import annotations
@@ -8,8 +9,6 @@ from pathlib import PurePosixPath
 
 from .layout import Layout
 from .shell import PathLike, q
-
-LOCK_STALE_NOTE = "remove it with `fab unlock` once you are sure no deploy runs"
 
 
 def manifest_path(layout: Layout, name: str) -> str:
@@ -202,26 +201,6 @@ def list_releases(layout: Layout) -> str:
 def remove_release(layout: Layout, name: str) -> str:
     return (f"rm -rf -- {q(layout.release(name))} {q(manifest_path(layout, name))} "
             f"{q(sealed_path(layout, name))} {q(layout.state / 'bad' / name)}")
-
-
-def take_lock(layout: Layout, info: str) -> str:
-    """mkdir is the test-and-set; on failure print the holder's note and exit 9."""
-    lock = q(layout.state / "lock")
-    return (f"mkdir -p -- {q(layout.state)} && if mkdir -- {lock} 2>/dev/null; then "
-            f"printf '%s\\n' {q(info)} > {lock}/holder; else "
-            f"cat -- {lock}/holder 2>/dev/null || echo unknown; exit 9; fi")
-
-
-def release_lock(layout: Layout, info: str) -> str:
-    """Remove the lock only if we still hold it (same holder line)."""
-    lock = q(layout.state / "lock")
-    return (f"if [ \"$(cat -- {lock}/holder 2>/dev/null)\" = {q(info)} ]; then "
-            f"rm -rf -- {lock}; fi")
-
-
-def force_unlock(layout: Layout) -> str:
-    lock = q(layout.state / "lock")
-    return f"cat -- {lock}/holder 2>/dev/null; rm -rf -- {lock}"
 
 
 def clear_incoming(layout: Layout) -> str:

@@ -15,23 +15,28 @@ import errno
 import logging
 import os
 import socket
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import IO, Protocol
 
 import paramiko
 from fabric import Connection
 from paramiko.ssh_exception import NoValidConnectionsError
 
+from . import known_hosts
 from .errors import ConfigError, ConnectError, RemoteError, RemoteResult
 from .inventory import Host
+from .shell import KILL_AFTER, bounded
 
 log = logging.getLogger("fpm_fleet.remote")
 # paramiko logs a failed handshake with a traceback from its own thread; without a handler,
 # Python would print it on stderr. output.start_log sends it to the run's log file.
 logging.getLogger("paramiko").addHandler(logging.NullHandler())
 SYSTEM_KNOWN_HOSTS = "/etc/ssh/ssh_known_hosts"
+USER_KNOWN_HOSTS = "~/.ssh/known_hosts"
 
 
 class Executor(Protocol):
@@ -46,37 +51,45 @@ class Executor(Protocol):
                timeout: float | None = None) -> tuple[RemoteResult, int]: ...
 
 
-def _load_host_keys(client: paramiko.SSHClient, host: Host) -> None:
+def _host_keys(client: paramiko.SSHClient, host: Host,
+               say: Callable[[str], None]) -> known_hosts.Policy:
+    """Load known_hosts (the inventory's file, else the user's and the system's) and return
+    the policy for a key it does not list."""
+    user_file = os.path.expanduser(USER_KNOWN_HOSTS)
     if host.known_hosts:
-        path = os.path.expanduser(host.known_hosts)
-        if not os.path.exists(path):
-            raise ConfigError(f"{host.name}: known_hosts file {path} does not exist")
-        client.load_host_keys(path)
-        return
-    client.load_system_host_keys()
-    if os.path.exists(SYSTEM_KNOWN_HOSTS):
-        client.load_system_host_keys(SYSTEM_KNOWN_HOSTS)
+        paths = [os.path.expanduser(host.known_hosts)]
+        if not os.path.exists(paths[0]):
+            raise ConfigError(f"{host.name}: known_hosts file {paths[0]} does not exist")
+    else:
+        paths = [p for p in (user_file, SYSTEM_KNOWN_HOSTS) if os.path.exists(p)]
+    name = known_hosts.host_name(host.address, host.port)
+    found = {path: known_hosts.parse(Path(path).read_text(errors="replace")) for path in paths}
+    lines = [line for each in found.values() for line in each]
+    revoked = known_hosts.revoked_keys(lines, name)
+    known_hosts.load(client.get_host_keys(), lines, revoked)
+    known = client.get_host_keys().lookup(name) is not None
+    for path, each in found.items():
+        known_hosts.check_markers(each, name, path, host.name, known)
+    return known_hosts.Policy(host.trust_new_host_keys, revoked, paths[0] if host.known_hosts
+                              else user_file, say)
 
 
-def connect(host: Host) -> Connection:
+def connect(host: Host, say: Callable[[str], None] | None = None) -> Connection:
     """Open an SSH connection to `host` with strict host-key checking and a connect timeout.
 
     Every way this fails is one ConnectError naming the host and the cause, never paramiko's
-    own exception: see `connect_failure`.
+    own exception: see `connect_failure`. `say` hears of a new host key trusted and saved.
     """
     conn = Connection(host.address, user=host.user, port=host.port,
                       connect_kwargs=connect_kwargs(host, _identity(host)))
-    _load_host_keys(conn.client, host)
-    policy: paramiko.MissingHostKeyPolicy = (
-        paramiko.AutoAddPolicy() if host.trust_new_host_keys else paramiko.RejectPolicy())
-    conn.client.set_missing_host_key_policy(policy)
+    conn.client.set_missing_host_key_policy(_host_keys(conn.client, host, say or log.warning))
     try:
         conn.open()
     except (paramiko.SSHException, OSError, EOFError) as exc:
         conn.close()
         raise ConnectError(f"{host.name} ({host.user}@{host.address}:{host.port}): "
                            f"{connect_failure(exc, host)}") from None
-    _no_delay(conn)
+    _tune(conn)
     return conn
 
 
@@ -112,6 +125,9 @@ def _identity(host: Host) -> paramiko.PKey | None:
 
 
 BANNER_SHARE = 0.9
+KEEPALIVE = 15  # seconds between SSH keepalives on an idle connection
+CLIENT_GRACE = KILL_AFTER + 5  # the host's `timeout` ends a command before the client does
+HOST_TIMEOUT_CODES = (124, 128 + 9)  # timeout's own exit status, and after its SIGKILL
 
 REFUSED, NO_ROUTE, NET_DOWN, TIMED_OUT = (errno.ECONNREFUSED, errno.EHOSTUNREACH,
                                           errno.ENETUNREACH, errno.ETIMEDOUT)
@@ -149,6 +165,8 @@ def _socket_failure(code: int, host: Host) -> str:
 
 
 def _ssh_failure(text: str, host: Host) -> str:
+    if text.startswith("host key revoked"):
+        return text
     if "not found in known_hosts" in text:
         return ("unknown host key: add it to known_hosts (ssh-keyscan -p "
                 f"{host.port} {host.address}) or set trust_new_host_keys = true")
@@ -163,9 +181,12 @@ def _ssh_failure(text: str, host: Host) -> str:
     return f"SSH failed: {text}"
 
 
-def _no_delay(conn: Connection) -> None:
-    """Disable Nagle: small command/answer exchanges otherwise stall ~40 ms on delayed ACKs."""
+def _tune(conn: Connection) -> None:
+    """Keepalives, so a dead host or a dropped NAT mapping ends the run instead of hanging it;
+    no Nagle: small command/answer exchanges otherwise stall ~40 ms on delayed ACKs."""
     transport = conn.client.get_transport()
+    if transport is not None:
+        transport.set_keepalive(KEEPALIVE)
     sock = getattr(transport, "sock", None)
     if isinstance(sock, socket.socket):
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -201,22 +222,31 @@ class SSHExecutor:
         if transport is None or not transport.is_active():
             raise ConnectError(f"{self.host.name}: connection lost before {what}")
         limit = timeout or self.host.command_timeout
+        # bounded on the host, as the login user (hooks included); an upload is not bounded
+        # (it ends with its input, however long that takes). The few root commands run
+        # through `sudo -n` inside it, where a timeout's signal reaches them: sudo does not
+        # pass on a signal sent by its own process group, so `timeout` never wraps sudo.
+        full = bounded(command, limit) if source is None else command
         started = time.monotonic()
         sent = 0
         try:
             chan = transport.open_session(timeout=self.host.connect_timeout)
             try:
                 chan.settimeout(limit)
-                chan.exec_command(command)
+                chan.exec_command(full)
                 if source is not None:
                     sent = _pump(chan, source)
                 chan.shutdown_write()
-                stdout, stderr, code = _drain(chan, started + limit)
+                # the deadline starts once the input is sent: a long upload is no timeout;
+                # the host's own bound fires first, this one is for a connection that hangs
+                stdout, stderr, code = _drain(chan, time.monotonic() + limit + CLIENT_GRACE)
             finally:
                 chan.close()
         except (paramiko.SSHException, OSError, EOFError) as exc:
             raise ConnectError(f"{self.host.name}: connection lost during {what}: "
                                f"{exc or type(exc).__name__}") from None
+        if source is None and code in HOST_TIMEOUT_CODES:
+            stderr += f"\ntimed out on the host after {limit:g}s (command_timeout)"
         result = RemoteResult(command, code, stdout, stderr)
         _log(self.host.name, what, result, time.monotonic() - started, source is not None)
         return result, sent
@@ -274,6 +304,58 @@ def _indent(label: str, text: str) -> str:
     if len(lines) > 60:
         lines = [*lines[:30], f"... {len(lines) - 60} lines ...", *lines[-30:]]
     return "\n" + "\n".join(f"  {label}| {line}" for line in lines)
+
+
+class Interrupted(KeyboardInterrupt):
+    """Raised in a host's thread at its next remote command once a parallel run is
+    interrupted (only the main thread gets Ctrl-C / SIGTERM)."""
+
+
+class Interruptible:
+    """An executor that refuses its next command once `interrupt` is set, so every host of a
+    parallel run stops at its next step; commands inside `shield()` (putting a replica back,
+    releasing the lock) still run."""
+
+    def __init__(self, inner: Executor, interrupt: threading.Event) -> None:
+        self.inner, self.host, self.interrupt = inner, inner.host, interrupt
+        self.shields = 0
+
+    def _check(self, what: str) -> None:
+        if self.interrupt.is_set() and not self.shields:
+            raise Interrupted(f"{self.host.name}: interrupted before {what}")
+
+    def run(self, command: str, what: str, *, check: bool = True,
+            timeout: float | None = None) -> RemoteResult:
+        self._check(what)
+        return self.inner.run(command, what, check=check, timeout=timeout)
+
+    def stream(self, command: str, what: str, source: IO[bytes], *,
+               timeout: float | None = None) -> tuple[RemoteResult, int]:
+        self._check(what)
+        return self.inner.stream(command, what, source, timeout=timeout)
+
+    def close(self) -> None:
+        close = getattr(self.inner, "close", None)
+        if close:
+            close()
+
+    @contextmanager
+    def shield(self) -> Iterator[None]:
+        self.shields += 1
+        try:
+            yield
+        finally:
+            self.shields -= 1
+
+
+@contextmanager
+def shielded(ex: Executor) -> Iterator[None]:
+    """Run the block's commands even after an interrupt: the recovery of what it left."""
+    if isinstance(ex, Interruptible):
+        with ex.shield():
+            yield
+    else:
+        yield
 
 
 @contextmanager

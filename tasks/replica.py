@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass
 
 from . import balancer, fpm, shell
-from .errors import RolloutError
+from .errors import AnswerError, RolloutError
 from .events import Event, Observer, step
 from .inventory import Host, Pool
 from .layout import Layout
@@ -110,10 +110,13 @@ def idle_probe(ex: Executor, r: Replica) -> Activity:
         ("conns", shell.open_connections(layout.sock(r.n))),
     ])
     out = shell.split_sections(ex.run(cmd, f"idle probe {r.name}", check=False).stdout)
-    bal = balancer.parse_xml(out.get("bm", ""))[r.pool.balancer]
+    bal = balancer.pick(r.host, r.pool, out.get("bm", ""))
     member = balancer.member_of(bal, r.host, r.pool, r.n)
     resp = fpm.parse_fcgi(out.get("fpm", ""))
-    status = fpm.parse_status(resp.body) if resp.status == 200 else None
+    try:
+        status = fpm.parse_status(resp.body) if resp.status == 200 else None
+    except ValueError as exc:
+        raise AnswerError(f"{r.host.name}: {r.name}: {exc}") from None
     conns = out.get("conns", "").strip()
     return Activity(member.busy, status, int(conns) if conns.isdigit() else 0, member.out)
 

@@ -7,19 +7,22 @@ failure stops the rollout: hosts not reached stay untouched.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from . import balancer, fpm, replica
-from .errors import FleetError, RolloutError, UsageError
+from .errors import AnswerError, FleetError, RolloutError, UsageError
 from .events import Event, Observer
 from .inventory import Fleet, Host, Pool
-from .remote import Executor, SSHExecutor, connect
+from .remote import Executor, Interruptible, SSHExecutor, connect, shielded
 from .replica import Replica
+
+log = logging.getLogger("fpm_fleet.rollout")
 
 
 @dataclass(frozen=True)
@@ -86,8 +89,9 @@ class Runner:
     obs: Observer
     parallel: int = 1
     stop_on_failure: bool = True
-    connector: Callable[[Host], Executor] = field(default=lambda h: SSHExecutor(h, connect(h)))
+    connector: Callable[[Host], Executor] | None = None  # default: SSH, see _connect
     _stop: threading.Event = field(default_factory=threading.Event)
+    _interrupt: threading.Event = field(default_factory=threading.Event)
 
     def run(self, hosts: tuple[Host, ...],
             work: Callable[[Executor, Host, HostResult], None]) -> list[HostResult]:
@@ -99,12 +103,25 @@ class Runner:
                 self._one(h, work, results[h.name])
         else:
             with ThreadPoolExecutor(max_workers=self.parallel) as pool:
+                futures = [pool.submit(self._one, h, work, results[h.name]) for h in hosts]
                 try:
-                    list(pool.map(lambda h: self._one(h, work, results[h.name]), hosts))
+                    # short waits: the main thread checks for Ctrl-C / SIGTERM in between
+                    while wait(futures, timeout=0.1).not_done:
+                        pass
+                    for future in futures:
+                        future.result()
                 except KeyboardInterrupt:
                     self._stop.set()  # hosts not started stay untouched
-                    raise
+                    self._interrupt.set()  # the others stop at their next step
+                    raise  # once every host put its replica back (the pool waits)
         return [results[h.name] for h in hosts]
+
+    def _connect(self, host: Host) -> Executor:
+        """An SSH executor; a new host key trusted on the way is said as a warning."""
+        def say(message: str) -> None:
+            self.obs.event(Event("warn", host.name, "host key", detail=message))
+
+        return SSHExecutor(host, connect(host, say))
 
     def _one(self, host: Host, work: Callable[[Executor, Host, HostResult], None],
              result: HostResult) -> None:
@@ -112,7 +129,9 @@ class Runner:
             return
         started = time.monotonic()
         try:
-            ex = self.connector(host)
+            ex = (self.connector or self._connect)(host)
+            if self.parallel > 1:
+                ex = Interruptible(ex, self._interrupt)
             result.reached = True
             try:
                 work(ex, host, result)
@@ -120,9 +139,10 @@ class Runner:
                 close = getattr(ex, "close", None)
                 if close:
                     close()
-        except FleetError as exc:
-            result.ok, result.error, result.exit_code = False, str(exc), exc.exit_code
-            self.obs.event(Event("fail", host.name, "host", detail=str(exc)))
+        except Exception as exc:
+            failure = as_failure(host, exc)
+            result.ok, result.error, result.exit_code = False, str(failure), failure.exit_code
+            self.obs.event(Event("fail", host.name, "host", detail=str(failure)))
             if self.stop_on_failure:
                 self._stop.set()
         finally:
@@ -139,17 +159,47 @@ def ordered_replicas(ex: Executor, host: Host, pool: Pool, numbers: list[int]) -
 @contextmanager
 def tracked(ex: Executor, r: Replica, obs: Observer, result: HostResult) -> Iterator[None]:
     """Count the replica in the host's recap; on Ctrl-C / SIGTERM mid-step put it back if it
-    runs and is healthy, and report its state."""
+    runs and is healthy, and report its state. So does any failure the steps did not handle
+    themselves (a remote command that failed, an answer that could not be parsed): the host
+    fails with a message, never a traceback, and never leaves a healthy replica drained."""
     try:
         yield
     except KeyboardInterrupt:
-        state = replica.recover(ex, r)
-        obs.event(Event("warn", r.host.name, "interrupted", r.name, state))
+        _recover(ex, r, obs, "interrupted")
+        raise
+    except AnswerError:
+        result.failed += 1
+        _recover(ex, r, obs, "recover")
         raise
     except RolloutError:
         result.failed += 1
         raise
+    except Exception as exc:
+        result.failed += 1
+        _recover(ex, r, obs, "recover")
+        raise as_failure(r.host, exc) from None
     result.done += 1
+
+
+def _recover(ex: Executor, r: Replica, obs: Observer, what: str) -> None:
+    """Put the replica back if it runs and is healthy; say what state it is left in. A failure
+    of the recovery itself (the connection is gone) is said, never raised over the cause."""
+    try:
+        with shielded(ex):
+            state = replica.recover(ex, r)
+    except Exception as exc:
+        state = f"state unknown, not put back ({as_failure(r.host, exc)})"
+    obs.event(Event("warn", r.host.name, what, r.name, state))
+
+
+def as_failure(host: Host, exc: Exception) -> FleetError:
+    """Any exception as the FleetError of one host: ours as they are, anything else (a bug,
+    an answer the parsers did not expect) as a RolloutError whose traceback goes to the log."""
+    if isinstance(exc, FleetError):
+        return exc
+    log.error("[%s] unexpected error", host.name, exc_info=exc)
+    return RolloutError(f"{host.name}: unexpected error: {type(exc).__name__}: {exc} "
+                        "(details in the log)")
 
 
 def heal(ex: Executor, host: Host, pool: Pool, obs: Observer) -> None:

@@ -88,6 +88,17 @@ def not_writable(paths: Iterable[PathLike]) -> str:
     return (f"for d in {join(paths)}; do [ -w \"$d\" ] || printf '%s\\n' \"$d\"; done")
 
 
+KILL_AFTER = 5  # seconds between `timeout`'s SIGTERM and its SIGKILL
+
+
+def bounded(command: str, seconds: float) -> str:
+    """Run `command` for at most `seconds` on the host itself: `timeout` signals the whole
+    process group (a hook's children too), so nothing outlives the run that started it (or
+    the lock it held) when the connection is lost or the client gives up. Exit 124: timed out.
+    """
+    return f"timeout -k {KILL_AFTER} {seconds:g} sh -c {q(command)}"
+
+
 def sections(parts: Sequence[tuple[str, str]]) -> str:
     """Run several commands in one round trip; their outputs are split by `split_sections`."""
     return "; ".join(f"printf '\\n%s %s\\n' {q(SECTION)} {q(name)}; {cmd}" for name, cmd in parts)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import FAB, ROOT, Sandbox, assert_no_failures, fab, get, load, ok
+from .conftest import FAB, ROOT, Background, Sandbox, assert_no_failures, fab, get, load, ok
 
 
 def pinned(box: Sandbox) -> set[tuple[str, int, str]]:
@@ -115,9 +115,48 @@ def test_second_deploy_is_refused_while_the_first_holds_the_lock(box: Sandbox) -
     assert_no_failures(stats)
     assert first.returncode == 0, err
     assert second.returncode == 6, second.stderr
-    assert "locked by another deploy" in second.stderr and f"pid={first.pid}" in second.stderr
+    assert "locked by another run: `fab deploy --release v4" in second.stderr
+    assert f"pid {first.pid}" in second.stderr
     assert not lock.exists(), "the lock is released at the end"
     assert all_on(box, "v4")
+
+
+def test_restart_during_a_deploy_is_refused_naming_the_deploy(box: Sandbox,
+                                                             tmp_path: Path) -> None:
+    slow = with_pool_keys(box, tmp_path, 'before_activate = ["sleep 8"]')
+    lock = box.pool_dir(0) / "state" / "lock"
+    with load(box) as stats:  # v4 again: reused, but its hook runs (and holds the lock)
+        deploy = Background("deploy", "--release", "v4", "--host", "h1", "--plain",
+                            inventory_path=slow)
+        deploy.wait_for("shared links")
+        assert lock.exists()
+        restart = fab("restart", "--host", "h1", "--plain")
+        stop = fab("stop", "--host", "h1", "--replica", "1", "--plain")
+        code, _, err = deploy.finish()
+    assert_no_failures(stats)
+    assert code == 0, err
+    for refused in (restart, stop):
+        assert refused.returncode == 6, refused.stderr
+        assert "locked by another run: `fab deploy --release v4 --host h1" in refused.stderr
+    assert not lock.exists()
+    assert all_on(box, "v4")
+
+
+def test_a_hung_hook_is_ended_on_the_host_by_command_timeout_with_its_children(
+        box: Sandbox, tmp_path: Path) -> None:
+    hung = with_pool_keys(box, tmp_path, 'before_activate = ["sleep 31 & sleep 32"]')
+    hung.write_text(hung.read_text().replace("[defaults]\n", "[defaults]\ncommand_timeout = 3\n"))
+    box.build("v9")
+    before = os.readlink(box.pool_dir(1) / "current.release")
+    started = time.monotonic()
+    proc = fab("deploy", "--release", "v9", "--host", "h2", "--plain", inventory_path=hung)
+    assert proc.returncode == 5, proc.stderr
+    assert "timed out on the host after 3s (command_timeout)" in proc.stderr
+    assert time.monotonic() - started < 30
+    left = box.run(1, "pgrep", "-f", "sleep 3[12]")
+    assert left.returncode == 1, f"the hook's processes outlived it: {left.stdout}"
+    assert not (box.pool_dir(1) / "state" / "lock").exists()
+    assert os.readlink(box.pool_dir(1) / "current.release") == before
 
 
 def test_unlock_removes_a_stale_lock_and_says_whose_it_was(box: Sandbox) -> None:
@@ -201,3 +240,28 @@ def test_rollback_to_a_release_missing_on_a_host_is_refused(box: Sandbox) -> Non
     assert proc.returncode != 0
     assert "rollback refused, nothing changed" in proc.stderr and "h1" in proc.stderr
     assert pinned(box) == before
+
+
+def test_sigterm_stops_a_parallel_run_on_every_host_at_once_and_puts_replicas_back(
+        box: Sandbox) -> None:
+    box.build("v8")
+    with load(box) as stats:
+        run = Background("deploy", "--release", "v8", "--parallel", "3", "--plain")
+        for h in ("h1", "h2", "h3"):
+            run.wait_for(f"[{h}] www-1 drain ok")
+        signalled = time.monotonic()
+        run.proc.send_signal(signal.SIGTERM)
+        while not all(any(line.startswith(f"[{h}] www-") and " interrupted " in line
+                          for line in run.lines) for h in ("h1", "h2", "h3")):
+            assert time.monotonic() - signalled < 10, "".join(run.lines)
+            time.sleep(0.01)
+        stopped_in = time.monotonic() - signalled
+        code, _, err = run.finish(timeout=60)
+    assert code == 130, err
+    # every host stopped at its next step and put its replica back: a stop in flight waits
+    # for the demo's 2 s requests at most
+    assert stopped_in < 3.5, err
+    assert_no_failures(stats)
+    rows = box.status()
+    assert all(r["ok"] and r["lb_status"] == "Init Ok" for r in rows), rows
+    assert not any((box.pool_dir(i) / "state" / "lock").exists() for i in range(3))

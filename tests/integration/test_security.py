@@ -50,8 +50,13 @@ def test_changed_host_key_is_refused(box: Sandbox, tmp_path: Path) -> None:
 
 
 def test_trusting_new_host_keys_is_an_explicit_opt_in(box: Sandbox, tmp_path: Path) -> None:
-    inv = with_known_hosts(box, tmp_path, "", extra="trust_new_host_keys = true\n")
-    ok(fab("check", inventory_path=inv))
+    inv = with_known_hosts(box, tmp_path, "# kept\n", extra="trust_new_host_keys = true\n")
+    first = ok(fab("check", inventory_path=inv))
+    assert first.stderr.count("trusted the new host key of") == len(box.addresses())
+    saved = (tmp_path / "known_hosts").read_text().splitlines()
+    assert saved[0] == "# kept" and len(saved) == 1 + len(box.addresses())
+    again = ok(fab("check", inventory_path=inv))
+    assert "trusted the new host key" not in again.stderr
 
 
 def test_source_paths_with_spaces_and_shell_characters_deploy_safely(box: Sandbox,

@@ -225,3 +225,14 @@ def test_sudoers_prints_the_file_setup_installs_for_the_inventory_user(tmp_path:
     assert proc.returncode == 0, proc.stderr
     assert "/usr/bin/systemctl start fpm-fleet-www@2.service, \\" in proc.stdout
     assert proc.stdout.endswith("deploy ALL=(root) NOPASSWD: FPM_FLEET\n")
+
+
+def test_an_infinite_timeout_or_absurd_pool_size_exits_2_naming_the_key(tmp_path: Path) -> None:
+    for key, line in (("connect_timeout", "connect_timeout = inf"),
+                      ("max_children", "max_children = 1000000")):
+        text = INVENTORY.format(name="alpha").replace(
+            "connect_timeout = 1" if key == "connect_timeout" else "replicas = 2",
+            line if key == "connect_timeout" else f"replicas = 2\n{line}")
+        proc = fab("list", env={"FABRIC_INVENTORY": str(inventory(tmp_path, text=text))})
+        assert proc.returncode == 2, proc.stderr
+        assert f".{key}: must be" in proc.stderr, proc.stderr

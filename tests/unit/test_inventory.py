@@ -627,3 +627,77 @@ def test_local_address_reaches_the_public_vhosts_from_the_host_itself(
     inventory_data["hosts"][0]["apache"] = {"listen": listen}
     apache = build_fleet(inventory_data).hosts[0].apache
     assert (apache.local_address, apache.port) == (address, port)
+
+
+# --- normalised paths, overlapping pools, bounded numbers (issue 9, item 17) ------------------
+
+def test_paths_are_normalised(inventory_data, build_fleet):
+    inventory_data["defaults"]["root"] = "/srv//fpm-fleet/./"
+    inventory_data["pools"]["www"].update(root="./www/", shared=["storage/./logs/"])
+    fleet = build_fleet(inventory_data)
+    assert fleet.hosts[0].root == "/srv/fpm-fleet"
+    assert fleet.pools[0].root == "www" and fleet.pools[0].shared == ("storage/logs",)
+    assert str(fleet.hosts[0].pool_dir(fleet.pools[0])) == "/srv/fpm-fleet/www"
+
+
+@pytest.mark.parametrize("other", ["./www", "www/", "/srv/fpm-fleet/www", "www/api",
+                                   "/srv/fpm-fleet"])
+def test_two_pools_resolving_to_one_directory_or_nested_are_rejected(inventory_data,
+                                                                     config_error, other):
+    inventory_data["pools"]["api"] = {"replicas": 2, "root": other}
+    message = config_error(inventory_data, FILE)
+    assert message.startswith(f"{FILE}: pools: ")
+    assert "duplicate root" in message or "overlapping directories on host web1" in message
+
+
+@pytest.mark.parametrize("root", ["/", "//", ".", "./", "/./"])
+def test_a_pool_root_of_slash_or_dot_is_rejected(inventory_data, config_error, root):
+    inventory_data["pools"]["www"]["root"] = root
+    expect(config_error(inventory_data, FILE), "pools.www.root", "other than '/' or '.'")
+
+
+@pytest.mark.parametrize("item", [".", "./", "", "a/..", "/"])
+def test_shared_items_must_name_something_inside_the_release(inventory_data, config_error,
+                                                            item):
+    inventory_data["pools"]["www"]["shared"] = [item]
+    expect(config_error(inventory_data, FILE), "pools.www.shared", "must be a relative path")
+
+
+def test_shared_items_inside_each_other_are_rejected(inventory_data, config_error):
+    inventory_data["pools"]["www"]["shared"] = ["storage", "storage/logs/"]
+    expect(config_error(inventory_data, FILE), "pools.www.shared", "overlap")
+
+
+@pytest.mark.parametrize(("where", "key", "value"), [
+    ("defaults", "connect_timeout", float("inf")),
+    ("defaults", "connect_timeout", float("nan")),
+    ("defaults", "command_timeout", float("inf")),
+    ("defaults", "command_timeout", 10.0 ** 9),
+    ("defaults", "connect_timeout", 10_000),
+    ("defaults", "keep_releases", 10 ** 6),
+    ("pool", "max_children", 10 ** 6),
+])
+def test_non_finite_or_absurd_numbers_are_rejected(inventory_data, config_error, where, key,
+                                                   value):
+    table = inventory_data["pools"]["www"] if where == "pool" else inventory_data["defaults"]
+    table[key] = value
+    message = config_error(inventory_data, FILE)
+    assert f".{key}: must be" in message, message
+
+
+@pytest.mark.parametrize("root", ["/srv/a:b", "/srv/a|b", "/srv/a*", "/srv/a?", "/srv/a[1]",
+                                  "/srv/a>b", "/srv/a<b", "/srv/a\x01b", "/srv/a;b",
+                                  "/srv/a#b", "/srv/\u00e9t\u00e9"])
+def test_host_roots_with_characters_a_config_line_reads_specially_are_rejected(
+        inventory_data, config_error, root):
+    inventory_data["hosts"][0]["root"] = root
+    expect(config_error(inventory_data, FILE), "hosts.web1.root", "only letters, digits")
+
+
+@pytest.mark.parametrize(("key", "value"), [("root", "www:1"), ("root", "w w"),
+                                            ("root", "www>"), ("php_fpm", "/usr/sbin/php:fpm"),
+                                            ("php_fpm", "/usr/sbin/php-fpm*")])
+def test_pool_paths_written_into_configs_are_checked_the_same_way(inventory_data, config_error,
+                                                                  key, value):
+    inventory_data["pools"]["www"][key] = value
+    expect(config_error(inventory_data, FILE), f"pools.www.{key}", "only letters, digits")

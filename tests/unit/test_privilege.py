@@ -54,7 +54,9 @@ def test_the_executor_runs_commands_as_the_login_user_without_sudo(deploy_fleet)
     conn = SimpleNamespace(client=SimpleNamespace(get_transport=lambda: transport))
     ex = SSHExecutor(deploy_fleet.hosts[0], conn)  # type: ignore[arg-type]
     ex.run("tar -xzf - -C /srv/fpm-fleet/www/incoming/v1.partial", "upload")
-    assert channel.executed == ["tar -xzf - -C /srv/fpm-fleet/www/incoming/v1.partial"]
+    # no sudo: only bounded on the host by the command timeout
+    assert channel.executed == [
+        "timeout -k 5 300 sh -c 'tar -xzf - -C /srv/fpm-fleet/www/incoming/v1.partial'"]
 
 
 # --- the sudoers file ----------------------------------------------------------------------------

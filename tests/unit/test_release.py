@@ -10,7 +10,7 @@ import pytest
 
 from tasks import fpm, manifest, release
 from tasks import release_shell as rs
-from tasks.errors import ConfigError, LockError, RolloutError
+from tasks.errors import ConfigError, RolloutError
 from tasks.layout import Layout
 from tasks.manifest import Entry, Manifest
 
@@ -305,32 +305,6 @@ def test_upload_against_a_base_without_manifest_sends_everything(target, build):
     ex, host, pool, _ = target
     up = release.upload(ex, host, pool, build, manifest.scan(build), "v2", base="v0")
     assert (up.sent_files, up.linked_files) == (4, 0)
-
-
-def test_the_lock_refuses_a_second_deploy_naming_the_holder_and_is_released(target):
-    ex, host, pool, layout = target
-    with release.locked(ex, host, pool, "deploy v1"):
-        with pytest.raises(LockError) as info, release.locked(ex, host, pool, "deploy v2"):
-            pass
-        assert "pool www is locked by another deploy" in str(info.value)
-        assert "cmd=deploy v1" in str(info.value)
-        assert "fab unlock" in str(info.value)
-    assert not Path(layout.state, "lock").exists()
-
-
-def test_the_lock_is_released_when_the_deploy_fails(target):
-    ex, host, pool, layout = target
-    with pytest.raises(RuntimeError), release.locked(ex, host, pool, "deploy"):
-        raise RuntimeError("boom")
-    assert not Path(layout.state, "lock").exists()
-
-
-def test_unlock_reports_the_holder_or_not_locked(target):
-    ex, host, pool, layout = target
-    assert release.unlock(ex, host, pool) == "not locked"
-    ex.run(rs.take_lock(layout, "stale holder"), "lock")
-    assert release.unlock(ex, host, pool) == "stale holder"
-    assert not Path(layout.state, "lock").exists()
 
 
 def test_activate_returns_the_previous_release_and_records_history(target):

@@ -58,21 +58,6 @@ def test_activate_command_writes_history_beside_then_renames_symlink_and_history
         "mv -f -- /srv/fpm-fleet/www/state/history.new /srv/fpm-fleet/www/state/history")
 
 
-def test_take_lock_command_is_a_mkdir_test_and_set_exiting_9():
-    assert rs.take_lock(SRV, "alice@box pid=7 cmd=deploy") == (
-        "mkdir -p -- /srv/fpm-fleet/www/state && "
-        "if mkdir -- /srv/fpm-fleet/www/state/lock 2>/dev/null; then "
-        "printf '%s\\n' 'alice@box pid=7 cmd=deploy' > /srv/fpm-fleet/www/state/lock/holder; "
-        "else cat -- /srv/fpm-fleet/www/state/lock/holder 2>/dev/null || echo unknown; "
-        "exit 9; fi")
-
-
-def test_release_lock_command_compares_the_holder_before_removing():
-    assert rs.release_lock(SRV, "me") == (
-        "if [ \"$(cat -- /srv/fpm-fleet/www/state/lock/holder 2>/dev/null)\" = me ]; then "
-        "rm -rf -- /srv/fpm-fleet/www/state/lock; fi")
-
-
 def test_commit_release_without_replace_refuses_an_existing_release():
     assert rs.commit_release(SRV, "v2", replace=False) == (
         "[ ! -e /srv/fpm-fleet/www/releases/v2 ] && "
@@ -147,40 +132,6 @@ def test_activate_never_lets_a_reader_see_current_release_missing(sh, layout):
 def test_activate_does_not_execute_a_quote_breaking_release_name(sh, layout, pwned):
     sh(act(layout, "x'; touch pwned; '"))
     assert pwned() == []
-
-
-# --- lock --------------------------------------------------------------------------------------
-
-def test_second_take_lock_exits_9_printing_the_holder(sh, layout):
-    first = sh(rs.take_lock(layout, "alice@a pid=1 cmd=deploy v2"))
-    assert first.returncode == 0, first.stderr
-    second = sh(rs.take_lock(layout, "bob@b pid=2 cmd=rollback"))
-    assert second.returncode == 9
-    assert second.stdout.strip() == "alice@a pid=1 cmd=deploy v2"
-    assert Path(layout.state, "lock", "holder").read_text() == "alice@a pid=1 cmd=deploy v2\n"
-
-
-def test_release_lock_only_removes_our_own_lock(sh, layout):
-    lock = Path(layout.state, "lock")
-    sh(rs.take_lock(layout, "alice pid=1"))
-    assert sh(rs.release_lock(layout, "bob pid=2")).returncode == 0
-    assert lock.is_dir()
-    assert sh(rs.release_lock(layout, "alice pid=1")).returncode == 0
-    assert not lock.exists()
-    assert sh(rs.take_lock(layout, "bob pid=2")).returncode == 0
-
-
-def test_release_lock_does_not_match_a_holder_that_only_starts_like_ours(sh, layout):
-    sh(rs.take_lock(layout, "alice pid=10"))
-    sh(rs.release_lock(layout, "alice pid=1"))
-    assert Path(layout.state, "lock").is_dir()
-
-
-def test_force_unlock_prints_the_holder_and_removes_the_lock(sh, layout):
-    sh(rs.take_lock(layout, "alice pid=1"))
-    result = sh(rs.force_unlock(layout))
-    assert result.stdout.strip() == "alice pid=1"
-    assert not Path(layout.state, "lock").exists()
 
 
 # --- staging, upload, verify, commit -----------------------------------------------------------
@@ -440,10 +391,6 @@ def test_release_builders_never_execute_metacharacters_in_paths_names_or_notes(
         rs.mark_bad(lay, name),
         rs.list_bad(lay),
         rs.list_releases(lay),
-        rs.take_lock(lay, "holder $(touch pwned) '"),
-        rs.take_lock(lay, "second"),
-        rs.release_lock(lay, "holder $(touch pwned) '"),
-        rs.force_unlock(lay),
         rs.commit_release(lay, name, replace=True),
         rs.remove_release(lay, name),
         rs.clear_incoming(lay),

@@ -4,8 +4,12 @@ accepts and stays silent, and paramiko's own SSH server (which refuses every log
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import errno
+import hashlib
+import hmac
+import io
 import socket
 import threading
 import time
@@ -17,7 +21,7 @@ import paramiko
 import pytest
 from paramiko.ssh_exception import NoValidConnectionsError
 
-from tasks import inventory, remote
+from tasks import inventory, known_hosts, remote, shell
 from tasks.errors import ConfigError, ConnectError
 from tasks.inventory import Host
 
@@ -187,3 +191,199 @@ def test_the_banner_deadline_falls_inside_the_connect_timeout():
     kwargs = remote.connect_kwargs(local_host(22, connect_timeout=4.0), None)
     assert kwargs["timeout"] == kwargs["auth_timeout"] == 4.0
     assert 0 < kwargs["banner_timeout"] < 4.0  # type: ignore[operator]
+
+
+# --- known_hosts: new keys saved, @revoked honoured, @cert-authority refused clearly --------
+
+def connect_to(server: SSHServer, known: Path, client_key: str, trust: bool = False,
+               said: list[str] | None = None) -> Exception:
+    host = local_host(server.port, known_hosts=str(known), identity_file=client_key,
+                      trust_new_host_keys=trust)
+    with pytest.raises((ConnectError, ConfigError)) as info:
+        remote.connect(host, said.append if said is not None else None)
+    return info.value
+
+
+def test_a_trusted_new_key_is_saved_to_known_hosts_keeping_its_comments_and_said(
+        ssh_server, tmp_path, client_key):
+    known = tmp_path / "known_hosts"
+    other = f"other.example {ssh_server.key.get_name()} {paramiko.ECDSAKey.generate().get_base64()}"
+    known.write_text(f"# pinned by ops, do not edit\n{other}")  # no final newline
+    said: list[str] = []
+    error = connect_to(ssh_server, known, client_key, trust=True, said=said)
+    assert "authentication failed" in str(error)  # the key was accepted, the login refused
+    assert known.read_text() == ("# pinned by ops, do not edit\n" + other + "\n"
+                                 + ssh_server.known_hosts_line())
+    assert said == [f"trusted the new host key of [127.0.0.1]:{ssh_server.port} "
+                    f"({ssh_server.key.get_name()} {ssh_server.key.fingerprint}) "
+                    f"and saved it to {known}"]
+    again = connect_to(ssh_server, known, client_key)  # no longer trusting: now known
+    assert "authentication failed" in str(again)
+
+
+def test_a_revoked_key_is_refused_even_when_trusting_new_keys(ssh_server, tmp_path, client_key):
+    known = tmp_path / "known_hosts"
+    known.write_text("@revoked * " + ssh_server.known_hosts_line().split(" ", 1)[1])
+    error = connect_to(ssh_server, known, client_key, trust=True)
+    assert isinstance(error, ConnectError)
+    assert "host key revoked" in str(error) and "refusing to connect" in str(error)
+    assert known.read_text().count("\n") == 1, "a revoked key is never saved"
+
+
+def test_a_revoked_key_is_refused_even_when_also_listed(ssh_server, tmp_path, client_key):
+    known = tmp_path / "known_hosts"
+    line = ssh_server.known_hosts_line()
+    known.write_text(line + "@revoked * " + line.split(" ", 1)[1])
+    assert "host key revoked" in str(connect_to(ssh_server, known, client_key))
+
+
+def test_a_cert_authority_entry_for_the_host_is_refused_with_a_clear_message(
+        ssh_server, tmp_path, client_key):
+    known = tmp_path / "known_hosts"
+    ca = paramiko.ECDSAKey.generate()
+    known.write_text(f"# CA\n@cert-authority [127.0.0.1]:* {ca.get_name()} {ca.get_base64()}\n")
+    error = connect_to(ssh_server, known, client_key)
+    assert isinstance(error, ConfigError)
+    assert str(error) == (f"web1: {known} line 2: @cert-authority entry for "
+                          f"[127.0.0.1]:{ssh_server.port}: fpm-fleet (paramiko) cannot check "
+                          "host certificates; add the host's own key to known_hosts")
+
+
+def test_markers_for_other_hosts_do_not_get_in_the_way(ssh_server, tmp_path, client_key):
+    known = tmp_path / "known_hosts"
+    ca = paramiko.ECDSAKey.generate()
+    known.write_text(f"@cert-authority *.example.com {ca.get_name()} {ca.get_base64()}\n"
+                     f"@revoked old.example {ca.get_name()} {ca.get_base64()}\n"
+                     "garbage line\n" + ssh_server.known_hosts_line())
+    assert "authentication failed" in str(connect_to(ssh_server, known, client_key))
+
+
+def test_hashed_and_negated_patterns_match_as_openssh_does():
+    salt = b"0123456789abcdef0123"
+    digest = hmac.new(salt, b"web1.example", hashlib.sha1).digest()
+    hashed = f"|1|{base64.b64encode(salt).decode()}|{base64.b64encode(digest).decode()}"
+    lines = known_hosts.parse(f"@revoked {hashed} ssh-ed25519 AAAA\n"
+                              "@revoked *.example,!web2.example ssh-ed25519 BBBB\n")
+    assert known_hosts.revoked_keys(lines, "web1.example") == {("ssh-ed25519", "AAAA"),
+                                                               ("ssh-ed25519", "BBBB")}
+    assert known_hosts.revoked_keys(lines, "web2.example") == set()
+
+
+# --- deadlines: after the input is sent, and on the host too ---------------------------------
+
+class SlowChannel:
+    """An exec channel whose input takes `send_seconds` to go out; the command then runs
+    `run_seconds` and exits 0 (with the command line it was given recorded)."""
+
+    def __init__(self, send_seconds: float, run_seconds: float, code: int = 0) -> None:
+        self.send_seconds, self.run_seconds, self.code = send_seconds, run_seconds, code
+        self.command = ""
+        self.done_at = float("inf")
+        self.closed = False
+
+    def settimeout(self, seconds: float) -> None:
+        pass
+
+    def exec_command(self, command: str) -> None:
+        self.command = command
+
+    def sendall(self, chunk: bytes) -> None:
+        time.sleep(self.send_seconds)
+
+    def shutdown_write(self) -> None:
+        self.done_at = time.monotonic() + self.run_seconds
+
+    def recv_ready(self) -> bool:
+        return False
+
+    recv_stderr_ready = recv_ready
+
+    @property
+    def eof_received(self) -> bool:
+        return time.monotonic() >= self.done_at
+
+    def exit_status_ready(self) -> bool:
+        return self.eof_received
+
+    def recv_exit_status(self) -> int:
+        return self.code
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class FakeTransport:
+    def __init__(self, chan: SlowChannel) -> None:
+        self.chan = chan
+        self.keepalive = 0
+
+    def is_active(self) -> bool:
+        return True
+
+    def open_session(self, timeout: float) -> SlowChannel:
+        return self.chan
+
+    def set_keepalive(self, seconds: int) -> None:
+        self.keepalive = seconds
+
+
+class FakeConnection:
+    def __init__(self, transport: FakeTransport) -> None:
+        self.client = self
+        self.transport = transport
+
+    def get_transport(self) -> FakeTransport:
+        return self.transport
+
+
+def executor(chan: SlowChannel, **host: object) -> remote.SSHExecutor:
+    return remote.SSHExecutor(local_host(22, **host),
+                              FakeConnection(FakeTransport(chan)))  # type: ignore[arg-type]
+
+
+def test_a_long_upload_is_no_timeout_the_deadline_starts_once_the_input_is_sent():
+    chan = SlowChannel(send_seconds=0.3, run_seconds=0.05)
+    ex = executor(chan)
+    result, sent = ex.stream("tar -x", "upload", io.BytesIO(b"x" * 10), timeout=0.1)
+    assert result.exited == 0 and sent == 10
+    assert chan.command == "tar -x", "an upload is bounded by its input, not by `timeout`"
+
+
+def test_commands_are_bounded_on_the_host_by_their_timeout():
+    chan = SlowChannel(send_seconds=0, run_seconds=0)
+    executor(chan, sudo=True).run("sudo -n -- systemctl start x", "start", timeout=42)
+    # as the login user; the one root command inside gets the signal (sudo is not wrapped)
+    assert chan.command == "timeout -k 5 42 sh -c 'sudo -n -- systemctl start x'"
+
+
+def test_a_command_over_its_timeout_is_ended_on_the_host(sh):
+    result = sh(shell.bounded("sleep 5; echo never", 0.2))
+    assert result.returncode == 124 and "never" not in result.stdout
+
+
+def test_a_command_ended_by_the_host_bound_says_so():
+    ex = executor(SlowChannel(send_seconds=0, run_seconds=0, code=124))
+    result = ex.run("sh -c 'sleep 600'", "before_activate", check=False, timeout=30)
+    assert result.stderr.endswith("timed out on the host after 30s (command_timeout)")
+
+
+def test_the_host_bound_ends_a_hooks_children_too(sh, tmp_path):
+    started = time.monotonic()
+    sh(shell.bounded("(sleep 3; touch late) & sleep 3", 0.3))
+    time.sleep(3.2 - (time.monotonic() - started))
+    assert not (tmp_path / "late").exists()
+
+
+def test_keepalives_are_on():
+    transport = FakeTransport(SlowChannel(0, 0))
+    remote._tune(FakeConnection(transport))  # type: ignore[arg-type]
+    assert transport.keepalive == remote.KEEPALIVE > 0
+
+
+def test_a_cert_authority_for_every_host_is_fine_where_the_hosts_own_key_is_listed(
+        ssh_server, tmp_path, client_key):
+    known = tmp_path / "known_hosts"
+    ca = paramiko.ECDSAKey.generate()
+    known.write_text(f"@cert-authority * {ca.get_name()} {ca.get_base64()}\n"
+                     + ssh_server.known_hosts_line())
+    assert "authentication failed" in str(connect_to(ssh_server, known, client_key))

@@ -1,0 +1,72 @@
+"""Hook commands are shown with their secrets masked."""
+
+from __future__ import annotations
+
+from pathlib import PurePosixPath
+
+import pytest
+
+from tasks import deploy, release_shell
+from tasks.errors import RemoteError, RemoteResult, RolloutError
+from tasks.layout import Layout
+from tasks.redact import redact
+
+
+@pytest.mark.parametrize(("command", "shown"), [
+    ("APP_KEY=base64:s3cr3t php artisan config:cache",
+     "APP_KEY=*** php artisan config:cache"),
+    ("env DB_PASSWORD='a b c' TOKEN=\"x y\" ./migrate",
+     "env DB_PASSWORD=*** TOKEN=*** ./migrate"),
+    ("export SECRET=abc; ./warm", "export SECRET=***; ./warm"),
+    ("./deploy --password=hunter2 --api-key abc123 --verbose",
+     "./deploy --password=*** --api-key *** --verbose"),
+    ("php migrate.php mysql://app:pa55@db:3306/app", "php migrate.php mysql://app:***@db:3306/app"),
+    ("EMPTY= ./x", "EMPTY=*** ./x"),
+])
+def test_secrets_in_a_hook_command_are_masked(command, shown):
+    assert redact(command) == shown
+
+
+@pytest.mark.parametrize("command", [
+    "php bin/console cache:warmup --env=prod",
+    "test -f ping.php",
+    "[ \"$a\" = b ] && composer dump-autoload -o",
+    "cp ../shared/config.php config.php",
+])
+def test_commands_without_secrets_are_shown_as_they_are(command):
+    assert redact(command) == command
+
+
+def test_the_built_hook_command_is_masked_inside_its_quotes():
+    layout = Layout(dir=PurePosixPath("/srv/fpm-fleet/www"), pool="www")
+    built = release_shell.before_activate(layout, "v2", "APP_SECRET=xyz php warm.php")
+    assert "xyz" not in redact(built) and "APP_SECRET=***" in redact(built)
+
+
+class FailingExecutor:
+    def __init__(self, host):
+        self.host = host
+        self.whats: list[str] = []
+
+    def run(self, command, what, *, check=True, timeout=None):
+        self.whats.append(what)
+        raise RemoteError(self.host.name, what, RemoteResult(command, 1, "", "boom"))
+
+
+def test_a_failing_hook_is_reported_without_its_secret(web):
+    host, pool = web
+    ex = FailingExecutor(host)
+    layout = Layout.of(host, pool)
+    with pytest.raises(RolloutError) as info:
+        deploy._before_activate(ex, host, layout, "v2", "DB_PASSWORD=hunter2 ./migrate")
+    assert "hunter2" not in str(info.value) and "DB_PASSWORD=*** ./migrate" in str(info.value)
+    assert "hunter2" not in ex.whats[0]
+
+
+def test_the_dry_run_shows_hooks_without_their_secrets(inventory_data, build_fleet):
+    inventory_data["pools"]["www"]["before_activate"] = ["APP_KEY=s3cr3t php warm.php"]
+    fleet = build_fleet(inventory_data)
+    plan = deploy.Plan(release="v2", command="fab deploy", timeout=60)
+    shown = "\n".join(cmd for _, cmd in deploy.dry_run_commands(
+        fleet.hosts[0], fleet.pool("www"), plan, None))
+    assert "s3cr3t" not in shown and "APP_KEY=***" in shown
