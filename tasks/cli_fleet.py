@@ -38,7 +38,8 @@ def setup(c: Context, host: str | None = None) -> None:
         def work(ex: Executor, h: Host, result: HostResult) -> None:
             # every pool's lock: setup rewrites the configs a deploy or a restart relies on
             # (as root: the setup login may be an administrator with sudo, and on a first
-            # setup the pools' directories do not exist yet)
+            # setup the pools' directories do not exist yet; so first say when it cannot)
+            provision.require_root(ex, h)
             with lock.locked_pools(provision.AsRoot(ex), h, s.fleet.pools, command_line()):
                 reports[h.name] = provision.setup_host(ex, s.fleet, h)
 

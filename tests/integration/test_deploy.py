@@ -125,8 +125,9 @@ def test_restart_during_a_deploy_is_refused_naming_the_deploy(box: Sandbox,
                                                              tmp_path: Path) -> None:
     slow = with_pool_keys(box, tmp_path, 'before_activate = ["sleep 8"]')
     lock = box.pool_dir(0) / "state" / "lock"
-    with load(box) as stats:  # v4 again: reused, but its hook runs (and holds the lock)
-        deploy = Background("deploy", "--release", "v4", "--host", "h1", "--plain",
+    box.build("v4h")  # a new release: its hook runs (a prepared one is reused as it is)
+    with load(box) as stats:
+        deploy = Background("deploy", "--release", "v4h", "--host", "h1", "--plain",
                             inventory_path=slow)
         deploy.wait_for("shared links")
         assert lock.exists()
@@ -137,8 +138,10 @@ def test_restart_during_a_deploy_is_refused_naming_the_deploy(box: Sandbox,
     assert code == 0, err
     for refused in (restart, stop):
         assert refused.returncode == 6, refused.stderr
-        assert "locked by another run: `fab deploy --release v4 --host h1" in refused.stderr
+        assert "locked by another run: `fab deploy --release v4h --host h1" in refused.stderr
     assert not lock.exists()
+    box.build("v4")
+    ok(fab("deploy", "--release", "v4", "--host", "h1", "--plain"))  # v4 reused as prepared
     assert all_on(box, "v4")
 
 
