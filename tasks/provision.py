@@ -105,13 +105,16 @@ def hand_over(layout: Layout, user: str) -> str:
     mode = "755" if user == "root" else "1775"
     pool, link, who = q(layout.dir), q(layout.current_release), q(user)
     whole = [d for d in layout.deploy_owned() if d != layout.shared]
+    # the pool's lock, which this very setup holds (taken as root): a rerun is no change
+    held = q(f"{layout.state / 'lock'}*")
     mismatch = (f"\\( ! -user {who} -o ! -group \"$g\" \\) "
                 f"-exec chown -h {who}:\"$g\" -- {{}} + -print")
     return (f"g=$(id -gn -- {who}) || {{ echo {q(f'no user {user} on this host')} >&2; "
             f"exit 1; }}; [ \"$(stat -c %U:%G:%a -- {pool})\" = \"root:$g:{mode}\" ] || "
             f"{{ chown root:\"$g\" -- {pool} && chmod {mode} -- {pool} && echo {pool}; }}; "
             f"set -- {shell.join(whole)}; [ -L {link} ] && set -- \"$@\" {link}; "
-            f"find \"$@\" {mismatch}; find {q(layout.shared)} -maxdepth 0 {mismatch}")
+            f"find \"$@\" ! -path {held} {mismatch}; "
+            f"find {q(layout.shared)} -maxdepth 0 {mismatch}")
 
 
 def join_groups(user: str, groups: list[str]) -> str:

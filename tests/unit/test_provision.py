@@ -6,6 +6,7 @@ import pytest
 
 from tasks import provision, shell
 from tasks.errors import FleetError, RemoteResult
+from tasks.layout import Layout
 
 
 def result(stdout: str = "", stderr: str = "", exited: int = 0) -> RemoteResult:
@@ -154,3 +155,11 @@ def test_setup_installs_the_units_and_stop_helper_then_reloads_systemd_once(inve
     assert "wrote /usr/local/lib/fpm-fleet/replica-stop" in report.changes
     assert "enabled fpm-fleet-www@1.service" in report.changes
     assert ex.commands.count(shell.daemon_reload()) == 1
+
+
+def test_hand_over_leaves_the_lock_setup_itself_holds_alone(inventory_data, build_fleet):
+    # setup takes the pools' locks as root; handing them to the deploy user every run would
+    # make a second setup report a change
+    fleet = build_fleet(inventory_data)
+    layout = Layout.of(fleet.hosts[0], fleet.pools[0])
+    assert "! -path '/srv/fpm-fleet/www/state/lock*'" in provision.hand_over(layout, "deploy")
