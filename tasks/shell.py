@@ -325,10 +325,11 @@ def fpm_start(layout: Layout, n: int, release: str, sudo: bool) -> str:
 
 
 def fpm_stop(layout: Layout, n: int, sudo: bool) -> str:
-    """Stop replica n's service: systemd sends SIGQUIT (graceful) to every process of it,
-    a dead master's workers included, and waits for them (the unit's TimeoutStopSec, then
-    SIGKILL). Prints `not-running` or `stopped`, after `escalated` when the timeout hit
-    and `strays N` when N workers were running without their master."""
+    """Stop replica n's service: systemd sends SIGQUIT (graceful) to the master, which
+    stops its workers; the unit's ExecStopPost lets workers of a dead master finish, then
+    stops them (SIGKILL only after TimeoutStopSec). Prints `not-running` or `stopped`,
+    after `escalated` when the timeout hit and `strays N` when N workers were running
+    without their master."""
     unit = q(layout.unit(n))
     strays = (f"ps -eo ppid=,args= | awk -v t={q(f'php-fpm: pool {layout.pool}-{n}')} "
               "-v m=\"$(systemctl show -p MainPID --value " + unit + ")\" "
