@@ -270,7 +270,15 @@ def mountinfo_escape(path: PathLike) -> str:
     return "".join(table.get(c, c) for c in str(path))
 
 
-PROBE_FUNCTION = r"""probe() {
+def workers_outside(master: str, title: str) -> str:
+    """Count the processes titled `title` (a replica's workers) whose parent is not `master`
+    (both shell words, expanded on the host): workers a dead master left serving."""
+    return (f"ps -eo ppid=,args= | awk -v m={master} -v t={title} "
+            "'$1 != m { $1 = \"\"; sub(/^ +/, \"\"); sub(/ +$/, \"\"); if ($0 == t) n++ } "
+            "END {print n + 0}'")
+
+
+_PROBE_TEMPLATE = r"""probe() {
   service=$(systemctl is-active "$4" 2>/dev/null); [ -n "$service" ] || service=-
   pid=$(cat -- "$2" 2>/dev/null | head -n 1)
   case $pid in ''|*[!0-9]*) pid=-;; esac
@@ -280,11 +288,12 @@ PROBE_FUNCTION = r"""probe() {
   title=$(tr '\0' '\n' < "/proc/$pid/cmdline" 2>/dev/null | head -n 1)
   pinned=$(mp="$3" awk '$5 == ENVIRON["mp"] {print $4}' "/proc/$pid/mountinfo" 2>/dev/null \
     | tail -n 1)
-  strays=$(ps -eo ppid=,args= | awk -v m="$pid" -v t="php-fpm: pool $5" \
-    '$1 != m { $1 = ""; sub(/^ +/, ""); sub(/ +$/, ""); if ($0 == t) n++ } END {print n + 0}')
+  strays=$(@STRAYS@)
   printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$1" "$pid" "$state" "${etimes:--}" "${title:--}" \
     "${pinned:--}" "$service" "$strays"
 }"""
+PROBE_FUNCTION = _PROBE_TEMPLATE.replace(
+    "@STRAYS@", workers_outside('"$pid"', '"php-fpm: pool $5"'))
 
 
 def probe_replicas(layout: Layout, numbers: Iterable[int]) -> str:
@@ -331,10 +340,8 @@ def fpm_stop(layout: Layout, n: int, sudo: bool) -> str:
     after `escalated` when the timeout hit and `strays N` when N workers were running
     without their master."""
     unit = q(layout.unit(n))
-    strays = (f"ps -eo ppid=,args= | awk -v t={q(f'php-fpm: pool {layout.pool}-{n}')} "
-              "-v m=\"$(systemctl show -p MainPID --value " + unit + ")\" "
-              "'$1 != m { $1 = \"\"; sub(/^ +/, \"\"); sub(/ +$/, \"\"); if ($0 == t) n++ } "
-              "END {print n + 0}'")
+    strays = workers_outside(f"\"$(systemctl show -p MainPID --value {unit})\"",
+                             q(f"php-fpm: pool {layout.pool}-{n}"))
     return (f"s=$({strays}); [ \"$s\" = 0 ] || echo \"strays $s\"; "
             f"if systemctl is-active --quiet {unit} || [ \"$s\" != 0 ]; then "
             f"{privileged(replica_command('stop', layout.unit(n)), sudo)} || exit 1; "
