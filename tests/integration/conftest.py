@@ -9,6 +9,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -92,6 +93,25 @@ class Sandbox:
         owner = (self.pool_dir(host) / "releases").stat()
         for p in [path, *(path.rglob("*") if path.is_dir() and not path.is_symlink() else [])]:
             os.lchown(p, owner.st_uid, owner.st_gid)
+
+    def slow_fcgi_request(self, host: int, n: int, ms: int) -> subprocess.Popen[str]:
+        """A slow request straight to one replica's socket, from inside the host (as
+        Apache's would be), running in the background."""
+        pool_dir = self.remote_pool_dir(host)
+        env = ["REQUEST_METHOD=GET", "SCRIPT_NAME=/sleep.php", f"QUERY_STRING=ms={ms}",
+               f"SCRIPT_FILENAME={pool_dir / 'current' / 'sleep.php'}"]
+        pid = str(sandbox.leader(self.host(host)))
+        return subprocess.Popen(["nsenter", "-t", pid, "-a", "--", "env", "-i", *env,
+                                 "cgi-fcgi", "-bind", "-connect",
+                                 str(pool_dir / "run" / f"www-{n}.sock")],
+                                stdout=subprocess.PIPE, text=True)
+
+    def master_pid(self, host: int, n: int) -> str:
+        """Replica n's master as its pid file names it ("" between two masters)."""
+        try:
+            return (self.pool_dir(host) / "run" / f"www-{n}.pid").read_text().strip()
+        except OSError:
+            return ""
 
     def run(self, host: int, *argv: str, timeout: float = 60
             ) -> subprocess.CompletedProcess[str]:
@@ -208,3 +228,9 @@ class Background:
         self.proc.wait(timeout=timeout)
         self._reader.join(timeout=5)
         return self.proc.returncode, out, "".join(self.lines)
+
+
+def slept_in_full(answer: str, ms: int) -> bool:
+    """A sleep.php answer whose sleep was not cut short (by a signal to its worker)."""
+    slept = re.search(r"slept (\d+)ms", answer)
+    return slept is not None and int(slept.group(1)) >= ms

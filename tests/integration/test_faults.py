@@ -4,7 +4,6 @@ request and leave the fleet serving."""
 from __future__ import annotations
 
 import os
-import re
 import signal
 import subprocess
 import time
@@ -12,9 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tasks import sandbox
-
-from .conftest import Background, Sandbox, assert_no_failures, fab, get, load, ok
+from .conftest import Background, Sandbox, assert_no_failures, fab, get, load, ok, slept_in_full
 
 
 @pytest.fixture(scope="module")
@@ -54,36 +51,16 @@ def test_sshd_killed_mid_rollout_stops_it_and_the_host_keeps_serving(box: Sandbo
     assert healthy(box)
 
 
-def slow_fcgi_request(box: Sandbox, host: int, n: int, ms: int) -> subprocess.Popen[str]:
-    """A slow request straight to one replica's socket, from inside the host (as Apache's
-    would be), so that replica's drain lasts a while."""
-    pool_dir = box.remote_pool_dir(host)
-    env = ["REQUEST_METHOD=GET", "SCRIPT_NAME=/sleep.php", f"QUERY_STRING=ms={ms}",
-           f"SCRIPT_FILENAME={pool_dir / 'current' / 'sleep.php'}"]
-    pid = str(sandbox.leader(box.host(host)))
-    return subprocess.Popen(["nsenter", "-t", pid, "-a", "--", "env", "-i", *env, "cgi-fcgi",
-                             "-bind", "-connect", str(pool_dir / "run" / f"www-{n}.sock")],
-                            stdout=subprocess.PIPE, text=True)
-
-
-def master_pid(box: Sandbox, host: int, n: int) -> str:
-    try:
-        return (box.pool_dir(host) / "run" / f"www-{n}.pid").read_text().strip()
-    except OSError:
-        return ""  # between two masters
-
-
 def test_master_killed_while_it_drains(box: Sandbox) -> None:
     with load(box, hosts=["h2"]) as stats:
-        in_flight = slow_fcgi_request(box, 1, 1, 4000)
+        in_flight = box.slow_fcgi_request(1, 1, 4000)
         time.sleep(0.5)
         run = Background("restart", "--host", "h2", "--replica", "1", "--plain")
         run.wait_for("[h2] www-1 drain ok")
-        box.run(1, "kill", "-KILL", master_pid(box, 1, 1))
+        box.run(1, "kill", "-KILL", box.master_pid(1, 1))
         answer, _ = in_flight.communicate(timeout=30)
         code, _, err = run.finish()
-    slept = re.search(r"slept (\d+)ms", answer)
-    assert slept and int(slept.group(1)) >= 4000, f"cut short: {answer!r}"
+    assert slept_in_full(answer, 4000), f"cut short: {answer!r}"
     assert code == 0, err
     assert_no_failures(stats)
     assert healthy(box)
@@ -91,7 +68,7 @@ def test_master_killed_while_it_drains(box: Sandbox) -> None:
 
 def serving_again(box: Sandbox, host: int, n: int, old_pid: str) -> bool:
     """A new master of replica n is up and answers FPM's ping on its socket."""
-    pid = master_pid(box, host, n)
+    pid = box.master_pid(host, n)
     if pid == old_pid:
         return False
     sock = box.remote_pool_dir(host) / "run" / f"www-{n}.sock"
@@ -105,7 +82,7 @@ def test_a_crashed_replica_is_restarted_by_systemd_on_the_current_release(box: S
     to current.release, and the pool serves meanwhile (only the requests the killed workers
     held can fail)."""
     current = os.readlink(box.pool_dir(2) / "current.release").split("/")[-1]
-    old = master_pid(box, 2, 1)
+    old = box.master_pid(2, 1)
     with load(box, hosts=["h3"], slow_ms=0) as stats:
         killed = box.run(2, "pkill", "-KILL", "-f",
                          "php-fpm: (master process .*www-1.conf|pool www-1$)")

@@ -4,7 +4,6 @@ workers left by a dead master are flagged and belong to their service."""
 
 from __future__ import annotations
 
-import re
 import subprocess
 import time
 
@@ -12,7 +11,7 @@ import pytest
 
 from tasks import sandbox
 
-from .conftest import Sandbox, assert_no_failures, fab, get, load, ok
+from .conftest import Sandbox, assert_no_failures, fab, get, load, ok, slept_in_full
 
 
 @pytest.fixture(scope="module")
@@ -70,22 +69,15 @@ def test_a_stopped_replica_stays_stopped_across_a_reboot(box: Sandbox) -> None:
 
 def test_workers_of_a_dead_master_are_flagged_then_stopped_with_their_service(
         box: Sandbox) -> None:
-    pool_dir = box.remote_pool_dir(0)
-    env = ["REQUEST_METHOD=GET", "SCRIPT_NAME=/sleep.php", "QUERY_STRING=ms=4000",
-           f"SCRIPT_FILENAME={pool_dir / 'current' / 'sleep.php'}"]
-    leader = str(sandbox.leader(box.host(0)))
-    slow = subprocess.Popen(["nsenter", "-t", leader, "-a", "--", "env", "-i", *env,
-                             "cgi-fcgi", "-bind", "-connect", str(pool_dir / "run" / "www-1.sock")],
-                            stdout=subprocess.PIPE, text=True)
+    slow = box.slow_fcgi_request(0, 1, 4000)
     time.sleep(0.5)
-    master = (box.pool_dir(0) / "run" / "www-1.pid").read_text().strip()
+    master = box.master_pid(0, 1)
     box.run(0, "kill", "-KILL", master)
     time.sleep(0.3)
     rows = {r["replica"]: r for r in box.status("--host", "h1")}
     answer, _ = slow.communicate(timeout=30)
     assert any("workers run outside any live master" in p for p in rows[1]["problems"]), rows
-    slept = re.search(r"slept (\d+)ms", answer)
-    assert slept and int(slept.group(1)) >= 4000, f"the worker was cut short: {answer!r}"
+    assert slept_in_full(answer, 4000), f"the worker was cut short: {answer!r}"
     deadline = time.monotonic() + 20
     while not all(r["ok"] for r in box.status("--host", "h1")):
         assert time.monotonic() < deadline, box.status("--host", "h1")
