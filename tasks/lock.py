@@ -25,7 +25,7 @@ from .errors import FleetError, LockError, RemoteError
 from .events import Event, Observer
 from .inventory import Host, Pool
 from .layout import Layout
-from .remote import Executor, shielded
+from .remote import Executor, session, shielded
 from .shell import q
 
 STALE_NOTE = "remove it with `fab unlock` once you are sure no deploy runs"
@@ -204,15 +204,26 @@ def locked(ex: Executor, host: Host, pool: Pool, command: str,
         failed = True
         raise
     finally:
+        release = remove_if(Layout.of(host, pool), mine.line())
         try:
             with shielded(ex):
-                ex.run(remove_if(Layout.of(host, pool), mine.line()),
-                       f"release the {pool.name} lock")
+                ex.run(release, f"release the {pool.name} lock")
         except FleetError as exc:
             if not failed:
                 raise
-            if on_release_error:
-                on_release_error(f"the {pool.name} lock could not be released: {exc}")
+            _release_again(host, pool, release, exc, on_release_error)
+
+
+def _release_again(host: Host, pool: Pool, release: str, first: FleetError,
+                   on_release_error: Callable[[str], None] | None) -> None:
+    """The block ended with an error (an interrupt, a lost connection) that may have left the
+    session unusable: try once more on a connection of its own before giving up."""
+    try:
+        with session(host) as fresh:
+            fresh.run(release, f"release the {pool.name} lock (new connection)")
+    except FleetError:
+        if on_release_error:
+            on_release_error(f"the {pool.name} lock could not be released: {first}")
 
 
 @contextmanager
