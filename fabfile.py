@@ -1,4 +1,5 @@
-"""fpm-fleet tasks: run `fab --list`. Everything lives in the tasks/ package."""
+"""fpm-fleet tasks: run `fab --list`. The task definitions live in tasks/, the library in
+fpm_fleet/."""
 
 from tasks import collection
 

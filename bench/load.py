@@ -1,6 +1,6 @@
 """Load windows: constant load on the fleet, one action in the middle, what clients saw.
 
-The load is tasks.stress.Stress in-process (per host: 2 fast /ping.php loops, 2 slow
+The load is fpm_fleet.stress.Stress in-process (per host: 2 fast /ping.php loops, 2 slow
 /sleep.php loops, 1 atomic.php loop), bounded in time (the window) and in count
 (`max_requests` per host). Its fetcher hook is a Clock: it paces the fast loops and records
 every request (start, end, failure reason), so a window shows how many slow requests were
@@ -19,9 +19,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-from tasks import stress
-from tasks.inventory import Fleet
-from tasks.stress import Target
+from fpm_fleet import stress
+from fpm_fleet.inventory import Fleet
+from fpm_fleet.stress import Target
 
 from .profile import Profile
 
@@ -52,7 +52,7 @@ def kind_of(path: str) -> str:
 
 
 def judge(kind: str, status: int, body: str) -> str:
-    """Why an answer counts as failed, as tasks.stress judges it; a slow request cut short is
+    """Why an answer counts as failed, as fpm_fleet.stress judges it; a slow request cut short is
     counted in its own column (`slow_cut_short`, from its latency), not as failed."""
     return stress.verdict(kind, status, body, None)
 

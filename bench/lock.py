@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from tasks.sandbox import LOCK_HELD, LOCK_PATH
+from fpm_fleet.sandbox.hosts import LOCK_HELD, LOCK_PATH
 
 
 @contextmanager

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from tasks.sandbox_base import BASE_DIR
+from fpm_fleet.sandbox.base import BASE_DIR
 
 from .sandbox import ROOT
 
@@ -40,9 +40,10 @@ def _memory_gib() -> float:
 
 def _commit() -> str:
     rev = _first_line(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"])
-    dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--", "tasks",
-                            "templates"], capture_output=True, text=True, check=False).stdout
-    return rev + (" (tasks/ or templates/ modified)" if dirty.strip() else "")
+    dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--", "fpm_fleet",
+                            "tasks", "templates"], capture_output=True, text=True,
+                           check=False).stdout
+    return rev + (" (fpm_fleet/, tasks/ or templates/ modified)" if dirty.strip() else "")
 
 
 def _debian(root: Path) -> str:

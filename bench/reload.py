@@ -18,10 +18,11 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from tasks import fpm, shell
-from tasks.inventory import Fleet, Host, Pool
-from tasks.layout import Layout
-from tasks.sandbox import SandboxHost
+from fpm_fleet.host import fpm
+from fpm_fleet.host.layout import Layout
+from fpm_fleet.inventory import Fleet, Host, Pool
+from fpm_fleet.remote import shell
+from fpm_fleet.sandbox.hosts import SandboxHost
 
 from .errors import BenchError
 from .sandbox import in_host, sandbox_host

@@ -15,10 +15,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from tasks import inventory
-from tasks import sandbox as tasks_sandbox
-from tasks.inventory import Fleet, Host
-from tasks.sandbox import SandboxHost
+from fpm_fleet import inventory
+from fpm_fleet.inventory import Fleet, Host
+from fpm_fleet.sandbox import hosts as tasks_sandbox
+from fpm_fleet.sandbox.hosts import SandboxHost
 
 from .errors import BenchError
 

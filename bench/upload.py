@@ -1,7 +1,8 @@
-"""Upload cost: fpm-fleet's verified delta upload (tasks.release.upload) of a large release,
+"""Upload cost: fpm-fleet's verified delta upload (fpm_fleet.releases.store.upload) of a large
+release,
 first deploy and one-file-changed deploy, against a plain `tar -czf - | ssh tar -xzf -`.
 
-The releases are the demo app plus N ~10 KB filler files (tasks.demo.build, the same as
+The releases are the demo app plus N ~10 KB filler files (fpm_fleet.sandbox.demo.build, the same as
 `fab sandbox.build --files N`); the second build differs only where the demo files carry the
 release name. Uploads go to the first sandbox host, under the deploy lock, and are removed
 afterwards; nothing is activated. Both log in as the inventory's user (`deploy` on the
@@ -19,12 +20,16 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import IO
 
-from tasks import demo, lock, manifest, release, remote
-from tasks.inventory import Fleet, Host, Pool
-from tasks.layout import Layout
-from tasks.manifest import Manifest
-from tasks.remote import Executor
-from tasks.shell import q
+from fpm_fleet.host import lock
+from fpm_fleet.host.layout import Layout
+from fpm_fleet.inventory import Fleet, Host, Pool
+from fpm_fleet.releases import manifest
+from fpm_fleet.releases import store as release
+from fpm_fleet.releases.manifest import Manifest
+from fpm_fleet.remote import ssh as remote
+from fpm_fleet.remote.shell import q
+from fpm_fleet.remote.ssh import Executor
+from fpm_fleet.sandbox import demo
 
 from .errors import BenchError
 from .sandbox import SANDBOX

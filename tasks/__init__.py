@@ -6,8 +6,10 @@ from __future__ import annotations
 
 from invoke.collection import Collection
 
-from . import cli_deploy, cli_fleet, cli_sandbox
-from .cli_common import DEFAULT_INVENTORY
+from tasks import fleet as cli_fleet
+from tasks import releases as cli_deploy
+from tasks import sandbox as cli_sandbox
+from tasks.boundary import DEFAULT_INVENTORY
 
 
 def collection() -> Collection:

@@ -22,8 +22,9 @@ from typing import Any
 
 import pytest
 
-from tasks import inventory, sandbox, stress
-from tasks.inventory import Fleet
+from fpm_fleet import inventory, stress
+from fpm_fleet.inventory import Fleet
+from fpm_fleet.sandbox import hosts as sandbox
 
 ROOT = Path(__file__).resolve().parents[2]
 FAB = str(Path(sys.executable).with_name("fab"))

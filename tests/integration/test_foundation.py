@@ -7,7 +7,7 @@ import re
 import subprocess
 from pathlib import Path
 
-from tasks.sandbox import HOSTS_DIR
+from fpm_fleet.sandbox.hosts import HOSTS_DIR
 
 from .conftest import SANDBOX, Sandbox, bring_up, fab, get, ok, tear_down
 

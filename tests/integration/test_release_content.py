@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tasks import demo
+from fpm_fleet.sandbox import demo
 
 from .conftest import Sandbox, fab, get
 

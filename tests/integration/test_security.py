@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tasks.sandbox import HOSTS_DIR
+from fpm_fleet.sandbox.hosts import HOSTS_DIR
 
 from .conftest import ROOT, SANDBOX, Sandbox, fab, get, ok
 

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from tasks import sandbox
+from fpm_fleet.sandbox import hosts as sandbox
 
 from .conftest import Sandbox, assert_no_failures, fab, get, load, ok, slept_in_full
 

@@ -18,10 +18,10 @@ from typing import IO, Any
 
 import pytest
 
-from tasks import inventory
-from tasks.errors import ConfigError, RemoteError, RemoteResult
-from tasks.inventory import Fleet, Host
-from tasks.layout import Layout
+from fpm_fleet import inventory
+from fpm_fleet.errors import ConfigError, RemoteError, RemoteResult
+from fpm_fleet.host.layout import Layout
+from fpm_fleet.inventory import Fleet, Host
 
 BASE_INVENTORY: dict[str, Any] = {
     "defaults": {"user": "root", "apache": {"mode": "system"}},

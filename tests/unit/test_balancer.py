@@ -1,11 +1,12 @@
-"""tasks.balancer: parse balancer-manager's ?xml=1 page, and change flags with read-back."""
+"""fpm_fleet.web.balancer: parse balancer-manager's ?xml=1 page, and change flags with read-back."""
 
 from __future__ import annotations
 
 import pytest
 
-from tasks import balancer, shell
-from tasks.errors import RemoteError, RemoteResult, RolloutError
+from fpm_fleet.errors import RemoteError, RemoteResult, RolloutError
+from fpm_fleet.remote import shell
+from fpm_fleet.web import balancer
 
 NONCE = "4f1a2b3c-5d6e-7f80-9a1b-2c3d4e5f6a7b"
 

@@ -13,8 +13,10 @@ from invoke.config import Config
 from invoke.context import Context
 from invoke.exceptions import Exit
 
-from tasks import cli_fleet, lock, provision, rollout
-from tasks.layout import Layout
+from fpm_fleet.host import lock, provision
+from fpm_fleet.host.layout import Layout
+from fpm_fleet.rollout import hosts as rollout
+from tasks import fleet as cli_fleet
 
 INVENTORY = """
 log_dir = "{tmp}/logs"

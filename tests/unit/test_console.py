@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tasks import cli
+from tasks import program as cli
 
 ROOT = Path(__file__).resolve().parents[2]
 

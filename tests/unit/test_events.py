@@ -1,10 +1,10 @@
-"""tasks.events: steps announce start and end (with duration) to an observer."""
+"""fpm_fleet.events: steps announce start and end (with duration) to an observer."""
 
 from __future__ import annotations
 
 import pytest
 
-from tasks.events import Event, Recorder, step
+from fpm_fleet.events import Event, Recorder, step
 
 
 def test_a_step_reports_start_then_done_with_its_detail_and_duration():

@@ -18,11 +18,13 @@ import time
 
 import pytest
 
-from tasks import fpm, rollout, shell
-from tasks.errors import RemoteResult
-from tasks.events import Recorder
-from tasks.layout import Layout
-from tasks.rollout import Runner
+from fpm_fleet.errors import RemoteResult
+from fpm_fleet.events import Recorder
+from fpm_fleet.host import fpm
+from fpm_fleet.host.layout import Layout
+from fpm_fleet.remote import shell
+from fpm_fleet.rollout import hosts as rollout
+from fpm_fleet.rollout.hosts import Runner
 
 NS = "http://httpd.apache.org"
 TOKENS = {"D": "Dis", "N": "Drn", "S": "Stop"}
@@ -113,8 +115,8 @@ class FakeHost:
 @pytest.fixture
 def fake(web, monkeypatch):
     host, pool = web
-    monkeypatch.setattr("tasks.replica.POLL", 0)
-    monkeypatch.setattr("tasks.replica.time.sleep", lambda s: None)
+    monkeypatch.setattr("fpm_fleet.rollout.replica.POLL", 0)
+    monkeypatch.setattr("fpm_fleet.rollout.replica.time.sleep", lambda s: None)
     return FakeHost(host, pool)
 
 
@@ -187,7 +189,7 @@ def test_an_unexpected_exception_mid_replica_puts_the_replica_back(fake, monkeyp
     def broken_wait(ex, r, timeout):
         raise IndexError("list index out of range")
 
-    monkeypatch.setattr("tasks.replica.wait_idle", broken_wait)
+    monkeypatch.setattr("fpm_fleet.rollout.replica.wait_idle", broken_wait)
     result, _ = restart(fake)
     assert not result.ok and "unexpected error: IndexError" in result.error
     assert fake.serving() == [1, 2]
@@ -206,7 +208,7 @@ class SlowHost(FakeHost):
 def test_an_interrupt_stops_every_host_of_a_parallel_run_at_its_next_step(web, monkeypatch,
                                                                           inventory_data,
                                                                           build_fleet):
-    monkeypatch.setattr("tasks.replica.POLL", 0)
+    monkeypatch.setattr("fpm_fleet.rollout.replica.POLL", 0)
     inventory_data["hosts"].append({"name": "web3", "address": "198.18.0.13"})
     fleet = build_fleet(inventory_data)
     fakes = {h.name: SlowHost(h, fleet.pools[0]) for h in fleet.hosts}

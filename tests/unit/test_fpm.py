@@ -1,4 +1,4 @@
-"""tasks.fpm: parsers of cgi-fcgi output, FPM status JSON and the replica probe."""
+"""fpm_fleet.host.fpm: parsers of cgi-fcgi output, FPM status JSON and the replica probe."""
 
 from __future__ import annotations
 
@@ -7,9 +7,10 @@ from pathlib import PurePosixPath
 
 import pytest
 
-from tasks import fpm, shell
-from tasks.errors import RemoteError, RemoteResult, RolloutError
-from tasks.layout import Layout
+from fpm_fleet.errors import RemoteError, RemoteResult, RolloutError
+from fpm_fleet.host import fpm
+from fpm_fleet.host.layout import Layout
+from fpm_fleet.remote import shell
 
 CONF = PurePosixPath("/srv/fpm-fleet/www/conf/www-1.conf")
 TITLE = f"php-fpm: master process ({CONF})"

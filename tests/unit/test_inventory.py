@@ -10,8 +10,8 @@ from pathlib import Path, PurePosixPath
 
 import pytest
 
-from tasks import inventory
-from tasks.errors import ConfigError
+from fpm_fleet import inventory
+from fpm_fleet.errors import ConfigError
 
 FILE = "etc/hosts.toml"
 

@@ -1,10 +1,10 @@
-"""tasks.layout: where a pool's files live on a host (DESIGN.md section 1)."""
+"""fpm_fleet.host.layout: where a pool's files live on a host (DESIGN.md section 1)."""
 
 from __future__ import annotations
 
 from pathlib import PurePosixPath
 
-from tasks.layout import ApacheLayout, Layout
+from fpm_fleet.host.layout import ApacheLayout, Layout
 
 P = PurePosixPath
 

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from tasks import lock
-from tasks.errors import ConnectError, LockError, RemoteResult
-from tasks.layout import Layout
-from tasks.lock import Holder
+from fpm_fleet.errors import ConnectError, LockError, RemoteResult
+from fpm_fleet.host import lock
+from fpm_fleet.host.layout import Layout
+from fpm_fleet.host.lock import Holder
 
 
 @pytest.fixture

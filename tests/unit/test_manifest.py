@@ -1,4 +1,5 @@
-"""tasks.manifest: scan a source tree into a manifest the host can reproduce byte for byte."""
+"""fpm_fleet.releases.manifest: scan a source tree into a manifest the host can reproduce byte for
+byte."""
 
 from __future__ import annotations
 
@@ -9,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from tasks import manifest
-from tasks.errors import ConfigError
+from fpm_fleet.errors import ConfigError
+from fpm_fleet.releases import manifest
 
 
 @pytest.fixture

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import pytest
 
-from tasks import deploy, rollout
-from tasks.deploy import Plan, PoolOutcome
-from tasks.errors import RemoteResult, RolloutError
-from tasks.events import Recorder
-from tasks.rollout import HostResult
+from fpm_fleet.errors import RemoteResult, RolloutError
+from fpm_fleet.events import Recorder
+from fpm_fleet.rollout import deploy
+from fpm_fleet.rollout import hosts as rollout
+from fpm_fleet.rollout.deploy import Plan, PoolOutcome
+from fpm_fleet.rollout.hosts import HostResult
 
 NS = "http://httpd.apache.org"
 

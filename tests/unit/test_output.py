@@ -1,4 +1,4 @@
-"""tasks.output: messages for the operator."""
+"""fpm_fleet.output: messages for the operator."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import os
 
 from rich.console import Console
 
-from tasks import output
-from tasks.events import Event
+from fpm_fleet import output
+from fpm_fleet.events import Event
 
 
 def test_a_long_note_stays_one_line_in_a_pipe(capsys):

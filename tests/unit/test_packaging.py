@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-SOURCES = ("pyproject.toml", "README.md", "tasks", "templates", "etc")
+SOURCES = ("pyproject.toml", "README.md", "fpm_fleet", "tasks", "templates", "etc")
 
 
 def pip(*args: str, cwd: Path) -> None:
@@ -58,12 +58,12 @@ def installed(wheel, tmp_path_factory) -> Path:
 def test_the_wheel_holds_the_templates_the_demo_app_and_the_command(wheel):
     names = set(zipfile.ZipFile(wheel).namelist())
     for template in (ROOT / "templates").glob("*.j2"):
-        assert f"tasks/templates/{template.name}" in names
+        assert f"fpm_fleet/templates/{template.name}" in names
     for path in (ROOT / "etc" / "demo-app").rglob("*"):
         if path.is_file():
-            assert f"tasks/demo_app/{path.relative_to(ROOT / 'etc' / 'demo-app')}" in names
+            assert f"fpm_fleet/demo_app/{path.relative_to(ROOT / 'etc' / 'demo-app')}" in names
     entry_points = next(n for n in names if n.endswith(".dist-info/entry_points.txt"))
-    assert "fpm-fleet = tasks.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
+    assert "fpm-fleet = tasks.program:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
 
 
 def run_installed(installed: Path, code: str, cwd: Path) -> str:
@@ -76,21 +76,22 @@ def run_installed(installed: Path, code: str, cwd: Path) -> str:
 
 
 def test_an_installed_copy_finds_its_data_inside_the_package(installed, tmp_path):
-    out = run_installed(installed, "import tasks.resources as r, tasks.demo as d; "
+    out = run_installed(installed, "import fpm_fleet.resources as r, fpm_fleet.sandbox.demo as d; "
                         "print(r.TEMPLATES); print(d.DEMO_APP)", tmp_path)
     templates, demo_app = (Path(line) for line in out.splitlines())
-    assert templates == installed / "tasks" / "templates"
+    assert templates == installed / "fpm_fleet" / "templates"
     assert (templates / "apache-site.conf.j2").is_file()
-    assert demo_app == installed / "tasks" / "demo_app"
+    assert demo_app == installed / "fpm_fleet" / "demo_app"
     assert (demo_app / "lib" / "part1.php").is_file()
 
 
 def test_an_installed_copy_lists_its_tasks_from_another_directory(installed, tmp_path):
-    out = run_installed(installed, "from tasks.cli import main; main(['fpm-fleet', '--list'])",
+    out = run_installed(installed, "from tasks.program import main; main(['fpm-fleet', '--list'])",
                         tmp_path)
     assert "deploy" in out and "stress" in out
 
 
 def test_an_installed_copy_renders_from_its_own_templates(installed, tmp_path):
-    out = run_installed(installed, "import tasks.render as r; print(r.TEMPLATES)", tmp_path)
-    assert Path(out.strip()) == installed / "tasks" / "templates"
+    out = run_installed(
+        installed, "import fpm_fleet.host.render as r; print(r.TEMPLATES)", tmp_path)
+    assert Path(out.strip()) == installed / "fpm_fleet" / "templates"

@@ -17,11 +17,13 @@ from typing import Any
 
 import pytest
 
-from tasks import inventory, provision, render, shell
-from tasks.deploy import Plan, dry_run_commands, dry_run_rollback_commands
-from tasks.errors import FleetError, RemoteResult
-from tasks.layout import Layout
-from tasks.remote import SSHExecutor
+from fpm_fleet import inventory
+from fpm_fleet.errors import FleetError, RemoteResult
+from fpm_fleet.host import provision, render
+from fpm_fleet.host.layout import Layout
+from fpm_fleet.remote import shell
+from fpm_fleet.remote.ssh import SSHExecutor
+from fpm_fleet.rollout.deploy import Plan, dry_run_commands, dry_run_rollback_commands
 
 
 @pytest.fixture

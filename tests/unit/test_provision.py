@@ -1,12 +1,14 @@
-"""tasks.provision: what `fab check` concludes from each answer (no SSH: scripted results)."""
+"""fpm_fleet.host.provision: what `fab check` concludes from each answer (no SSH: scripted
+results)."""
 
 from __future__ import annotations
 
 import pytest
 
-from tasks import provision, shell
-from tasks.errors import FleetError, RemoteResult
-from tasks.layout import Layout
+from fpm_fleet.errors import FleetError, RemoteResult
+from fpm_fleet.host import provision
+from fpm_fleet.host.layout import Layout
+from fpm_fleet.remote import shell
 
 
 def result(stdout: str = "", stderr: str = "", exited: int = 0) -> RemoteResult:

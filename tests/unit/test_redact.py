@@ -6,10 +6,11 @@ from pathlib import PurePosixPath
 
 import pytest
 
-from tasks import deploy, release_shell
-from tasks.errors import RemoteError, RemoteResult, RolloutError
-from tasks.layout import Layout
-from tasks.redact import redact
+from fpm_fleet.errors import RemoteError, RemoteResult, RolloutError
+from fpm_fleet.host.layout import Layout
+from fpm_fleet.redact import redact
+from fpm_fleet.releases import commands as release_shell
+from fpm_fleet.rollout import deploy
 
 
 @pytest.mark.parametrize(("command", "shown"), [

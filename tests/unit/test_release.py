@@ -1,4 +1,5 @@
-"""tasks.release: names, stored manifests, the delta plan, cleanup choice; and the upload,
+"""fpm_fleet.releases.store: names, stored manifests, the delta plan, cleanup choice; and the
+upload,
 lock and activation run against a local pool directory through a local executor."""
 
 from __future__ import annotations
@@ -8,11 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from tasks import fpm, manifest, release
-from tasks import release_shell as rs
-from tasks.errors import ConfigError, RolloutError
-from tasks.layout import Layout
-from tasks.manifest import Entry, Manifest
+from fpm_fleet.errors import ConfigError, RolloutError
+from fpm_fleet.host import fpm
+from fpm_fleet.host.layout import Layout
+from fpm_fleet.releases import commands as rs
+from fpm_fleet.releases import manifest
+from fpm_fleet.releases import store as release
+from fpm_fleet.releases.manifest import Entry, Manifest
 
 # --- release names -----------------------------------------------------------------------------
 

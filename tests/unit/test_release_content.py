@@ -13,10 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from tasks import deploy, manifest, release
-from tasks import release_shell as rs
-from tasks.errors import ConfigError, RolloutError
-from tasks.layout import Layout
+from fpm_fleet.errors import ConfigError, RolloutError
+from fpm_fleet.host.layout import Layout
+from fpm_fleet.releases import commands as rs
+from fpm_fleet.releases import manifest
+from fpm_fleet.releases import store as release
+from fpm_fleet.rollout import deploy
 
 
 @pytest.fixture

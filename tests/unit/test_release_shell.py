@@ -1,4 +1,4 @@
-"""tasks.release_shell: exact strings for the key builders, and each command run for real
+"""fpm_fleet.releases.commands: exact strings for the key builders, and each command run for real
 against a pool layout in tmp_path (stage, extract, verify, commit, activate, lock, ...)."""
 
 from __future__ import annotations
@@ -11,11 +11,13 @@ from pathlib import Path, PurePosixPath
 
 import pytest
 
-from tasks import manifest, release, shell
-from tasks import release_shell as rs
-from tasks.errors import ConfigError
-from tasks.layout import Layout
-from tasks.release import validate_name
+from fpm_fleet.errors import ConfigError
+from fpm_fleet.host.layout import Layout
+from fpm_fleet.releases import commands as rs
+from fpm_fleet.releases import manifest
+from fpm_fleet.releases import store as release
+from fpm_fleet.releases.store import validate_name
+from fpm_fleet.remote import shell
 
 SRV = Layout(dir=PurePosixPath("/srv/fpm-fleet/www"), pool="www")
 

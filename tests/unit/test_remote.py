@@ -1,4 +1,5 @@
-"""tasks.remote.connect: every way a connection fails is one ConnectError naming the host and
+"""fpm_fleet.remote.ssh.connect: every way a connection fails is one ConnectError naming the host
+and
 the cause. The servers are real and local: a port nothing listens on, a TCP server that
 accepts and stays silent, and paramiko's own SSH server (which refuses every login)."""
 
@@ -21,9 +22,11 @@ import paramiko
 import pytest
 from paramiko.ssh_exception import NoValidConnectionsError
 
-from tasks import inventory, known_hosts, remote, shell
-from tasks.errors import ConfigError, ConnectError
-from tasks.inventory import Host
+from fpm_fleet import inventory
+from fpm_fleet.errors import ConfigError, ConnectError
+from fpm_fleet.inventory import Host
+from fpm_fleet.remote import known_hosts, shell
+from fpm_fleet.remote import ssh as remote
 
 
 def local_host(port: int, **changes: object) -> Host:

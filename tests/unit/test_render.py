@@ -1,4 +1,5 @@
-"""tasks.render: the Apache site, one PHP-FPM config per replica, the pool's systemd unit."""
+"""fpm_fleet.host.render: the Apache site, one PHP-FPM config per replica, the pool's systemd
+unit."""
 
 from __future__ import annotations
 
@@ -8,8 +9,8 @@ from pathlib import PurePosixPath
 
 import pytest
 
-from tasks import render
-from tasks.errors import ConfigError
+from fpm_fleet.errors import ConfigError
+from fpm_fleet.host import render
 
 
 @pytest.fixture

@@ -8,8 +8,9 @@ from collections.abc import Iterable
 
 import pytest
 
-from tasks import fpm, replica
-from tasks.errors import RolloutError
+from fpm_fleet.errors import RolloutError
+from fpm_fleet.host import fpm
+from fpm_fleet.rollout import replica
 
 IDLE = fpm.FpmStatus(active=0, idle=8, total=8, accepted=100, listen_queue=0)
 BUSY = fpm.FpmStatus(active=1, idle=7, total=8, accepted=100, listen_queue=0)

@@ -1,11 +1,11 @@
-"""tasks.rollout.select: --host / --pool / --replica resolved against the inventory."""
+"""fpm_fleet.rollout.hosts.select: --host / --pool / --replica resolved against the inventory."""
 
 from __future__ import annotations
 
 import pytest
 
-from tasks import rollout
-from tasks.errors import UsageError
+from fpm_fleet.errors import UsageError
+from fpm_fleet.rollout import hosts as rollout
 
 
 @pytest.fixture

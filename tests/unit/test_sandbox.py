@@ -1,4 +1,5 @@
-"""tasks.sandbox: the pure parts of the local fleet (cgroup placement, the inventory it writes)."""
+"""fpm_fleet.sandbox.hosts: the pure parts of the local fleet (cgroup placement, the inventory it
+writes)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from tasks import inventory, sandbox
+from fpm_fleet import inventory
+from fpm_fleet.sandbox import hosts as sandbox
 
 SESSION = "/user.slice/user-1000.slice/session-3.scope"
 

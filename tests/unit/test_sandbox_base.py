@@ -1,4 +1,4 @@
-"""tasks.sandbox_base: the apt mirror the base tree is built from, its stamp, debootstrap."""
+"""fpm_fleet.sandbox.base: the apt mirror the base tree is built from, its stamp, debootstrap."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tasks import sandbox_base
+from fpm_fleet.sandbox import base as sandbox_base
 
 MIRROR = "http://mirror.example/debian"
 SECURITY = "http://security.mirror.example/debian-security"

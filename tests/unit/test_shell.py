@@ -1,4 +1,5 @@
-"""tasks.shell: exact command strings, and the same commands run for real in a tmp dir."""
+"""fpm_fleet.remote.shell: exact command strings, and the same commands run for real in a tmp
+dir."""
 
 from __future__ import annotations
 
@@ -17,8 +18,10 @@ from pathlib import Path, PurePosixPath
 
 import pytest
 
-from tasks import fpm, manifest, shell
-from tasks.layout import Layout
+from fpm_fleet.host import fpm
+from fpm_fleet.host.layout import Layout
+from fpm_fleet.releases import manifest
+from fpm_fleet.remote import shell
 
 # --- exact strings -----------------------------------------------------------------------------
 

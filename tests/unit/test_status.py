@@ -1,10 +1,11 @@
-"""tasks.status: per-replica rows and the per-pool drift warnings."""
+"""fpm_fleet.status: per-replica rows and the per-pool drift warnings."""
 
 from __future__ import annotations
 
-from tasks import shell, status
-from tasks.errors import RemoteResult
-from tasks.status import ReplicaStatus
+from fpm_fleet import status
+from fpm_fleet.errors import RemoteResult
+from fpm_fleet.remote import shell
+from fpm_fleet.status import ReplicaStatus
 
 
 def row(n: int | None, release: str | None, current: str | None = "v2", host: str = "web1",

@@ -1,4 +1,4 @@
-"""tasks.stress: the bounded load generator that proves zero downtime.
+"""fpm_fleet.stress: the bounded load generator that proves zero downtime.
 
 The fake fetchers answer in microseconds, so each Stress run takes well under a second.
 """
@@ -16,9 +16,9 @@ from typing import ClassVar
 
 import pytest
 
-from tasks import stress
-from tasks.errors import UsageError
-from tasks.stress import Sample, Target
+from fpm_fleet import stress
+from fpm_fleet.errors import UsageError
+from fpm_fleet.stress import Sample, Target
 
 WEB1 = Target("web1", "198.18.0.11")
 WEB2 = Target("web2", "198.18.0.12", 8080)
@@ -233,7 +233,7 @@ def test_max_requests_is_never_exceeded_even_with_workers_in_flight():
 
 
 def test_a_slow_answer_after_much_less_than_asked_is_cut_short():
-    from tasks.stress import cut_short
+    from fpm_fleet.stress import cut_short
     assert cut_short("slept 120ms v1 pid=7 asked=2000ms", 2000)
     assert not cut_short("slept 2001ms v1 pid=7 asked=2000ms", 2000)
     assert not cut_short("pong v1 pid=7", 2000)

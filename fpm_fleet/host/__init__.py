@@ -1,0 +1,1 @@
+"""fpm_fleet/host"""

@@ -1,0 +1,129 @@
+"""Where everything of a pool lives on a host (DESIGN.md section 1). Pure paths, no I/O."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import PurePosixPath
+
+from fpm_fleet.inventory import Host, Pool
+
+
+@dataclass(frozen=True)
+class Layout:
+    """The directory model of one pool on one host."""
+
+    dir: PurePosixPath
+    pool: str
+    document_root: str = ""
+
+    @classmethod
+    def of(cls, host: Host, pool: Pool) -> Layout:
+        return cls(dir=host.pool_dir(pool), pool=pool.name, document_root=pool.document_root)
+
+    @property
+    def releases(self) -> PurePosixPath:
+        return self.dir / "releases"
+
+    @property
+    def current_release(self) -> PurePosixPath:
+        """The symlink swapped atomically on activation."""
+        return self.dir / "current.release"
+
+    @property
+    def current(self) -> PurePosixPath:
+        """The empty mount point every replica pins its release on."""
+        return self.dir / "current"
+
+    @property
+    def web_root(self) -> PurePosixPath:
+        """Where Apache serves static files: document_root of the active release."""
+        return self.current_release / self.document_root
+
+    @property
+    def pinned_web_root(self) -> PurePosixPath:
+        """document_root as a replica sees it (PHP's SCRIPT_FILENAME lives under it)."""
+        return self.current / self.document_root
+
+    @property
+    def shared(self) -> PurePosixPath:
+        return self.dir / "shared"
+
+    @property
+    def run(self) -> PurePosixPath:
+        return self.dir / "run"
+
+    @property
+    def log(self) -> PurePosixPath:
+        return self.dir / "log"
+
+    @property
+    def conf(self) -> PurePosixPath:
+        return self.dir / "conf"
+
+    @property
+    def state(self) -> PurePosixPath:
+        """Deploy bookkeeping: lock, history, bad releases."""
+        return self.dir / "state"
+
+    @property
+    def incoming(self) -> PurePosixPath:
+        """Uploads land here and become releases only once verified."""
+        return self.dir / "incoming"
+
+    def release(self, name: str) -> PurePosixPath:
+        return self.releases / name
+
+    def sock(self, n: int) -> PurePosixPath:
+        return self.run / f"{self.pool}-{n}.sock"
+
+    def status_sock(self, n: int) -> PurePosixPath:
+        return self.run / f"{self.pool}-{n}-status.sock"
+
+    def pid(self, n: int) -> PurePosixPath:
+        return self.run / f"{self.pool}-{n}.pid"
+
+    def fpm_conf(self, n: int) -> PurePosixPath:
+        return self.conf / f"{self.pool}-{n}.conf"
+
+    def unit(self, n: int) -> str:
+        """Replica n's systemd service (an instance of the pool's template unit)."""
+        return f"fpm-fleet-{self.pool}@{n}.service"
+
+    @property
+    def unit_file(self) -> PurePosixPath:
+        """The pool's template unit: one service per replica, `fpm-fleet-<pool>@<n>`."""
+        return PurePosixPath(f"/etc/systemd/system/fpm-fleet-{self.pool}@.service")
+
+    def directories(self) -> tuple[PurePosixPath, ...]:
+        return (self.dir, self.releases, self.current, self.shared, self.run, self.log,
+                self.conf, self.state, self.incoming)
+
+    def deploy_owned(self) -> tuple[PurePosixPath, ...]:
+        """What the deploy user writes (uploads, hooks, state). The rest stays root's: conf/
+        (a deploy user who could write an FPM config could run PHP as root) and run/ (the
+        root FPM master writes its pid file there, and would follow a planted symlink)."""
+        return (self.releases, self.shared, self.state, self.incoming)
+
+
+APACHE_SITE = PurePosixPath("/etc/apache2/sites-available/fpm-fleet.conf")
+# balancer-manager's credential, made by `fab setup` on the host (the password never leaves
+# it): the client's netrc, readable only by root and the deploy user, and Apache's htpasswd
+# (a bcrypt hash of it, readable by Apache's user).
+MANAGER_NETRC = PurePosixPath("/etc/fpm-fleet/balancer-manager.netrc")
+MANAGER_HTPASSWD = PurePosixPath("/etc/fpm-fleet/balancer-manager.htpasswd")
+MANAGER_LOGIN = "fpm-fleet"
+# What the deploy user may run as root (rendered from etc/sudoers.d/fpm-fleet).
+SUDOERS = PurePosixPath("/etc/sudoers.d/fpm-fleet")
+# The ExecStop of every replica service (one copy per host, shared by the pools).
+STOP_SCRIPT = PurePosixPath("/usr/local/lib/fpm-fleet/replica-stop")
+
+
+@dataclass(frozen=True)
+class ApacheLayout:
+    """Where fpm-fleet's site goes in Debian's Apache (/etc/apache2, driven by systemd)."""
+
+    site: PurePosixPath = APACHE_SITE
+
+    @classmethod
+    def of(cls, host: Host) -> ApacheLayout:
+        return cls()

@@ -1,0 +1,379 @@
+"""`fab setup` (idempotent provisioning) and `fab check` (preflight) for one host."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+from dataclasses import dataclass, field
+from pathlib import PurePosixPath
+from typing import IO
+
+from fpm_fleet.errors import FleetError, RemoteError, RemoteResult
+from fpm_fleet.host.layout import (
+    MANAGER_HTPASSWD,
+    MANAGER_LOGIN,
+    MANAGER_NETRC,
+    STOP_SCRIPT,
+    Layout,
+)
+from fpm_fleet.host.render import (
+    RenderedFile,
+    apache_files,
+    fpm_files,
+    stop_script,
+    sudo_commands,
+    sudoers,
+    unit_file,
+)
+from fpm_fleet.inventory import Fleet, Host, Pool
+from fpm_fleet.releases.manifest import parse_checksums
+from fpm_fleet.remote import shell
+from fpm_fleet.remote.shell import q
+from fpm_fleet.remote.ssh import Executor, SSHExecutor, connect
+from fpm_fleet.web import balancer
+
+
+@dataclass
+class SetupReport:
+    host: str
+    changes: list[str] = field(default_factory=list)
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.changes)
+
+
+def setup_login(host: Host) -> Host:
+    """The host as `fab setup` reaches it: logged in as setup_user (root, or a user with sudo
+    for everything), while `host.user` stays the account the host is set up for."""
+    return dataclasses.replace(host, user=host.setup_user, sudo=host.setup_user != "root")
+
+
+def setup_connector(host: Host) -> Executor:
+    """Runner's connector for `fab setup`: the SSH session of setup_user."""
+    login = setup_login(host)
+    return SSHExecutor(login, connect(login))
+
+
+class AsRoot:
+    """An Executor that runs every command as root: `fab setup` writes /etc and systemd
+    units, so it needs full root; no other task does."""
+
+    def __init__(self, inner: Executor) -> None:
+        self.inner = inner
+        self.host = inner.host
+
+    def run(self, command: str, what: str, *, check: bool = True,
+            timeout: float | None = None) -> RemoteResult:
+        return self.inner.run(shell.as_root(command, self.host.sudo), what, check=check,
+                              timeout=timeout)
+
+    def stream(self, command: str, what: str, source: IO[bytes], *,
+               timeout: float | None = None) -> tuple[RemoteResult, int]:
+        return self.inner.stream(shell.as_root(command, self.host.sudo), what, source,
+                                 timeout=timeout)
+
+
+def require_root(ex: Executor, host: Host) -> None:
+    """Fail first, and say how to fix it, when the setup login cannot become root."""
+    result = ex.run("id -u", "check for root", check=False)
+    if result.stdout.strip() == "0":
+        return
+    login = ex.host.user
+    why = (result.stderr.strip().splitlines() or ["not root"])[-1][:120]
+    raise FleetError(f"{host.name}: fab setup needs full root, and {login} cannot become root "
+                     f"({why}); set setup_user = \"root\" in the inventory (or a user with "
+                     f"sudo for every command): after setup, {host.user} needs only the "
+                     "commands of /etc/sudoers.d/fpm-fleet")
+
+
+def directories(fleet: Fleet, host: Host) -> list[PurePosixPath]:
+    dirs: list[PurePosixPath] = [PurePosixPath(host.root)]
+    for pool in fleet.pools:
+        dirs += Layout.of(host, pool).directories()
+    return dirs
+
+
+def create_missing_dirs(paths: list[PurePosixPath]) -> str:
+    """Create what is missing and print each directory created (so a rerun prints nothing)."""
+    return (f"for d in {shell.join(paths)}; do [ -d \"$d\" ] || "
+            f"{{ mkdir -p -- \"$d\" && chmod 0755 -- \"$d\" && printf '%s\\n' \"$d\"; }}; done")
+
+
+def hand_over(layout: Layout, user: str) -> str:
+    """Give the deploy user what it writes, print every path changed (a rerun prints nothing).
+
+    The pool directory stays root's, group-writable for the user's group and sticky: the
+    user creates and replaces its own entries there (current.release), but cannot rename or
+    remove root's conf/ and run/. shared/ itself only: what the PHP workers wrote in it
+    stays theirs.
+    """
+    mode = "755" if user == "root" else "1775"
+    pool, link, who = q(layout.dir), q(layout.current_release), q(user)
+    whole = [d for d in layout.deploy_owned() if d != layout.shared]
+    # the pool's lock, which this very setup holds (taken as root): a rerun is no change
+    held = q(f"{layout.state / 'lock'}*")
+    mismatch = (f"\\( ! -user {who} -o ! -group \"$g\" \\) "
+                f"-exec chown -h {who}:\"$g\" -- {{}} + -print")
+    return (f"g=$(id -gn -- {who}) || {{ echo {q(f'no user {user} on this host')} >&2; "
+            f"exit 1; }}; [ \"$(stat -c %U:%G:%a -- {pool})\" = \"root:$g:{mode}\" ] || "
+            f"{{ chown root:\"$g\" -- {pool} && chmod {mode} -- {pool} && echo {pool}; }}; "
+            f"set -- {shell.join(whole)}; [ -L {link} ] && set -- \"$@\" {link}; "
+            f"find \"$@\" ! -path {held} {mismatch}; "
+            f"find {q(layout.shared)} -maxdepth 0 {mismatch}")
+
+
+def join_groups(user: str, groups: list[str]) -> str:
+    """Put the deploy user in Apache's group and the pools' PHP groups, print each group
+    joined. Apache's group reaches the replica sockets (0660), which the deploy user probes
+    without root; it runs the code the PHP workers run anyway, and as a member of their
+    group it can make a shared item writable for them in a hook (`chgrp www-data storage/
+    && chmod g+ws storage/`) without root."""
+    return (f"for g in {shell.join(groups)}; do id -nG -- {q(user)} | tr ' ' '\\n' | "
+            f"grep -qx -- \"$g\" || {{ usermod -a -G \"$g\" -- {q(user)} && "
+            "printf '%s\\n' \"$g\"; }; done")
+
+
+def manager_credential(user: str, apache_group: str) -> str:
+    """balancer-manager's credential: a random password made on the host (it never leaves
+    it, and never appears on a command line), kept in a netrc readable by root and the
+    deploy user's group only, and Apache's bcrypt hash of it. Prints what it wrote."""
+    netrc, htpasswd = q(MANAGER_NETRC), q(MANAGER_HTPASSWD)
+    password = f"awk '$1 == \"default\" {{print $5}}' {netrc}"
+    return (f"g=$(id -gn -- {q(user)}) || exit 1; mkdir -p -m 0755 -- {q(MANAGER_NETRC.parent)}"
+            f" && if [ ! -s {netrc} ]; then (umask 077; p=$(tr -dc A-Za-z0-9 < /dev/urandom "
+            f"| head -c 40); printf 'default login %s password %s\\n' {MANAGER_LOGIN} \"$p\" "
+            f"> {netrc}.tmp) && mv -f -- {netrc}.tmp {netrc} && echo {netrc}; fi && "
+            f"chown root:\"$g\" -- {netrc} && chmod 0640 -- {netrc} && "
+            f"if ! {password} | htpasswd -v -i {htpasswd} {MANAGER_LOGIN} >/dev/null 2>&1; then "
+            f"{password} | htpasswd -c -i -B {htpasswd}.tmp {MANAGER_LOGIN} >/dev/null && "
+            f"chown root:{q(apache_group)} -- {htpasswd}.tmp && chmod 0640 -- {htpasswd}.tmp && "
+            f"mv -f -- {htpasswd}.tmp {htpasswd} && echo {htpasswd}; fi")
+
+
+def changed_files(ex: Executor, files: list[RenderedFile]) -> list[RenderedFile]:
+    result = ex.run(shell.checksums([f.path for f in files]), "checksum installed configs")
+    remote = parse_checksums(result.stdout)
+    return [f for f in files
+            if remote.get(str(f.path)) != hashlib.sha256(f.text.encode()).hexdigest()]
+
+
+def upload_text(ex: Executor, path: PurePosixPath | str, text: str, mode: str = "0644") -> None:
+    ex.stream(shell.write_stdin(path, mode), f"write {path}", io.BytesIO(text.encode()))
+
+
+NO_SYSTEMD = ("this host was not booted with systemd: fpm-fleet runs every replica as a "
+              "systemd service (restarted after a crash, started at boot) and supports only "
+              "systemd hosts")
+
+
+def setup_host(login: Executor, fleet: Fleet, host: Host) -> SetupReport:
+    """Directories (the deploy user's own), the sudoers file, balancer-manager's credential,
+    replica configs and services, the Apache site; each reloaded only on change, so a second
+    run changes nothing. `login` is connected as setup_user; everything runs as root."""
+    ex = AsRoot(login)
+    require_root(ex, host)
+    if not ex.run(shell.has_systemd(), "check for systemd", check=False).ok:
+        raise FleetError(f"{host.name}: {NO_SYSTEMD}")
+    report = SetupReport(host.name)
+    created = ex.run(create_missing_dirs(directories(fleet, host)), "create directories")
+    report.changes += [f"created {d}" for d in created.stdout.split("\n") if d]
+    for pool in fleet.pools:
+        given = ex.run(hand_over(Layout.of(host, pool), host.user), f"give {pool.name} to "
+                       f"{host.user}").stdout.split("\n")
+        if any(given):
+            report.changes.append(f"gave {len([g for g in given if g])} paths of "
+                                  f"{pool.name} to {host.user}")
+    if host.user != "root":
+        groups = sorted({host.apache.group, *(pool.group for pool in fleet.pools)})
+        joined = ex.run(join_groups(host.user, groups), f"add {host.user} to groups")
+        report.changes += [f"added {host.user} to group {g}" for g in joined.stdout.split()]
+    made = ex.run(manager_credential(host.user, host.apache.group),
+                  "balancer-manager credential")
+    report.changes += [f"wrote {f}" for f in made.stdout.split("\n") if f]
+    for pool in fleet.pools:
+        for f in changed_files(ex, fpm_files(host, pool)):
+            upload_text(ex, f"{f.path}{shell.STAGED}", f.text)
+            test = f"{shell.q(pool.php_fpm)} -t --fpm-config {shell.q(f.path)}"
+            ex.run(shell.install_checked([f.path], test), f"install {f.path}")
+            report.changes.append(f"wrote {f.path}")
+    report.changes += _setup_services(ex, fleet, host)
+    report.changes += _setup_apache(ex, fleet, host)
+    # Last: it may replace a broader rule of the same name that this very run relies on.
+    report.changes += _setup_sudoers(ex, fleet, host)
+    return report
+
+
+def _setup_sudoers(ex: Executor, fleet: Fleet, host: Host) -> list[str]:
+    """What the deploy user may run as root; checked by visudo before it is installed."""
+    rendered = sudoers(fleet, host)
+    if rendered is None or not changed_files(ex, [rendered]):
+        return []
+    upload_text(ex, f"{rendered.path}{shell.STAGED}", rendered.text, rendered.mode)
+    try:
+        ex.run(shell.install_sudoers(rendered.path), f"install {rendered.path}")
+    except RemoteError as exc:
+        raise FleetError(f"{host.name}: the sudoers file fails visudo -cf and was not "
+                         f"installed: {exc.result.stderr.strip()}") from None
+    return [f"wrote {rendered.path}"]
+
+
+def _setup_services(ex: Executor, fleet: Fleet, host: Host) -> list[str]:
+    """One template unit per pool; every replica's service enabled (started at boot)."""
+    units = [stop_script(), *(unit_file(host, pool) for pool in fleet.pools)]
+    changed = changed_files(ex, units)
+    if changed:
+        ex.run(f"mkdir -p -- {shell.q(STOP_SCRIPT.parent)}", "create the replica helper dir")
+    for f in changed:
+        upload_text(ex, f.path, f.text, f.mode)
+    if changed:
+        ex.run(shell.daemon_reload(), "systemctl daemon-reload")
+    names = [Layout.of(host, p).unit(n) for p in fleet.pools for n in p.replica_numbers]
+    enabled = ex.run(shell.enable_units(names), "enable replica services")
+    return ([f"wrote {f.path}" for f in changed]
+            + [f"enabled {u}" for u in enabled.stdout.split() if u])
+
+
+def _setup_apache(ex: Executor, fleet: Fleet, host: Host) -> list[str]:
+    changes = []
+    changed = changed_files(ex, apache_files(fleet, host))
+    if changed:
+        for f in changed:
+            upload_text(ex, f"{f.path}{shell.STAGED}", f.text)
+        enabled = ex.run(shell.apache_site_enabled(), "is the site enabled", check=False).ok
+        test = shell.apache_site_test(enabled)
+        try:
+            ex.run(shell.install_checked([f.path for f in changed], test),
+                   "install Apache config")
+        except RemoteError as exc:
+            raise FleetError(f"{host.name}: the new Apache config fails its test and was not "
+                             f"installed: {exc.result.stderr.strip()}") from None
+        changes += [f"wrote {f.path}" for f in changed]
+    ex.run(shell.apache_ctl("enable"), "enable apache2.service")
+    running = ex.run(shell.apache_running(), "is Apache running", check=False).ok
+    if not running:
+        ex.run(shell.apache_ctl("start"), "start Apache")
+        changes.append("started Apache")
+    elif changed:
+        ex.run(shell.apache_ctl("reload"), "reload Apache")
+        changes.append("reloaded Apache (graceful)")
+    return changes
+
+
+@dataclass(frozen=True)
+class Check:
+    host: str
+    name: str
+    ok: bool
+    detail: str
+
+
+REQUIRED_MODULES = ("proxy_module", "proxy_fcgi_module", "proxy_balancer_module",
+                    "lbmethod_bybusyness_module", "slotmem_shm_module", "rewrite_module")
+
+
+def check_host(ex: Executor, fleet: Fleet, host: Host) -> list[Check]:
+    """Preflight of one reachable host; each line says what is wrong and where."""
+    checks = [Check(host.name, "ssh", True, f"{host.user}@{host.address}:{host.port}")]
+    systemd = ex.run(shell.has_systemd(), "check for systemd", check=False).ok
+    checks.append(Check(host.name, "systemd", systemd, "PID 1" if systemd else NO_SYSTEMD))
+    checks.append(_check_sudo(ex, fleet, host))
+    tools = ex.run(shell.probe_tools(), "probe tools", check=False)
+    for line in tools.stdout.splitlines():
+        name, _, where = line.partition("\t")
+        checks.append(Check(host.name, name, where != "-", where if where != "-" else "missing"))
+    checks += _check_apache(ex, fleet, host)
+    return checks
+
+
+def _check_sudo(ex: Executor, fleet: Fleet, host: Host) -> Check:
+    """A deploy user needs sudo for exactly the commands of /etc/sudoers.d/fpm-fleet."""
+    if not host.sudo:
+        return Check(host.name, "root", True, "via root login")
+    argvs = [tuple(c.split()) for c in sudo_commands(fleet, host)]
+    denied = ex.run(shell.sudo_denied(argvs), "check sudo", check=False).stdout.split("\n")
+    denied = [d for d in denied if d]
+    if denied:
+        return Check(host.name, "root", False,
+                     f"{host.user} may not run via sudo: {denied[0]}"
+                     + (f" (and {len(denied) - 1} more)" if len(denied) > 1 else "")
+                     + "; run fab setup")
+    return Check(host.name, "root", True, f"via sudo: the {len(argvs)} commands of "
+                 "/etc/sudoers.d/fpm-fleet")
+
+
+def _check_owner(ex: Executor, host: Host, pool: Pool) -> Check:
+    """Uploads, hooks and state files run as the login user, in directories it owns."""
+    layout = Layout.of(host, pool)
+    out = ex.run(shell.not_writable(layout.deploy_owned()), "check writable dirs", check=False)
+    missing = [d for d in out.stdout.split("\n") if d]
+    detail = (f"{host.user} may write releases/, shared/, state/, incoming/" if not missing
+              else f"{host.user} may not write {', '.join(missing)}; run fab setup")
+    return Check(host.name, f"{pool.name}: owner", out.ok and not missing, detail)
+
+
+def _check_apache(ex: Executor, fleet: Fleet, host: Host) -> list[Check]:
+    mods = ex.run(shell.apache_modules_loaded(), "list Apache modules", check=False)
+    missing = [m for m in REQUIRED_MODULES if m not in mods.stdout]
+    checks = [Check(host.name, "apache modules", not missing,
+                    "missing " + ", ".join(missing) if missing else "proxy, fcgi, balancer")]
+    checks.append(_check_listen(ex, host))
+    for pool in fleet.pools:
+        fpm = ex.run(f"test -x {shell.q(pool.php_fpm)}", "check php-fpm", check=False)
+        checks.append(Check(host.name, f"{pool.name}: php-fpm", fpm.ok, pool.php_fpm))
+        checks.append(_check_owner(ex, host, pool))
+        checks.append(_check_members(ex, host, pool))
+        checks.append(_check_vhost(ex, host, pool))
+    return checks
+
+
+def _check_listen(ex: Executor, host: Host) -> Check:
+    """`setup` succeeding does not prove Apache listens where the inventory says."""
+    port = host.apache.port
+    ok = ex.run(shell.tcp_listening(port), "check listen port", check=False).ok
+    detail = (f"port {port} ({host.apache.listen})" if ok else
+              f"nothing listens on port {port} (listen = {host.apache.listen}); run fab setup")
+    return Check(host.name, "apache listen", ok, detail)
+
+
+def vhost_url(host: Host, pool: Pool) -> str:
+    apache = host.apache
+    return f"http://{apache.local_address}:{apache.port}{pool.health_path}"
+
+
+def _check_vhost(ex: Executor, host: Host, pool: Pool) -> Check:
+    """The pool answers through Apache, as a client would reach it (its server_name)."""
+    url = vhost_url(host, pool)
+    result = ex.run(shell.vhost_request(Layout.of(host, pool), url, pool.server_name),
+                    f"request {pool.name} through Apache", check=False)
+    return vhost_check(host.name, pool, url, result)
+
+
+def vhost_check(host: str, pool: Pool, url: str, result: RemoteResult) -> Check:
+    """Judge the answer of shell.vhost_request: only a 200 passes."""
+    name = f"{pool.name}: vhost"
+    asked = f"GET {url} (Host: {pool.server_name})"
+    answer = result.stdout.strip()
+    if answer == shell.NO_RELEASE:
+        return Check(host, name, True, "no release deployed yet: not requested")
+    if answer == "200":
+        return Check(host, name, True, f"{asked}: 200")
+    if answer.isdigit() and answer != "000":
+        return Check(host, name, False, f"{asked}: HTTP {answer}")
+    reason = result.stderr.strip().splitlines()[-1:] or ["no answer"]
+    return Check(host, name, False, f"{asked}: {reason[0][:120]}")
+
+
+def _check_members(ex: Executor, host: Host, pool: Pool) -> Check:
+    name = f"{pool.name}: balancer-manager"
+    try:
+        bal = balancer.read(ex, host, pool)
+    except FleetError as exc:
+        return Check(host.name, name, False, str(exc).removeprefix(f"{host.name}: "))
+    want = {pool.member(n) for n in pool.replica_numbers}
+    have = {m.identity for m in bal.members}
+    if want != have:
+        return Check(host.name, name, False,
+                     f"members {sorted(have)} differ from inventory {sorted(want)}")
+    return Check(host.name, name, True, f"balancer://{pool.balancer}: {len(have)} members")

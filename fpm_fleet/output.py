@@ -1,0 +1,187 @@
+"""All output: rich progress on stderr (live on a TTY, plain lines otherwise), data on stdout
+(tables, --json), remote output only in the log file whose path is printed at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, is_dataclass
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console, Group
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+
+from fpm_fleet.events import Event, Observer
+
+# Wide enough for the status table when output goes to a pipe or a CI log.
+err = Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() else 160)
+out = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
+log = logging.getLogger("fpm_fleet")
+
+STYLE = {"start": "yellow", "done": "green", "fail": "bold red", "info": "cyan",
+         "warn": "bold yellow"}
+MARK = {"start": "…", "done": "ok", "fail": "FAILED", "info": "-", "warn": "!"}
+
+
+def start_log(log_dir: str, command: str) -> Path:
+    """Every remote command and its output go to one file per invocation."""
+    directory = Path(log_dir)
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"fpm-fleet-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
+    # The log holds every remote command and its output (hook commands included): only the
+    # operator may read it. Created 0600 whatever the umask, before anything is written.
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600))
+    os.chmod(path, 0o600)
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+    root = logging.getLogger("fpm_fleet")
+    root.handlers = [handler]
+    root.setLevel(logging.INFO)
+    root.propagate = False
+    # paramiko's own warnings and handshake tracebacks belong in the log, not on the terminal
+    noisy = logging.getLogger("paramiko")
+    noisy.handlers = [handler]
+    noisy.setLevel(logging.WARNING)
+    noisy.propagate = False
+    log.info("command: %s", command)
+    return path
+
+
+def _line(ev: Event) -> Text:
+    where = f"[{ev.host}]" + (f" {ev.target}" if ev.target else "")
+    text = Text(f"{where} {ev.step} ")
+    text.append(MARK[ev.kind], style=STYLE[ev.kind])
+    if ev.kind in ("done", "fail"):
+        text.append(f" {ev.elapsed:.3f}s")
+    if ev.detail:
+        text.append(f"  {ev.detail}", style="dim" if ev.kind == "done" else "")
+    return text
+
+
+def _log_event(ev: Event) -> None:
+    log.info("event %s %s %s %s %.3f %s", ev.kind, ev.host, ev.target, ev.step, ev.elapsed,
+             ev.detail)
+
+
+class PlainObserver:
+    """One line per finished step: for CI logs and pipes."""
+
+    def __init__(self, console: Console = err) -> None:
+        self.console = console
+        self.lock = threading.Lock()
+
+    def event(self, ev: Event) -> None:
+        _log_event(ev)
+        if ev.kind == "start":
+            return
+        with self.lock:
+            self.console.print(_line(ev))
+
+
+@dataclass
+class _Row:
+    step: str
+    kind: str
+    since: float
+    detail: str = ""
+    elapsed: float = 0.0
+    steps: int = 0
+
+
+class LiveObserver:
+    """A live table: one row per host / replica with its current step and elapsed time."""
+
+    def __init__(self, console: Console = err) -> None:
+        self.console = console
+        self.rows: dict[tuple[str, str], _Row] = {}
+        self.lock = threading.Lock()
+        self.live = Live(console=console, refresh_per_second=8, transient=False,
+                         get_renderable=self.render)
+
+    def event(self, ev: Event) -> None:
+        _log_event(ev)
+        with self.lock:
+            key = (ev.host, ev.target or "-")
+            row = self.rows.setdefault(key, _Row(ev.step, ev.kind, time.monotonic()))
+            if ev.kind == "start":
+                row.step, row.kind, row.since = ev.step, "start", time.monotonic()
+            else:
+                row.step, row.kind, row.detail, row.elapsed = ev.step, ev.kind, ev.detail, \
+                    ev.elapsed
+                row.steps += ev.kind == "done"
+            if ev.kind in ("fail", "warn"):
+                self.console.print(_line(ev))
+
+    def render(self) -> Table:
+        table = Table(expand=False, box=None, pad_edge=False)
+        for col in ("host", "replica", "steps done", "step", "state", "time", "detail"):
+            table.add_column(col)
+        with self.lock:
+            for (host, target), row in self.rows.items():
+                running = time.monotonic() - row.since if row.kind == "start" else row.elapsed
+                table.add_row(Text(host), Text(target), str(row.steps), Text(row.step),
+                              Text(MARK[row.kind], style=STYLE[row.kind]),
+                              f"{running:.2f}s", Text(row.detail[:60]))
+        return table
+
+    def __enter__(self) -> LiveObserver:
+        self.live.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.live.stop()
+
+
+@contextmanager
+def progress(plain: bool = False) -> Iterator[Observer]:
+    """A live display on a TTY outside CI, plain lines otherwise."""
+    if plain or not err.is_terminal or os.environ.get("CI"):
+        yield PlainObserver()
+        return
+    with LiveObserver() as live:
+        yield live
+
+
+def table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]],
+          styles: Sequence[str | None] | None = None) -> Table:
+    t = Table(title=title, title_justify="left")
+    for col in columns:
+        t.add_column(col)
+    for i, row in enumerate(rows):
+        style = styles[i] if styles else None
+        # Text, never str: a cell holds remote text (paths, errors), which rich would
+        # otherwise read as markup (`[red]`, or `[/x]`, which even raises)
+        t.add_row(*[c if isinstance(c, Text) else Text(str(c)) for c in row], style=style)
+    return t
+
+
+def ok_text(ok: bool, yes: str = "ok", no: str = "FAIL") -> Text:
+    return Text(yes, style="green") if ok else Text(no, style="bold red")
+
+
+def print_json(items: Any) -> None:
+    def convert(value: Any) -> Any:
+        if is_dataclass(value) and not isinstance(value, type):
+            return asdict(value)
+        raise TypeError(type(value).__name__)
+    sys.stdout.write(json.dumps(items, default=convert, indent=2) + "\n")
+    sys.stdout.flush()
+
+
+def show(*renderables: Any) -> None:
+    out.print(Group(*renderables))
+
+
+def note(message: str, style: str = "") -> None:
+    """One message on stderr, never cut into lines: a log path must stay one path."""
+    err.print(Text(message, style=style), soft_wrap=True)

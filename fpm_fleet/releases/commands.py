@@ -1,0 +1,208 @@
+"""Pure builders of the remote commands for releases: upload, verify, activate, history,
+cleanup (the lock has its own, in lock.py). Paths come from Layout; every word is quoted
+with shell.q.
+"""
+
+from __future__ import annotations
+
+from pathlib import PurePosixPath
+
+from fpm_fleet.host.layout import Layout
+from fpm_fleet.remote.shell import PathLike, q
+
+
+def manifest_path(layout: Layout, name: str) -> str:
+    return str(layout.state / "manifests" / name)
+
+
+def read_manifest(layout: Layout, name: str) -> str:
+    """The stored manifest of release `name`, only if the release itself exists."""
+    return (f"[ -d {q(layout.release(name))} ] && cat -- {q(manifest_path(layout, name))} "
+            f"2>/dev/null; true")
+
+
+def staging(layout: Layout, name: str) -> str:
+    return str(layout.incoming / f"{name}.partial")
+
+
+def prepare_staging(layout: Layout, name: str, base: str | None) -> str:
+    """A fresh staging dir; with a base release, hard-link its whole tree first (link-dest)."""
+    tmp = q(staging(layout, name))
+    cmd = (f"mkdir -p -- {q(layout.state / 'manifests')} && rm -rf -- {tmp} && "
+           f"mkdir -m 0755 -- {tmp}")
+    if base:
+        cmd += f" && cp -al -- {q(str(layout.release(base)) + '/.')} {tmp}/"
+    return cmd
+
+
+def prune_staging(layout: Layout, name: str) -> str:
+    """Delete everything in the staging dir except the NUL-separated paths read from stdin."""
+    return (f"keep=$(mktemp) && LC_ALL=C sort -z -o \"$keep\" && cd -- {q(staging(layout, name))} "
+            f"&& find . -mindepth 1 -print0 | LC_ALL=C sort -z | "
+            f"LC_ALL=C comm -z -23 - \"$keep\" | xargs -0 -r rm -rf --; "
+            f"rc=$?; rm -f -- \"$keep\"; exit $rc")
+
+
+def extract(layout: Layout, name: str) -> str:
+    """Unpack a gzip tar from stdin into staging.
+
+    Changed files were pruned from the hard-linked copy first, and GNU tar replaces an
+    existing file by unlinking it (never writing through a hard link into the base).
+    """
+    return (f"tar -xzf - -C {q(staging(layout, name))} --no-same-owner "
+            f"--delay-directory-restore")
+
+
+def drop_staging(layout: Layout, name: str) -> str:
+    return f"rm -rf -- {q(staging(layout, name))}"
+
+
+SUMS = "@@fpm-fleet-sums@@"
+
+
+def list_tree(path: PathLike) -> str:
+    """Every entry under `path` (type, octal mode, symlink target, path; sorted bytewise),
+    then a SUMS line, then the sha256 of every file: all a verification compares."""
+    return (f"cd -- {q(path)} && find . -mindepth 1 -printf '%y\\t%m\\t%l\\t%p\\n' | "
+            f"LC_ALL=C sort && printf '%s\\n' {q(SUMS)} && "
+            f"find . -type f -print0 | LC_ALL=C sort -z | xargs -0 -r sha256sum")
+
+
+def verify(layout: Layout, name: str) -> str:
+    """The staged upload, as list_tree prints it."""
+    return list_tree(staging(layout, name))
+
+
+def verify_release(layout: Layout, name: str) -> str:
+    """An installed release, as list_tree prints it (a same-name redeploy checks it)."""
+    return list_tree(layout.release(name))
+
+
+def sealed_path(layout: Layout, name: str) -> str:
+    return f"{manifest_path(layout, name)}.sealed"
+
+
+def seal(layout: Layout, name: str) -> str:
+    """Record the release as it is once prepared (shared links, hooks done), just before its
+    first activation: a later same-name deploy reuses it only if it is still exactly so."""
+    sealed = sealed_path(layout, name)
+    return (f"{{ {list_tree(layout.release(name))}; }} > {q(sealed + '.tmp')} && "
+            f"mv -f -- {q(sealed + '.tmp')} {q(sealed)}")
+
+
+def read_sealed(layout: Layout, name: str) -> str:
+    return f"cat -- {q(sealed_path(layout, name))} 2>/dev/null; true"
+
+
+def commit_release(layout: Layout, name: str, replace: bool) -> str:
+    """Rename the verified staging dir to releases/NAME (rename(2): all or nothing)."""
+    final, tmp = q(layout.release(name)), q(staging(layout, name))
+    unseal = f"rm -f -- {q(sealed_path(layout, name))}"
+    if replace:
+        old = q(layout.incoming / f"{name}.replaced")
+        return (f"{unseal} && rm -rf -- {old}; if [ -e {final} ]; then mv -T -- {final} {old}; "
+                f"fi; mv -T -- {tmp} {final} && rm -rf -- {old}")
+    return f"[ ! -e {final} ] && {unseal} && mv -T -- {tmp} {final}"
+
+
+def _no_symlink_above(base: PurePosixPath, item: str) -> str:
+    """A test that no directory between `base` and `item` (exclusive) is a symlink."""
+    parts = PurePosixPath(item).parts[:-1]
+    tests = [f"[ ! -L {q(base.joinpath(*parts[:i + 1]))} ]" for i in range(len(parts))]
+    return " && ".join(tests) or "true"
+
+
+def link_shared(layout: Layout, name: str, items: tuple[str, ...]) -> str:
+    """Replace each shared item in the release by a symlink into shared/ (seeded on first use).
+
+    Root deletes the item's path: refused (exit 4) when a directory above it, in the release
+    or in shared/, is a symlink, since the path would then lie outside the pool.
+    """
+    steps = []
+    for item in items:
+        rel, shared = q(layout.release(name) / item), q(layout.shared / item)
+        guard = (f"{{ {_no_symlink_above(layout.release(name), item)} && "
+                 f"{_no_symlink_above(layout.shared, item)}; }} || "
+                 f"{{ echo {q(f'shared item {item}: a directory above it is a symlink')} >&2; "
+                 f"exit 4; }}")
+        steps.append(
+            f"{guard}; if [ ! -e {shared} ]; then mkdir -p -- \"$(dirname -- {shared})\" && "
+            f"if [ -e {rel} ]; then cp -a -- {rel} {shared}; else mkdir -p -- {shared}; fi "
+            f"|| exit 1; fi; mkdir -p -- \"$(dirname -- {rel})\" && rm -rf -- {rel} && "
+            f"ln -s -- {shared} {rel} || exit 1")
+    return "; ".join(steps) if steps else "true"
+
+
+OWN_COPY = ('for f; do t=$(mktemp -- "$f.XXXXXX") && cp -p -- "$f" "$t" && mv -f -- "$t" "$f" '
+            '|| exit 1; done')
+
+
+def own_copies(layout: Layout, name: str) -> str:
+    """Give the release its own copy of every file that shares an inode (a hard link from
+    the previous release), before a before_activate hook may rewrite one in place (`>`,
+    file_put_contents): copy, then rename(2) over the link, so the other release keeps its
+    inode and every byte of it. Symlinks (shared items) are not followed."""
+    return (f"find -P {q(layout.release(name))} -type f -links +1 "
+            f"-exec sh -c {q(OWN_COPY)} sh {{}} +")
+
+
+def before_activate(layout: Layout, name: str, command: str) -> str:
+    return f"cd -- {q(layout.release(name))} && sh -c {q(command)}"
+
+
+def escape_field(value: str) -> str:
+    """One history field on one line and without tabs (a newline in a command line must not
+    start a forged entry): backslash, tab, newline and carriage return are escaped."""
+    return (value.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n")
+            .replace("\r", "\\r"))
+
+
+def activate(layout: Layout, name: str, stamp: str, user: str, command: str) -> str:
+    """Point current.release at releases/NAME atomically (temp symlink + rename(2)) and
+    record it in the history (time, release, previous, user, command), in one command.
+
+    Prints the previous target's name first. Whatever can fail (the missing release, writing
+    the new history beside the old) happens before the symlink's rename; after it only the
+    history's own rename: never an activation without its record.
+    """
+    cur, hist = q(layout.current_release), q(layout.state / "history")
+    tmp, new = q(f"{layout.current_release}.fpm-fleet-tmp"), q(f"{layout.state}/history.new")
+    fields = " ".join(q(escape_field(f)) for f in (stamp, name))
+    record = " ".join(q(escape_field(f)) for f in (user, command))
+    return (f"[ -d {q(layout.release(name))} ] || {{ echo {q(f'release {name} is missing')} "
+            f">&2; exit 3; }}; prev=$(basename -- \"$(readlink -- {cur} || true)\"); "
+            f"printf '%s\\n' \"$prev\"; case $prev in ''|*[!A-Za-z0-9._-]*) prev=-;; esac; "
+            f"{{ cat -- {hist} 2>/dev/null; printf '%s\\t%s\\t%s\\t%s\\t%s\\n' {fields} "
+            f"\"$prev\" {record}; }} > {new} && rm -f -- {tmp} && "
+            f"ln -s -- {q(f'releases/{name}')} {tmp} && mv -T -f -- {tmp} {cur} && "
+            f"mv -f -- {new} {hist}")
+
+
+def read_history(layout: Layout) -> str:
+    return f"cat -- {q(layout.state / 'history')} 2>/dev/null; true"
+
+
+def mark_bad(layout: Layout, name: str) -> str:
+    return f"mkdir -p -- {q(layout.state / 'bad')} && touch -- {q(layout.state / 'bad' / name)}"
+
+
+def list_bad(layout: Layout) -> str:
+    return f"ls -1 -- {q(layout.state / 'bad')} 2>/dev/null; true"
+
+
+def list_releases(layout: Layout) -> str:
+    """name, mtime (epoch), size in KiB, one TSV line per release."""
+    return (f"cd -- {q(layout.releases)} 2>/dev/null || exit 0; for d in */; do "
+            f"[ -d \"$d\" ] || continue; d=${{d%/}}; "
+            f"printf '%s\\t%s\\t%s\\n' \"$d\" \"$(stat -c %Y -- \"$d\")\" "
+            f"\"$(du -sk -- \"$d\" | cut -f1)\"; done")
+
+
+def remove_release(layout: Layout, name: str) -> str:
+    return (f"rm -rf -- {q(layout.release(name))} {q(manifest_path(layout, name))} "
+            f"{q(sealed_path(layout, name))} {q(layout.state / 'bad' / name)}")
+
+
+def clear_incoming(layout: Layout) -> str:
+    """Leftovers of interrupted uploads (only ever called while holding the lock)."""
+    return f"find {q(layout.incoming)} -mindepth 1 -maxdepth 1 -exec rm -rf -- {{}} +"

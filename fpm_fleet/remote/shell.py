@@ -1,0 +1,373 @@
+"""Pure builders of remote command strings. All quoting happens here, with shlex.
+
+Nothing in this module talks to a host: every function returns a string that
+the executor runs, so each can be unit-tested for its exact text.
+"""
+
+from __future__ import annotations
+
+import shlex
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import PurePosixPath
+
+from fpm_fleet.host.layout import MANAGER_NETRC, Layout
+
+PathLike = str | PurePosixPath
+SECTION = "@@fpm-fleet-section@@"
+STAGED = ".fpm-fleet-new"  # a config uploaded beside its target, installed by install_checked
+FPM_MASTER_TITLE = "php-fpm: master process ({conf})"
+
+
+def q(value: PathLike | int) -> str:
+    """Quote one word for a POSIX shell."""
+    return shlex.quote(str(value))
+
+
+def join(argv: Iterable[PathLike | int]) -> str:
+    return " ".join(q(a) for a in argv)
+
+
+def as_root(command: str, sudo: bool) -> str:
+    """Run a whole shell command as root: as is for a root login, else through passwordless
+    sudo. Only `fab setup` does this (it needs full root); every other task runs as the
+    login user and reaches root only through `privileged`."""
+    if not sudo:
+        return command
+    return f"sudo -n -- sh -c {q(command)}"
+
+
+# --- the few commands a deploy user runs as root ---------------------------------------------
+# Word for word what etc/sudoers.d/fpm-fleet allows (rendered by render.sudoers from these
+# same tuples): fixed arguments only, one line per replica service, no wildcard (a `*` in
+# sudoers also matches spaces, so `fpm-fleet-*@*.service` would allow extra units and options).
+
+SUDO_PATHS = {"systemctl": "/usr/bin/systemctl", "journalctl": "/usr/bin/journalctl",
+              "apache2ctl": "/usr/sbin/apache2ctl"}
+REPLICA_VERBS = ("start", "stop", "enable", "disable", "reset-failed", "journal")
+APACHE_CONFIGTEST = ("apache2ctl", "configtest")
+APACHE_GRACEFUL = ("systemctl", "reload", "apache2.service")
+
+
+def replica_command(verb: str, unit: str) -> tuple[str, ...]:
+    """The exact argv of one privileged action on a replica's service."""
+    commands = {
+        "start": ("systemctl", "start", unit),
+        "stop": ("systemctl", "stop", unit),
+        "enable": ("systemctl", "enable", "--quiet", unit),
+        "disable": ("systemctl", "disable", "--quiet", unit),
+        "reset-failed": ("systemctl", "reset-failed", unit),
+        "journal": ("journalctl", "--no-pager", "-o", "cat", "-n", "5", "-u", unit),
+    }
+    return commands[verb]
+
+
+def privileged(argv: Sequence[str], sudo: bool) -> str:
+    """One root command: through `sudo -n` for a non-root login (sudo finds the binary on
+    its secure_path, the path the sudoers line names), as is for a root login."""
+    return ("sudo -n -- " if sudo else "") + join(argv)
+
+
+def install_sudoers(path: PathLike) -> str:
+    """Install the staged `<path>.fpm-fleet-new` only if `visudo -cf` accepts it (a broken
+    file in sudoers.d breaks sudo for everyone). The staged name holds a dot: sudo's
+    includedir skips it meanwhile."""
+    new = q(f"{path}{STAGED}")
+    return (f"if visudo -cf {new} >/dev/null; then chown root:root -- {new} && "
+            f"chmod 0440 -- {new} && mv -f -- {new} {q(path)}; else rm -f -- {new}; exit 1; fi")
+
+
+def sudo_denied(argvs: Iterable[Sequence[str]]) -> str:
+    """Print each of the commands that `sudo -n` would refuse to this user (sudo -l asks the
+    policy without running anything)."""
+    return "; ".join(f"sudo -n -l -- {join(a)} >/dev/null 2>&1 || printf '%s\\n' {q(join(a))}"
+                     for a in argvs) + "; true"
+
+
+def not_writable(paths: Iterable[PathLike]) -> str:
+    """Print each path the login user cannot write to."""
+    return (f"for d in {join(paths)}; do [ -w \"$d\" ] || printf '%s\\n' \"$d\"; done")
+
+
+KILL_AFTER = 5  # seconds between `timeout`'s SIGTERM and its SIGKILL
+
+
+def bounded(command: str, seconds: float) -> str:
+    """Run `command` for at most `seconds` on the host itself: `timeout` signals the whole
+    process group (a hook's children too), so nothing outlives the run that started it (or
+    the lock it held) when the connection is lost or the client gives up. Exit 124: timed out.
+    """
+    return f"timeout -k {KILL_AFTER} {seconds:g} sh -c {q(command)}"
+
+
+def sections(parts: Sequence[tuple[str, str]]) -> str:
+    """Run several commands in one round trip; their outputs are split by `split_sections`."""
+    return "; ".join(f"printf '\\n%s %s\\n' {q(SECTION)} {q(name)}; {cmd}" for name, cmd in parts)
+
+
+def split_sections(stdout: str) -> dict[str, str]:
+    out: dict[str, str] = {}
+    name = None
+    lines: list[str] = []
+    for line in stdout.splitlines():
+        if line.startswith(SECTION + " "):
+            if name is not None:
+                out[name] = "\n".join(lines).strip("\n")
+            name, lines = line[len(SECTION) + 1:], []
+        elif name is not None:
+            lines.append(line)
+    if name is not None:
+        out[name] = "\n".join(lines).strip("\n")
+    return out
+
+
+# --- files and directories -------------------------------------------------------------------
+
+def checksums(paths: Iterable[PathLike]) -> str:
+    """sha256 of each existing file; missing files are simply absent from the output."""
+    return f"sha256sum -- {join(paths)} 2>/dev/null; true"
+
+
+def write_stdin(path: PathLike, mode: str = "0644") -> str:
+    """Write the channel's stdin to `path` atomically (temp file + rename)."""
+    tmp = f"{path}.fpm-fleet-tmp"
+    return f"cat > {q(tmp)} && chmod {mode} -- {q(tmp)} && mv -f -- {q(tmp)} {q(path)}"
+
+
+def install_checked(files: Sequence[PathLike], test: str) -> str:
+    """Move staged `<file>.fpm-fleet-new` into place, run `test`; on failure put the old back.
+
+    A config that fails its test is never left installed.
+    """
+    steps = []
+    for f in files:
+        new, old = q(f"{f}{STAGED}"), q(f"{f}.fpm-fleet-old")
+        steps.append(f"if [ -e {q(f)} ]; then cp -p -- {q(f)} {old}; else rm -f -- {old}; fi; "
+                     f"mv -f -- {new} {q(f)}")
+    restore = []
+    for f in files:
+        old = q(f"{f}.fpm-fleet-old")
+        restore.append(f"if [ -e {old} ]; then mv -f -- {old} {q(f)}; else rm -f -- {q(f)}; fi")
+    cleanup = "; ".join(f"rm -f -- {q(f'{f}.fpm-fleet-old')}" for f in files)
+    return ("; ".join(steps) + f"; if out=$({{ {test}; }} 2>&1); then {cleanup}; else "
+            + "; ".join(restore) + "; printf '%s\\n' \"$out\" >&2; exit 1; fi")
+
+
+# --- Apache ----------------------------------------------------------------------------------
+
+def apache_test() -> str:
+    return "apache2ctl configtest"
+
+
+def apache_ctl(action: str) -> str:
+    """start / reload (graceful) / enable Debian's apache2.service through systemd."""
+    if action not in ("start", "reload", "enable"):
+        raise ValueError(action)
+    return f"systemctl {action} --quiet apache2.service"
+
+
+def apache_running() -> str:
+    """Exit 0 when Debian's apache2.service is active."""
+    return "systemctl is-active --quiet apache2.service"
+
+
+APACHE_MODULES = ("proxy", "proxy_fcgi", "proxy_balancer", "lbmethod_bybusyness",
+                  "lbmethod_byrequests", "slotmem_shm", "authz_host", "rewrite", "auth_basic",
+                  "authn_core", "authn_file", "authz_user")
+
+
+def apache_enable_site() -> str:
+    """The modules and the site, enabled the Debian way."""
+    return f"a2enmod -q {join(APACHE_MODULES)} >/dev/null && a2ensite -q fpm-fleet >/dev/null"
+
+
+APACHE_SITE_LINK = "/etc/apache2/sites-enabled/fpm-fleet.conf"
+
+
+def apache_site_enabled() -> str:
+    return f"test -L {q(APACHE_SITE_LINK)}"
+
+
+def apache_site_test(enabled_before: bool) -> str:
+    """Enable the site and test Apache's config (install_checked's test). A site that was not
+    enabled before is disabled again when the test fails, so a first setup whose config is
+    refused leaves no sites-enabled link to a file that is then removed."""
+    test = f"{apache_enable_site()} && {apache_test()}"
+    if enabled_before:
+        return test
+    return f"{{ {test}; }} || {{ rc=$?; a2dissite -q fpm-fleet >/dev/null 2>&1; exit $rc; }}"
+
+
+NO_RELEASE = "no-release"
+
+
+def vhost_request(layout: Layout, url: str, server_name: str, timeout: float = 5) -> str:
+    """GET `url` from one pool's virtual host (Host: server_name) through the host's own
+    Apache; prints the HTTP status (000 when nothing answered), or NO_RELEASE before the
+    pool's first deploy, when there is nothing to serve yet."""
+    curl = join(["curl", "-sS", "-g", "--noproxy", "*", "-o", "/dev/null", "-w", "%{http_code}",
+                 "--max-time", f"{timeout:g}", "-H", f"Host: {server_name}", url])
+    return f"if [ -e {q(layout.current_release)} ]; then {curl}; else echo {NO_RELEASE}; fi"
+
+
+def tcp_listening(port: int) -> str:
+    """Exit 0 when a socket listens on TCP `port`, on any address (read from the kernel's
+    table: no tool to install, and every process of the host's network namespace counts)."""
+    return (f"cat /proc/net/tcp /proc/net/tcp6 2>/dev/null | awk -v p={port:04X} "
+            "'$4 == \"0A\" && substr($2, index($2, \":\") + 1) == p {f = 1} END {exit !f}'")
+
+
+def apache_modules_loaded() -> str:
+    """The LoadModule lines of Debian's enabled modules (what Apache loads at its next
+    start or graceful). Not `apache2ctl -M`: as the deploy user it cannot create its
+    runtime directory under /run/apache2 and lists nothing."""
+    return "cat /etc/apache2/mods-enabled/*.load 2>/dev/null"
+
+
+def has_systemd() -> str:
+    """Exit 0 on a host booted with systemd (sd_booted(3)'s own test)."""
+    return "test -d /run/systemd/system"
+
+
+# --- balancer-manager ------------------------------------------------------------------------
+
+# balancer-manager wants fpm-fleet's credential; curl reads it from a file readable only by
+# root and the deploy user, so it never shows on a command line (ps, /proc/PID/cmdline).
+MANAGER_CURL = f"curl -sS --fail --max-time 5 --netrc-file {q(MANAGER_NETRC)}"
+
+
+def balancer_xml(url: str) -> str:
+    """Read balancer-manager as XML (it answers with HTML without a same-host Referer)."""
+    return f"{MANAGER_CURL} -H {q('Referer: ' + url)} {q(url + '?xml=1')}"
+
+
+def balancer_set(url: str, balancer: str, worker: str, nonce: str,
+                 flags: Mapping[str, int]) -> str:
+    """POST a member's status flags, then read the page back in the same round trip."""
+    form = [f"--data-urlencode {q(f'{k}={v}')}" for k, v in
+            (("b", balancer), ("w", worker), ("nonce", nonce))]
+    form += [f"--data {q(f'w_status_{flag}={value}')}" for flag, value in flags.items()]
+    post = (f"{MANAGER_CURL} -o /dev/null -H {q('Referer: ' + url)} "
+            f"{' '.join(form)} {q(url)}")
+    return f"{post} && {balancer_xml(url)}"
+
+
+# --- PHP-FPM ---------------------------------------------------------------------------------
+
+def fcgi_request(sock: PathLike, script_name: str, script_filename: PathLike,
+                 query: str = "", timeout: float = 5) -> str:
+    """One FastCGI request straight to a replica's socket (Debian's libfcgi-bin)."""
+    env = {"REQUEST_METHOD": "GET", "SCRIPT_NAME": script_name,
+           "SCRIPT_FILENAME": str(script_filename), "QUERY_STRING": query,
+           "REQUEST_URI": script_name + (f"?{query}" if query else ""),
+           "SERVER_NAME": "fpm-fleet", "REMOTE_ADDR": "127.0.0.1"}
+    assigns = " ".join(q(f"{k}={v}") for k, v in env.items())
+    return f"timeout {timeout:g} env -i {assigns} cgi-fcgi -bind -connect {q(sock)}"
+
+
+def mountinfo_escape(path: PathLike) -> str:
+    """How /proc/PID/mountinfo writes a path (space, tab, newline, backslash as octal)."""
+    table = {" ": "\\040", "\t": "\\011", "\n": "\\012", "\\": "\\134"}
+    return "".join(table.get(c, c) for c in str(path))
+
+
+def workers_outside(master: str, title: str) -> str:
+    """Count the processes titled `title` (a replica's workers) whose parent is not `master`
+    (both shell words, expanded on the host): workers a dead master left serving."""
+    return (f"ps -eo ppid=,args= | awk -v m={master} -v t={title} "
+            "'$1 != m { $1 = \"\"; sub(/^ +/, \"\"); sub(/ +$/, \"\"); if ($0 == t) n++ } "
+            "END {print n + 0}'")
+
+
+_PROBE_TEMPLATE = r"""probe() {
+  service=$(systemctl is-active "$4" 2>/dev/null); [ -n "$service" ] || service=-
+  pid=$(cat -- "$2" 2>/dev/null | head -n 1)
+  case $pid in ''|*[!0-9]*) pid=-;; esac
+  state=$(sed -n 's/^State:[[:space:]]*\(.\).*/\1/p' "/proc/$pid/status" 2>/dev/null)
+  [ -n "$state" ] || state=-
+  etimes=$(ps -o etimes= -p "$pid" 2>/dev/null | tr -d ' ')
+  title=$(tr '\0' '\n' < "/proc/$pid/cmdline" 2>/dev/null | head -n 1)
+  pinned=$(mp="$3" awk '$5 == ENVIRON["mp"] {print $4}' "/proc/$pid/mountinfo" 2>/dev/null \
+    | tail -n 1)
+  strays=$(@STRAYS@)
+  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$1" "$pid" "$state" "${etimes:--}" "${title:--}" \
+    "${pinned:--}" "$service" "$strays"
+}"""
+PROBE_FUNCTION = _PROBE_TEMPLATE.replace(
+    "@STRAYS@", workers_outside('"$pid"', '"php-fpm: pool $5"'))
+
+
+def probe_replicas(layout: Layout, numbers: Iterable[int]) -> str:
+    """One TSV line per replica: n, pid, state, elapsed s, process title, pinned mount root,
+    the service's state (systemctl is-active) and how many of its workers run outside its
+    live master (a master that died leaves them serving until they finish)."""
+    calls = [f"probe {n} {q(layout.pid(n))} {q(mountinfo_escape(layout.current))} "
+             f"{q(layout.unit(n))} {q(f'{layout.pool}-{n}')}" for n in numbers]
+    return PROBE_FUNCTION + "; " + "; ".join(calls)
+
+
+def open_connections(sock: PathLike) -> str:
+    """How many connections to a listening unix socket are open right now (accepted or
+    queued), from the kernel's table: requests in flight, even to workers whose master died."""
+    return (f"p={q(sock)} awk '$6 == \"03\" && $8 == ENVIRON[\"p\"] {{n++}} "
+            f"END {{print n + 0}}' /proc/net/unix")
+
+
+def read_current_release(layout: Layout) -> str:
+    return f"readlink -- {q(layout.current_release)}"
+
+
+def fpm_start(layout: Layout, n: int, release: str, sudo: bool) -> str:
+    """Start replica n's service; systemd pins it to what current.release names (its unit
+    bind-mounts current.release on current/ in the service's own mount namespace), so
+    `release` must be what current.release names now. Enabled, so it starts at boot too.
+
+    Type=notify: systemctl returns once FPM listens. A failure prints the unit's last log.
+    """
+    def root(verb: str) -> str:
+        return privileged(replica_command(verb, layout.unit(n)), sudo)
+
+    return (f"[ \"$(basename -- \"$(readlink -- {q(layout.current_release)})\")\" = {q(release)} ] "
+            f"|| {{ echo {q(f'current.release does not name {release}')} >&2; exit 3; }}; "
+            f"{root('reset-failed')} 2>/dev/null; "
+            f"{root('enable')} && {root('start')} || "
+            f"{{ {root('journal')} >&2; exit 1; }}")
+
+
+def fpm_stop(layout: Layout, n: int, sudo: bool) -> str:
+    """Stop replica n's service: systemd sends SIGQUIT (graceful) to the master, which
+    stops its workers; the unit's ExecStopPost lets workers of a dead master finish, then
+    stops them (SIGKILL only after TimeoutStopSec). Prints `not-running` or `stopped`,
+    after `escalated` when the timeout hit and `strays N` when N workers were running
+    without their master."""
+    unit = q(layout.unit(n))
+    strays = workers_outside(f"\"$(systemctl show -p MainPID --value {unit})\"",
+                             q(f"php-fpm: pool {layout.pool}-{n}"))
+    return (f"s=$({strays}); [ \"$s\" = 0 ] || echo \"strays $s\"; "
+            f"if systemctl is-active --quiet {unit} || [ \"$s\" != 0 ]; then "
+            f"{privileged(replica_command('stop', layout.unit(n)), sudo)} || exit 1; "
+            f"[ \"$(systemctl show -p Result --value {unit})\" != timeout ] || echo escalated; "
+            f"echo stopped; else echo not-running; fi")
+
+
+def fpm_disable(layout: Layout, n: int, sudo: bool) -> str:
+    """Keep a stopped replica stopped across reboots (`fab start` enables it again)."""
+    return privileged(replica_command("disable", layout.unit(n)), sudo)
+
+
+def daemon_reload() -> str:
+    return "systemctl daemon-reload"
+
+
+def enable_units(units: Iterable[str]) -> str:
+    """Enable units that are not yet; print each one enabled (so a rerun prints nothing)."""
+    return (f"for u in {join(units)}; do systemctl is-enabled --quiet \"$u\" || "
+            f"{{ systemctl enable --quiet \"$u\" && printf '%s\\n' \"$u\"; }}; done")
+
+
+def probe_tools() -> str:
+    """Preflight: which of the commands fpm-fleet relies on are present on the host."""
+    tools = ("systemctl", "cgi-fcgi", "curl", "awk", "ps", "tar", "sha256sum", "flock",
+             "apache2")
+    # sbin is not on a non-root user's PATH on Debian (apache2 lives in /usr/sbin)
+    return "PATH=\"$PATH:/usr/local/sbin:/usr/sbin:/sbin\"; " + "; ".join(
+        f"printf '%s\\t%s\\n' {t} \"$(command -v {t} || echo -)\"" for t in tools)

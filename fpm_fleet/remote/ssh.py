@@ -1,0 +1,368 @@
+"""The one way fpm-fleet reaches a host: a connection factory and one executor.
+
+Host keys: unknown keys are refused (paramiko RejectPolicy) unless the inventory opts in
+with `trust_new_host_keys = true`; Fabric alone would add them silently.
+Every command goes through `Executor.run`, which logs the command and its output to the log
+file (never to the terminal) and raises RemoteError on failure. Commands run as the login
+user: uploads, hooks, activation and state files never run as root. The few root commands a
+deploy needs (a replica's service) carry their own `sudo -n` (shell.privileged), and `fab
+setup`, which needs full root, wraps its commands with `as_root` (provision.AsRoot).
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO, Protocol
+
+import paramiko
+from fabric import Connection
+from paramiko.ssh_exception import NoValidConnectionsError
+
+from fpm_fleet.errors import ConfigError, ConnectError, RemoteError, RemoteResult
+from fpm_fleet.inventory import Host
+from fpm_fleet.remote import known_hosts
+from fpm_fleet.remote.shell import KILL_AFTER, bounded
+
+log = logging.getLogger("fpm_fleet.remote")
+# paramiko logs a failed handshake with a traceback from its own thread; without a handler,
+# Python would print it on stderr. output.start_log sends it to the run's log file.
+logging.getLogger("paramiko").addHandler(logging.NullHandler())
+SYSTEM_KNOWN_HOSTS = "/etc/ssh/ssh_known_hosts"
+USER_KNOWN_HOSTS = "~/.ssh/known_hosts"
+
+
+class Executor(Protocol):
+    """Runs remote commands on one host. SSHExecutor in real life, fakes in unit tests."""
+
+    host: Host
+
+    def run(self, command: str, what: str, *, check: bool = True,
+            timeout: float | None = None) -> RemoteResult: ...
+
+    def stream(self, command: str, what: str, source: IO[bytes], *,
+               timeout: float | None = None) -> tuple[RemoteResult, int]: ...
+
+
+def _host_keys(client: paramiko.SSHClient, host: Host,
+               say: Callable[[str], None]) -> known_hosts.Policy:
+    """Load known_hosts (the inventory's file, else the user's and the system's) and return
+    the policy for a key it does not list."""
+    user_file = os.path.expanduser(USER_KNOWN_HOSTS)
+    if host.known_hosts:
+        paths = [os.path.expanduser(host.known_hosts)]
+        if not os.path.exists(paths[0]):
+            raise ConfigError(f"{host.name}: known_hosts file {paths[0]} does not exist")
+    else:
+        paths = [p for p in (user_file, SYSTEM_KNOWN_HOSTS) if os.path.exists(p)]
+    name = known_hosts.host_name(host.address, host.port)
+    found = {path: known_hosts.parse(Path(path).read_text(errors="replace")) for path in paths}
+    lines = [line for each in found.values() for line in each]
+    revoked = known_hosts.revoked_keys(lines, name)
+    known_hosts.load(client.get_host_keys(), lines, revoked)
+    known = client.get_host_keys().lookup(name) is not None
+    for path, each in found.items():
+        known_hosts.check_markers(each, name, path, host.name, known)
+    return known_hosts.Policy(host.trust_new_host_keys, revoked, paths[0] if host.known_hosts
+                              else user_file, say)
+
+
+def connect(host: Host, say: Callable[[str], None] | None = None) -> Connection:
+    """Open an SSH connection to `host` with strict host-key checking and a connect timeout.
+
+    Every way this fails is one ConnectError naming the host and the cause, never paramiko's
+    own exception: see `connect_failure`. `say` hears of a new host key trusted and saved.
+    """
+    conn = Connection(host.address, user=host.user, port=host.port,
+                      connect_kwargs=connect_kwargs(host, _identity(host)))
+    conn.client.set_missing_host_key_policy(_host_keys(conn.client, host, say or log.warning))
+    try:
+        conn.open()
+    except (paramiko.SSHException, OSError, EOFError) as exc:
+        conn.close()
+        raise ConnectError(f"{host.name} ({host.user}@{host.address}:{host.port}): "
+                           f"{connect_failure(exc, host)}") from None
+    _tune(conn)
+    return conn
+
+
+def connect_kwargs(host: Host, key: paramiko.PKey | None) -> dict[str, object]:
+    """paramiko's connect() arguments. `timeout` bounds the TCP connect and the whole SSH
+    handshake; the banner deadline is set a little inside it, so that a port which accepts
+    and stays silent fails as "no banner" rather than as a handshake cut off with no cause."""
+    kwargs: dict[str, object] = {"timeout": host.connect_timeout,
+                                 "banner_timeout": host.connect_timeout * BANNER_SHARE,
+                                 "auth_timeout": host.connect_timeout}
+    if host.identity_file:
+        kwargs["look_for_keys"] = False
+        if key is not None:
+            kwargs["pkey"] = key
+        else:
+            kwargs["key_filename"] = [host.identity_file]
+    return kwargs
+
+
+def _identity(host: Host) -> paramiko.PKey | None:
+    """The inventory's key, loaded here: given only the file, paramiko tries every key type
+    in turn and a refused login surfaces as "encountered RSA key, expected OPENSSH key".
+    A passphrase-protected key is left to paramiko and ssh-agent (None)."""
+    if not host.identity_file:
+        return None
+    try:
+        return paramiko.PKey.from_path(host.identity_file)
+    except TypeError:  # cryptography's way of saying it needs a passphrase
+        return None
+    except (ValueError, OSError, paramiko.SSHException) as exc:
+        raise ConfigError(f"{host.name}: identity_file {host.identity_file} is not a private "
+                          f"key fpm-fleet can read: {exc}") from None
+
+
+BANNER_SHARE = 0.9
+KEEPALIVE = 15  # seconds between SSH keepalives on an idle connection
+CLIENT_GRACE = KILL_AFTER + 5  # the host's `timeout` ends a command before the client does
+HOST_TIMEOUT_CODES = (124, 128 + 9)  # timeout's own exit status, and after its SIGKILL
+
+REFUSED, NO_ROUTE, NET_DOWN, TIMED_OUT = (errno.ECONNREFUSED, errno.EHOSTUNREACH,
+                                          errno.ENETUNREACH, errno.ETIMEDOUT)
+
+
+def connect_failure(exc: BaseException, host: Host) -> str:
+    """Why a connection could not be opened, in the words an operator acts on (pure)."""
+    if isinstance(exc, paramiko.BadHostKeyException):
+        return ("host key changed: it does not match known_hosts (possible man-in-the-middle; "
+                "if the host was reinstalled, replace its known_hosts entry); refusing to connect")
+    if isinstance(exc, paramiko.AuthenticationException):
+        key = f" with key {host.identity_file}" if host.identity_file else ""
+        return f"authentication failed for user {host.user}{key}"
+    if isinstance(exc, paramiko.SSHException):
+        return _ssh_failure(str(exc), host)
+    if isinstance(exc, NoValidConnectionsError):
+        codes = {e.errno for e in exc.errors.values()}
+        return _socket_failure(REFUSED if codes == {REFUSED} else NO_ROUTE, host)
+    if isinstance(exc, socket.gaierror):
+        return f"cannot resolve address {host.address}: {exc.strerror}"
+    if isinstance(exc, TimeoutError):
+        return _socket_failure(TIMED_OUT, host)
+    if isinstance(exc, OSError) and exc.errno is not None:
+        return _socket_failure(exc.errno, host)
+    return f"connection closed during the SSH handshake ({str(exc) or type(exc).__name__})"
+
+
+def _socket_failure(code: int, host: Host) -> str:
+    return {
+        REFUSED: f"connection refused: nothing listens on port {host.port}",
+        NO_ROUTE: "no route to host",
+        NET_DOWN: "network unreachable",
+        TIMED_OUT: f"timed out: no answer within {host.connect_timeout:g}s",
+    }.get(code, f"unreachable: {os.strerror(code)}")
+
+
+def _ssh_failure(text: str, host: Host) -> str:
+    if text.startswith("host key revoked"):
+        return text
+    if "not found in known_hosts" in text:
+        return ("unknown host key: add it to known_hosts (ssh-keyscan -p "
+                f"{host.port} {host.address}) or set trust_new_host_keys = true")
+    if "banner" in text:
+        return (f"no SSH banner within {host.connect_timeout:g}s: the port accepts connections "
+                "but no SSH server answers on it")
+    if "No authentication methods" in text:
+        return (f"authentication failed for user {host.user}: no key to offer "
+                "(set identity_file, or load one in ssh-agent)")
+    if "No existing session" in text or "Negotiation failed" in text:
+        return f"SSH handshake did not finish within {host.connect_timeout:g}s"
+    return f"SSH failed: {text}"
+
+
+def _tune(conn: Connection) -> None:
+    """Keepalives, so a dead host or a dropped NAT mapping ends the run instead of hanging it;
+    no Nagle: small command/answer exchanges otherwise stall ~40 ms on delayed ACKs."""
+    transport = conn.client.get_transport()
+    if transport is not None:
+        transport.set_keepalive(KEEPALIVE)
+    sock = getattr(transport, "sock", None)
+    if isinstance(sock, socket.socket):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+class SSHExecutor:
+    """Executor over one Fabric connection."""
+
+    def __init__(self, host: Host, conn: Connection) -> None:
+        self.host = host
+        self.conn = conn
+
+    def run(self, command: str, what: str, *, check: bool = True,
+            timeout: float | None = None) -> RemoteResult:
+        result, _ = self._exec(command, what, None, timeout)
+        if check and not result.ok:
+            raise RemoteError(self.host.name, what, result)
+        return result
+
+    def stream(self, command: str, what: str, source: IO[bytes], *,
+               timeout: float | None = None) -> tuple[RemoteResult, int]:
+        """Run `command` with `source` written to its stdin (a raw channel: fast)."""
+        result, sent = self._exec(command, what, source, timeout)
+        if not result.ok:
+            raise RemoteError(self.host.name, what, result)
+        return result, sent
+
+    def _exec(self, command: str, what: str, source: IO[bytes] | None,
+              timeout: float | None) -> tuple[RemoteResult, int]:
+        """One exec channel on the Fabric connection's transport (Fabric's own `run` adds
+        threads and a 10 ms input poll per command; this is the hot path of a rollout)."""
+        transport = self.conn.client.get_transport()
+        if transport is None or not transport.is_active():
+            raise ConnectError(f"{self.host.name}: connection lost before {what}")
+        limit = timeout or self.host.command_timeout
+        # bounded on the host, as the login user (hooks included); an upload is not bounded
+        # (it ends with its input, however long that takes). The few root commands run
+        # through `sudo -n` inside it, where a timeout's signal reaches them: sudo does not
+        # pass on a signal sent by its own process group, so `timeout` never wraps sudo.
+        full = bounded(command, limit) if source is None else command
+        started = time.monotonic()
+        sent = 0
+        try:
+            chan = transport.open_session(timeout=self.host.connect_timeout)
+            try:
+                chan.settimeout(limit)
+                chan.exec_command(full)
+                if source is not None:
+                    sent = _pump(chan, source)
+                chan.shutdown_write()
+                # the deadline starts once the input is sent: a long upload is no timeout;
+                # the host's own bound fires first, this one is for a connection that hangs
+                stdout, stderr, code = _drain(chan, time.monotonic() + limit + CLIENT_GRACE)
+            finally:
+                chan.close()
+        except (paramiko.SSHException, OSError, EOFError) as exc:
+            raise ConnectError(f"{self.host.name}: connection lost during {what}: "
+                               f"{exc or type(exc).__name__}") from None
+        if source is None and code in HOST_TIMEOUT_CODES:
+            stderr += f"\ntimed out on the host after {limit:g}s (command_timeout)"
+        result = RemoteResult(command, code, stdout, stderr)
+        _log(self.host.name, what, result, time.monotonic() - started, source is not None)
+        return result, sent
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+def _pump(chan: paramiko.Channel, source: IO[bytes]) -> int:
+    sent = 0
+    while chunk := source.read(256 * 1024):
+        chan.sendall(chunk)
+        sent += len(chunk)
+    return sent
+
+
+def _drain(chan: paramiko.Channel, deadline: float) -> tuple[str, str, int]:
+    """Read stdout and stderr until the command exits; exit 124 on timeout."""
+    out, err = bytearray(), bytearray()
+    while True:
+        busy = False
+        if chan.recv_ready():
+            out += chan.recv(65536)
+            busy = True
+        if chan.recv_stderr_ready():
+            err += chan.recv_stderr(65536)
+            busy = True
+        pending = chan.recv_ready() or chan.recv_stderr_ready()
+        # sshd may send exit-status before the last output: wait for EOF as well.
+        if not pending and chan.eof_received and chan.exit_status_ready():
+            return out.decode(errors="replace"), err.decode(errors="replace"), \
+                chan.recv_exit_status()
+        if not pending and chan.closed:
+            transport = chan.get_transport()
+            if transport is None or not transport.is_active():
+                raise EOFError("the connection closed before the command finished")
+            return out.decode(errors="replace"), err.decode(errors="replace"), -1
+        if time.monotonic() > deadline:
+            return out.decode(errors="replace"), "timed out", 124
+        if not busy:
+            time.sleep(0.001)
+
+
+def _log(host: str, what: str, result: RemoteResult, seconds: float,
+         sent_note: bool = False) -> None:
+    log.info("[%s] %s: exit %s in %.3fs%s\n$ %s%s%s", host, what, result.exited, seconds,
+             " (stdin streamed)" if sent_note else "", result.command,
+             _indent("out", result.stdout), _indent("err", result.stderr))
+
+
+def _indent(label: str, text: str) -> str:
+    if not text.strip():
+        return ""
+    lines = text.rstrip("\n").splitlines()
+    if len(lines) > 60:
+        lines = [*lines[:30], f"... {len(lines) - 60} lines ...", *lines[-30:]]
+    return "\n" + "\n".join(f"  {label}| {line}" for line in lines)
+
+
+class Interrupted(KeyboardInterrupt):
+    """Raised in a host's thread at its next remote command once a parallel run is
+    interrupted (only the main thread gets Ctrl-C / SIGTERM)."""
+
+
+class Interruptible:
+    """An executor that refuses its next command once `interrupt` is set, so every host of a
+    parallel run stops at its next step; commands inside `shield()` (putting a replica back,
+    releasing the lock) still run."""
+
+    def __init__(self, inner: Executor, interrupt: threading.Event) -> None:
+        self.inner, self.host, self.interrupt = inner, inner.host, interrupt
+        self.shields = 0
+
+    def _check(self, what: str) -> None:
+        if self.interrupt.is_set() and not self.shields:
+            raise Interrupted(f"{self.host.name}: interrupted before {what}")
+
+    def run(self, command: str, what: str, *, check: bool = True,
+            timeout: float | None = None) -> RemoteResult:
+        self._check(what)
+        return self.inner.run(command, what, check=check, timeout=timeout)
+
+    def stream(self, command: str, what: str, source: IO[bytes], *,
+               timeout: float | None = None) -> tuple[RemoteResult, int]:
+        self._check(what)
+        return self.inner.stream(command, what, source, timeout=timeout)
+
+    def close(self) -> None:
+        close = getattr(self.inner, "close", None)
+        if close:
+            close()
+
+    @contextmanager
+    def shield(self) -> Iterator[None]:
+        self.shields += 1
+        try:
+            yield
+        finally:
+            self.shields -= 1
+
+
+@contextmanager
+def shielded(ex: Executor) -> Iterator[None]:
+    """Run the block's commands even after an interrupt: the recovery of what it left."""
+    if isinstance(ex, Interruptible):
+        with ex.shield():
+            yield
+    else:
+        yield
+
+
+@contextmanager
+def session(host: Host) -> Iterator[SSHExecutor]:
+    """An executor for the duration of a block; the connection is always closed."""
+    executor = SSHExecutor(host, connect(host))
+    try:
+        yield executor
+    finally:
+        executor.close()

@@ -1,0 +1,71 @@
+"""What every task shares: the inventory from the config, the error boundary, signals."""
+
+from __future__ import annotations
+
+import signal
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+
+from invoke.context import Context
+from invoke.exceptions import Exit
+
+from fpm_fleet import inventory, output
+from fpm_fleet.errors import FleetError
+from fpm_fleet.inventory import Fleet
+
+DEFAULT_INVENTORY = "hosts.toml"
+
+
+def inventory_path(c: Context) -> str:
+    """Config key `inventory` (fabric.yaml, or FABRIC_INVENTORY=path), default hosts.toml."""
+    return str(c.config.get("inventory", None) or DEFAULT_INVENTORY)
+
+
+def load_fleet(c: Context) -> Fleet:
+    try:
+        return inventory.load(inventory_path(c))
+    except FleetError as exc:
+        raise Exit(f"error: {exc}", code=exc.exit_code) from None
+
+
+def _terminate(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+@dataclass
+class Session:
+    fleet: Fleet
+    log_path: Path
+
+
+@contextmanager
+def boundary(c: Context, command: str) -> Iterator[Session]:
+    """Load the inventory, open the log, turn errors and interrupts into exit codes.
+
+    Once the log exists its path is the last line of every exit: success, a FleetError, an
+    interrupt, a task's own Exit (check, status) or a bug, since that is where to look next.
+    SIGTERM is handled like Ctrl-C, so a rollout can put its replica back before exiting.
+    """
+    fleet = load_fleet(c)
+    log_path = output.start_log(fleet.log_dir, command)
+    previous = signal.signal(signal.SIGTERM, _terminate)
+    try:
+        yield Session(fleet, log_path)
+    except FleetError as exc:
+        output.note(f"error: {exc}", "bold red")
+        raise Exit(code=exc.exit_code) from None
+    except KeyboardInterrupt:
+        output.note("interrupted", "bold red")
+        raise Exit(code=130) from None
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        output.note(f"log: {log_path}", "dim")
+
+
+def command_line() -> str:
+    """The command as typed (`fab ...` or `fpm-fleet ...`), for the log and the lock."""
+    return " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])
