@@ -22,13 +22,13 @@ from typing import IO
 
 from fpm_fleet.host import lock
 from fpm_fleet.host.layout import Layout
+from fpm_fleet.host.pool import HostPool
 from fpm_fleet.inventory import Fleet, Host, Pool
 from fpm_fleet.releases import manifest
 from fpm_fleet.releases import store as release
 from fpm_fleet.releases.manifest import Manifest
 from fpm_fleet.remote import ssh as remote
 from fpm_fleet.remote.shell import q
-from fpm_fleet.remote.ssh import Executor
 from fpm_fleet.sandbox import demo
 
 from .errors import BenchError
@@ -85,20 +85,18 @@ def changed_files(old: Manifest, new: Manifest) -> int:
 
 def fpm_fleet_uploads(host: Host, pool: Pool, sources: list[Path],
                       manifests: list[Manifest]) -> list[Transfer]:
-    with remote.session(host) as ex, lock.locked(ex, host, pool, "bench/run upload"):
-        try:
-            first = _upload(ex, host, pool, sources[0], manifests[0], NAMES[0], None)
-            second = _upload(ex, host, pool, sources[1], manifests[1], NAMES[1], NAMES[0])
-        finally:
-            for name in NAMES:
-                release.remove(ex, host, pool, name)
+    with remote.session(host) as runner:
+        at = HostPool(runner, host, pool)
+        with lock.locked(at, "bench/run upload"):
+            try:
+                first = release.upload(at, sources[0], manifests[0], NAMES[0], base=None)
+                second = release.upload(at, sources[1], manifests[1], NAMES[1],
+                                        base=NAMES[0])
+            finally:
+                for name in NAMES:
+                    release.remove(at, name)
     return [_transfer("fpm-fleet, first deploy", first),
             _transfer("fpm-fleet, one file changed", second)]
-
-
-def _upload(ex: Executor, host: Host, pool: Pool, source: Path, m: Manifest, name: str,
-            base: str | None) -> release.Upload:
-    return release.upload(ex, host, pool, source, m, name, base=base)
 
 
 def _transfer(method: str, up: release.Upload) -> Transfer:

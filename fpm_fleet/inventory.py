@@ -56,6 +56,11 @@ class Apache:
         return "[::1]" if address == "[::]" else address
 
 
+def replica_name(pool: str, n: int) -> str:
+    """The one spelling of replica n of a pool: `www-2`."""
+    return f"{pool}-{n}"
+
+
 @dataclass(frozen=True)
 class Pool:
     """One PHP application, served by `replicas` PHP-FPM masters behind one balancer."""
@@ -81,9 +86,14 @@ class Pool:
     document_root: str = ""
     front_controller: str | None = None
 
+    def replica_name(self, n: int) -> str:
+        """Replica n as the operator names it (`www-2`): its sockets, config, FPM pool and
+        balancer member are all named after it."""
+        return replica_name(self.name, n)
+
     def member(self, n: int) -> str:
         """The balancer member's identity (`fcgi://<pool>-<n>`), unique per Apache."""
-        return f"fcgi://{self.name}-{n}"
+        return f"fcgi://{self.replica_name(n)}"
 
     @property
     def replica_numbers(self) -> range:

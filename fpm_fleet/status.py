@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from fpm_fleet.errors import FleetError
 from fpm_fleet.host import fpm
-from fpm_fleet.host.layout import Layout
+from fpm_fleet.host.pool import HostPool, Replica
 from fpm_fleet.inventory import Host, Pool
-from fpm_fleet.remote.ssh import Executor
-from fpm_fleet.web import balancer
+from fpm_fleet.output import PlainObserver
+from fpm_fleet.remote.group import HostGroup
+from fpm_fleet.remote.runner import Runner
+from fpm_fleet.rollout.hosts import Selection
+from fpm_fleet.web import apache, balancer
 
 
-@dataclass
+@dataclass(frozen=True)
 class ReplicaStatus:
     host: str
     pool: str
@@ -37,32 +40,32 @@ class Drift:
     message: str
 
 
-def pool_status(ex: Executor, host: Host, pool: Pool, numbers: list[int]) -> list[ReplicaStatus]:
-    current = fpm.current_release(ex, host, pool)
-    procs = fpm.probe(ex, host, pool, numbers)
+def pool_status(at: HostPool, numbers: list[int]) -> list[ReplicaStatus]:
+    current = at.ask(fpm.current_release(at))
+    procs = at.ask(fpm.probe(at, numbers))
     try:
-        bal: balancer.Balancer | None = balancer.read(ex, host, pool)
+        bal: balancer.Balancer | None = apache.read(at)
         bal_error = ""
     except FleetError as exc:
         bal, bal_error = None, str(exc)
-    rows = []
-    layout = Layout.of(host, pool)
-    for n in numbers:
-        proc = procs[n]
-        member = bal.member(pool.member(n)) if bal else None
-        row = ReplicaStatus(host.name, pool.name, n, current_release=current)
-        row.lb_status = member.status if member else ("unreachable" if bal is None else "absent")
-        row.busy = member.busy if member else None
-        master = proc.runs_master(layout)
-        row.pid = proc.pid if master else None
-        row.uptime = proc.elapsed if master else None
-        row.release = proc.release if master else None
-        row.ping_ok = master and fpm.ping(ex, host, pool, n)
-        row.service, row.strays = proc.service, proc.strays
-        row.problems = _problems(row, master, member, bal_error)
-        row.ok = not row.problems
-        rows.append(row)
-    return rows
+    return [_row(r, procs[r.n], current, bal, bal_error) for r in at.replicas(numbers)]
+
+
+def _row(r: Replica, proc: fpm.Process, current: str | None, bal: balancer.Balancer | None,
+         bal_error: str) -> ReplicaStatus:
+    member = bal.member(r.member) if bal else None
+    master = proc.runs_master(r.at.layout)
+    row = ReplicaStatus(r.host.name, r.pool.name, r.n, current_release=current,
+                        lb_status=member.status if member else
+                        ("unreachable" if bal is None else "absent"),
+                        busy=member.busy if member else None,
+                        ping_ok=master and r.ask(fpm.ping(r)),
+                        release=proc.release if master else None,
+                        pid=proc.pid if master else None,
+                        uptime=proc.elapsed if master else None,
+                        service=proc.service, strays=proc.strays)
+    problems = _problems(row, master, member, bal_error)
+    return replace(row, problems=problems, ok=not problems)
 
 
 def _problems(row: ReplicaStatus, master: bool, member: balancer.Member | None,
@@ -129,3 +132,17 @@ def how_to_finish(rows: list[ReplicaStatus], drifts: list[Drift]) -> list[str]:
         lines.append("every selected replica serves its pool's current.release: nothing to "
                      "finish")
     return lines
+
+
+def collect(sel: Selection) -> list[ReplicaStatus]:
+    """Every selected replica's row, hosts read 8 at a time; an unreachable host's pools
+    are rows that say so."""
+    def work(runner: Runner, h: Host) -> list[ReplicaStatus]:
+        return [row for p in sel.pools
+                for row in pool_status(HostPool(runner, h, p), sel.replicas(p))]
+
+    results = HostGroup(PlainObserver(), parallel=8, stop_on_failure=False).run(sel.hosts, work)
+    hosts = {h.name: h for h in sel.hosts}
+    return [row for o in results
+            for row in (o.value or [] if o.ok else
+                        unreachable(hosts[o.host], sel.pools, str(o.error)))]

@@ -1,4 +1,5 @@
-"""Tasks on the running fleet: setup, check, list, status, start, stop, restart."""
+"""Tasks on the running fleet: setup, sudoers, check, list, status, start, stop, restart,
+stress."""
 
 from __future__ import annotations
 
@@ -9,16 +10,17 @@ from invoke.context import Context
 from invoke.exceptions import Exit
 from invoke.tasks import task
 
-from fpm_fleet import output
+from fpm_fleet import output, provision, render, report
 from fpm_fleet import status as status_mod
 from fpm_fleet import stress as stress_mod
 from fpm_fleet.errors import UsageError
 from fpm_fleet.events import Observer, step
-from fpm_fleet.host import lock, provision, render
+from fpm_fleet.host import lock
 from fpm_fleet.inventory import Host, Pool
-from fpm_fleet.remote.ssh import Executor
+from fpm_fleet.remote.group import HostGroup
+from fpm_fleet.remote.runner import Runner
 from fpm_fleet.rollout import hosts as rollout
-from fpm_fleet.rollout.hosts import HostResult, Runner, Selection
+from fpm_fleet.rollout.hosts import Selection
 from tasks.boundary import boundary, command_line
 
 SELECT_HELP = {
@@ -35,26 +37,26 @@ def setup(c: Context, host: str | None = None) -> None:
     Needs full root: logs in as setup_user (default: user)."""
     with boundary(c, command_line()) as s:
         sel = rollout.select(s.fleet, host)
-        reports: dict[str, provision.SetupReport] = {}
 
-        def work(ex: Executor, h: Host, result: HostResult) -> None:
+        def work(runner: Runner, h: Host) -> provision.SetupReport:
             # every pool's lock: setup rewrites the configs a deploy or a restart relies on
             # (as root: the setup login may be an administrator with sudo, and on a first
             # setup the pools' directories do not exist yet; so first say when it cannot)
-            provision.require_root(ex, h)
-            with lock.locked_pools(provision.AsRoot(ex), h, s.fleet.pools, command_line()):
-                reports[h.name] = provision.setup_host(ex, s.fleet, h)
+            provision.require_root(runner, h)
+            with lock.locked_pools(provision.AsRoot(runner), h, s.fleet.pools, command_line()):
+                return provision.setup_host(runner, s.fleet, h)
 
-        results = Runner(output.PlainObserver(), stop_on_failure=False,
-                         connector=provision.setup_connector).run(sel.hosts, work)
+        results = HostGroup(output.PlainObserver(), stop_on_failure=False,
+                            connector=provision.setup_connector).run(sel.hosts, work)
         rows = []
         for r in results:
-            rep = reports.get(r.host)
-            what = (r.error if not r.ok else
-                    "; ".join(rep.changes) if rep and rep.changed else "nothing changed")
+            what = (str(r.error) if r.error else
+                    "; ".join(r.value.changes) if r.value and r.value.changed
+                    else "nothing changed")
             rows.append([r.host, output.ok_text(r.ok), f"{r.seconds:.1f}s", what])
         output.show(output.table("setup", ["host", "result", "time", "changes"], rows))
-        _exit_on_failure(results)
+        if not results.ok:
+            raise Exit(code=4)
 
 
 @task(help={"host": "the host to render it for (default: the first selected)"})
@@ -76,18 +78,13 @@ def check(c: Context, host: str | None = None) -> None:
     members, and each pool answering 200 through Apache (its server_name, its health_path)."""
     with boundary(c, command_line()) as s:
         sel = rollout.select(s.fleet, host)
-        checks: list[provision.Check] = []
-
-        def work(ex: Executor, h: Host, result: HostResult) -> None:
-            found = provision.check_host(ex, s.fleet, h)
-            checks.extend(found)
-            result.ok = all(ch.ok for ch in found)
-
-        results = Runner(output.PlainObserver(), stop_on_failure=False).run(sel.hosts, work)
-        checks += [provision.Check(r.host, "ssh", False, r.error) for r in results if r.error]
+        results = HostGroup(output.PlainObserver(), stop_on_failure=False).run(
+            sel.hosts, lambda runner, h: provision.check_host(runner, s.fleet, h))
+        checks = [ch for r in results for ch in (r.value or [])]
+        checks += [provision.Check(r.host, "ssh", False, str(r.error)) for r in results.failed]
         rows = [[ch.host, ch.name, output.ok_text(ch.ok), ch.detail] for ch in checks]
         output.show(output.table("check", ["host", "check", "result", "detail"], rows))
-        if not all(ch.ok for ch in checks) or not all(r.ok for r in results):
+        if not all(ch.ok for ch in checks):
             raise Exit(code=1)
 
 
@@ -112,68 +109,17 @@ def status(c: Context, host: str | None = None, pool: str | None = None,
     """Every replica: balancer state, Busy, ping, pinned release, pid, uptime; drift."""
     with boundary(c, command_line()) as s:
         sel = rollout.select(s.fleet, host, pool, replica)
-        rows = collect_status(sel)
+        rows = status_mod.collect(sel)
         drifts = status_mod.drift(rows)
         if json_:
             output.print_json(rows)
         else:
-            _print_status(rows, drifts, q)
+            report.status_table(rows, drifts, q)
         if not all(r.ok for r in rows) or drifts:
             raise Exit(code=1)
 
 
-
-def collect_status(sel: Selection) -> list[status_mod.ReplicaStatus]:
-    rows: dict[str, list[status_mod.ReplicaStatus]] = {}
-
-    def work(ex: Executor, h: Host, result: HostResult) -> None:
-        rows[h.name] = [row for p in sel.pools
-                        for row in status_mod.pool_status(ex, h, p, sel.replicas(h, p))]
-
-    results = Runner(output.PlainObserver(), parallel=8, stop_on_failure=False).run(
-        sel.hosts, work)
-    for r in results:
-        if not r.ok:
-            rows[r.host] = status_mod.unreachable(next(h for h in sel.hosts if h.name == r.host),
-                                                  sel.pools, r.error)
-    return [row for h in sel.hosts for row in rows.get(h.name, [])]
-
-
-def _print_status(rows: list[status_mod.ReplicaStatus], drifts: list[status_mod.Drift],
-                  q: bool) -> None:
-    if q:
-        for r in rows:
-            name = f"{r.pool}-{r.replica}" if r.replica else r.pool
-            output.out.print(f"{r.host} {name} {'OK' if r.ok else 'FAIL'}")
-    else:
-        table = [[r.host, r.pool, r.replica or "-",
-                  output.ok_text(r.service == "active", r.service, r.service), r.lb_status,
-                  "-" if r.busy is None else r.busy, output.ok_text(r.ping_ok, "pong", "no"),
-                  r.release or "-", r.current_release or "-", r.pid or "-",
-                  "-" if r.uptime is None else f"{r.uptime}s",
-                  output.ok_text(r.ok, "OK", "; ".join(r.problems) or "FAIL")] for r in rows]
-        output.show(output.table("status", ["host", "pool", "replica", "service", "balancer",
-                                            "busy",
-                                            "ping", "pinned", "current", "pid", "uptime",
-                                            "state"], table))
-    for d in drifts:
-        output.note(f"drift: {d.host}/{d.pool}: {d.message}", "bold yellow")
-
-
-def _exit_on_failure(results: list[HostResult]) -> None:
-    if not all(r.ok for r in results):
-        raise Exit(code=4)
-
-
-def _recap(title: str, results: list[HostResult]) -> None:
-    rows = [[r.host, output.ok_text(r.ok), r.done, r.failed, f"{r.seconds:.1f}s",
-             r.error or "; ".join(r.notes)] if r.reached or not r.ok else
-            [r.host, "not reached", 0, 0, "-", "untouched"] for r in results]
-    output.show(output.table(title, ["host", "result", "replicas done", "failed", "duration",
-                                     "detail"], rows))
-
-
-HostWork = Callable[[Executor, Host, Selection, Observer, HostResult], None]
+HostWork = Callable[[Runner, Host, Selection, Observer], list[str]]
 
 
 LIFECYCLE_HELP = {**SELECT_HELP, "timeout": "seconds to wait for idle / graceful exit",
@@ -187,9 +133,9 @@ def reporting_interrupts(sel: Selection) -> Iterator[None]:
         yield
     except KeyboardInterrupt:
         output.note("interrupted: the state of every selected replica now", "bold yellow")
-        rows = collect_status(sel)
+        rows = status_mod.collect(sel)
         drifts = status_mod.drift(rows)
-        _print_status(rows, drifts, q=False)
+        report.status_table(rows, drifts, terse=False)
         for line in status_mod.how_to_finish(rows, drifts):
             output.note(line, "bold yellow")
         raise
@@ -201,17 +147,17 @@ def _lifecycle(c: Context, title: str, host: str | None, pool: str | None,
         sel = rollout.select(s.fleet, host, pool, replica)
         command = command_line()
 
-        def work(ex: Executor, h: Host, r: HostResult, obs: Observer) -> None:
+        def work(runner: Runner, h: Host, obs: Observer) -> list[str]:
             with ExitStack() as held:
                 with step(obs, h.name, "lock", ",".join(p.name for p in sel.pools)):
-                    held.enter_context(lock.locked_pools(ex, h, sel.pools, command,
+                    held.enter_context(lock.locked_pools(runner, h, sel.pools, command,
                                                          *lock.reporters(obs, h.name, "")))
-                body(ex, h, sel, obs, r)
+                return body(runner, h, sel, obs)
 
         with reporting_interrupts(sel), output.progress(plain) as obs:
-            results = Runner(obs).run(sel.hosts, lambda ex, h, r: work(ex, h, r, obs))
-        _recap(title, results)
-        rollout.stopped(title, results)
+            results = HostGroup(obs).run(sel.hosts, lambda runner, h: work(runner, h, obs))
+        report.lifecycle_recap(title, results)
+        results.raise_first_failure(title)
 
 
 @task(help=LIFECYCLE_HELP)
@@ -219,7 +165,7 @@ def restart(c: Context, host: str | None = None, pool: str | None = None,
             replica: str | None = None, timeout: float = 60, plain: bool = False) -> None:
     """Zero-downtime rolling restart: drain, wait idle, stop, start pinned, gate, enable."""
     _lifecycle(c, "restart", host, pool, replica, plain,
-               lambda ex, h, sel, obs, r: rollout.restart_host(ex, h, sel, obs, timeout, r))
+               lambda runner, h, sel, obs: rollout.restart_host(runner, h, sel, obs, timeout))
 
 
 @task(help={k: v for k, v in LIFECYCLE_HELP.items() if k != "timeout"})
@@ -227,7 +173,7 @@ def start(c: Context, host: str | None = None, pool: str | None = None,
           replica: str | None = None, plain: bool = False) -> None:
     """Start replicas that are not running (pinned to current.release), gate, enable."""
     _lifecycle(c, "start", host, pool, replica, plain,
-               lambda ex, h, sel, obs, r: rollout.start_host(ex, h, sel, obs, r))
+               lambda runner, h, sel, obs: rollout.start_host(runner, h, sel, obs))
 
 
 @task(help={**LIFECYCLE_HELP, "force": "skip the guard (may take the last replica out)"})
@@ -236,7 +182,8 @@ def stop(c: Context, host: str | None = None, pool: str | None = None,
          plain: bool = False) -> None:
     """Drain, wait idle, stop gracefully; never the last healthy replica unless --force."""
     _lifecycle(c, "stop", host, pool, replica, plain,
-               lambda ex, h, sel, obs, r: rollout.stop_host(ex, h, sel, obs, timeout, force, r))
+               lambda runner, h, sel, obs: rollout.stop_host(runner, h, sel, obs, timeout,
+                                                        force))
 
 
 @task(iterable=["path"],
@@ -265,7 +212,7 @@ def stress(c: Context, host: str | None = None, pool: str | None = None,
         if json_:
             output.print_json(stats)
         else:
-            _print_stress(stats)
+            report.stress_table(stats)
         if any(st.failures for st in stats):
             raise Exit(code=1)
 
@@ -275,12 +222,3 @@ def _one_pool(sel: Selection) -> Pool:
         raise UsageError("stress loads one pool's virtual host: add --pool (one of "
                          f"{', '.join(p.name for p in sel.pools)})")
     return sel.pools[0]
-
-
-def _print_stress(stats: list[stress_mod.HostStats]) -> None:
-    rows = [[st.host, st.requests, output.ok_text(st.failures == 0, "0", str(st.failures)),
-             st.p50_ms, st.p99_ms, st.max_ms,
-             ", ".join(f"{k}: {v}" for k, v in st.releases.items()) or "-",
-             ", ".join(f"{k}: {v}" for k, v in st.reasons.items())] for st in stats]
-    output.show(output.table("stress", ["host", "requests", "failed", "p50 ms", "p99 ms",
-                                        "max ms", "releases", "failures"], rows))

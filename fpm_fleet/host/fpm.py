@@ -1,19 +1,21 @@
 """PHP-FPM replicas: FastCGI ping/status/health over a replica's own socket, process probes,
-graceful stop and pinned start. Parsers are pure; the operations take an Executor.
+graceful stop and pinned start. Each is a remote Command paired with its reader; nothing
+here runs anything (a runner does: `replica.ask(fpm.ping(replica))`).
 """
 
 from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from enum import Enum
 from pathlib import PurePosixPath
 
-from fpm_fleet.errors import AnswerError, RemoteError, RolloutError
+from fpm_fleet.errors import RemoteResult
 from fpm_fleet.host.layout import Layout
-from fpm_fleet.inventory import Host, Pool
+from fpm_fleet.host.pool import HostPool, Replica
 from fpm_fleet.remote import shell
-from fpm_fleet.remote.ssh import Executor
+from fpm_fleet.remote.command import Command, action
 
 
 @dataclass(frozen=True)
@@ -115,94 +117,121 @@ def parse_probe(output: str) -> dict[int, Process]:
     return out
 
 
-# --- operations ------------------------------------------------------------------------------
+# --- commands, each with its reader -----------------------------------------------------------
 
-def probe(ex: Executor, host: Host, pool: Pool, numbers: list[int] | None = None
-          ) -> dict[int, Process]:
-    layout = Layout.of(host, pool)
-    nums = numbers or list(pool.replica_numbers)
-    result = ex.run(shell.probe_replicas(layout, nums), f"probe {pool.name} replicas")
-    found = parse_probe(result.stdout)
-    return {n: found.get(n, Process(n, None, "-", None, "", None)) for n in nums}
+NOT_RUNNING = Process(0, None, "-", None, "", None)
 
 
-def running_master(ex: Executor, host: Host, pool: Pool, n: int) -> Process | None:
+def probe(at: HostPool, numbers: list[int] | None = None) -> Command[dict[int, Process]]:
+    """Each replica's master as the host sees it (one line per replica: shell.probe_replicas)."""
+    nums = numbers or list(at.pool.replica_numbers)
+
+    def read(result: RemoteResult) -> dict[int, Process]:
+        found = parse_probe(result.stdout)
+        return {n: found.get(n, replace(NOT_RUNNING, n=n)) for n in nums}
+
+    return Command(shell.probe_replicas(at.layout, nums), f"probe {at.pool.name} replicas", read)
+
+
+def running_master(r: Replica) -> Command[Process | None]:
     """Replica n's master if it is alive and really is that replica's php-fpm master."""
-    proc = probe(ex, host, pool, [n])[n]
-    if proc.runs_master(Layout.of(host, pool)):
-        return proc
-    return None
+    def read(result: RemoteResult) -> Process | None:
+        proc = parse_probe(result.stdout).get(r.n)
+        return proc if proc is not None and proc.runs_master(r.at.layout) else None
+
+    return Command(shell.probe_replicas(r.at.layout, [r.n]), f"probe {r.name}", read)
 
 
-def request(ex: Executor, sock: PurePosixPath, script: str, filename: PurePosixPath | str,
-            what: str, query: str = "") -> FcgiResponse | None:
+def _fcgi(sock: PurePosixPath, script: str, filename: PurePosixPath | str, what: str,
+          query: str = "") -> Command[FcgiResponse | None]:
     """One FastCGI request; None when the socket does not answer at all."""
-    result = ex.run(shell.fcgi_request(sock, script, filename, query), what, check=False)
-    if not result.ok:
-        return None
-    return parse_fcgi(result.stdout)
+    return Command(shell.fcgi_request(sock, script, filename, query), what,
+                   lambda res: parse_fcgi(res.stdout) if res.ok else None, check=False)
 
 
-def ping(ex: Executor, host: Host, pool: Pool, n: int) -> bool:
-    layout = Layout.of(host, pool)
-    resp = request(ex, layout.sock(n), pool.ping_path, pool.ping_path, f"ping {pool.name}-{n}")
+def answers_pong(resp: FcgiResponse | None) -> bool:
     return resp is not None and resp.status == 200 and resp.body.strip() == "pong"
 
 
-def health(ex: Executor, host: Host, pool: Pool, n: int) -> FcgiResponse | None:
+def ping(r: Replica) -> Command[bool]:
+    req = _fcgi(r.sock, r.pool.ping_path, r.pool.ping_path, f"ping {r.name}")
+    return Command(req.text, req.what, lambda res: answers_pong(req.read(res)), check=False)
+
+
+def health(r: Replica) -> Command[FcgiResponse | None]:
     """The app's own health script, run by this replica (so from its pinned release)."""
-    layout = Layout.of(host, pool)
-    return request(ex, layout.sock(n), pool.health_path,
-                   f"{layout.pinned_web_root}{pool.health_path}", f"health {pool.name}-{n}")
+    return _fcgi(r.sock, r.pool.health_path,
+                 f"{r.at.layout.pinned_web_root}{r.pool.health_path}", f"health {r.name}")
 
 
-def status(ex: Executor, host: Host, pool: Pool, n: int) -> FpmStatus | None:
-    layout = Layout.of(host, pool)
-    resp = request(ex, layout.status_sock(n), pool.status_path, pool.status_path,
-                   f"status {pool.name}-{n}", query="json")
-    if resp is None or resp.status != 200:
-        return None
-    try:
-        return parse_status(resp.body)
-    except ValueError as exc:
-        raise AnswerError(f"{host.name}: {pool.name}-{n}: {exc}") from None
+def fpm_status(r: Replica) -> Command[FpmStatus | None]:
+    """FPM's own status over the replica's status socket; None when it does not answer."""
+    req = _fcgi(r.at.layout.status_sock(r.n), r.pool.status_path, r.pool.status_path,
+                f"status {r.name}", query="json")
+
+    def read(res: RemoteResult) -> FpmStatus | None:
+        resp = req.read(res)
+        return parse_status(resp.body) if resp is not None and resp.status == 200 else None
+
+    return Command(req.text, req.what, read, check=False)
 
 
-def start(ex: Executor, host: Host, pool: Pool, n: int, release: str) -> None:
-    layout = Layout.of(host, pool)
-    try:
-        ex.run(shell.fpm_start(layout, n, release, host.sudo),
-               f"start {pool.name}-{n} pinned to {release}")
-    except RemoteError as exc:
-        raise RolloutError(f"{host.name}: {pool.name}-{n} did not start: {exc}") from None
+def connections(r: Replica) -> Command[int]:
+    """Connections open on the replica's socket now (requests in flight, even to workers of
+    a master that died)."""
+    return Command(shell.open_connections(r.sock), f"connections to {r.name}",
+                   lambda res: int(res.stdout.strip() or 0))
 
 
-def stop(ex: Executor, host: Host, pool: Pool, n: int) -> str:
-    """Graceful stop of the replica's service; returns 'stopped', 'escalated' or 'not-running'
-    (with a note when workers of a dead master were stopped too)."""
-    layout = Layout.of(host, pool)
-    try:
-        result = ex.run(shell.fpm_stop(layout, n, host.sudo), f"stop {pool.name}-{n}",
-                        timeout=pool.stop_timeout + 30)
-    except RemoteError as exc:
-        raise RolloutError(f"{host.name}: {pool.name}-{n} could not be stopped: {exc}") from None
-    words = result.stdout.split()
-    if "escalated" in words:
-        return "escalated"
+def start(r: Replica, release: str) -> Command[RemoteResult]:
+    return action(shell.fpm_start(r.at.layout, r.n, release, r.host.sudo),
+                  f"start {r.name} pinned to {release}")
+
+
+class StopOutcome(Enum):
+    STOPPED = "stopped"
+    ESCALATED = "escalated"  # stop_timeout passed: systemd sent SIGKILL
+    NOT_RUNNING = "not-running"
+
+
+@dataclass(frozen=True)
+class Stopped:
+    outcome: StopOutcome
+    strays: bool = False  # workers of a dead master were running, and were stopped too
+
+    def __str__(self) -> str:
+        return self.outcome.value + (", workers of a dead master stopped" if self.strays else "")
+
+
+def parse_stop(output: str) -> Stopped:
+    """shell.fpm_stop's words: `strays N`, `escalated`, then `stopped` or `not-running`."""
+    words = output.split()
+    if words[-1:] not in (["stopped"], ["not-running"]):
+        raise ValueError(f"unexpected answer from the stop: {output.strip()[:120]!r}")
     strays = "strays" in words
-    outcome = "not-running" if words[-1:] == ["not-running"] else "stopped"
-    return f"{outcome}, workers of a dead master stopped" if strays else outcome
+    if "escalated" in words:
+        return Stopped(StopOutcome.ESCALATED, strays)
+    return Stopped(StopOutcome(words[-1]), strays)
 
 
-def disable(ex: Executor, host: Host, pool: Pool, n: int) -> None:
+def stop(r: Replica) -> Command[Stopped]:
+    """Graceful stop of the replica's service (bounded by its own stop_timeout)."""
+    return Command(shell.fpm_stop(r.at.layout, r.n, r.host.sudo), f"stop {r.name}",
+                   lambda res: parse_stop(res.stdout), changes=True,
+                   timeout=r.pool.stop_timeout + 30,
+                   assume=lambda: Stopped(StopOutcome.STOPPED))
+
+
+def disable(r: Replica) -> Command[RemoteResult]:
     """A replica stopped by the operator stays stopped at the next boot."""
-    ex.run(shell.fpm_disable(Layout.of(host, pool), n, host.sudo),
-           f"disable {pool.name}-{n} at boot")
+    return action(shell.fpm_disable(r.at.layout, r.n, r.host.sudo), f"disable {r.name} at boot")
 
 
-def current_release(ex: Executor, host: Host, pool: Pool) -> str | None:
+def current_release(at: HostPool) -> Command[str | None]:
     """The release name current.release points to now (None when it does not exist)."""
-    result = ex.run(shell.read_current_release(Layout.of(host, pool)),
-                    f"read {pool.name} current.release", check=False)
-    target = result.stdout.strip()
-    return PurePosixPath(target).name if result.ok and target else None
+    def read(res: RemoteResult) -> str | None:
+        target = res.stdout.strip()
+        return PurePosixPath(target).name if res.ok and target else None
+
+    return Command(shell.read_current_release(at.layout), f"read {at.pool.name} current.release",
+                   read, check=False)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 
-from fpm_fleet.inventory import Host, Pool
+from fpm_fleet.inventory import Host, Pool, replica_name
 
 
 @dataclass(frozen=True)
@@ -73,17 +73,20 @@ class Layout:
     def release(self, name: str) -> PurePosixPath:
         return self.releases / name
 
+    def replica(self, n: int) -> str:
+        return replica_name(self.pool, n)
+
     def sock(self, n: int) -> PurePosixPath:
-        return self.run / f"{self.pool}-{n}.sock"
+        return self.run / f"{self.replica(n)}.sock"
 
     def status_sock(self, n: int) -> PurePosixPath:
-        return self.run / f"{self.pool}-{n}-status.sock"
+        return self.run / f"{self.replica(n)}-status.sock"
 
     def pid(self, n: int) -> PurePosixPath:
-        return self.run / f"{self.pool}-{n}.pid"
+        return self.run / f"{self.replica(n)}.pid"
 
     def fpm_conf(self, n: int) -> PurePosixPath:
-        return self.conf / f"{self.pool}-{n}.conf"
+        return self.conf / f"{self.replica(n)}.conf"
 
     def unit(self, n: int) -> str:
         """Replica n's systemd service (an instance of the pool's template unit)."""

@@ -24,9 +24,11 @@ from pathlib import Path
 from fpm_fleet.errors import FleetError, LockError, RemoteError
 from fpm_fleet.events import Event, Observer
 from fpm_fleet.host.layout import Layout
+from fpm_fleet.host.pool import HostPool
 from fpm_fleet.inventory import Host, Pool
+from fpm_fleet.remote.runner import Runner, shielded
 from fpm_fleet.remote.shell import q
-from fpm_fleet.remote.ssh import Executor, session, shielded
+from fpm_fleet.remote.ssh import session
 
 STALE_NOTE = "remove it with `fab unlock` once you are sure no deploy runs"
 BUSY = 9  # exit status of take(): someone holds the lock; its holder line is on stdout
@@ -167,10 +169,10 @@ def _refusal(host: Host, pool: Pool, found: str) -> LockError:
                      f"{STALE_NOTE}")
 
 
-def acquire(ex: Executor, host: Host, pool: Pool, mine: Holder,
-            on_stale: Callable[[str], None] | None = None) -> None:
+def acquire(at: HostPool, mine: Holder, on_stale: Callable[[str], None] | None = None
+            ) -> None:
     """Take the lock, or take over the lock of a provably dead run of this machine."""
-    layout = Layout.of(host, pool)
+    ex, host, pool, layout = at.runner, at.host, at.pool, at.layout
     for _ in range(2):
         result = ex.run(take(layout, mine.line()), f"take the {pool.name} lock", check=False)
         if result.ok:
@@ -187,7 +189,7 @@ def acquire(ex: Executor, host: Host, pool: Pool, mine: Holder,
 
 
 @contextmanager
-def locked(ex: Executor, host: Host, pool: Pool, command: str,
+def locked(at: HostPool, command: str,
            on_stale: Callable[[str], None] | None = None,
            on_release_error: Callable[[str], None] | None = None) -> Iterator[None]:
     """Hold the pool's lock on this host; released on every exit path.
@@ -195,8 +197,9 @@ def locked(ex: Executor, host: Host, pool: Pool, command: str,
     A failure to release (the connection died with the error that ends the block) never
     replaces the error in flight: it is reported through on_release_error instead.
     """
+    ex, host, pool = at.runner, at.host, at.pool
     mine = me(command)
-    acquire(ex, host, pool, mine, on_stale)
+    acquire(at, mine, on_stale)
     failed = False
     try:
         yield
@@ -204,7 +207,7 @@ def locked(ex: Executor, host: Host, pool: Pool, command: str,
         failed = True
         raise
     finally:
-        release = remove_if(Layout.of(host, pool), mine.line())
+        release = remove_if(at.layout, mine.line())
         try:
             with shielded(ex):
                 ex.run(release, f"release the {pool.name} lock")
@@ -227,13 +230,14 @@ def _release_again(host: Host, pool: Pool, release: str, first: FleetError,
 
 
 @contextmanager
-def locked_pools(ex: Executor, host: Host, pools: Sequence[Pool], command: str,
+def locked_pools(runner: Runner, host: Host, pools: Sequence[Pool], command: str,
                  on_stale: Callable[[str], None] | None = None,
                  on_release_error: Callable[[str], None] | None = None) -> Iterator[None]:
     """Every pool's lock, taken in inventory order (so two runs never wait on each other)."""
     with ExitStack() as stack:
         for pool in pools:
-            stack.enter_context(locked(ex, host, pool, command, on_stale, on_release_error))
+            stack.enter_context(locked(HostPool(runner, host, pool), command, on_stale,
+                                       on_release_error))
         yield
 
 
@@ -250,9 +254,9 @@ def reporters(obs: Observer, host: str, target: str
     return stale, unreleased
 
 
-def unlock(ex: Executor, host: Host, pool: Pool) -> str:
+def unlock(at: HostPool) -> str:
     """Remove the lock we read (not one taken since); say whose it was."""
-    layout = Layout.of(host, pool)
+    ex, host, pool, layout = at.runner, at.host, at.pool, at.layout
     found = ex.run(read(layout), f"read the {pool.name} lock").stdout.strip()
     if found == "-":
         return "not locked"

@@ -16,11 +16,13 @@ from pathlib import Path
 
 from fpm_fleet.errors import ConfigError, RemoteError, RolloutError
 from fpm_fleet.host.layout import Layout
+from fpm_fleet.host.pool import HostPool
 from fpm_fleet.inventory import Host, Pool
 from fpm_fleet.releases import commands as rs
 from fpm_fleet.releases.manifest import Entry, Manifest, parse_checksums, safe_mode
 from fpm_fleet.remote import shell
-from fpm_fleet.remote.ssh import Executor
+from fpm_fleet.remote.command import Command, action, probe, stdout
+from fpm_fleet.remote.runner import Runner
 
 NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,99}")
 
@@ -91,29 +93,29 @@ class Upload:
     prepared: bool = False  # reused, and sealed: shared links and hooks were done before
 
 
-def stored_manifest(ex: Executor, layout: Layout, name: str) -> dict[str, Entry] | None:
-    text = ex.run(rs.read_manifest(layout, name), f"read manifest of {name}").stdout
-    return parse_stored(text) if text.strip() else None
+def stored_manifest(layout: Layout, name: str) -> Command[dict[str, Entry] | None]:
+    """The manifest stored with release `name` (None: no such release)."""
+    return Command(rs.read_manifest(layout, name), f"read manifest of {name}",
+                   lambda res: parse_stored(res.stdout) if res.stdout.strip() else None)
 
 
-def upload(ex: Executor, host: Host, pool: Pool, source: Path, manifest: Manifest, name: str,
-           base: str | None, force: bool = False, in_use: frozenset[str] = frozenset()
-           ) -> Upload:
+def upload(at: HostPool, source: Path, manifest: Manifest, name: str, base: str | None,
+           force: bool = False, in_use: frozenset[str] = frozenset()) -> Upload:
     """Upload `source` as releases/NAME: staged, delta against `base`, verified, renamed.
 
     A release of that name already there is reused only if it still verifies on disk; with
     `force` it is replaced, unless it is in `in_use` (current, or pinned by a replica).
     """
-    layout = Layout.of(host, pool)
+    ex, host, pool, layout = at.runner, at.host, at.pool, at.layout
     started = time.monotonic()
-    existing = stored_manifest(ex, layout, name)
+    existing = ex.ask(stored_manifest(layout, name))
     if existing is not None:
         problem, sealed = _reuse_problem(ex, layout, pool, name, manifest, existing)
         if problem is None:
             return Upload(name, len(manifest.files), 0, 0, 0, time.monotonic() - started,
                           True, sealed)
         _refuse_replacing(host, name, problem, force, in_use)
-    base_entries = stored_manifest(ex, layout, base) if base and base != name else None
+    base_entries = ex.ask(stored_manifest(layout, base)) if base and base != name else None
     if base_entries is not None:
         base_entries = without_shared(base_entries, pool.shared)
     try:
@@ -128,21 +130,21 @@ def upload(ex: Executor, host: Host, pool: Pool, source: Path, manifest: Manifes
     except RemoteError as exc:
         ex.run(rs.drop_staging(layout, name), "remove the failed upload", check=False)
         raise RolloutError(f"{host.name}: upload of {name} failed, nothing was installed or "
-                           f"activated: {_first_line(exc.result.stderr) or exc}") from None
+                           f"activated: {_cause_line(exc.result.stderr) or exc}") from None
     files = [e for e in send if e.kind == "f"]
     return Upload(name, len(manifest.files), len(files), len(manifest.files) - len(files), sent,
                   time.monotonic() - started)
 
 
-def _reuse_problem(ex: Executor, layout: Layout, pool: Pool, name: str, manifest: Manifest,
+def _reuse_problem(ex: Runner, layout: Layout, pool: Pool, name: str, manifest: Manifest,
                    existing: dict[str, Entry]) -> tuple[str | None, bool]:
     """Why the release NAME on the host cannot be reused as is (None: it can), and whether
     it was sealed. A sealed release must still be exactly as sealed; one never prepared
     must match its manifest, shared items aside (they may be links into shared/ by now)."""
     if existing != parse_stored(serialize(manifest)):
         return "with different content", False
-    now = ex.run(rs.verify_release(layout, name), f"verify {name} on disk").stdout
-    sealed = ex.run(rs.read_sealed(layout, name), f"read the seal of {name}").stdout
+    now = ex.ask(probe(rs.verify_release(layout, name), f"verify {name} on disk", stdout))
+    sealed = ex.ask(probe(rs.read_sealed(layout, name), f"read the seal of {name}", stdout))
     if sealed:
         changes = tree_changes(sealed, now)
         return (f"but was changed on the host since it was prepared ({changes})"
@@ -168,7 +170,7 @@ class DeltaMismatch(RolloutError):
     """A delta upload did not verify."""
 
 
-def _stage(ex: Executor, host: Host, layout: Layout, name: str, source: Path,
+def _stage(ex: Runner, host: Host, layout: Layout, name: str, source: Path,
            manifest: Manifest, base: str | None, base_entries: dict[str, Entry] | None
            ) -> tuple[list[Entry], int]:
     """Fill incoming/NAME.partial (hard links from the base + a tar of the rest), verify it."""
@@ -187,14 +189,14 @@ CAUSES = ("No space left on device", "Disk quota exceeded", "Read-only file syst
           "Permission denied")
 
 
-def _first_line(text: str) -> str:
+def _cause_line(text: str) -> str:
     """The line that says why (a full disk first), else the first line of the error."""
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     return next((line for cause in CAUSES for line in lines if cause in line),
                 lines[0] if lines else "")
 
 
-def _send_tar(ex: Executor, layout: Layout, name: str, source: Path, entries: list[Entry]) -> int:
+def _send_tar(ex: Runner, layout: Layout, name: str, source: Path, entries: list[Entry]) -> int:
     """Stream a gzip tar of `entries` into the host's tar over one raw SSH channel."""
     read_fd, write_fd = os.pipe()
     failure: list[BaseException] = []
@@ -285,14 +287,19 @@ def tree_changes(before: str, after: str) -> str:
     return ", ".join(paths[:5]) + more
 
 
-def seal(ex: Executor, host: Host, pool: Pool, name: str) -> None:
-    ex.run(rs.seal(Layout.of(host, pool), name), f"seal {name}")
+def seal(at: HostPool, name: str) -> None:
+    at.ask(action(rs.seal(at.layout, name), f"seal {name}"))
 
 
-def _verify(ex: Executor, host: Host, layout: Layout, name: str, manifest: Manifest,
+def verify(layout: Layout, name: str, manifest: Manifest) -> Command[list[str]]:
+    """How the staged upload differs from its manifest (a dry run assumes: not at all)."""
+    return Command(rs.verify(layout, name), f"verify {name}",
+                   lambda res: differences(manifest.entries, res.stdout), assume=list)
+
+
+def _verify(ex: Runner, host: Host, layout: Layout, name: str, manifest: Manifest,
             delta: bool = False) -> None:
-    out = ex.run(rs.verify(layout, name), f"verify {name}").stdout
-    problems = differences(manifest.entries, out)
+    problems = ex.ask(verify(layout, name, manifest))
     if problems:
         error = DeltaMismatch if delta else RolloutError
         raise error(f"{host.name}: upload of {name} did not verify: "
@@ -301,13 +308,13 @@ def _verify(ex: Executor, host: Host, layout: Layout, name: str, manifest: Manif
 
 # --- activation, history, bad marks ------------------------------------------------------------
 
-def activate(ex: Executor, host: Host, pool: Pool, name: str, command: str) -> str | None:
+def activate(at: HostPool, name: str, command: str) -> str | None:
     """Repoint current.release; record release, previous, time and user. Returns previous."""
-    layout = Layout.of(host, pool)
     stamp = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-    out = ex.run(rs.activate(layout, name, stamp, operator(), command), f"activate {name}")
-    previous = out.stdout.partition("\n")[0].strip()
-    return previous or None
+    return at.ask(Command(rs.activate(at.layout, name, stamp, operator(), command),
+                          f"activate {name}",
+                          lambda res: res.stdout.partition("\n")[0].strip() or None,
+                          changes=True))
 
 
 def operator() -> str:
@@ -347,8 +354,9 @@ def parse_history(text: str) -> list[Activation]:
     return out
 
 
-def history(ex: Executor, host: Host, pool: Pool) -> list[Activation]:
-    return parse_history(ex.run(rs.read_history(Layout.of(host, pool)), "read history").stdout)
+def history(at: HostPool) -> list[Activation]:
+    return at.ask(Command(rs.read_history(at.layout), "read history",
+                          lambda res: parse_history(res.stdout)))
 
 
 def previous_of(current: str | None, hist: list[Activation]) -> str | None:
@@ -356,12 +364,13 @@ def previous_of(current: str | None, hist: list[Activation]) -> str | None:
     return next((a.previous for a in reversed(hist) if a.release == current), None)
 
 
-def bad_releases(ex: Executor, host: Host, pool: Pool) -> set[str]:
-    return set(ex.run(rs.list_bad(Layout.of(host, pool)), "list bad releases").stdout.split())
+def bad_releases(at: HostPool) -> set[str]:
+    return at.ask(Command(rs.list_bad(at.layout), "list bad releases",
+                          lambda res: set(res.stdout.split())))
 
 
-def mark_bad(ex: Executor, host: Host, pool: Pool, name: str) -> None:
-    ex.run(rs.mark_bad(Layout.of(host, pool), name), f"mark {name} bad")
+def mark_bad(at: HostPool, name: str) -> None:
+    at.ask(action(rs.mark_bad(at.layout, name), f"mark {name} bad"))
 
 
 # --- listing and cleanup ---------------------------------------------------------------------
@@ -373,8 +382,13 @@ class ReleaseInfo:
     size_kib: int
 
 
-def list_releases(ex: Executor, host: Host, pool: Pool) -> list[ReleaseInfo]:
-    out = ex.run(rs.list_releases(Layout.of(host, pool)), "list releases").stdout
+def list_releases(at: HostPool) -> list[ReleaseInfo]:
+    return at.ask(Command(rs.list_releases(at.layout), "list releases",
+                          lambda res: parse_releases(res.stdout)))
+
+
+def parse_releases(out: str) -> list[ReleaseInfo]:
+    """rs.list_releases lines (name, mtime, KiB), oldest first."""
     items = []
     for line in out.splitlines():
         parts = line.split("\t")
@@ -391,5 +405,5 @@ def cleanup_candidates(releases: list[ReleaseInfo], keep: int, protected: set[st
     return [r.name for r in reversed(ordered) if r.name not in kept]
 
 
-def remove(ex: Executor, host: Host, pool: Pool, name: str) -> None:
-    ex.run(rs.remove_release(Layout.of(host, pool), name), f"remove release {name}")
+def remove(at: HostPool, name: str) -> None:
+    at.ask(action(rs.remove_release(at.layout, name), f"remove release {name}"))

@@ -100,23 +100,33 @@ def bounded(command: str, seconds: float) -> str:
 
 
 def sections(parts: Sequence[tuple[str, str]]) -> str:
-    """Run several commands in one round trip; their outputs are split by `split_sections`."""
-    return "; ".join(f"printf '\\n%s %s\\n' {q(SECTION)} {q(name)}; {cmd}" for name, cmd in parts)
+    """Run several commands in one round trip; `split_sections` separates their outputs and
+    exit statuses (each command runs in its own braces, so an `exit` in one ends them all:
+    the parts are probes, which do not exit)."""
+    return "; ".join(f"printf '\\n%s %s\\n' {q(SECTION)} {q(name)}; {{ {cmd}\n}}; "
+                     f"printf '\\n%s %s\\n' {q(SECTION_EXIT)} \"$?\""
+                     for name, cmd in parts)
 
 
-def split_sections(stdout: str) -> dict[str, str]:
-    out: dict[str, str] = {}
-    name = None
+SECTION_EXIT = SECTION + "exit"
+
+
+def split_sections(stdout: str) -> dict[str, tuple[str, int]]:
+    """`sections` output -> {name: (output, exit status)}; -1 when the status is missing."""
+    out: dict[str, tuple[str, int]] = {}
+    name: str | None = None
     lines: list[str] = []
     for line in stdout.splitlines():
-        if line.startswith(SECTION + " "):
-            if name is not None:
-                out[name] = "\n".join(lines).strip("\n")
-            name, lines = line[len(SECTION) + 1:], []
-        elif name is not None:
+        head, _, rest = line.partition(" ")
+        if head not in (SECTION, SECTION_EXIT):
             lines.append(line)
+            continue
+        if name is not None:
+            code = int(rest) if head == SECTION_EXIT and rest.isdigit() else -1
+            out[name] = ("\n".join(lines).strip("\n"), code)
+        name, lines = (rest if head == SECTION else None), []
     if name is not None:
-        out[name] = "\n".join(lines).strip("\n")
+        out[name] = ("\n".join(lines).strip("\n"), -1)
     return out
 
 

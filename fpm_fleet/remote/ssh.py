@@ -1,8 +1,8 @@
-"""The one way fpm-fleet reaches a host: a connection factory and one executor.
+"""The one way fpm-fleet reaches a host: a connection factory and the SSH runner.
 
 Host keys: unknown keys are refused (paramiko RejectPolicy) unless the inventory opts in
 with `trust_new_host_keys = true`; Fabric alone would add them silently.
-Every command goes through `Executor.run`, which logs the command and its output to the log
+Every command goes through `SSHRunner.run`, which logs the command and its output to the log
 file (never to the terminal) and raises RemoteError on failure. Commands run as the login
 user: uploads, hooks, activation and state files never run as root. The few root commands a
 deploy needs (a replica's service) carry their own `sudo -n` (shell.privileged), and `fab
@@ -15,12 +15,11 @@ import errno
 import logging
 import os
 import socket
-import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Protocol
+from typing import IO, TypeVar
 
 import paramiko
 from fabric import Connection
@@ -29,7 +28,11 @@ from paramiko.ssh_exception import NoValidConnectionsError
 from fpm_fleet.errors import ConfigError, ConnectError, RemoteError, RemoteResult
 from fpm_fleet.inventory import Host
 from fpm_fleet.remote import known_hosts
+from fpm_fleet.remote.command import Command
+from fpm_fleet.remote.runner import ask_by_running
 from fpm_fleet.remote.shell import KILL_AFTER, bounded
+
+T = TypeVar("T")
 
 log = logging.getLogger("fpm_fleet.remote")
 # paramiko logs a failed handshake with a traceback from its own thread; without a handler,
@@ -37,18 +40,6 @@ log = logging.getLogger("fpm_fleet.remote")
 logging.getLogger("paramiko").addHandler(logging.NullHandler())
 SYSTEM_KNOWN_HOSTS = "/etc/ssh/ssh_known_hosts"
 USER_KNOWN_HOSTS = "~/.ssh/known_hosts"
-
-
-class Executor(Protocol):
-    """Runs remote commands on one host. SSHExecutor in real life, fakes in unit tests."""
-
-    host: Host
-
-    def run(self, command: str, what: str, *, check: bool = True,
-            timeout: float | None = None) -> RemoteResult: ...
-
-    def stream(self, command: str, what: str, source: IO[bytes], *,
-               timeout: float | None = None) -> tuple[RemoteResult, int]: ...
 
 
 def _host_keys(client: paramiko.SSHClient, host: Host,
@@ -192,8 +183,8 @@ def _tune(conn: Connection) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
-class SSHExecutor:
-    """Executor over one Fabric connection."""
+class SSHRunner:
+    """The runner over one Fabric connection."""
 
     def __init__(self, host: Host, conn: Connection) -> None:
         self.host = host
@@ -251,6 +242,9 @@ class SSHExecutor:
         _log(self.host.name, what, result, time.monotonic() - started, source is not None)
         return result, sent
 
+    def ask(self, cmd: Command[T]) -> T:
+        return ask_by_running(self, cmd)
+
     def close(self) -> None:
         self.conn.close()
 
@@ -306,63 +300,11 @@ def _indent(label: str, text: str) -> str:
     return "\n" + "\n".join(f"  {label}| {line}" for line in lines)
 
 
-class Interrupted(KeyboardInterrupt):
-    """Raised in a host's thread at its next remote command once a parallel run is
-    interrupted (only the main thread gets Ctrl-C / SIGTERM)."""
-
-
-class Interruptible:
-    """An executor that refuses its next command once `interrupt` is set, so every host of a
-    parallel run stops at its next step; commands inside `shield()` (putting a replica back,
-    releasing the lock) still run."""
-
-    def __init__(self, inner: Executor, interrupt: threading.Event) -> None:
-        self.inner, self.host, self.interrupt = inner, inner.host, interrupt
-        self.shields = 0
-
-    def _check(self, what: str) -> None:
-        if self.interrupt.is_set() and not self.shields:
-            raise Interrupted(f"{self.host.name}: interrupted before {what}")
-
-    def run(self, command: str, what: str, *, check: bool = True,
-            timeout: float | None = None) -> RemoteResult:
-        self._check(what)
-        return self.inner.run(command, what, check=check, timeout=timeout)
-
-    def stream(self, command: str, what: str, source: IO[bytes], *,
-               timeout: float | None = None) -> tuple[RemoteResult, int]:
-        self._check(what)
-        return self.inner.stream(command, what, source, timeout=timeout)
-
-    def close(self) -> None:
-        close = getattr(self.inner, "close", None)
-        if close:
-            close()
-
-    @contextmanager
-    def shield(self) -> Iterator[None]:
-        self.shields += 1
-        try:
-            yield
-        finally:
-            self.shields -= 1
-
-
 @contextmanager
-def shielded(ex: Executor) -> Iterator[None]:
-    """Run the block's commands even after an interrupt: the recovery of what it left."""
-    if isinstance(ex, Interruptible):
-        with ex.shield():
-            yield
-    else:
-        yield
-
-
-@contextmanager
-def session(host: Host) -> Iterator[SSHExecutor]:
-    """An executor for the duration of a block; the connection is always closed."""
-    executor = SSHExecutor(host, connect(host))
+def session(host: Host) -> Iterator[SSHRunner]:
+    """A runner for the duration of a block; the connection is always closed."""
+    runner = SSHRunner(host, connect(host))
     try:
-        yield executor
+        yield runner
     finally:
-        executor.close()
+        runner.close()

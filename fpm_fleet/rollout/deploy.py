@@ -1,28 +1,32 @@
 """Deploy and rollback on one host: lock, upload, shared links, before_activate, activate,
-health-gated rolling restart, and revert of this host by itself when a replica fails its gate.
+health-gated rolling restart, and revert of this host by itself when a replica fails its
+gate (ARCHITECTURE.md, "Deploy"). Each function returns what it did; a failure raises
+PoolFailed, which carries the record of what every pool of the host did so far.
 """
 
 from __future__ import annotations
 
 from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
-from fpm_fleet.errors import FleetError, RemoteError, RolloutError
+from fpm_fleet.errors import ConfigError, FleetError, RemoteError, RolloutError, UsageError
 from fpm_fleet.events import Event, Observer, step
 from fpm_fleet.host import fpm, lock
-from fpm_fleet.host.layout import Layout
-from fpm_fleet.inventory import Host, Pool
+from fpm_fleet.host.pool import HostPool
+from fpm_fleet.inventory import Host
+from fpm_fleet.output import PlainObserver
 from fpm_fleet.redact import redact
 from fpm_fleet.releases import commands as release_shell
+from fpm_fleet.releases import manifest
 from fpm_fleet.releases import store as release
 from fpm_fleet.releases.manifest import Manifest
-from fpm_fleet.remote import shell
-from fpm_fleet.remote.ssh import Executor
+from fpm_fleet.remote.command import action
+from fpm_fleet.remote.group import HostGroup
+from fpm_fleet.remote.runner import Runner
 from fpm_fleet.rollout import replica
-from fpm_fleet.rollout.hosts import HostResult, Selection, heal, ordered_replicas, tracked
-from fpm_fleet.rollout.replica import Replica
-from fpm_fleet.web import balancer
+from fpm_fleet.rollout.hosts import Selection, ordered, preflight, tracked
+from fpm_fleet.web import apache, balancer
 
 
 @dataclass(frozen=True)
@@ -37,8 +41,10 @@ class Plan:
     force: bool = False
 
 
-@dataclass
+@dataclass(frozen=True)
 class PoolOutcome:
+    """What a deploy or rollback did to one pool of one host."""
+
     host: str
     pool: str
     before: str | None = None
@@ -48,141 +54,151 @@ class PoolOutcome:
     reverted: bool = False
 
 
-def roll_to(ex: Executor, host: Host, pool: Pool, target: str, obs: Observer, timeout: float,
-            result: HostResult, numbers: list[int] | None = None) -> None:
+class PoolFailed(RolloutError):
+    """A pool's deploy or rollback failed: the cause's message and exit code, with the
+    record of every pool of the host so far (the recap shows them)."""
+
+    def __init__(self, cause: FleetError, outcomes: tuple[PoolOutcome, ...]) -> None:
+        super().__init__(str(cause))
+        self.exit_code = cause.exit_code
+        self.outcomes = outcomes
+
+
+def roll_to(at: HostPool, target: str, obs: Observer, timeout: float) -> list[str]:
     """Restart every replica not already pinned to `target`, each health-gated. One already
     on `target` but out of rotation (its gate failed before) is gated and put back."""
-    procs = fpm.probe(ex, host, pool)
-    bal = balancer.read(ex, host, pool)
-    wanted = numbers or list(pool.replica_numbers)
-    for n in ordered_replicas(ex, host, pool, wanted):
-        r = Replica(host, pool, n)
-        proc = procs[n]
-        running = proc.runs_master(r.layout)
+    procs = at.ask(fpm.probe(at))
+    bal = apache.read(at)
+    done = []
+    for r in ordered(at, list(at.pool.replica_numbers)):
+        proc = procs[r.n]
+        running = proc.runs_master(at.layout)
         current = running and proc.release == target and not proc.release_deleted
-        answers = current and fpm.ping(ex, host, pool, n)
-        if answers and not balancer.member_of(bal, host, pool, n).out:
-            obs.event(Event("info", host.name, "restart", r.name, f"already on {target}"))
+        answers = current and r.ask(fpm.ping(r))
+        if answers and not balancer.member_of(bal, r).out:
+            obs.event(Event("info", at.host.name, "restart", r.name, f"already on {target}"))
             continue
-        with tracked(ex, r, obs, result):
+        with tracked(r, obs):
             if running and not answers:
-                replica.restart(ex, r, target, obs, timeout)
+                replica.restart(r, target, obs, timeout)
             else:
-                replica.start(ex, r, target, obs)  # a running service: gate and enable
+                replica.start(r, target, obs)  # a running service: gate and enable
+        done.append(r.name)
+    return done
 
 
-def deploy_pool(ex: Executor, host: Host, pool: Pool, plan: Plan, obs: Observer,
-                result: HostResult, outcome: PoolOutcome) -> None:
-    layout = Layout.of(host, pool)
-    with ExitStack() as held:
-        _lock(ex, host, pool, plan, obs, held)
-        outcome.before = fpm.current_release(ex, host, pool)
-        ex.run(release_shell.clear_incoming(layout), "clear interrupted uploads")
-        _upload(ex, host, pool, plan, outcome, obs)
-        if outcome.upload is not None and outcome.upload.prepared:
-            obs.event(Event("info", host.name, "shared links", pool.name,
-                            f"{plan.release} already prepared (shared links, hooks)"))
-        else:
-            _prepare(ex, host, pool, plan, obs)
-        _activate_and_roll(ex, host, pool, plan, outcome, obs, result)
+def deploy_pool(at: HostPool, plan: Plan, obs: Observer) -> PoolOutcome:
+    record = PoolOutcome(at.host.name, at.pool.name)
+    try:
+        with ExitStack() as held:
+            _lock(at, plan, obs, held)
+            record = replace(record, before=at.ask(fpm.current_release(at)))
+            at.ask(action(release_shell.clear_incoming(at.layout), "clear interrupted uploads"))
+            record = replace(record, upload=_upload(at, plan, record.before, obs))
+            if record.upload is not None and record.upload.prepared:
+                obs.event(Event("info", at.host.name, "shared links", at.pool.name,
+                                f"{plan.release} already prepared (shared links, hooks)"))
+            else:
+                _prepare(at, plan, obs)
+            return _activate_and_roll(at, plan, record, obs)
+    except PoolFailed:
+        raise
+    except FleetError as exc:
+        raise PoolFailed(exc, (record,)) from None
 
 
-def _prepare(ex: Executor, host: Host, pool: Pool, plan: Plan, obs: Observer) -> None:
+def _prepare(at: HostPool, plan: Plan, obs: Observer) -> None:
     """Shared links, then the before_activate hooks, then the seal that lets a later deploy
     of the same name reuse the release only while it stays exactly as prepared."""
-    layout = Layout.of(host, pool)
+    host, pool, layout = at.host, at.pool, at.layout
     with step(obs, host.name, "shared links", pool.name) as s:
-        ex.run(release_shell.link_shared(layout, plan.release, pool.shared), "link shared")
+        at.ask(action(release_shell.link_shared(layout, plan.release, pool.shared),
+                      "link shared"))
         s.detail = ", ".join(pool.shared) or "none"
     if pool.before_activate:
         # hooks may rewrite files in place: none may share an inode with another release
-        ex.run(release_shell.own_copies(layout, plan.release), "unshare hard links")
+        at.ask(action(release_shell.own_copies(layout, plan.release), "unshare hard links"))
     for command in pool.before_activate:
         with step(obs, host.name, "before_activate", pool.name) as s:
             s.detail = redact(command)
-            _before_activate(ex, host, layout, plan.release, command)
-    release.seal(ex, host, pool, plan.release)
+            _before_activate(at, plan.release, command)
+    release.seal(at, plan.release)
 
 
-def _lock(ex: Executor, host: Host, pool: Pool, plan: Plan, obs: Observer,
-          held: ExitStack) -> None:
+def _lock(at: HostPool, plan: Plan, obs: Observer, held: ExitStack) -> None:
     """Take the deploy lock (a stale one of a killed run is taken over), then the preflight:
     put back replicas a killed run left out, and fail here if balancer-manager is unusable."""
-    with step(obs, host.name, "lock", pool.name):
-        held.enter_context(lock.locked(ex, host, pool, plan.command,
-                                       *lock.reporters(obs, host.name, pool.name)))
-    with step(obs, host.name, "preflight", pool.name):
-        heal(ex, host, pool, obs)
+    with step(obs, at.host.name, "lock", at.pool.name):
+        held.enter_context(lock.locked(at, plan.command,
+                                       *lock.reporters(obs, at.host.name, at.pool.name)))
+    with step(obs, at.host.name, "preflight", at.pool.name):
+        preflight(at, obs)
 
 
-def _upload(ex: Executor, host: Host, pool: Pool, plan: Plan, outcome: PoolOutcome,
-            obs: Observer) -> None:
+def _upload(at: HostPool, plan: Plan, before: str | None, obs: Observer) -> release.Upload:
     assert plan.source is not None and plan.manifest is not None
-    with step(obs, host.name, "upload", pool.name) as s:
-        up = release.upload(ex, host, pool, plan.source, plan.manifest, plan.release,
-                            base=outcome.before, force=plan.force,
-                            in_use=_in_use(ex, host, pool, outcome.before) if plan.force
-                            else frozenset())
-        outcome.upload = up
+    with step(obs, at.host.name, "upload", at.pool.name) as s:
+        up = release.upload(at, plan.source, plan.manifest, plan.release, base=before,
+                            force=plan.force,
+                            in_use=_in_use(at, before) if plan.force else frozenset())
         s.detail = ("already present, identical" if up.reused else
                     f"{up.sent_files} sent, {up.linked_files} linked, "
                     f"{up.bytes_sent / 1024:.0f} KiB, verified")
+    return up
 
 
-def _in_use(ex: Executor, host: Host, pool: Pool, current: str | None) -> frozenset[str]:
+def _in_use(at: HostPool, current: str | None) -> frozenset[str]:
     """The current release and every release a live master pins: never replaced."""
-    pinned = {p.release for p in fpm.probe(ex, host, pool).values() if p.alive and p.release}
+    pinned = {p.release for p in at.ask(fpm.probe(at)).values() if p.alive and p.release}
     return frozenset(n for n in (current, *pinned) if n)
 
 
-def _before_activate(ex: Executor, host: Host, layout: Layout, name: str, command: str) -> None:
+def _before_activate(at: HostPool, name: str, command: str) -> None:
     shown = redact(command)  # never a secret on the terminal
     try:
-        ex.run(release_shell.before_activate(layout, name, command), f"before_activate {shown}")
+        at.ask(action(release_shell.before_activate(at.layout, name, command),
+                      f"before_activate {shown}"))
     except RemoteError as exc:
-        raise RolloutError(f"{host.name}: before_activate `{shown}` failed; {name} was not "
+        raise RolloutError(f"{at.host.name}: before_activate `{shown}` failed; {name} was not "
                            f"activated: {exc}") from None
 
 
-def _activate_and_roll(ex: Executor, host: Host, pool: Pool, plan: Plan, outcome: PoolOutcome,
-                       obs: Observer, result: HostResult) -> None:
-    if outcome.before != plan.release:
-        with step(obs, host.name, "activate", pool.name) as s:
-            release.activate(ex, host, pool, plan.release, plan.command)
-            s.detail = f"{outcome.before or '-'} -> {plan.release}"
-    outcome.passed_point_of_no_return = True
-    outcome.after = plan.release
+def _activate_and_roll(at: HostPool, plan: Plan, record: PoolOutcome,
+                       obs: Observer) -> PoolOutcome:
+    before = record.before
+    if before != plan.release:
+        with step(obs, at.host.name, "activate", at.pool.name) as s:
+            release.activate(at, plan.release, plan.command)
+            s.detail = f"{before or '-'} -> {plan.release}"
+    record = replace(record, passed_point_of_no_return=True, after=plan.release)
     try:
-        roll_to(ex, host, pool, plan.release, obs, plan.timeout, result)
+        roll_to(at, plan.release, obs, plan.timeout)
     except RolloutError as exc:
-        if not outcome.before or outcome.before == plan.release:
-            raise
-        serving = revert(ex, host, pool, plan, outcome, obs, result)
-        raise RolloutError(f"{exc}; {reverted(host, pool, outcome.before, plan.release, serving)}"
-                           ) from None
+        if not before or before == plan.release:
+            raise PoolFailed(exc, (record,)) from None
+        serving = revert(at, plan, before, obs)
+        record = replace(record, after=before, reverted=True)
+        message = f"{exc}; {reverted(at, before, plan.release, serving)}"
+        raise PoolFailed(RolloutError(message), (record,)) from None
+    return record
 
 
-def revert(ex: Executor, host: Host, pool: Pool, plan: Plan, outcome: PoolOutcome,
-           obs: Observer, result: HostResult) -> int:
+def revert(at: HostPool, plan: Plan, previous: str, obs: Observer) -> int:
     """This host goes back to the release it ran before; the failed release is marked bad.
     Returns how many of the pool's replicas are in rotation afterwards (read back, since
     the message to the operator says so)."""
-    previous = outcome.before
-    assert previous is not None
-    with step(obs, host.name, "revert", pool.name) as s:
-        release.activate(ex, host, pool, previous, f"revert of {plan.command}")
-        release.mark_bad(ex, host, pool, plan.release)
+    with step(obs, at.host.name, "revert", at.pool.name) as s:
+        release.activate(at, previous, f"revert of {plan.command}")
+        release.mark_bad(at, plan.release)
         s.detail = f"{plan.release} -> {previous}, {plan.release} marked bad"
-    scratch = HostResult(host.name)
-    roll_to(ex, host, pool, previous, obs, plan.timeout, scratch)
-    outcome.after, outcome.reverted = previous, True
-    result.notes.append(f"reverted to {previous}")
-    bal = balancer.read(ex, host, pool)
-    return sum(balancer.member_of(bal, host, pool, n).enabled for n in pool.replica_numbers)
+    roll_to(at, previous, obs, plan.timeout)
+    bal = apache.read(at)
+    return sum(balancer.member_of(bal, r).enabled for r in at.replicas())
 
 
-def reverted(host: Host, pool: Pool, previous: str, failed: str, serving: int) -> str:
+def reverted(at: HostPool, previous: str, failed: str, serving: int) -> str:
     """What an automatic revert left behind, for the operator's last line."""
+    host, pool = at.host, at.pool
     if serving == pool.replicas:
         return (f"reverted: {host.name} is back on {previous} and in rotation ({serving} of "
                 f"{pool.replicas} {pool.name} replicas serving); {failed} is marked bad")
@@ -191,97 +207,130 @@ def reverted(host: Host, pool: Pool, previous: str, failed: str, serving: int) -
             f"{failed} is marked bad")
 
 
-def rollback_pool(ex: Executor, host: Host, pool: Pool, plan: Plan, obs: Observer,
-                  result: HostResult, outcome: PoolOutcome) -> None:
-    with ExitStack() as held:
-        _lock(ex, host, pool, plan, obs, held)
-        outcome.before = fpm.current_release(ex, host, pool)
-        _activate_and_roll(ex, host, pool, plan, outcome, obs, result)
+def rollback_pool(at: HostPool, plan: Plan, obs: Observer) -> PoolOutcome:
+    record = PoolOutcome(at.host.name, at.pool.name)
+    try:
+        with ExitStack() as held:
+            _lock(at, plan, obs, held)
+            record = replace(record, before=at.ask(fpm.current_release(at)))
+            return _activate_and_roll(at, plan, record, obs)
+    except PoolFailed:
+        raise
+    except FleetError as exc:
+        raise PoolFailed(exc, (record,)) from None
 
 
-def rollback_target(ex: Executor, host: Host, pool: Pool, to: str | None) -> str:
+def rollback_target(at: HostPool, to: str | None) -> str:
     """--to NAME, or the newest earlier release that is present and not marked bad."""
-    present = {r.name for r in release.list_releases(ex, host, pool)}
+    present = {r.name for r in release.list_releases(at)}
     if to:
         if to not in present:
-            raise FleetError(f"{host.name}: release {to} of pool {pool.name} is not on this "
-                             f"host (present: {', '.join(sorted(present)) or 'none'})")
+            raise FleetError(f"{at.host.name}: release {to} of pool {at.pool.name} is not on "
+                             f"this host (present: {', '.join(sorted(present)) or 'none'})")
         return to
-    current = fpm.current_release(ex, host, pool)
-    bad = release.bad_releases(ex, host, pool)
-    for act in reversed(release.history(ex, host, pool)):
+    current = at.ask(fpm.current_release(at))
+    bad = release.bad_releases(at)
+    for act in reversed(release.history(at)):
         for name in (act.previous, act.release):
             if name and name != current and name not in bad and name in present:
                 return name
-    raise FleetError(f"{host.name}: pool {pool.name} has no earlier good release to roll "
-                     "back to")
+    raise FleetError(f"{at.host.name}: pool {at.pool.name} has no earlier good release to "
+                     "roll back to")
 
 
-def cleanup_pool(ex: Executor, host: Host, pool: Pool, obs: Observer) -> list[str]:
+def cleanup_pool(at: HostPool, obs: Observer) -> list[str]:
     """Keep the newest `keep_releases`; never current, previous or a pinned release."""
-    current = fpm.current_release(ex, host, pool)
-    previous = release.previous_of(current, release.history(ex, host, pool))
-    pinned = {p.release for p in fpm.probe(ex, host, pool).values() if p.alive and p.release}
+    current = at.ask(fpm.current_release(at))
+    previous = release.previous_of(current, release.history(at))
+    pinned = {p.release for p in at.ask(fpm.probe(at)).values() if p.alive and p.release}
     protected = {n for n in (current, previous, *pinned) if n}
-    doomed = release.cleanup_candidates(release.list_releases(ex, host, pool),
-                                        host.keep_releases, protected)
+    doomed = release.cleanup_candidates(release.list_releases(at), at.host.keep_releases,
+                                        protected)
     for name in doomed:
-        with step(obs, host.name, "cleanup", pool.name) as s:
-            release.remove(ex, host, pool, name)
+        with step(obs, at.host.name, "cleanup", at.pool.name) as s:
+            release.remove(at, name)
             s.detail = f"removed {name}"
     return doomed
 
 
-Commands = list[tuple[str, str]]
-
-
-def dry_run_commands(host: Host, pool: Pool, plan: Plan, base: str | None) -> Commands:
-    """The remote commands a deploy would run on one host, in order (nothing is executed)."""
-    layout = Layout.of(host, pool)
-    name = plan.release
-    cmds = [("lock", lock.take(layout, "<holder>")),
-            ("stage", release_shell.prepare_staging(layout, name, base)),
-            ("upload", release_shell.extract(layout, name) + "   < gzip tar of changed files"),
-            ("verify", release_shell.verify(layout, name)),
-            ("commit", release_shell.commit_release(layout, name, plan.force)),
-            ("shared links", release_shell.link_shared(layout, name, pool.shared))]
-    if pool.before_activate:
-        cmds.append(("own copies", release_shell.own_copies(layout, name)))
-    cmds += [("before_activate", redact(release_shell.before_activate(layout, name, c)))
-             for c in pool.before_activate]
-    cmds.append(("seal", release_shell.seal(layout, name)))
-    return cmds + _activation_commands(host, pool, plan)
-
-
-def dry_run_rollback_commands(host: Host, pool: Pool, plan: Plan) -> Commands:
-    """The remote commands a rollback to plan.release would run on one host."""
-    return [("lock", lock.take(Layout.of(host, pool), "<holder>")),
-            *_activation_commands(host, pool, plan)]
-
-
-def _activation_commands(host: Host, pool: Pool, plan: Plan) -> Commands:
-    """Activate, then restart every replica onto the release, then unlock."""
-    layout = Layout.of(host, pool)
-    name = plan.release
-    cmds = [("activate", release_shell.activate(layout, name, "<time>", "<user>", plan.command))]
-    url = host.manager_url(pool)
-    for n in pool.replica_numbers:
-        member = f"unix:{layout.sock(n)}|{pool.member(n)}"
-        cmds += [(f"drain {pool.name}-{n}",
-                  shell.balancer_set(url, pool.balancer, member, "<nonce>", {"N": 1})),
-                 (f"stop {pool.name}-{n}", shell.fpm_stop(layout, n, host.sudo)),
-                 (f"start {pool.name}-{n}", shell.fpm_start(layout, n, name, host.sudo)),
-                 (f"enable {pool.name}-{n}", shell.balancer_set(
-                     url, pool.balancer, member, "<nonce>", {"D": 0, "N": 0, "S": 0}))]
-    cmds.append(("unlock", lock.remove_if(layout, "<holder>")))
-    return cmds
-
-
-def deploy_host(ex: Executor, host: Host, sel: Selection, plans: dict[str, Plan],
-                obs: Observer, result: HostResult, outcomes: list[PoolOutcome]) -> None:
-    """Deploy every selected pool on one host (each with its own plan), then clean up."""
+def each_pool(runner: Runner, host: Host, sel: Selection, plans: dict[str, Plan],
+              obs: Observer, rollback: bool = False) -> list[PoolOutcome]:
+    """Deploy (or roll back) every selected pool on one host, each with its own plan; after a
+    deploy, old releases are cleaned up."""
+    done: list[PoolOutcome] = []
     for pool in sel.pools:
-        outcome = PoolOutcome(host.name, pool.name)
-        outcomes.append(outcome)
-        deploy_pool(ex, host, pool, plans[pool.name], obs, result, outcome)
-        cleanup_pool(ex, host, pool, obs)
+        at = HostPool(runner, host, pool)
+        try:
+            if rollback:
+                done.append(rollback_pool(at, plans[pool.name], obs))
+            else:
+                done.append(deploy_pool(at, plans[pool.name], obs))
+                cleanup_pool(at, obs)
+        except PoolFailed as exc:
+            raise PoolFailed(exc, (*done, *exc.outcomes)) from None
+    return done
+
+
+def sources(sel: Selection, source: str | None) -> dict[str, Path]:
+    """Each selected pool's source directory (--source, or the pool's `source`)."""
+    if source and len(sel.pools) > 1:
+        raise UsageError("--source applies to one pool: add --pool NAME")
+    out = {}
+    for pool in sel.pools:
+        path = Path(source or pool.source)
+        if not path.is_dir():
+            raise ConfigError(f"source directory {path} of pool {pool.name} does not exist")
+        out[pool.name] = path
+    return out
+
+
+def deploy_plans(sel: Selection, name: str, source: str | None, force: bool, timeout: float,
+                 command: str) -> dict[str, Plan]:
+    """Per pool: the release, its scanned content (refused when it is hostile) and how."""
+    plans = {}
+    for pool_name, path in sources(sel, source).items():
+        scanned = manifest.scan(path)
+        manifest.check_shared(scanned, sel.pool(pool_name).shared, pool_name)
+        plans[pool_name] = Plan(release=name, command=command, timeout=timeout, source=path,
+                                manifest=scanned, force=force)
+    return plans
+
+
+def rollback_targets(sel: Selection, to: str | None) -> dict[tuple[str, str], str]:
+    """Checked on every host before anything changes: a missing target refuses the rollback."""
+    def work(runner: Runner, h: Host) -> dict[str, str]:
+        return {p.name: rollback_target(HostPool(runner, h, p), to) for p in sel.pools}
+
+    results = HostGroup(PlainObserver(), parallel=8, stop_on_failure=False).run(sel.hosts,
+                                                                                 work)
+    if not results.ok:
+        raise FleetError("rollback refused, nothing changed: "
+                         + "; ".join(str(o.error) for o in results.failed))
+    return {(host, pool): name for host, names in results.values().items()
+            for pool, name in names.items()}
+
+
+@dataclass(frozen=True)
+class ReleaseRow:
+    """One release of a pool on a host, as `fab releases` lists it."""
+
+    host: str
+    pool: str
+    info: release.ReleaseInfo
+    current: bool
+    previous: bool
+    bad: bool
+    pinned_by: tuple[str, ...]
+
+
+def listing(at: HostPool) -> list[ReleaseRow]:
+    current = at.ask(fpm.current_release(at))
+    previous = release.previous_of(current, release.history(at))
+    bad = release.bad_releases(at)
+    pinned: dict[str, list[str]] = {}
+    for n, proc in at.ask(fpm.probe(at)).items():
+        if proc.alive and proc.release:
+            pinned.setdefault(proc.release, []).append(at.pool.replica_name(n))
+    return [ReleaseRow(at.host.name, at.pool.name, r, r.name == current, r.name == previous,
+                       r.name in bad, tuple(pinned.get(r.name, [])))
+            for r in release.list_releases(at)]

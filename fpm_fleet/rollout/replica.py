@@ -1,4 +1,5 @@
-"""The steps of one replica restart (DESIGN.md section 2), each a short named function.
+"""The steps of one replica restart (ARCHITECTURE.md, "Restart steps"), each a short
+named function that returns what it found or did.
 
 guard -> drain -> wait idle -> stop -> start pinned -> health gate -> enable.
 If a step fails the replica stays out of rotation (or is put back when it was never
@@ -8,39 +9,26 @@ stopped), the other replicas keep serving, and a RolloutError says what happened
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import TypeVar
 
-from fpm_fleet.errors import AnswerError, RolloutError
+from fpm_fleet.errors import RemoteError, RemoteResult, RolloutError
 from fpm_fleet.events import Event, Observer, step
 from fpm_fleet.host import fpm
-from fpm_fleet.host.layout import Layout
-from fpm_fleet.inventory import Host, Pool
-from fpm_fleet.remote import shell
-from fpm_fleet.remote.ssh import Executor
-from fpm_fleet.web import balancer
+from fpm_fleet.host.fpm import FcgiResponse, Process, StopOutcome, Stopped
+from fpm_fleet.host.pool import Replica
+from fpm_fleet.remote.command import Command, together
+from fpm_fleet.web import apache, balancer
+from fpm_fleet.web.balancer import Balancer
 
 POLL = 0.1
+T = TypeVar("T")
 
 
-@dataclass(frozen=True)
-class Replica:
-    """One PHP-FPM master of a pool on a host, as the operator names it: web1/www-2."""
-
-    host: Host
-    pool: Pool
-    n: int
-
-    @property
-    def name(self) -> str:
-        return f"{self.pool.name}-{self.n}"
-
-    @property
-    def label(self) -> str:
-        return f"{self.host.name}/{self.name}"
-
-    @property
-    def layout(self) -> Layout:
-        return Layout.of(self.host, self.pool)
+def assuming(cmd: Command[T], value: T) -> Command[T]:
+    """`cmd`, answered `value` in a dry run: what a check expects once the step before it
+    (which a dry run only records) took effect."""
+    return replace(cmd, assume=lambda: value)
 
 
 @dataclass(frozen=True)
@@ -62,25 +50,25 @@ class Gate:
         return out
 
 
-def guard(ex: Executor, r: Replica) -> None:
-    """Refuse unless another replica of the pool is in rotation and answers ping.
+def guard(r: Replica) -> Replica:
+    """Refuse unless another replica of the pool is in rotation and answers ping; returns
+    the one that keeps serving.
 
     A member in `Err` counts only once its retry interval has passed (Apache then tries it
     again); taking the last other member out inside that window would answer 503.
     """
-    bal = balancer.read(ex, r.host, r.pool)
-    for n in r.pool.replica_numbers:
-        if n == r.n:
+    bal = apache.read(r.at)
+    for other in r.at.replicas():
+        if other.n == r.n:
             continue
-        member = balancer.member_of(bal, r.host, r.pool, n)
-        if member.out or not fpm.ping(ex, r.host, r.pool, n):
+        member = balancer.member_of(bal, other)
+        if member.out or not other.ask(fpm.ping(other)):
             continue
         if "Err" in member.flags:
             time.sleep(r.pool.retry + 0.5)
-            member = balancer.member_of(balancer.read(ex, r.host, r.pool), r.host, r.pool, n)
-            if member.out:
+            if apache.member(other).out:
                 continue
-        return
+        return other
     raise RolloutError(f"{r.host.name}: refusing to take {r.name} out: no other replica of "
                        f"pool {r.pool.name} is enabled and healthy")
 
@@ -102,31 +90,26 @@ class Activity:
         return quiet and self.connections == 0
 
 
-def idle_probe(ex: Executor, r: Replica) -> Activity:
+IDLE = Activity(0, None, 0)
+
+
+def activity(r: Replica) -> Command[Activity]:
     """Busy, FPM status and open connections, in one round trip."""
-    layout = r.layout
-    cmd = shell.sections([
-        ("bm", shell.balancer_xml(r.host.manager_url(r.pool))),
-        ("fpm", shell.fcgi_request(layout.status_sock(r.n), r.pool.status_path,
-                                   r.pool.status_path, "json")),
-        ("conns", shell.open_connections(layout.sock(r.n))),
-    ])
-    out = shell.split_sections(ex.run(cmd, f"idle probe {r.name}", check=False).stdout)
-    bal = balancer.pick(r.host, r.pool, out.get("bm", ""))
-    member = balancer.member_of(bal, r.host, r.pool, r.n)
-    resp = fpm.parse_fcgi(out.get("fpm", ""))
-    try:
-        status = fpm.parse_status(resp.body) if resp.status == 200 else None
-    except ValueError as exc:
-        raise AnswerError(f"{r.host.name}: {r.name}: {exc}") from None
-    conns = out.get("conns", "").strip()
-    return Activity(member.busy, status, int(conns) if conns.isdigit() else 0, member.out)
+    both = together(f"idle probe {r.name}",
+                    [balancer.read(r.at), fpm.fpm_status(r), fpm.connections(r)])
+
+    def read(result: RemoteResult) -> Activity:
+        bal, status, conns = both.read(result)
+        member = balancer.member_of(bal, r)
+        return Activity(member.busy, status, conns, member.out)
+
+    return Command(both.text, both.what, read, check=False, assume=lambda: IDLE)
 
 
 STALE_BUSY_GRACE = 1.0
 
 
-def wait_idle(ex: Executor, r: Replica, timeout: float) -> tuple[float, str]:
+def wait_idle(r: Replica, timeout: float) -> tuple[float, str]:
     """Wait until the replica has no request in flight. Returns (seconds waited, note).
 
     Idle means Busy = 0 and FPM shows no active process and an empty queue, twice in a row.
@@ -137,14 +120,14 @@ def wait_idle(ex: Executor, r: Replica, timeout: float) -> tuple[float, str]:
     started = time.monotonic()
     quiet, idle_since, accepted = 0, None, None
     while True:
-        act = idle_probe(ex, r)
+        act = r.ask(activity(r))
         if not act.out:
             # Apache lost the drain flag meanwhile (a restart or graceful that did not keep
             # it): new requests reach the replica again, so it would never become idle
             if time.monotonic() - started > timeout:
                 raise RolloutError(f"{r.host.name}: {r.name}: the balancer keeps losing its "
                                    "drain flag")
-            balancer.drain(ex, r.host, r.pool, r.n)
+            apache.drain(r)
             quiet, idle_since = 0, None
             continue
         now = time.monotonic()
@@ -166,14 +149,20 @@ def wait_idle(ex: Executor, r: Replica, timeout: float) -> tuple[float, str]:
         time.sleep(POLL)
 
 
-def health_gate(ex: Executor, r: Replica, release: str, attempts: int = 20) -> Gate:
-    """Ping, the app's health script and the pinned release, over the replica's own socket."""
+def gate_once(r: Replica, release: str) -> Gate:
+    """Ping, the app's health script and the pinned release, over the replica's own socket
+    (a dry run assumes the replica came up as intended)."""
+    proc = r.ask(assuming(fpm.running_master(r), Process(r.n, 0, "S", 0, "", release)))
+    resp = r.ask(assuming(fpm.health(r), FcgiResponse(200, {}, "")))
+    return Gate(ping=r.ask(assuming(fpm.ping(r), True)),
+                health=resp.status if resp else None, release=proc.release if proc else None)
+
+
+def health_gate(r: Replica, release: str, attempts: int = 20) -> Gate:
+    """The gate, tried until it passes or cannot pass any more."""
     gate = Gate(False, None, None)
     for _ in range(attempts):
-        proc = fpm.probe(ex, r.host, r.pool, [r.n])[r.n]
-        resp = fpm.health(ex, r.host, r.pool, r.n)
-        gate = Gate(ping=fpm.ping(ex, r.host, r.pool, r.n),
-                    health=resp.status if resp else None, release=proc.release)
+        gate = gate_once(r, release)
         if not gate.problems(release):
             return gate
         if gate.ping and gate.release == release:
@@ -183,79 +172,93 @@ def health_gate(ex: Executor, r: Replica, release: str, attempts: int = 20) -> G
                        + "; ".join(gate.problems(release)) + " (left out of rotation)")
 
 
-def take_out(ex: Executor, r: Replica, obs: Observer, timeout: float, check: bool = True) -> None:
-    """Guard (unless forced), disable in the balancer, wait until idle.
+def take_out(r: Replica, obs: Observer, timeout: float, check: bool = True) -> float:
+    """Guard (unless forced), drain, wait until idle; returns the seconds waited.
 
     If it never becomes idle, the replica was not stopped, so it is put back in rotation.
     """
     host, target = r.host.name, r.name
     if check:
-        with step(obs, host, "guard", target):
-            guard(ex, r)
+        with step(obs, host, "guard", target) as s:
+            s.detail = f"{guard(r).name} keeps serving"
     for _ in range(3):
         with step(obs, host, "drain", target) as s:
-            s.detail = balancer.drain(ex, r.host, r.pool, r.n).status
+            s.detail = apache.drain(r).status
         with step(obs, host, "wait idle", target) as s:
             try:
-                waited, note = wait_idle(ex, r, timeout)
+                waited, note = wait_idle(r, timeout)
                 s.detail = f"{waited:.2f}s" + (f" ({note})" if note else "")
             except RolloutError:
-                balancer.enable(ex, r.host, r.pool, r.n)
+                apache.enable(r)
                 raise
-        if still_out(ex, r):
-            return
+        if still_out(r):
+            return waited
         obs.event(Event("warn", host, "drain", target, "the balancer forgot the drain "
                         "(Apache restarted?): draining again"))
     raise RolloutError(f"{host}: {r.name}: the balancer keeps losing its drain flag")
 
 
-def still_out(ex: Executor, r: Replica) -> bool:
+def still_out(r: Replica) -> bool:
     """Re-read the member just before stopping: an Apache restart may have reset its flags."""
-    return balancer.member_of(balancer.read(ex, r.host, r.pool), r.host, r.pool, r.n).out
+    bal = r.ask(assuming(balancer.read(r.at), _drained(r)))
+    return balancer.member_of(bal, r).out
 
 
-def restart(ex: Executor, r: Replica, release: str, obs: Observer, timeout: float) -> None:
+def _drained(r: Replica) -> Balancer:
+    """The balancer a dry run assumes once r was drained: r alone, out."""
+    member = balancer.Member(r.member, frozenset({"Drn", "Ok"}), 0)
+    return Balancer(r.pool.balancer, "", (member,))
+
+
+def restart(r: Replica, release: str, obs: Observer, timeout: float) -> None:
     """The whole zero-downtime sequence for one replica."""
-    take_out(ex, r, obs, timeout)
-    stop(ex, r, obs, timeout)
-    start(ex, r, release, obs)
+    take_out(r, obs, timeout)
+    stop(r, obs)
+    start(r, release, obs)
 
 
-def stop(ex: Executor, r: Replica, obs: Observer, timeout: float) -> str:
+def stop(r: Replica, obs: Observer) -> Stopped:
     with step(obs, r.host.name, "stop", r.name) as s:
-        outcome = fpm.stop(ex, r.host, r.pool, r.n)
-        s.detail = outcome
-        if outcome == "escalated":
+        try:
+            stopped = r.ask(fpm.stop(r))
+        except RemoteError as exc:
+            raise RolloutError(f"{r.host.name}: {r.name} could not be stopped: {exc}") from None
+        s.detail = str(stopped)
+        if stopped.outcome is StopOutcome.ESCALATED:
             s.detail = (f"did not exit within {r.pool.stop_timeout}s after SIGQUIT "
                         "(stop_timeout): systemd sent SIGKILL")
-    return outcome
+    return stopped
 
 
-def start(ex: Executor, r: Replica, release: str, obs: Observer) -> None:
+def start(r: Replica, release: str, obs: Observer) -> Gate:
     """Start pinned to `release`, health-gate it, then enable it in the balancer."""
     with step(obs, r.host.name, "start", r.name) as s:
-        fpm.start(ex, r.host, r.pool, r.n, release)
+        try:
+            r.ask(fpm.start(r, release))
+        except RemoteError as exc:
+            raise RolloutError(f"{r.host.name}: {r.name} did not start: {exc}") from None
         s.detail = f"pinned {release}"
     with step(obs, r.host.name, "health", r.name):
         try:
-            health_gate(ex, r, release)
+            gate = health_gate(r, release)
         except RolloutError:
-            balancer.disable(ex, r.host, r.pool, r.n)
+            apache.disable(r)
             raise
     with step(obs, r.host.name, "enable", r.name) as s:
-        member, note = balancer.enable(ex, r.host, r.pool, r.n)
+        member, note = apache.enable(r)
         s.detail = member.status + (f" ({note})" if note else "")
+    return gate
 
 
-def recover(ex: Executor, r: Replica) -> str:
+def recover(r: Replica) -> str:
     """After an interruption: put the replica back if it runs and is healthy; say its state."""
-    proc = fpm.running_master(ex, r.host, r.pool, r.n)
+    proc = r.ask(fpm.running_master(r))
     if proc is None:
         return "stopped, out of rotation"
     release = proc.release or ""
     try:
-        health_gate(ex, r, release, attempts=3)
+        health_gate(r, release, attempts=3)
     except RolloutError as exc:
         return f"running but unhealthy, out of rotation ({exc})"
-    member, _ = balancer.enable(ex, r.host, r.pool, r.n)
+    member, _ = apache.enable(r)
     return f"running {release}, {member.status}"

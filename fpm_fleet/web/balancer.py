@@ -1,20 +1,19 @@
-"""balancer-manager: parse its XML (pure) and change member flags over SSH.
+"""Apache's balancer-manager: its XML parsed (pure) and its two commands, read and set,
+each paired with its reader. The operations built on them are in web/apache.py.
 
-Traps handled here (DESIGN.md section 3): changes are form POSTs that Apache ignores
-silently without a same-host Referer and the current nonce, so every change is read back;
-status strings are flags run together, so they are parsed as tokens.
+Status strings are flags run together ("Drn Ok"), so they are parsed as tokens.
 """
 
 from __future__ import annotations
 
-import time
 import xml.etree.ElementTree as ET
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-from fpm_fleet.errors import AnswerError, RemoteError, RolloutError
-from fpm_fleet.inventory import Host, Pool
+from fpm_fleet.errors import RolloutError
+from fpm_fleet.host.pool import HostPool, Replica
+from fpm_fleet.inventory import Pool
 from fpm_fleet.remote import shell
-from fpm_fleet.remote.ssh import Executor
+from fpm_fleet.remote.command import Command
 
 NS = "{http://httpd.apache.org}"
 OUT_FLAGS = frozenset({"Dis", "Drn", "Stop", "Err", "HcFl", "Stby", "Spar"})
@@ -27,7 +26,6 @@ class Member:
     worker: str
     flags: frozenset[str]
     busy: int
-    elected: int
 
     @property
     def identity(self) -> str:
@@ -74,7 +72,7 @@ def parse_xml(text: str) -> dict[str, Balancer]:
         name = _text(b, "name").removeprefix("balancer://")
         members = tuple(
             Member(worker=_text(w, "name"), flags=frozenset(_text(w, "status").split()),
-                   busy=int(_text(w, "busy") or 0), elected=int(_text(w, "elected") or 0))
+                   busy=int(_text(w, "busy") or 0))
             for w in b.iter(f"{NS}worker"))
         out[name] = Balancer(name=name, nonce=_text(b, "nonce"), members=members)
     return out
@@ -85,91 +83,54 @@ def _text(node: ET.Element, tag: str) -> str:
     return (child.text or "").strip() if child is not None else ""
 
 
-def read(ex: Executor, host: Host, pool: Pool) -> Balancer:
+def read(at: HostPool) -> Command[Balancer]:
     """The pool's balancer as Apache sees it now."""
-    url = host.manager_url(pool)
-    result = ex.run(shell.balancer_xml(url), f"read balancer-manager {url}")
-    return pick(host, pool, result.stdout)
+    return Command(shell.balancer_xml(at.manager_url), f"read balancer-manager {at.manager_url}",
+                   lambda res: pick(at.pool, res.stdout))
 
 
-def pick(host: Host, pool: Pool, text: str) -> Balancer:
-    """The pool's balancer from a `?xml=1` answer; anything else is the host's RolloutError."""
-    try:
-        balancers = parse_xml(text)
-    except ValueError as exc:
-        raise AnswerError(f"{host.name}: {exc}") from None
+def pick(pool: Pool, text: str) -> Balancer:
+    """The pool's balancer from a `?xml=1` answer (ValueError: anything else)."""
+    balancers = parse_xml(text)
     if pool.balancer not in balancers:
-        raise AnswerError(f"{host.name}: balancer://{pool.balancer} is not configured in "
-                           f"Apache (found: {', '.join(balancers) or 'none'}); run `fab setup`")
+        raise ValueError(f"balancer://{pool.balancer} is not configured in Apache (found: "
+                         f"{', '.join(balancers) or 'none'}); run `fab setup`")
     return balancers[pool.balancer]
 
 
-def member_of(balancer: Balancer, host: Host, pool: Pool, n: int) -> Member:
-    member = balancer.member(pool.member(n))
+def member_of(balancer: Balancer, r: Replica) -> Member:
+    member = balancer.member(r.member)
     if member is None:
-        raise RolloutError(f"{host.name}: {pool.member(n)} is not a member of "
-                           f"balancer://{pool.balancer}; run `fab setup`")
+        raise RolloutError(f"{r.host.name}: {r.member} is not a member of "
+                           f"balancer://{r.pool.balancer}; run `fab setup`")
     return member
 
 
-def set_member(ex: Executor, host: Host, pool: Pool, n: int, flags: dict[str, int],
-               attempts: int = 3) -> Member:
-    """Change a member's flags and confirm from a fresh read that Apache applied them."""
-    url = host.manager_url(pool)
-    for _ in range(attempts):
-        balancer = read(ex, host, pool)
-        member = member_of(balancer, host, pool, n)
-        if _applied(member, flags):
-            return member
-        try:
-            result = ex.run(shell.balancer_set(url, pool.balancer, member.worker,
-                                               balancer.nonce, flags),
-                            f"set {pool.member(n)} {flags} in balancer-manager")
-        except RemoteError as exc:
-            raise RolloutError(f"{host.name}: balancer-manager refused the change: {exc}") \
-                from None
-        member = member_of(pick(host, pool, result.stdout), host, pool, n)
-        if _applied(member, flags):
-            return member
-        time.sleep(0.05)
-    raise RolloutError(f"{host.name}: balancer-manager ignored {flags} for {pool.member(n)} "
-                       f"(status {member.status}); check Referer/nonce handling")
+def set_flags(r: Replica, current: Balancer, flags: dict[str, int]) -> Command[Balancer]:
+    """POST a member's flags with the balancer's current nonce; the answer is the page read
+    back. A dry run goes on as if Apache applied them."""
+    member = member_of(current, r)
+    url = r.at.manager_url
+    return Command(shell.balancer_set(url, r.pool.balancer, member.worker, current.nonce, flags),
+                   f"set {r.member} {flags} in balancer-manager",
+                   lambda res: pick(r.pool, res.stdout), changes=True,
+                   assume=lambda: with_flags(current, member, flags))
 
 
 FLAG_TOKENS = {"D": "Dis", "N": "Drn", "S": "Stop", "I": "Ign", "H": "Stby", "R": "Spar"}
 
 
-def _applied(member: Member, flags: dict[str, int]) -> bool:
+def applied(member: Member, flags: dict[str, int]) -> bool:
     return all((FLAG_TOKENS[f] in member.flags) == bool(v) for f, v in flags.items())
 
 
-def drain(ex: Executor, host: Host, pool: Pool, n: int) -> Member:
-    """Take a member out of rotation: no new request is routed to it.
-
-    Drain, not disable: a request Apache routed to the member just before the change still
-    connects to a draining member, whereas a disabled one fails it at connect time (it is
-    retried on another member, but the member is marked Err).
-    """
-    return set_member(ex, host, pool, n, {"N": 1})
-
-
-def disable(ex: Executor, host: Host, pool: Pool, n: int) -> Member:
-    """Mark a stopped member disabled, so status shows it is out on purpose."""
-    return set_member(ex, host, pool, n, {"D": 1, "N": 1})
-
-
-def enable(ex: Executor, host: Host, pool: Pool, n: int) -> tuple[Member, str]:
-    """Clear drain, disabled and stopped; then wait for `Ok`.
-
-    An `Err` left by an earlier failed connection is cleared by Apache itself, only when a
-    request tries the member after `retry` seconds: without traffic it stays displayed. The
-    note says so instead of failing a healthy replica.
-    """
-    member = set_member(ex, host, pool, n, {"D": 0, "N": 0, "S": 0})
-    deadline = time.monotonic() + pool.retry + 2
-    while "Err" in member.flags and time.monotonic() < deadline:
-        time.sleep(0.2)
-        member = member_of(read(ex, host, pool), host, pool, n)
-    note = "" if "Err" not in member.flags else \
-        f"Err from an earlier failed connection; Apache retries it after retry={pool.retry}s"
-    return member, note
+def with_flags(balancer: Balancer, member: Member, flags: dict[str, int]) -> Balancer:
+    """`balancer` as it reads once `flags` are applied to `member` (what a dry run assumes)."""
+    tokens = set(member.flags)
+    for flag, value in flags.items():
+        (tokens.add if value else tokens.discard)(FLAG_TOKENS[flag])
+    if not tokens & OUT_FLAGS:
+        tokens.add("Ok")
+    changed = replace(member, flags=frozenset(tokens))
+    return replace(balancer, members=tuple(changed if m == member else m
+                                           for m in balancer.members))

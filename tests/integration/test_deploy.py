@@ -63,7 +63,13 @@ def test_failing_release_is_reverted_automatically_and_marked_bad(box: Sandbox) 
     assert "v3" in releases and "BAD" in releases
     # the default rollback target skips the bad release; the dry run shows every command
     dry = ok(fab("rollback", "--dry-run")).stdout
-    assert "v3" not in dry and "[activate]" in dry and "[stop www-2]" in dry
+    assert "v3" not in dry and "[activate v1]" in dry and "[stop www-2]" in dry
+    # the real steps, as the sudo user runs them: guard, wait idle and gate included
+    assert "rollback on h1, as deploy:" in dry
+    assert "sudo -n -- systemctl stop fpm-fleet-www@2.service" in dry
+    assert "[idle probe www-2] (check, assumed to pass)" in dry
+    assert "[health www-2] (check, assumed to pass)" in dry
+    assert "guard" in dry and "keeps serving" in dry
 
 
 def test_bad_names_and_missing_source_are_refused_before_any_host(box: Sandbox,
@@ -93,7 +99,7 @@ def test_existing_release_with_other_content_is_refused_and_dry_run_changes_noth
     proc = fab("deploy", "--release", "v2")
     assert proc.returncode != 0 and "already exists with different content" in proc.stderr
     dry = ok(fab("deploy", "--release", "v9", "--dry-run"))
-    assert "[activate]" in dry.stdout and "tar -xzf -" in dry.stdout
+    assert "[activate v9]" in dry.stdout and "tar -xzf -" in dry.stdout
     assert not any((box.pool_dir(i) / "releases" / "v9").exists() for i in range(3))
     assert all_on(box, "v1")
 

@@ -7,7 +7,7 @@ import hashlib
 import io
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
-from typing import IO
+from typing import IO, TypeVar
 
 from fpm_fleet.errors import FleetError, RemoteError, RemoteResult
 from fpm_fleet.host.layout import (
@@ -17,7 +17,15 @@ from fpm_fleet.host.layout import (
     STOP_SCRIPT,
     Layout,
 )
-from fpm_fleet.host.render import (
+from fpm_fleet.host.pool import HostPool
+from fpm_fleet.inventory import Fleet, Host, Pool
+from fpm_fleet.releases.manifest import parse_checksums
+from fpm_fleet.remote import shell
+from fpm_fleet.remote.command import Command
+from fpm_fleet.remote.runner import Runner, ask_by_running
+from fpm_fleet.remote.shell import q
+from fpm_fleet.remote.ssh import SSHRunner, connect
+from fpm_fleet.render import (
     RenderedFile,
     apache_files,
     fpm_files,
@@ -26,12 +34,9 @@ from fpm_fleet.host.render import (
     sudoers,
     unit_file,
 )
-from fpm_fleet.inventory import Fleet, Host, Pool
-from fpm_fleet.releases.manifest import parse_checksums
-from fpm_fleet.remote import shell
-from fpm_fleet.remote.shell import q
-from fpm_fleet.remote.ssh import Executor, SSHExecutor, connect
-from fpm_fleet.web import balancer
+from fpm_fleet.web import apache
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -50,17 +55,17 @@ def setup_login(host: Host) -> Host:
     return dataclasses.replace(host, user=host.setup_user, sudo=host.setup_user != "root")
 
 
-def setup_connector(host: Host) -> Executor:
+def setup_connector(host: Host) -> Runner:
     """Runner's connector for `fab setup`: the SSH session of setup_user."""
     login = setup_login(host)
-    return SSHExecutor(login, connect(login))
+    return SSHRunner(login, connect(login))
 
 
 class AsRoot:
-    """An Executor that runs every command as root: `fab setup` writes /etc and systemd
+    """A runner that runs every command as root: `fab setup` writes /etc and systemd
     units, so it needs full root; no other task does."""
 
-    def __init__(self, inner: Executor) -> None:
+    def __init__(self, inner: Runner) -> None:
         self.inner = inner
         self.host = inner.host
 
@@ -74,8 +79,11 @@ class AsRoot:
         return self.inner.stream(shell.as_root(command, self.host.sudo), what, source,
                                  timeout=timeout)
 
+    def ask(self, cmd: Command[T]) -> T:
+        return ask_by_running(self, cmd)
 
-def require_root(ex: Executor, host: Host) -> None:
+
+def require_root(ex: Runner, host: Host) -> None:
     """Fail first, and say how to fix it, when the setup login cannot become root."""
     result = ex.run("id -u", "check for root", check=False)
     if result.stdout.strip() == "0":
@@ -152,14 +160,14 @@ def manager_credential(user: str, apache_group: str) -> str:
             f"mv -f -- {htpasswd}.tmp {htpasswd} && echo {htpasswd}; fi")
 
 
-def changed_files(ex: Executor, files: list[RenderedFile]) -> list[RenderedFile]:
+def changed_files(ex: Runner, files: list[RenderedFile]) -> list[RenderedFile]:
     result = ex.run(shell.checksums([f.path for f in files]), "checksum installed configs")
     remote = parse_checksums(result.stdout)
     return [f for f in files
             if remote.get(str(f.path)) != hashlib.sha256(f.text.encode()).hexdigest()]
 
 
-def upload_text(ex: Executor, path: PurePosixPath | str, text: str, mode: str = "0644") -> None:
+def upload_text(ex: Runner, path: PurePosixPath | str, text: str, mode: str = "0644") -> None:
     ex.stream(shell.write_stdin(path, mode), f"write {path}", io.BytesIO(text.encode()))
 
 
@@ -168,7 +176,7 @@ NO_SYSTEMD = ("this host was not booted with systemd: fpm-fleet runs every repli
               "systemd hosts")
 
 
-def setup_host(login: Executor, fleet: Fleet, host: Host) -> SetupReport:
+def setup_host(login: Runner, fleet: Fleet, host: Host) -> SetupReport:
     """Directories (the deploy user's own), the sudoers file, balancer-manager's credential,
     replica configs and services, the Apache site; each reloaded only on change, so a second
     run changes nothing. `login` is connected as setup_user; everything runs as root."""
@@ -205,7 +213,7 @@ def setup_host(login: Executor, fleet: Fleet, host: Host) -> SetupReport:
     return report
 
 
-def _setup_sudoers(ex: Executor, fleet: Fleet, host: Host) -> list[str]:
+def _setup_sudoers(ex: Runner, fleet: Fleet, host: Host) -> list[str]:
     """What the deploy user may run as root; checked by visudo before it is installed."""
     rendered = sudoers(fleet, host)
     if rendered is None or not changed_files(ex, [rendered]):
@@ -219,7 +227,7 @@ def _setup_sudoers(ex: Executor, fleet: Fleet, host: Host) -> list[str]:
     return [f"wrote {rendered.path}"]
 
 
-def _setup_services(ex: Executor, fleet: Fleet, host: Host) -> list[str]:
+def _setup_services(ex: Runner, fleet: Fleet, host: Host) -> list[str]:
     """One template unit per pool; every replica's service enabled (started at boot)."""
     units = [stop_script(), *(unit_file(host, pool) for pool in fleet.pools)]
     changed = changed_files(ex, units)
@@ -235,7 +243,7 @@ def _setup_services(ex: Executor, fleet: Fleet, host: Host) -> list[str]:
             + [f"enabled {u}" for u in enabled.stdout.split() if u])
 
 
-def _setup_apache(ex: Executor, fleet: Fleet, host: Host) -> list[str]:
+def _setup_apache(ex: Runner, fleet: Fleet, host: Host) -> list[str]:
     changes = []
     changed = changed_files(ex, apache_files(fleet, host))
     if changed:
@@ -273,7 +281,7 @@ REQUIRED_MODULES = ("proxy_module", "proxy_fcgi_module", "proxy_balancer_module"
                     "lbmethod_bybusyness_module", "slotmem_shm_module", "rewrite_module")
 
 
-def check_host(ex: Executor, fleet: Fleet, host: Host) -> list[Check]:
+def check_host(ex: Runner, fleet: Fleet, host: Host) -> list[Check]:
     """Preflight of one reachable host; each line says what is wrong and where."""
     checks = [Check(host.name, "ssh", True, f"{host.user}@{host.address}:{host.port}")]
     systemd = ex.run(shell.has_systemd(), "check for systemd", check=False).ok
@@ -287,7 +295,7 @@ def check_host(ex: Executor, fleet: Fleet, host: Host) -> list[Check]:
     return checks
 
 
-def _check_sudo(ex: Executor, fleet: Fleet, host: Host) -> Check:
+def _check_sudo(ex: Runner, fleet: Fleet, host: Host) -> Check:
     """A deploy user needs sudo for exactly the commands of /etc/sudoers.d/fpm-fleet."""
     if not host.sudo:
         return Check(host.name, "root", True, "via root login")
@@ -303,7 +311,7 @@ def _check_sudo(ex: Executor, fleet: Fleet, host: Host) -> Check:
                  "/etc/sudoers.d/fpm-fleet")
 
 
-def _check_owner(ex: Executor, host: Host, pool: Pool) -> Check:
+def _check_owner(ex: Runner, host: Host, pool: Pool) -> Check:
     """Uploads, hooks and state files run as the login user, in directories it owns."""
     layout = Layout.of(host, pool)
     out = ex.run(shell.not_writable(layout.deploy_owned()), "check writable dirs", check=False)
@@ -313,7 +321,7 @@ def _check_owner(ex: Executor, host: Host, pool: Pool) -> Check:
     return Check(host.name, f"{pool.name}: owner", out.ok and not missing, detail)
 
 
-def _check_apache(ex: Executor, fleet: Fleet, host: Host) -> list[Check]:
+def _check_apache(ex: Runner, fleet: Fleet, host: Host) -> list[Check]:
     mods = ex.run(shell.apache_modules_loaded(), "list Apache modules", check=False)
     missing = [m for m in REQUIRED_MODULES if m not in mods.stdout]
     checks = [Check(host.name, "apache modules", not missing,
@@ -328,7 +336,7 @@ def _check_apache(ex: Executor, fleet: Fleet, host: Host) -> list[Check]:
     return checks
 
 
-def _check_listen(ex: Executor, host: Host) -> Check:
+def _check_listen(ex: Runner, host: Host) -> Check:
     """`setup` succeeding does not prove Apache listens where the inventory says."""
     port = host.apache.port
     ok = ex.run(shell.tcp_listening(port), "check listen port", check=False).ok
@@ -342,7 +350,7 @@ def vhost_url(host: Host, pool: Pool) -> str:
     return f"http://{apache.local_address}:{apache.port}{pool.health_path}"
 
 
-def _check_vhost(ex: Executor, host: Host, pool: Pool) -> Check:
+def _check_vhost(ex: Runner, host: Host, pool: Pool) -> Check:
     """The pool answers through Apache, as a client would reach it (its server_name)."""
     url = vhost_url(host, pool)
     result = ex.run(shell.vhost_request(Layout.of(host, pool), url, pool.server_name),
@@ -365,10 +373,10 @@ def vhost_check(host: str, pool: Pool, url: str, result: RemoteResult) -> Check:
     return Check(host, name, False, f"{asked}: {reason[0][:120]}")
 
 
-def _check_members(ex: Executor, host: Host, pool: Pool) -> Check:
+def _check_members(ex: Runner, host: Host, pool: Pool) -> Check:
     name = f"{pool.name}: balancer-manager"
     try:
-        bal = balancer.read(ex, host, pool)
+        bal = apache.read(HostPool(ex, host, pool))
     except FleetError as exc:
         return Check(host.name, name, False, str(exc).removeprefix(f"{host.name}: "))
     want = {pool.member(n) for n in pool.replica_numbers}

@@ -1,0 +1,116 @@
+"""What the tasks show at the end of a run: recaps, the status table, the stress table and
+a dry run's plan. Rows are built from returned results; output.py draws them."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from fpm_fleet import output
+from fpm_fleet import status as status_mod
+from fpm_fleet.remote.dryrun import Planned
+from fpm_fleet.remote.group import GroupResult
+from fpm_fleet.rollout.deploy import PoolFailed, PoolOutcome
+from fpm_fleet.stress import HostStats
+
+
+def lifecycle_recap(title: str, results: GroupResult[list[str]]) -> None:
+    """restart / start / stop: per host, the replicas done, or why it failed."""
+    rows: list[list[object]] = []
+    for o in results:
+        if not o.reached and o.ok:
+            rows.append([o.host, "not reached", "-", "-", "untouched"])
+            continue
+        done = o.value or []
+        rows.append([o.host, output.ok_text(o.ok), len(done) if o.ok else "-",
+                     f"{o.seconds:.1f}s", str(o.error) if o.error else ", ".join(done)])
+    output.show(output.table(title, ["host", "result", "replicas done", "duration", "detail"],
+                             rows))
+
+
+def _pool_outcomes(value: list[PoolOutcome] | None, error: Exception | None
+                   ) -> Sequence[PoolOutcome]:
+    if isinstance(error, PoolFailed):
+        return error.outcomes
+    return value or []
+
+
+def rollout_recap(title: str, results: GroupResult[list[PoolOutcome]]) -> None:
+    """deploy / rollback: per host and pool, the releases before and after, the upload, and
+    whether the point of no return was passed."""
+    rows: list[list[object]] = []
+    for o in results:
+        if not o.reached:
+            rows.append([o.host, "-", "-", "-", "not reached (untouched)", "-", "no", ""])
+            continue
+        for p in _pool_outcomes(o.value, o.error) or [PoolOutcome(o.host, "-")]:
+            result = "reverted" if p.reverted else "ok" if o.ok else "FAILED"
+            rows.append([o.host, p.pool, f"{p.before or '-'} -> {p.after or p.before or '-'}",
+                         f"{o.seconds:.1f}s", output.ok_text(o.ok, result, result),
+                         _upload_text(p), "yes" if p.passed_point_of_no_return else "no",
+                         str(o.error or "")])
+    output.show(output.table(title, ["host", "pool", "release", "duration", "result",
+                                     "upload", "point of no return", "error"], rows))
+
+
+def _upload_text(p: PoolOutcome) -> str:
+    up = p.upload
+    if up is None:
+        return "-"
+    if up.reused:
+        return "reused"
+    return (f"{up.sent_files} sent/{up.linked_files} linked, {up.bytes_sent / 1024:.0f} KiB "
+            f"in {up.seconds:.1f}s")
+
+
+def status_table(rows: list[status_mod.ReplicaStatus], drifts: list[status_mod.Drift],
+                 terse: bool) -> None:
+    if terse:
+        for r in rows:
+            name = f"{r.pool}-{r.replica}" if r.replica else r.pool
+            output.out.print(f"{r.host} {name} {'OK' if r.ok else 'FAIL'}")
+    else:
+        table = [[r.host, r.pool, r.replica or "-",
+                  output.ok_text(r.service == "active", r.service, r.service), r.lb_status,
+                  "-" if r.busy is None else r.busy, output.ok_text(r.ping_ok, "pong", "no"),
+                  r.release or "-", r.current_release or "-", r.pid or "-",
+                  "-" if r.uptime is None else f"{r.uptime}s",
+                  output.ok_text(r.ok, "OK", "; ".join(r.problems) or "FAIL")] for r in rows]
+        output.show(output.table("status", ["host", "pool", "replica", "service", "balancer",
+                                            "busy", "ping", "pinned", "current", "pid",
+                                            "uptime", "state"], table))
+    for d in drifts:
+        output.note(f"drift: {d.host}/{d.pool}: {d.message}", "bold yellow")
+
+
+def stress_table(stats: list[HostStats]) -> None:
+    rows = [[st.host, st.requests, output.ok_text(st.failures == 0, "0", str(st.failures)),
+             st.p50_ms, st.p99_ms, st.max_ms,
+             ", ".join(f"{k}: {v}" for k, v in st.releases.items()) or "-",
+             ", ".join(f"{k}: {v}" for k, v in st.reasons.items())] for st in stats]
+    output.show(output.table("stress", ["host", "requests", "failed", "p50 ms", "p99 ms",
+                                        "max ms", "releases", "failures"], rows))
+
+
+def _first_line(command: str, width: int = 100) -> str:
+    """A read shown short: the probes are long scripts, and they change nothing."""
+    line = command.splitlines()[0] if command else ""
+    return line if len(line) <= width and "\n" not in command else line[:width] + " ..."
+
+
+KIND_MARK = {"change": "", "check": "(check, assumed to pass) ", "read": "(read now) "}
+
+
+def plan(title: str, planned: Sequence[Planned], reads: bool) -> None:
+    """A dry run's commands per host, as the login user would run them (the reads, run
+    for real, shortened to their first line)."""
+    host = None
+    for p in planned:
+        if p.kind == "read" and not reads:
+            continue
+        if p.host != host:
+            host = p.host
+            output.out.print(f"# {title} on {p.host}, as {p.user}:", markup=False)
+        command = _first_line(p.command) if p.kind == "read" else p.command
+        output.out.print(f"  [{p.what}] {KIND_MARK[p.kind]}{command}", markup=False,
+                         highlight=False, soft_wrap=True)
+    output.note("dry run: nothing was changed", "bold yellow")
