@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fpm_fleet.inventory import Fleet
+from fpm_fleet.core.inventory import Fleet
 
 from . import fpmconf, reload, sandbox
 from .errors import BenchError

@@ -14,8 +14,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from fpm_fleet.core.inventory import Fleet
 from fpm_fleet.host.layout import Layout
-from fpm_fleet.inventory import Fleet
 
 from .sandbox import on_host, sandbox_host
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 from fpm_fleet import stress
-from fpm_fleet.inventory import Fleet
+from fpm_fleet.core.inventory import Fleet
 from fpm_fleet.stress import Target
 
 from .profile import Profile

@@ -15,8 +15,8 @@ import sys
 import time
 from types import FrameType
 
-from fpm_fleet.errors import FleetError
-from fpm_fleet.inventory import Fleet
+from fpm_fleet.core.errors import FleetError
+from fpm_fleet.core.inventory import Fleet
 
 from . import downtime, machine, render, sandbox, scale, steps, tables, upload
 from .errors import BenchError

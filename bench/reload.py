@@ -18,9 +18,9 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+from fpm_fleet.core.inventory import Fleet, Host, Pool
 from fpm_fleet.host import fpm
 from fpm_fleet.host.layout import Layout
-from fpm_fleet.inventory import Fleet, Host, Pool
 from fpm_fleet.remote import shell
 from fpm_fleet.sandbox.hosts import SandboxHost
 

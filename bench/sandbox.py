@@ -15,8 +15,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from fpm_fleet import inventory
-from fpm_fleet.inventory import Fleet, Host
+from fpm_fleet.core import inventory
+from fpm_fleet.core.inventory import Fleet, Host
 from fpm_fleet.sandbox import hosts as tasks_sandbox
 from fpm_fleet.sandbox.hosts import SandboxHost
 

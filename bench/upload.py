@@ -20,10 +20,10 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import IO
 
+from fpm_fleet.core.inventory import Fleet, Host, Pool
 from fpm_fleet.host import lock
 from fpm_fleet.host.layout import Layout
 from fpm_fleet.host.pool import HostPool
-from fpm_fleet.inventory import Fleet, Host, Pool
 from fpm_fleet.releases import manifest
 from fpm_fleet.releases import store as release
 from fpm_fleet.releases.manifest import Manifest

@@ -21,7 +21,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from fpm_fleet.events import Event, Observer
+from fpm_fleet.core.events import Event, Observer
 
 # Wide enough for the status table when output goes to a pipe or a CI log.
 err = Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() else 160)
@@ -152,16 +152,14 @@ def progress(plain: bool = False) -> Iterator[Observer]:
         yield live
 
 
-def table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]],
-          styles: Sequence[str | None] | None = None) -> Table:
+def table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> Table:
     t = Table(title=title, title_justify="left")
     for col in columns:
         t.add_column(col)
-    for i, row in enumerate(rows):
-        style = styles[i] if styles else None
+    for row in rows:
         # Text, never str: a cell holds remote text (paths, errors), which rich would
         # otherwise read as markup (`[red]`, or `[/x]`, which even raises)
-        t.add_row(*[c if isinstance(c, Text) else Text(str(c)) for c in row], style=style)
+        t.add_row(*[c if isinstance(c, Text) else Text(str(c)) for c in row])
     return t
 
 

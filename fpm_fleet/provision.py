@@ -9,7 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import IO, TypeVar
 
-from fpm_fleet.errors import FleetError, RemoteError, RemoteResult
+from fpm_fleet.core.errors import FleetError, RemoteError, RemoteResult
+from fpm_fleet.core.inventory import Fleet, Host, Pool
 from fpm_fleet.host.layout import (
     MANAGER_HTPASSWD,
     MANAGER_LOGIN,
@@ -18,7 +19,6 @@ from fpm_fleet.host.layout import (
     Layout,
 )
 from fpm_fleet.host.pool import HostPool
-from fpm_fleet.inventory import Fleet, Host, Pool
 from fpm_fleet.releases.manifest import parse_checksums
 from fpm_fleet.remote import shell
 from fpm_fleet.remote.command import Command
@@ -34,7 +34,7 @@ from fpm_fleet.render import (
     sudoers,
     unit_file,
 )
-from fpm_fleet.web import apache
+from fpm_fleet.web import apache, apache_site
 
 T = TypeVar("T")
 
@@ -249,8 +249,8 @@ def _setup_apache(ex: Runner, fleet: Fleet, host: Host) -> list[str]:
     if changed:
         for f in changed:
             upload_text(ex, f"{f.path}{shell.STAGED}", f.text)
-        enabled = ex.run(shell.apache_site_enabled(), "is the site enabled", check=False).ok
-        test = shell.apache_site_test(enabled)
+        enabled = ex.run(apache_site.apache_site_enabled(), "is the site enabled", check=False).ok
+        test = apache_site.apache_site_test(enabled)
         try:
             ex.run(shell.install_checked([f.path for f in changed], test),
                    "install Apache config")
@@ -258,13 +258,13 @@ def _setup_apache(ex: Runner, fleet: Fleet, host: Host) -> list[str]:
             raise FleetError(f"{host.name}: the new Apache config fails its test and was not "
                              f"installed: {exc.result.stderr.strip()}") from None
         changes += [f"wrote {f.path}" for f in changed]
-    ex.run(shell.apache_ctl("enable"), "enable apache2.service")
-    running = ex.run(shell.apache_running(), "is Apache running", check=False).ok
+    ex.run(apache_site.apache_ctl("enable"), "enable apache2.service")
+    running = ex.run(apache_site.apache_running(), "is Apache running", check=False).ok
     if not running:
-        ex.run(shell.apache_ctl("start"), "start Apache")
+        ex.run(apache_site.apache_ctl("start"), "start Apache")
         changes.append("started Apache")
     elif changed:
-        ex.run(shell.apache_ctl("reload"), "reload Apache")
+        ex.run(apache_site.apache_ctl("reload"), "reload Apache")
         changes.append("reloaded Apache (graceful)")
     return changes
 
@@ -322,7 +322,7 @@ def _check_owner(ex: Runner, host: Host, pool: Pool) -> Check:
 
 
 def _check_apache(ex: Runner, fleet: Fleet, host: Host) -> list[Check]:
-    mods = ex.run(shell.apache_modules_loaded(), "list Apache modules", check=False)
+    mods = ex.run(apache_site.apache_modules_loaded(), "list Apache modules", check=False)
     missing = [m for m in REQUIRED_MODULES if m not in mods.stdout]
     checks = [Check(host.name, "apache modules", not missing,
                     "missing " + ", ".join(missing) if missing else "proxy, fcgi, balancer")]
@@ -339,7 +339,7 @@ def _check_apache(ex: Runner, fleet: Fleet, host: Host) -> list[Check]:
 def _check_listen(ex: Runner, host: Host) -> Check:
     """`setup` succeeding does not prove Apache listens where the inventory says."""
     port = host.apache.port
-    ok = ex.run(shell.tcp_listening(port), "check listen port", check=False).ok
+    ok = ex.run(apache_site.tcp_listening(port), "check listen port", check=False).ok
     detail = (f"port {port} ({host.apache.listen})" if ok else
               f"nothing listens on port {port} (listen = {host.apache.listen}); run fab setup")
     return Check(host.name, "apache listen", ok, detail)
@@ -353,17 +353,17 @@ def vhost_url(host: Host, pool: Pool) -> str:
 def _check_vhost(ex: Runner, host: Host, pool: Pool) -> Check:
     """The pool answers through Apache, as a client would reach it (its server_name)."""
     url = vhost_url(host, pool)
-    result = ex.run(shell.vhost_request(Layout.of(host, pool), url, pool.server_name),
+    result = ex.run(apache_site.vhost_request(Layout.of(host, pool), url, pool.server_name),
                     f"request {pool.name} through Apache", check=False)
     return vhost_check(host.name, pool, url, result)
 
 
 def vhost_check(host: str, pool: Pool, url: str, result: RemoteResult) -> Check:
-    """Judge the answer of shell.vhost_request: only a 200 passes."""
+    """Judge the answer of apache_site.vhost_request: only a 200 passes."""
     name = f"{pool.name}: vhost"
     asked = f"GET {url} (Host: {pool.server_name})"
     answer = result.stdout.strip()
-    if answer == shell.NO_RELEASE:
+    if answer == apache_site.NO_RELEASE:
         return Check(host, name, True, "no release deployed yet: not requested")
     if answer == "200":
         return Check(host, name, True, f"{asked}: 200")

@@ -8,17 +8,17 @@ from pathlib import PurePosixPath
 
 import jinja2
 
+from fpm_fleet.core.inventory import Fleet, Host, Pool
+from fpm_fleet.core.resources import SUDOERS_TEMPLATE, TEMPLATES
 from fpm_fleet.host.layout import (
+    APACHE_SITE,
     MANAGER_HTPASSWD,
     MANAGER_LOGIN,
     STOP_SCRIPT,
     SUDOERS,
-    ApacheLayout,
     Layout,
 )
-from fpm_fleet.inventory import Fleet, Host, Pool
 from fpm_fleet.remote import shell
-from fpm_fleet.resources import SUDOERS_TEMPLATE, TEMPLATES
 
 
 @dataclass(frozen=True)
@@ -89,12 +89,11 @@ def _env() -> jinja2.Environment:
 
 
 def apache_files(fleet: Fleet, host: Host) -> list[RenderedFile]:
-    apache = ApacheLayout.of(host)
     sites = [Site(pool, Layout.of(host, pool)) for pool in fleet.pools]
     site = _env().get_template("apache-site.conf.j2").render(
         host=host, sites=sites, listens=site_listens(host), htpasswd=MANAGER_HTPASSWD,
         manager_login=MANAGER_LOGIN)
-    return [RenderedFile(apache.site, site)]
+    return [RenderedFile(APACHE_SITE, site)]
 
 
 def fpm_files(host: Host, pool: Pool) -> list[RenderedFile]:

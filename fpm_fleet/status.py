@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
-from fpm_fleet.errors import FleetError
+from fpm_fleet.core.errors import FleetError
+from fpm_fleet.core.events import Observer
+from fpm_fleet.core.inventory import Host, Pool
 from fpm_fleet.host import fpm
 from fpm_fleet.host.pool import HostPool, Replica
-from fpm_fleet.inventory import Host, Pool
-from fpm_fleet.output import PlainObserver
 from fpm_fleet.remote.group import HostGroup
 from fpm_fleet.remote.runner import Runner
 from fpm_fleet.rollout.hosts import Selection
@@ -134,14 +134,14 @@ def how_to_finish(rows: list[ReplicaStatus], drifts: list[Drift]) -> list[str]:
     return lines
 
 
-def collect(sel: Selection) -> list[ReplicaStatus]:
+def collect(sel: Selection, obs: Observer) -> list[ReplicaStatus]:
     """Every selected replica's row, hosts read 8 at a time; an unreachable host's pools
     are rows that say so."""
     def work(runner: Runner, h: Host) -> list[ReplicaStatus]:
         return [row for p in sel.pools
                 for row in pool_status(HostPool(runner, h, p), sel.replicas(p))]
 
-    results = HostGroup(PlainObserver(), parallel=8, stop_on_failure=False).run(sel.hosts, work)
+    results = HostGroup(obs, parallel=8, stop_on_failure=False).run(sel.hosts, work)
     hosts = {h.name: h for h in sel.hosts}
     return [row for o in results
             for row in (o.value or [] if o.ok else

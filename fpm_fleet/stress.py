@@ -19,8 +19,8 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
-from fpm_fleet.errors import UsageError
-from fpm_fleet.inventory import Host, Pool
+from fpm_fleet.core.errors import UsageError
+from fpm_fleet.core.inventory import Host, Pool
 
 # What an answer's body is kept for: the release it names (the first words) and a failure's
 # diagnosis. A real app's pages, kept whole for 200,000 requests, would be gigabytes.

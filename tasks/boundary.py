@@ -13,9 +13,10 @@ from types import FrameType
 from invoke.context import Context
 from invoke.exceptions import Exit
 
-from fpm_fleet import inventory, output
-from fpm_fleet.errors import FleetError
-from fpm_fleet.inventory import Fleet
+from fpm_fleet import output
+from fpm_fleet.core import inventory
+from fpm_fleet.core.errors import FleetError
+from fpm_fleet.core.inventory import Fleet
 
 DEFAULT_INVENTORY = "hosts.toml"
 

@@ -13,10 +13,10 @@ from invoke.tasks import task
 from fpm_fleet import output, provision, render, report
 from fpm_fleet import status as status_mod
 from fpm_fleet import stress as stress_mod
-from fpm_fleet.errors import UsageError
-from fpm_fleet.events import Observer, step
+from fpm_fleet.core.errors import UsageError
+from fpm_fleet.core.events import Observer, step
+from fpm_fleet.core.inventory import Host, Pool
 from fpm_fleet.host import lock
-from fpm_fleet.inventory import Host, Pool
 from fpm_fleet.remote.group import HostGroup
 from fpm_fleet.remote.runner import Runner
 from fpm_fleet.rollout import hosts as rollout
@@ -109,7 +109,7 @@ def status(c: Context, host: str | None = None, pool: str | None = None,
     """Every replica: balancer state, Busy, ping, pinned release, pid, uptime; drift."""
     with boundary(c, command_line()) as s:
         sel = rollout.select(s.fleet, host, pool, replica)
-        rows = status_mod.collect(sel)
+        rows = status_mod.collect(sel, output.PlainObserver())
         drifts = status_mod.drift(rows)
         if json_:
             output.print_json(rows)
@@ -133,7 +133,7 @@ def reporting_interrupts(sel: Selection) -> Iterator[None]:
         yield
     except KeyboardInterrupt:
         output.note("interrupted: the state of every selected replica now", "bold yellow")
-        rows = status_mod.collect(sel)
+        rows = status_mod.collect(sel, output.PlainObserver())
         drifts = status_mod.drift(rows)
         report.status_table(rows, drifts, terse=False)
         for line in status_mod.how_to_finish(rows, drifts):

@@ -9,11 +9,11 @@ from invoke.context import Context
 from invoke.tasks import task
 
 from fpm_fleet import output, report
-from fpm_fleet.errors import FleetError, UsageError
-from fpm_fleet.events import Observer
+from fpm_fleet.core.errors import FleetError, UsageError
+from fpm_fleet.core.events import Observer
+from fpm_fleet.core.inventory import Host
 from fpm_fleet.host import lock
 from fpm_fleet.host.pool import HostPool
-from fpm_fleet.inventory import Host
 from fpm_fleet.releases import store
 from fpm_fleet.remote.dryrun import Recorder
 from fpm_fleet.remote.group import HostGroup
@@ -95,7 +95,7 @@ def rollback(c: Context, to: str | None = None, host: str | None = None,
         if to:
             store.validate_name(to)
         sel = rollout.select(s.fleet, host, pool)
-        targets = deploy.rollback_targets(sel, to)
+        targets = deploy.rollback_targets(sel, to, output.PlainObserver())
         command = command_line()
 
         def plans(h: Host) -> dict[str, Plan]:

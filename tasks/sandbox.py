@@ -10,7 +10,7 @@ from invoke.exceptions import Exit
 from invoke.tasks import task
 
 from fpm_fleet import output
-from fpm_fleet.errors import FleetError
+from fpm_fleet.core.errors import FleetError
 from fpm_fleet.sandbox import base as sandbox_base
 from fpm_fleet.sandbox import demo as demo_app
 from fpm_fleet.sandbox import fleet as local_fleet

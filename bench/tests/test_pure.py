@@ -89,7 +89,7 @@ def test_the_reload_signals_every_master_of_a_host_in_one_kill() -> None:
 
 
 def test_the_status_request_asks_the_replica_status_socket_for_json() -> None:
-    from fpm_fleet.inventory import parse
+    from fpm_fleet.core.inventory import parse
 
     fleet = parse({"hosts": [{"name": "h1", "address": "198.18.0.11"}],
                    "pools": {"www": {"replicas": 2, "source": "/tmp/src"}}})

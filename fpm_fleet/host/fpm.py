@@ -11,7 +11,7 @@ from dataclasses import dataclass, replace
 from enum import Enum
 from pathlib import PurePosixPath
 
-from fpm_fleet.errors import RemoteResult
+from fpm_fleet.core.errors import RemoteResult
 from fpm_fleet.host.layout import Layout
 from fpm_fleet.host.pool import HostPool, Replica
 from fpm_fleet.remote import shell

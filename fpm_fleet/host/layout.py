@@ -1,11 +1,12 @@
-"""Where everything of a pool lives on a host (DESIGN.md section 1). Pure paths, no I/O."""
+"""Where everything of a pool lives on a host (ARCHITECTURE.md, "Host model"): pure paths,
+no I/O."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 
-from fpm_fleet.inventory import Host, Pool, replica_name
+from fpm_fleet.core.inventory import Host, Pool, replica_name
 
 
 @dataclass(frozen=True)
@@ -119,14 +120,3 @@ MANAGER_LOGIN = "fpm-fleet"
 SUDOERS = PurePosixPath("/etc/sudoers.d/fpm-fleet")
 # The ExecStop of every replica service (one copy per host, shared by the pools).
 STOP_SCRIPT = PurePosixPath("/usr/local/lib/fpm-fleet/replica-stop")
-
-
-@dataclass(frozen=True)
-class ApacheLayout:
-    """Where fpm-fleet's site goes in Debian's Apache (/etc/apache2, driven by systemd)."""
-
-    site: PurePosixPath = APACHE_SITE
-
-    @classmethod
-    def of(cls, host: Host) -> ApacheLayout:
-        return cls()

@@ -21,11 +21,11 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from fpm_fleet.errors import FleetError, LockError, RemoteError
-from fpm_fleet.events import Event, Observer
+from fpm_fleet.core.errors import FleetError, LockError, RemoteError
+from fpm_fleet.core.events import Event, Observer
+from fpm_fleet.core.inventory import Host, Pool
 from fpm_fleet.host.layout import Layout
 from fpm_fleet.host.pool import HostPool
-from fpm_fleet.inventory import Host, Pool
 from fpm_fleet.remote.runner import Runner, shielded
 from fpm_fleet.remote.shell import q
 from fpm_fleet.remote.ssh import session

@@ -9,8 +9,8 @@ from functools import cached_property
 from pathlib import PurePosixPath
 from typing import TypeVar
 
+from fpm_fleet.core.inventory import Host, Pool
 from fpm_fleet.host.layout import Layout
-from fpm_fleet.inventory import Host, Pool
 from fpm_fleet.remote.command import Command
 from fpm_fleet.remote.runner import Runner
 

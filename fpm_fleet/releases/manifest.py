@@ -13,7 +13,7 @@ import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fpm_fleet.errors import ConfigError
+from fpm_fleet.core.errors import ConfigError
 
 
 @dataclass(frozen=True)

@@ -14,10 +14,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from fpm_fleet.errors import ConfigError, RemoteError, RolloutError
+from fpm_fleet.core.errors import ConfigError, RemoteError, RolloutError
+from fpm_fleet.core.inventory import Host, Pool
 from fpm_fleet.host.layout import Layout
 from fpm_fleet.host.pool import HostPool
-from fpm_fleet.inventory import Host, Pool
 from fpm_fleet.releases import commands as rs
 from fpm_fleet.releases.manifest import Entry, Manifest, parse_checksums, safe_mode
 from fpm_fleet.remote import shell

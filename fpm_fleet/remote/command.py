@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
-from fpm_fleet.errors import AnswerError, RemoteResult
+from fpm_fleet.core.errors import AnswerError, RemoteResult
 from fpm_fleet.remote import shell
 
 T = TypeVar("T")

@@ -13,8 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import IO, TypeVar
 
-from fpm_fleet.errors import RemoteResult
-from fpm_fleet.inventory import Host
+from fpm_fleet.core.errors import RemoteResult
+from fpm_fleet.core.inventory import Host
 from fpm_fleet.remote.command import Command
 from fpm_fleet.remote.runner import Runner
 

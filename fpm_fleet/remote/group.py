@@ -16,9 +16,9 @@ from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
-from fpm_fleet.errors import FleetError, RolloutError
-from fpm_fleet.events import Event, Observer
-from fpm_fleet.inventory import Host
+from fpm_fleet.core.errors import FleetError, RolloutError
+from fpm_fleet.core.events import Event, Observer
+from fpm_fleet.core.inventory import Host
 from fpm_fleet.remote.runner import Interruptible, Runner
 from fpm_fleet.remote.ssh import SSHRunner, connect
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import paramiko
 from paramiko.hostkeys import HostKeyEntry
 
-from fpm_fleet.errors import ConfigError
+from fpm_fleet.core.errors import ConfigError
 
 
 @dataclass(frozen=True)

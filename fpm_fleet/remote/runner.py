@@ -10,8 +10,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import IO, Protocol, TypeVar
 
-from fpm_fleet.errors import RemoteError, RemoteResult
-from fpm_fleet.inventory import Host
+from fpm_fleet.core.errors import RemoteError, RemoteResult
+from fpm_fleet.core.inventory import Host
 from fpm_fleet.remote.command import Command, read_answer
 
 T = TypeVar("T")

@@ -25,8 +25,8 @@ import paramiko
 from fabric import Connection
 from paramiko.ssh_exception import NoValidConnectionsError
 
-from fpm_fleet.errors import ConfigError, ConnectError, RemoteError, RemoteResult
-from fpm_fleet.inventory import Host
+from fpm_fleet.core.errors import ConfigError, ConnectError, RemoteError, RemoteResult
+from fpm_fleet.core.inventory import Host
 from fpm_fleet.remote import known_hosts
 from fpm_fleet.remote.command import Command
 from fpm_fleet.remote.runner import ask_by_running

@@ -10,13 +10,12 @@ from contextlib import ExitStack
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from fpm_fleet.errors import ConfigError, FleetError, RemoteError, RolloutError, UsageError
-from fpm_fleet.events import Event, Observer, step
+from fpm_fleet.core.errors import ConfigError, FleetError, RemoteError, RolloutError, UsageError
+from fpm_fleet.core.events import Event, Observer, step
+from fpm_fleet.core.inventory import Host
+from fpm_fleet.core.redact import redact
 from fpm_fleet.host import fpm, lock
 from fpm_fleet.host.pool import HostPool
-from fpm_fleet.inventory import Host
-from fpm_fleet.output import PlainObserver
-from fpm_fleet.redact import redact
 from fpm_fleet.releases import commands as release_shell
 from fpm_fleet.releases import manifest
 from fpm_fleet.releases import store as release
@@ -296,13 +295,13 @@ def deploy_plans(sel: Selection, name: str, source: str | None, force: bool, tim
     return plans
 
 
-def rollback_targets(sel: Selection, to: str | None) -> dict[tuple[str, str], str]:
+def rollback_targets(sel: Selection, to: str | None, obs: Observer
+                     ) -> dict[tuple[str, str], str]:
     """Checked on every host before anything changes: a missing target refuses the rollback."""
     def work(runner: Runner, h: Host) -> dict[str, str]:
         return {p.name: rollback_target(HostPool(runner, h, p), to) for p in sel.pools}
 
-    results = HostGroup(PlainObserver(), parallel=8, stop_on_failure=False).run(sel.hosts,
-                                                                                 work)
+    results = HostGroup(obs, parallel=8, stop_on_failure=False).run(sel.hosts, work)
     if not results.ok:
         raise FleetError("rollback refused, nothing changed: "
                          + "; ".join(str(o.error) for o in results.failed))

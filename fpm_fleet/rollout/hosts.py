@@ -11,12 +11,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from fpm_fleet.errors import AnswerError, RolloutError, UsageError
-from fpm_fleet.events import Event, Observer
+from fpm_fleet.core.errors import AnswerError, RolloutError, UsageError
+from fpm_fleet.core.events import Event, Observer
+from fpm_fleet.core.inventory import Fleet, Host, Pool
 from fpm_fleet.host import fpm
 from fpm_fleet.host.fpm import StopOutcome
 from fpm_fleet.host.pool import HostPool, Replica
-from fpm_fleet.inventory import Fleet, Host, Pool
 from fpm_fleet.remote.group import as_failure
 from fpm_fleet.remote.runner import Runner, shielded
 from fpm_fleet.rollout import replica

@@ -12,8 +12,8 @@ import time
 from dataclasses import dataclass, replace
 from typing import TypeVar
 
-from fpm_fleet.errors import RemoteError, RemoteResult, RolloutError
-from fpm_fleet.events import Event, Observer, step
+from fpm_fleet.core.errors import RemoteError, RemoteResult, RolloutError
+from fpm_fleet.core.events import Event, Observer, step
 from fpm_fleet.host import fpm
 from fpm_fleet.host.fpm import FcgiResponse, Process, StopOutcome, Stopped
 from fpm_fleet.host.pool import Replica

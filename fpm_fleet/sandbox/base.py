@@ -16,7 +16,7 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 
-from fpm_fleet.errors import FleetError
+from fpm_fleet.core.errors import FleetError
 
 BASE_DIR = Path("/var/cache/fpm-fleet/sandbox-base")
 SUITE = "bookworm"

@@ -7,7 +7,7 @@ import os
 import shutil
 from pathlib import Path
 
-from fpm_fleet.resources import DEMO_APP
+from fpm_fleet.core.resources import DEMO_APP
 
 
 def build(dest: Path, release: str, healthy: bool = True, filler_files: int = 0,

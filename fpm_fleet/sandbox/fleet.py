@@ -10,9 +10,10 @@ import time
 from pathlib import Path
 from typing import TypeVar
 
-from fpm_fleet import inventory, output, provision, stress
-from fpm_fleet.errors import FleetError
-from fpm_fleet.inventory import Host
+from fpm_fleet import output, provision, stress
+from fpm_fleet.core import inventory
+from fpm_fleet.core.errors import FleetError
+from fpm_fleet.core.inventory import Host
 from fpm_fleet.releases import manifest
 from fpm_fleet.remote.group import GroupResult, HostGroup
 from fpm_fleet.remote.runner import Runner

@@ -31,7 +31,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from fpm_fleet.errors import FleetError
+from fpm_fleet.core.errors import FleetError
 from fpm_fleet.sandbox.base import DEPLOY_USER
 
 PREFIX = "fpmf"

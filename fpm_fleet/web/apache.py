@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 
-from fpm_fleet.errors import RemoteError, RolloutError
+from fpm_fleet.core.errors import RemoteError, RolloutError
 from fpm_fleet.host.pool import HostPool, Replica
 from fpm_fleet.web import balancer
 from fpm_fleet.web.balancer import Balancer, Member

@@ -7,13 +7,36 @@ Status strings are flags run together ("Drn Ok"), so they are parsed as tokens.
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
-from fpm_fleet.errors import RolloutError
+from fpm_fleet.core.errors import RolloutError
+from fpm_fleet.core.inventory import Pool
+from fpm_fleet.host.layout import MANAGER_NETRC
 from fpm_fleet.host.pool import HostPool, Replica
-from fpm_fleet.inventory import Pool
-from fpm_fleet.remote import shell
 from fpm_fleet.remote.command import Command
+from fpm_fleet.remote.shell import q
+
+# balancer-manager wants fpm-fleet's credential; curl reads it from a file readable only by
+# root and the deploy user, so it never shows on a command line (ps, /proc/PID/cmdline).
+MANAGER_CURL = f"curl -sS --fail --max-time 5 --netrc-file {q(MANAGER_NETRC)}"
+
+
+def xml_command(url: str) -> str:
+    """Read balancer-manager as XML (it answers with HTML without a same-host Referer)."""
+    return f"{MANAGER_CURL} -H {q('Referer: ' + url)} {q(url + '?xml=1')}"
+
+
+def set_command(url: str, balancer: str, worker: str, nonce: str,
+                flags: Mapping[str, int]) -> str:
+    """POST a member's status flags, then read the page back in the same round trip."""
+    form = [f"--data-urlencode {q(f'{k}={v}')}" for k, v in
+            (("b", balancer), ("w", worker), ("nonce", nonce))]
+    form += [f"--data {q(f'w_status_{flag}={value}')}" for flag, value in flags.items()]
+    post = (f"{MANAGER_CURL} -o /dev/null -H {q('Referer: ' + url)} "
+            f"{' '.join(form)} {q(url)}")
+    return f"{post} && {xml_command(url)}"
+
 
 NS = "{http://httpd.apache.org}"
 OUT_FLAGS = frozenset({"Dis", "Drn", "Stop", "Err", "HcFl", "Stby", "Spar"})
@@ -85,7 +108,7 @@ def _text(node: ET.Element, tag: str) -> str:
 
 def read(at: HostPool) -> Command[Balancer]:
     """The pool's balancer as Apache sees it now."""
-    return Command(shell.balancer_xml(at.manager_url), f"read balancer-manager {at.manager_url}",
+    return Command(xml_command(at.manager_url), f"read balancer-manager {at.manager_url}",
                    lambda res: pick(at.pool, res.stdout))
 
 
@@ -111,7 +134,7 @@ def set_flags(r: Replica, current: Balancer, flags: dict[str, int]) -> Command[B
     back. A dry run goes on as if Apache applied them."""
     member = member_of(current, r)
     url = r.at.manager_url
-    return Command(shell.balancer_set(url, r.pool.balancer, member.worker, current.nonce, flags),
+    return Command(set_command(url, r.pool.balancer, member.worker, current.nonce, flags),
                    f"set {r.member} {flags} in balancer-manager",
                    lambda res: pick(r.pool, res.stdout), changes=True,
                    assume=lambda: with_flags(current, member, flags))

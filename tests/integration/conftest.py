@@ -22,8 +22,9 @@ from typing import Any
 
 import pytest
 
-from fpm_fleet import inventory, stress
-from fpm_fleet.inventory import Fleet
+from fpm_fleet import stress
+from fpm_fleet.core import inventory
+from fpm_fleet.core.inventory import Fleet
 from fpm_fleet.sandbox import hosts as sandbox
 
 ROOT = Path(__file__).resolve().parents[2]

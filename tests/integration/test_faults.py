@@ -136,40 +136,36 @@ def test_apache_graceful_restart_during_a_rollout(box: Sandbox) -> None:
     assert all(r["ok"] and r["lb_status"] == "Init Ok" and r["pid"] for r in rows), rows
 
 
-def test_sigterm_mid_deploy_releases_the_lock_and_puts_replicas_back(box: Sandbox) -> None:
-    box.build("v3")
+@pytest.mark.parametrize(("sig", "release"), [(signal.SIGTERM, "v3"), (signal.SIGKILL, "v4")],
+                         ids=["sigterm", "sigkill"])
+def test_a_deploy_signalled_mid_rollout_leaves_the_host_serving(
+        box: Sandbox, sig: signal.Signals, release: str) -> None:
+    """SIGTERM: the run puts its replica back, releases its lock and says how to finish.
+    SIGKILL: it can do nothing, so the next run takes over the lock and heals the replica."""
+    box.build(release)
     lock = box.pool_dir(0) / "state" / "lock"
     with load(box, hosts=["h1"]) as stats:
-        run = Background("deploy", "--release", "v3", "--host", "h1", "--plain")
+        run = Background("deploy", "--release", release, "--host", "h1", "--plain")
         run.wait_for("[h1] www-1 drain ok")
-        run.proc.send_signal(signal.SIGTERM)
+        run.proc.send_signal(sig)
         code, _, err = run.finish()
-    assert code == 130, err
-    assert "interrupted" in err and not lock.exists()
-    # past the point of no return: current.release names v3, a replica may still pin the
-    # old release; the report says which command completes the job
-    assert "h1/www: current.release is v3; finish with `fab restart --host h1 --pool www`" \
-        in err, err
+        if sig == signal.SIGKILL:
+            assert lock.exists(), "a killed run cannot release its lock"
+            again = ok(fab("deploy", "--release", release, "--host", "h1", "--plain"))
+    if sig == signal.SIGTERM:
+        assert code == 130, err
+        assert "interrupted" in err and not lock.exists()
+        # past the point of no return: current.release names the new release, a replica
+        # may still pin the old one; the report says which command completes the job
+        assert (f"h1/www: current.release is {release}; finish with `fab restart --host h1 "
+                "--pool www`") in err, err
+    else:
+        assert "took over the lock of a killed run" in again.stderr
+        assert "left by an interrupted run" in again.stderr
+        assert not lock.exists()
+        assert all(r["release"] == release for r in box.status("--host", "h1"))
     assert_no_failures(stats)
     assert all(r["ok"] for r in box.status("--host", "h1"))
-
-
-def test_sigkill_mid_deploy_is_detected_by_the_next_run(box: Sandbox) -> None:
-    box.build("v4")
-    lock = box.pool_dir(0) / "state" / "lock"
-    with load(box, hosts=["h1"]) as stats:
-        run = Background("deploy", "--release", "v4", "--host", "h1", "--plain")
-        run.wait_for("[h1] www-1 drain ok")
-        run.proc.send_signal(signal.SIGKILL)
-        run.finish()
-        assert lock.exists(), "a killed run cannot release its lock"
-        again = ok(fab("deploy", "--release", "v4", "--host", "h1", "--plain"))
-    assert "took over the lock of a killed run" in again.stderr
-    assert "left by an interrupted run" in again.stderr
-    assert_no_failures(stats)
-    assert not lock.exists()
-    rows = box.status("--host", "h1")
-    assert all(r["ok"] and r["release"] == "v4" for r in rows)
 
 
 def test_disk_full_during_upload_activates_nothing(box: Sandbox, tmp_path: Path) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-PACKAGE = Path(__file__).resolve().parent
+PACKAGE = Path(__file__).resolve().parents[1]  # the fpm_fleet package
 
 
 def data_dir(installed: str, checkout: str, package: Path = PACKAGE) -> Path:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, TypeVar
 
-from fpm_fleet.errors import ConfigError
+from fpm_fleet.core.errors import ConfigError
 
 HOST_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 POOL_NAME = re.compile(r"^[a-z][a-z0-9-]{0,30}$")
