@@ -40,7 +40,8 @@ def rollout_recap(title: str, results: GroupResult[list[PoolOutcome]]) -> None:
     rows: list[list[object]] = []
     for o in results:
         if not o.reached:
-            rows.append([o.host, "-", "-", "-", "not reached (untouched)", "-", "no", ""])
+            result = "not reached (untouched)" if o.ok else "unreachable (untouched)"
+            rows.append([o.host, "-", "-", "-", result, "-", "no", str(o.error or "")])
             continue
         for p in _pool_outcomes(o.value, o.error) or [PoolOutcome(o.host, "-")]:
             result = "reverted" if p.reverted else "ok" if o.ok else "FAILED"

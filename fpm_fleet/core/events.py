@@ -27,19 +27,6 @@ class Observer(Protocol):
     def event(self, ev: Event) -> None: ...
 
 
-class Recorder:
-    """An observer that keeps every event (tests, JSON mode)."""
-
-    def __init__(self) -> None:
-        self.events: list[Event] = []
-
-    def event(self, ev: Event) -> None:
-        self.events.append(ev)
-
-    def steps(self, kind: str = "done") -> list[tuple[str, str, str]]:
-        return [(e.host, e.target, e.step) for e in self.events if e.kind == kind]
-
-
 @dataclass
 class StepHandle:
     """Lets a running step add detail to its closing event."""

@@ -35,6 +35,11 @@ class Command(Generic[T]):
     check: bool = True  # a non-zero exit raises RemoteError
     timeout: float | None = None  # None: the host's command_timeout
     assume: Callable[[], T] | None = field(default=None, compare=False)
+    shown: str | None = None  # the text to show for it, when `text` may hold a secret
+
+    @property
+    def display(self) -> str:
+        return self.text if self.shown is None else self.shown
 
 
 def read_answer(host: str, cmd: Command[T], result: RemoteResult) -> T:
@@ -53,9 +58,11 @@ def exited_ok(result: RemoteResult) -> bool:
     return result.ok
 
 
-def action(text: str, what: str, *, timeout: float | None = None) -> Command[RemoteResult]:
-    """A command that changes the host and whose output nobody reads."""
-    return Command(text, what, lambda r: r, changes=True, timeout=timeout)
+def action(text: str, what: str, *, timeout: float | None = None,
+           shown: str | None = None) -> Command[RemoteResult]:
+    """A command that changes the host and whose output nobody reads (`shown`: how a dry run
+    prints it, e.g. a hook with its secrets masked)."""
+    return Command(text, what, lambda r: r, changes=True, timeout=timeout, shown=shown)
 
 
 def probe(text: str, what: str, read: Callable[[RemoteResult], T], *,

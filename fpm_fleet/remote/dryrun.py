@@ -15,7 +15,7 @@ from typing import IO, TypeVar
 
 from fpm_fleet.core.errors import RemoteResult
 from fpm_fleet.core.inventory import Host
-from fpm_fleet.remote.command import Command
+from fpm_fleet.remote.command import Command, read_answer
 from fpm_fleet.remote.runner import Runner
 
 T = TypeVar("T")
@@ -58,13 +58,13 @@ class Recorder:
     def ask(self, cmd: Command[T]) -> T:
         empty = RemoteResult(cmd.text, 0, "", "")
         if cmd.changes:
-            self._note("change", cmd.what, cmd.text)
-            return cmd.assume() if cmd.assume else cmd.read(empty)
+            self._note("change", cmd.what, cmd.display)
+            return cmd.assume() if cmd.assume else read_answer(self.host.name, cmd, empty)
         if cmd.assume is not None:
-            self._note("check", cmd.what, cmd.text)
+            self._note("check", cmd.what, cmd.display)
             return cmd.assume()
-        self._note("read", cmd.what, cmd.text)
-        return self.reader.ask(cmd) if self.reader else cmd.read(empty)
+        self._note("read", cmd.what, cmd.display)
+        return self.reader.ask(cmd) if self.reader else read_answer(self.host.name, cmd, empty)
 
     def close(self) -> None:
         close = getattr(self.reader, "close", None)

@@ -156,7 +156,8 @@ def _before_activate(at: HostPool, name: str, command: str) -> None:
     shown = redact(command)  # never a secret on the terminal
     try:
         at.ask(action(release_shell.before_activate(at.layout, name, command),
-                      f"before_activate {shown}"))
+                      f"before_activate {shown}",
+                      shown=release_shell.before_activate(at.layout, name, shown)))
     except RemoteError as exc:
         raise RolloutError(f"{at.host.name}: before_activate `{shown}` failed; {name} was not "
                            f"activated: {exc}") from None

@@ -27,7 +27,12 @@ def member(r: Replica) -> Member:
 
 
 def set_member(r: Replica, flags: dict[str, int], attempts: int = 3) -> Member:
-    """Change a member's flags and confirm from the page read back that Apache applied them."""
+    """Change a member's flags and confirm from the page read back that Apache applied them.
+
+    The first attempt posts even when the page already shows the flags: it costs one POST
+    where the steps rarely ask for a state a member is already in, and a dry run (which
+    reads the real balancer but only records the changes before) then shows every change
+    its step asks for. A retry first checks whether another run applied them meanwhile."""
     found = read(r.at)
     for attempt in range(attempts):
         if attempt:

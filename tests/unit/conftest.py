@@ -14,14 +14,18 @@ import shlex
 import subprocess
 from collections.abc import Callable, Mapping
 from pathlib import Path, PurePosixPath
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
 import pytest
 
-from fpm_fleet import inventory
-from fpm_fleet.errors import ConfigError, RemoteError, RemoteResult
+from fpm_fleet.core import inventory
+from fpm_fleet.core.errors import ConfigError, RemoteError, RemoteResult
+from fpm_fleet.core.inventory import Fleet, Host
 from fpm_fleet.host.layout import Layout
-from fpm_fleet.inventory import Fleet, Host
+from fpm_fleet.remote.command import Command
+from fpm_fleet.remote.runner import ask_by_running
+
+T = TypeVar("T")
 
 BASE_INVENTORY: dict[str, Any] = {
     "defaults": {"user": "root", "apache": {"mode": "system"}},
@@ -177,8 +181,9 @@ def fake_systemd(tmp_path: Path) -> FakeSystemd:
     return FakeSystemd(tmp_path)
 
 
-class LocalExecutor:
-    """The Executor protocol, run on this machine with `sh -c` (no SSH, no sudo)."""
+class LocalRunner:
+    """The Runner protocol, run on this machine with `sh -c` (no SSH, no sudo): the "real
+    shell" runner (the scripted one is fakes.FakeRunner)."""
 
     def __init__(self, host: Host, cwd: Path) -> None:
         self.host = host
@@ -204,6 +209,9 @@ class LocalExecutor:
             raise RemoteError(self.host.name, what, result)
         return result, len(data)
 
+    def ask(self, cmd: Command[T]) -> T:
+        return ask_by_running(self, cmd)
+
 
 @pytest.fixture
 def local_fleet(tmp_path: Path, inventory_data: dict[str, Any]) -> Fleet:
@@ -214,12 +222,12 @@ def local_fleet(tmp_path: Path, inventory_data: dict[str, Any]) -> Fleet:
 
 
 @pytest.fixture
-def local_ex(local_fleet: Fleet, tmp_path: Path) -> LocalExecutor:
+def local_runner(local_fleet: Fleet, tmp_path: Path) -> LocalRunner:
     host = local_fleet.hosts[0]
     layout = Layout.of(host, local_fleet.pools[0])
     for d in layout.directories():
         Path(d).mkdir(parents=True, exist_ok=True)
-    return LocalExecutor(host, tmp_path)
+    return LocalRunner(host, tmp_path)
 
 
 @pytest.fixture

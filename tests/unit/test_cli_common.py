@@ -9,7 +9,7 @@ from invoke.config import Config
 from invoke.context import Context
 from invoke.exceptions import Exit
 
-from fpm_fleet.errors import ConnectError
+from fpm_fleet.core.errors import ConnectError
 from tasks.boundary import boundary
 
 INVENTORY = '[[hosts]]\nname = "web1"\naddress = "198.18.0.11"\n[pools.www]\nreplicas = 2\n'

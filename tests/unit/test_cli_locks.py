@@ -1,20 +1,22 @@
 """Which tasks take the pools' locks (issue 9, item 11): every task that changes state does
 (setup, restart, start, stop here; deploy, rollback and cleanup in their own modules), and
 is refused, naming the holder, while another run holds one. Hosts are a directory under
-tmp_path reached through a local executor; the work itself is replaced by a probe."""
+tmp_path reached through a local runner; the work itself is replaced by a probe."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
-from conftest import LocalExecutor
+from conftest import LocalRunner
 from invoke.config import Config
 from invoke.context import Context
 from invoke.exceptions import Exit
 
-from fpm_fleet.host import lock, provision
+from fpm_fleet import provision
+from fpm_fleet.host import lock
 from fpm_fleet.host.layout import Layout
+from fpm_fleet.remote.group import HostGroup
 from fpm_fleet.rollout import hosts as rollout
 from tasks import fleet as cli_fleet
 
@@ -38,8 +40,8 @@ replicas = 2
 def ctx(tmp_path: Path, monkeypatch) -> Context:
     path = tmp_path / "hosts.toml"
     path.write_text(INVENTORY.format(tmp=tmp_path))
-    monkeypatch.setattr(rollout.Runner, "_connect", lambda self, h: LocalExecutor(h, tmp_path))
-    monkeypatch.setattr(provision, "setup_connector", lambda h: LocalExecutor(h, tmp_path))
+    monkeypatch.setattr(HostGroup, "_connect", lambda self, h: LocalRunner(h, tmp_path))
+    monkeypatch.setattr(provision, "setup_connector", lambda h: LocalRunner(h, tmp_path))
     return Context(Config(overrides={"inventory": str(path)}))
 
 

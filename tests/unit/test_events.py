@@ -1,14 +1,15 @@
-"""fpm_fleet.events: steps announce start and end (with duration) to an observer."""
+"""fpm_fleet.core.events: steps announce start and end (with duration) to an observer."""
 
 from __future__ import annotations
 
 import pytest
+from fakes import EventLog
 
-from fpm_fleet.events import Event, Recorder, step
+from fpm_fleet.core.events import Event, step
 
 
 def test_a_step_reports_start_then_done_with_its_detail_and_duration():
-    rec = Recorder()
+    rec = EventLog()
     with step(rec, "web1", "drain", "www-1") as s:
         s.detail = "busy 0"
     start, done = rec.events
@@ -19,7 +20,7 @@ def test_a_step_reports_start_then_done_with_its_detail_and_duration():
 
 
 def test_a_failing_step_reports_fail_with_the_reason_and_reraises():
-    rec = Recorder()
+    rec = EventLog()
     with pytest.raises(RuntimeError, match="socket gone"), step(rec, "web1", "ping", "www-2"):
         raise RuntimeError("socket gone")
     assert [e.kind for e in rec.events] == ["start", "fail"]
@@ -29,7 +30,7 @@ def test_a_failing_step_reports_fail_with_the_reason_and_reraises():
 
 
 def test_an_interrupted_step_is_reported_with_the_exception_name():
-    rec = Recorder()
+    rec = EventLog()
     with pytest.raises(KeyboardInterrupt), step(rec, "web1", "wait idle"):
         raise KeyboardInterrupt
     assert rec.events[-1] == Event("fail", "web1", "wait idle", "", "KeyboardInterrupt",

@@ -6,11 +6,14 @@ import json
 from pathlib import PurePosixPath
 
 import pytest
+from fakes import EventLog, FakeRunner, replica_of, scripted
 
-from fpm_fleet.errors import RemoteError, RemoteResult, RolloutError
+from fpm_fleet.core.errors import AnswerError, RolloutError
 from fpm_fleet.host import fpm
 from fpm_fleet.host.layout import Layout
+from fpm_fleet.host.pool import HostPool
 from fpm_fleet.remote import shell
+from fpm_fleet.rollout import replica as replica_steps
 
 CONF = PurePosixPath("/srv/fpm-fleet/www/conf/www-1.conf")
 TITLE = f"php-fpm: master process ({CONF})"
@@ -150,23 +153,10 @@ def test_the_probe_and_stop_commands_name_the_replicas_service_and_worker_title(
     assert "-v t='php-fpm: pool www-1'" in stop
 
 
-# --- operations over an executor ---------------------------------------------------------------
+# --- commands over a runner ---------------------------------------------------------------------
 
-class Answers:
-    """An executor answering each command from a list of (exit, stdout)."""
-
-    def __init__(self, host, *answers: tuple[int, str]) -> None:
-        self.host = host
-        self.answers = list(answers)
-        self.commands: list[str] = []
-
-    def run(self, command, what, *, check=True, timeout=None):
-        self.commands.append(command)
-        code, out = self.answers.pop(0)
-        return RemoteResult(command, code, out, "")
-
-    def stream(self, command, what, source, *, timeout=None):
-        raise AssertionError("not used")
+def replica(runner: FakeRunner, pool, n: int):
+    return replica_of(runner, pool, n)
 
 
 @pytest.mark.parametrize(("answer", "ok"), [
@@ -178,102 +168,105 @@ class Answers:
 ])
 def test_ping_is_true_only_for_200_pong_over_the_replica_socket(web, answer, ok):
     host, pool = web
-    ex = Answers(host, answer)
-    assert fpm.ping(ex, host, pool, 2) is ok
-    assert ex.commands == [shell.fcgi_request("/srv/fpm-fleet/www/run/www-2.sock",
-                                              "/fpm-ping", "/fpm-ping")]
+    runner = scripted(host, answer)
+    assert runner.ask(fpm.ping(replica(runner, pool, 2))) is ok
+    assert runner.commands == [shell.fcgi_request("/srv/fpm-fleet/www/run/www-2.sock",
+                                                  "/fpm-ping", "/fpm-ping")]
 
 
 def test_status_asks_the_separate_status_socket_for_json(web):
     host, pool = web
-    ex = Answers(host, (0, "Content-type: application/json\r\n\r\n" + json.dumps(STATUS)))
-    assert fpm.status(ex, host, pool, 1) == fpm.FpmStatus(1, 7, 8, 1234, 0)
-    assert "/srv/fpm-fleet/www/run/www-1-status.sock" in ex.commands[0]
-    assert "QUERY_STRING=json" in ex.commands[0]
+    runner = scripted(host, (0, "Content-type: application/json\r\n\r\n" + json.dumps(STATUS)))
+    assert runner.ask(fpm.fpm_status(replica(runner, pool, 1))) == fpm.FpmStatus(1, 7, 8, 1234, 0)
+    assert "/srv/fpm-fleet/www/run/www-1-status.sock" in runner.commands[0]
+    assert "QUERY_STRING=json" in runner.commands[0]
+
+
+def test_status_that_does_not_answer_is_none(web):
+    host, pool = web
+    runner = scripted(host, (124, ""))
+    assert runner.ask(fpm.fpm_status(replica(runner, pool, 1))) is None
 
 
 def test_health_runs_the_apps_script_from_the_pinned_current_dir(web):
     host, pool = web
-    ex = Answers(host, (0, "Status: 200 OK\r\n\r\nok v7"))
-    resp = fpm.health(ex, host, pool, 1)
+    runner = scripted(host, (0, "Status: 200 OK\r\n\r\nok v7"))
+    resp = runner.ask(fpm.health(replica(runner, pool, 1)))
     assert resp is not None and resp.body == "ok v7"
-    assert "SCRIPT_FILENAME=/srv/fpm-fleet/www/current/health.php" in ex.commands[0]
+    assert "SCRIPT_FILENAME=/srv/fpm-fleet/www/current/health.php" in runner.commands[0]
 
 
-@pytest.mark.parametrize(("out", "word"), [
-    ("stopped\n", "stopped"),
-    ("escalated\nstopped\n", "escalated"),
-    ("not-running\n", "not-running"),
-    ("strays 2\nstopped\n", "stopped, workers of a dead master stopped"),
+@pytest.mark.parametrize(("out", "outcome", "strays", "said"), [
+    ("stopped\n", fpm.StopOutcome.STOPPED, False, "stopped"),
+    ("escalated\nstopped\n", fpm.StopOutcome.ESCALATED, False, "escalated"),
+    ("not-running\n", fpm.StopOutcome.NOT_RUNNING, False, "not-running"),
+    ("strays 2\nstopped\n", fpm.StopOutcome.STOPPED, True,
+     "stopped, workers of a dead master stopped"),
 ])
-def test_stop_reports_what_the_stop_command_printed(web, out, word):
+def test_stop_reports_what_the_stop_command_printed(web, out, outcome, strays, said):
     host, pool = web
-    assert fpm.stop(Answers(host, (0, out)), host, pool, 1) == word
+    runner = scripted(host, (0, out))
+    stopped = runner.ask(fpm.stop(replica(runner, pool, 1)))
+    assert stopped == fpm.Stopped(outcome, strays)
+    assert str(stopped) == said
+
+
+def test_an_unexpected_stop_answer_is_an_answer_error_naming_the_host_and_the_stop(web):
+    host, pool = web
+    runner = scripted(host, (0, "Terminated\n"))
+    with pytest.raises(AnswerError, match=r"^web1: stop www-1: unexpected answer from the stop"):
+        runner.ask(fpm.stop(replica(runner, pool, 1)))
 
 
 def test_stop_waits_for_systemds_stop_timeout_plus_a_margin(inventory_data, build_fleet):
     inventory_data["pools"]["www"]["stop_timeout"] = 90
     fleet = build_fleet(inventory_data)
     host, pool = fleet.hosts[0], fleet.pools[0]
-    seen: list[float | None] = []
-
-    class Timed(Answers):
-        def run(self, command, what, *, check=True, timeout=None):
-            seen.append(timeout)
-            return super().run(command, what, check=check, timeout=timeout)
-
-    fpm.stop(Timed(host, (0, "stopped\n")), host, pool, 1)
-    assert seen == [120]
+    runner = scripted(host, (0, "stopped\n"))
+    runner.ask(fpm.stop(replica(runner, pool, 1)))
+    assert [c.timeout for c in runner.calls] == [120]
 
 
 def test_start_runs_the_start_command_for_the_release_it_was_given(web):
     host, pool = web
-    ex = Answers(host, (0, ""))
-    fpm.start(ex, host, pool, 2, "v7")
-    assert ex.commands == [shell.fpm_start(Layout.of(host, pool), 2, "v7", host.sudo)]
+    runner = scripted(host, (0, ""))
+    runner.ask(fpm.start(replica(runner, pool, 2), "v7"))
+    assert runner.commands == [shell.fpm_start(Layout.of(host, pool), 2, "v7", host.sudo)]
 
 
 def test_a_failing_start_is_a_rollout_error_naming_the_replica(web):
     host, pool = web
-
-    class Failing(Answers):
-        def run(self, command, what, *, check=True, timeout=None):
-            raise RemoteError(self.host.name, what,
-                              RemoteResult(command, 3, "", "current.release does not name v7"))
-
+    runner = scripted(host, (3, "", "current.release does not name v7"))
     with pytest.raises(RolloutError, match=r"web1: www-2 did not start: .*does not name v7"):
-        fpm.start(Failing(host), host, pool, 2, "v7")
+        replica_steps.start(replica(runner, pool, 2), "v7", EventLog())
 
 
 def test_disable_keeps_the_replica_stopped_at_the_next_boot(web):
     host, pool = web
-    ex = Answers(host, (0, ""))
-    fpm.disable(ex, host, pool, 2)
-    assert ex.commands == ["systemctl disable --quiet fpm-fleet-www@2.service"]
+    runner = scripted(host, (0, ""))
+    runner.ask(fpm.disable(replica(runner, pool, 2)))
+    assert runner.commands == ["systemctl disable --quiet fpm-fleet-www@2.service"]
 
 
 def test_a_failing_stop_command_is_a_rollout_error(web):
     host, pool = web
-
-    class Refusing(Answers):
-        def run(self, command, what, *, check=True, timeout=None):
-            raise RemoteError(self.host.name, what,
-                              RemoteResult(command, 1, "", "Failed to stop fpm-fleet-www@1"))
-
+    runner = scripted(host, (1, "", "Failed to stop fpm-fleet-www@1"))
     with pytest.raises(RolloutError, match="www-1 could not be stopped"):
-        fpm.stop(Refusing(host), host, pool, 1)
+        replica_steps.stop(replica(runner, pool, 1), EventLog())
 
 
 def test_current_release_is_the_basename_of_the_symlink_or_none(web):
     host, pool = web
-    assert fpm.current_release(Answers(host, (0, "releases/v7\n")), host, pool) == "v7"
-    assert fpm.current_release(Answers(host, (1, "")), host, pool) is None
+    runner = scripted(host, (0, "releases/v7\n"), (1, ""))
+    at = HostPool(runner, host, pool)
+    assert runner.ask(fpm.current_release(at)) == "v7"
+    assert runner.ask(fpm.current_release(at)) is None
 
 
 def test_probe_fills_in_replicas_the_host_did_not_report(web):
     host, pool = web
-    ex = Answers(host, (0, f"1\t4242\tS\t5\t{TITLE}\t-\tactive\t0\n"))
-    procs = fpm.probe(ex, host, pool)
+    runner = scripted(host, (0, f"1\t4242\tS\t5\t{TITLE}\t-\tactive\t0\n"))
+    procs = runner.ask(fpm.probe(HostPool(runner, host, pool)))
     assert sorted(procs) == [1, 2]
     assert procs[1].pid == 4242
     assert procs[2].pid is None and not procs[2].alive

@@ -10,8 +10,8 @@ from pathlib import Path, PurePosixPath
 
 import pytest
 
-from fpm_fleet import inventory
-from fpm_fleet.errors import ConfigError
+from fpm_fleet.core import inventory
+from fpm_fleet.core.errors import ConfigError
 
 FILE = "etc/hosts.toml"
 

@@ -1,10 +1,11 @@
-"""fpm_fleet.host.layout: where a pool's files live on a host (DESIGN.md section 1)."""
+"""fpm_fleet.host.layout: where a pool's files live on a host (ARCHITECTURE.md, "Host model")."""
 
 from __future__ import annotations
 
 from pathlib import PurePosixPath
 
-from fpm_fleet.host.layout import ApacheLayout, Layout
+from fpm_fleet.host.layout import APACHE_SITE, Layout
+from fpm_fleet.render import apache_files
 
 P = PurePosixPath
 
@@ -47,14 +48,15 @@ def test_layout_of_host_and_pool_uses_the_inventory(inventory_data, build_fleet)
 
 
 def test_apache_site_goes_into_debians_sites_available():
-    assert ApacheLayout().site == P("/etc/apache2/sites-available/fpm-fleet.conf")
+    assert P("/etc/apache2/sites-available/fpm-fleet.conf") == APACHE_SITE
 
 
 def test_apache_site_path_does_not_follow_the_host_root(inventory_data, build_fleet):
     # one system Apache per host: the host root holds pools, never Apache's files
     inventory_data["defaults"]["root"] = "/srv/h1"
-    apache = ApacheLayout.of(build_fleet(inventory_data).hosts[0])
-    assert apache.site == P("/etc/apache2/sites-available/fpm-fleet.conf")
+    fleet = build_fleet(inventory_data)
+    [site] = apache_files(fleet, fleet.hosts[0])
+    assert site.path == P("/etc/apache2/sites-available/fpm-fleet.conf")
 
 
 def test_web_roots_are_the_release_root_without_a_document_root():

@@ -1,5 +1,5 @@
 """The pool lock: holder lines, who may take a lock over, and the remote commands run for
-real against a pool directory in tmp_path through a local executor."""
+real against a pool directory in tmp_path through a local runner."""
 
 from __future__ import annotations
 
@@ -11,16 +11,18 @@ from pathlib import Path
 
 import pytest
 
-from fpm_fleet.errors import ConnectError, LockError, RemoteResult
+from fpm_fleet.core.errors import ConnectError, LockError, RemoteResult
 from fpm_fleet.host import lock
 from fpm_fleet.host.layout import Layout
 from fpm_fleet.host.lock import Holder
+from fpm_fleet.host.pool import HostPool
+from fpm_fleet.remote.runner import ask_by_running
 
 
 @pytest.fixture
-def target(local_fleet, local_ex):
+def target(local_fleet, local_runner):
     host, pool = local_fleet.hosts[0], local_fleet.pools[0]
-    return local_ex, host, pool, Layout.of(host, pool)
+    return local_runner, host, pool, Layout.of(host, pool)
 
 
 def holder(**changes: object) -> Holder:
@@ -141,8 +143,8 @@ def test_lock_commands_quote_the_holder(evil_layout, sh, pwned):
 
 def test_a_second_run_is_refused_naming_the_holder_and_the_lock_is_released(target):
     ex, host, pool, layout = target
-    with lock.locked(ex, host, pool, "fab deploy --release v1"):
-        with pytest.raises(LockError) as info, lock.locked(ex, host, pool, "fab restart"):
+    with lock.locked(HostPool(ex, host, pool), "fab deploy --release v1"):
+        with pytest.raises(LockError) as info, lock.locked(HostPool(ex, host, pool), "fab restart"):
             pass
         message = str(info.value)
         assert "pool www is locked by another run: `fab deploy --release v1`" in message
@@ -152,7 +154,7 @@ def test_a_second_run_is_refused_naming_the_holder_and_the_lock_is_released(targ
 
 def test_the_lock_is_released_when_the_block_fails(target):
     ex, host, pool, layout = target
-    with pytest.raises(RuntimeError), lock.locked(ex, host, pool, "deploy"):
+    with pytest.raises(RuntimeError), lock.locked(HostPool(ex, host, pool), "deploy"):
         raise RuntimeError("boom")
     assert not lock_file(layout).exists()
 
@@ -164,7 +166,7 @@ def test_the_lock_of_a_dead_run_of_this_machine_is_taken_over_and_said(target):
     ghost = replace(lock.me("fab deploy --release v1"), pid=dead.pid, start="1")
     ex.run(lock.take(layout, ghost.line()), "plant")
     said: list[str] = []
-    with lock.locked(ex, host, pool, "fab deploy --release v2", on_stale=said.append):
+    with lock.locked(HostPool(ex, host, pool), "fab deploy --release v2", on_stale=said.append):
         assert "cmd=fab deploy --release v2" in lock_file(layout).read_text()
     assert said and "fab deploy --release v1" in said[0]
 
@@ -173,7 +175,7 @@ def test_the_lock_of_a_live_run_of_this_machine_is_not_taken_over(target):
     ex, host, pool, layout = target
     other = lock.me("fab deploy --release v1")  # this very process: alive
     ex.run(lock.take(layout, other.line()), "plant")
-    with pytest.raises(LockError), lock.locked(ex, host, pool, "fab restart"):
+    with pytest.raises(LockError), lock.locked(HostPool(ex, host, pool), "fab restart"):
         pass
     assert lock_file(layout).read_text().strip() == other.line()
 
@@ -182,12 +184,12 @@ def test_a_holderless_lock_is_refused_with_a_clear_message(target):
     ex, host, pool, layout = target
     lock_file(layout).mkdir()  # an older fpm-fleet killed between mkdir and the holder write
     with pytest.raises(LockError, match="unknown \\(no holder line was written\\)"), \
-            lock.locked(ex, host, pool, "fab deploy"):
+            lock.locked(HostPool(ex, host, pool), "fab deploy"):
         pass
 
 
 class LosesConnectionOnRelease:
-    """Wraps an executor: the command that releases the lock fails like a dead connection."""
+    """Wraps a runner: the command that releases the lock fails like a dead connection."""
 
     def __init__(self, inner):
         self.inner, self.host = inner, inner.host
@@ -197,12 +199,15 @@ class LosesConnectionOnRelease:
             raise ConnectError(f"{self.host.name}: connection lost during {what}")
         return self.inner.run(command, what, check=check, timeout=timeout)
 
+    def ask(self, cmd):
+        return ask_by_running(self, cmd)
+
 
 def test_an_error_while_releasing_never_hides_the_error_that_ended_the_block(target):
     ex, host, pool, _ = target
     said: list[str] = []
     with pytest.raises(RuntimeError, match="the real cause"), \
-            lock.locked(LosesConnectionOnRelease(ex), host, pool, "deploy",
+            lock.locked(HostPool(LosesConnectionOnRelease(ex), host, pool), "deploy",
                         on_release_error=said.append):
         raise RuntimeError("the real cause")
     assert said and "could not be released" in said[0] and "connection lost" in said[0]
@@ -210,15 +215,16 @@ def test_an_error_while_releasing_never_hides_the_error_that_ended_the_block(tar
 
 def test_an_error_while_releasing_after_success_is_raised(target):
     ex, host, pool, _ = target
-    with pytest.raises(ConnectError), lock.locked(LosesConnectionOnRelease(ex), host, pool, "x"):
+    at = HostPool(LosesConnectionOnRelease(ex), host, pool)
+    with pytest.raises(ConnectError), lock.locked(at, "x"):
         pass
 
 
 def test_unlock_removes_the_lock_it_read_and_says_whose_it_was(target):
     ex, host, pool, layout = target
-    assert lock.unlock(ex, host, pool) == "not locked"
+    assert lock.unlock(HostPool(ex, host, pool)) == "not locked"
     ex.run(lock.take(layout, holder().line()), "plant")
-    assert lock.unlock(ex, host, pool) == (
+    assert lock.unlock(HostPool(ex, host, pool)) == (
         "removed the lock of `fab deploy --release v2` (pid 4242 of alice@ctl, "
         "since 2026-01-01T00:00:00+0000)")
     assert not lock_file(layout).exists()
@@ -228,7 +234,7 @@ def test_unlock_of_an_old_style_lock_directory_removes_it(target):
     ex, host, pool, layout = target
     lock_file(layout).mkdir()
     (lock_file(layout) / "holder").write_text("ghost@nowhere pid=1\n")
-    assert lock.unlock(ex, host, pool) == "removed the lock of ghost@nowhere pid=1"
+    assert lock.unlock(HostPool(ex, host, pool)) == "removed the lock of ghost@nowhere pid=1"
     assert not lock_file(layout).exists()
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from fpm_fleet.errors import ConfigError
+from fpm_fleet.core.errors import ConfigError
 from fpm_fleet.releases import manifest
 
 

@@ -8,7 +8,7 @@ import os
 from rich.console import Console
 
 from fpm_fleet import output
-from fpm_fleet.events import Event
+from fpm_fleet.core.events import Event
 
 
 def test_a_long_note_stays_one_line_in_a_pipe(capsys):

@@ -76,8 +76,9 @@ def run_installed(installed: Path, code: str, cwd: Path) -> str:
 
 
 def test_an_installed_copy_finds_its_data_inside_the_package(installed, tmp_path):
-    out = run_installed(installed, "import fpm_fleet.resources as r, fpm_fleet.sandbox.demo as d; "
-                        "print(r.TEMPLATES); print(d.DEMO_APP)", tmp_path)
+    out = run_installed(installed, "import fpm_fleet.core.resources as r, "
+                        "fpm_fleet.sandbox.demo as d; print(r.TEMPLATES); print(d.DEMO_APP)",
+                        tmp_path)
     templates, demo_app = (Path(line) for line in out.splitlines())
     assert templates == installed / "fpm_fleet" / "templates"
     assert (templates / "apache-site.conf.j2").is_file()
@@ -93,5 +94,5 @@ def test_an_installed_copy_lists_its_tasks_from_another_directory(installed, tmp
 
 def test_an_installed_copy_renders_from_its_own_templates(installed, tmp_path):
     out = run_installed(
-        installed, "import fpm_fleet.host.render as r; print(r.TEMPLATES)", tmp_path)
+        installed, "import fpm_fleet.render as r; print(r.TEMPLATES)", tmp_path)
     assert Path(out.strip()) == installed / "fpm_fleet" / "templates"

@@ -16,14 +16,34 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from fakes import FakePool, FakeRunner, dry_run_deploy
 
-from fpm_fleet import inventory
-from fpm_fleet.errors import FleetError, RemoteResult
-from fpm_fleet.host import provision, render
+from fpm_fleet import provision, render
+from fpm_fleet.core import inventory
+from fpm_fleet.core.errors import FleetError
 from fpm_fleet.host.layout import Layout
 from fpm_fleet.remote import shell
-from fpm_fleet.remote.ssh import SSHExecutor
-from fpm_fleet.rollout.deploy import Plan, dry_run_commands, dry_run_rollback_commands
+from fpm_fleet.remote.ssh import SSHRunner
+from fpm_fleet.web import apache_site
+
+
+@pytest.fixture
+def source(tmp_path: Path) -> Path:
+    src = tmp_path / "build"
+    (src / "lib").mkdir(parents=True)
+    (src / "index.php").write_text("<?php echo 1;\n")
+    (src / "lib" / "a.php").write_text("a\n")
+    return src
+
+
+def deploy_and_rollback_commands(fleet: inventory.Fleet, source: Path,
+                                 monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Every command of a deploy of v2 over v1 and of a rollback to v0, as the real code
+    runs them (a dry run over a simulated host: fakes.dry_run_deploy)."""
+    monkeypatch.setattr("fpm_fleet.rollout.replica.POLL", 0)
+    fake = FakePool(fleet.hosts[0], fleet.pools[0])
+    planned = dry_run_deploy(fake, source) + dry_run_deploy(fake, source, "v0", rollback=True)
+    return [p.command for p in planned]
 
 
 @pytest.fixture
@@ -32,7 +52,7 @@ def deploy_fleet(inventory_data: dict[str, Any]) -> inventory.Fleet:
     return inventory.parse(inventory_data)
 
 
-# --- the executor -------------------------------------------------------------------------------
+# --- the runner ---------------------------------------------------------------------------------
 
 class FakeChannel:
     def __init__(self) -> None:
@@ -50,11 +70,11 @@ class FakeChannel:
     def recv_exit_status(self) -> int: return 0
 
 
-def test_the_executor_runs_commands_as_the_login_user_without_sudo(deploy_fleet):
+def test_the_runner_runs_commands_as_the_login_user_without_sudo(deploy_fleet):
     channel = FakeChannel()
     transport = SimpleNamespace(is_active=lambda: True, open_session=lambda timeout: channel)
     conn = SimpleNamespace(client=SimpleNamespace(get_transport=lambda: transport))
-    ex = SSHExecutor(deploy_fleet.hosts[0], conn)  # type: ignore[arg-type]
+    ex = SSHRunner(deploy_fleet.hosts[0], conn)  # type: ignore[arg-type]
     ex.run("tar -xzf - -C /srv/fpm-fleet/www/incoming/v1.partial", "upload")
     # no sudo: only bounded on the host by the command timeout
     assert channel.executed == [
@@ -78,11 +98,10 @@ def as_listed(command: str) -> str:
     return " ".join((shell.SUDO_PATHS[argv[0]], *argv[1:]))
 
 
-def test_every_root_command_of_a_deploy_or_rollback_is_a_line_of_the_sudoers_file(deploy_fleet):
+def test_every_root_command_of_a_deploy_or_rollback_is_a_line_of_the_sudoers_file(
+        deploy_fleet, source, monkeypatch):
     host, pool = deploy_fleet.hosts[0], deploy_fleet.pools[0]
-    plan = Plan(release="v2", command="deploy", timeout=30)
-    commands = [c for _, c in dry_run_commands(host, pool, plan, "v1")
-                + dry_run_rollback_commands(host, pool, plan)]
+    commands = deploy_and_rollback_commands(deploy_fleet, source, monkeypatch)
     layout = Layout.of(host, pool)
     commands += [shell.fpm_disable(layout, 1, host.sudo)]
     used = {as_listed(m) for c in commands for m in SUDO.findall(c)}
@@ -133,22 +152,13 @@ def test_the_sudoers_file_refuses_a_word_sudoers_would_read_as_syntax(deploy_fle
 
 # --- fab setup: full root, and what it gives the deploy user -----------------------------------
 
-class Login:
-    """An Executor connected as some user; answers `id -u` with `uid`."""
+def logged_in(host: inventory.Host, uid: str, stderr: str = "") -> FakeRunner:
+    """A runner connected as some user; answers `id -u` with `uid`, every command with
+    `stderr`."""
+    def is_id(call) -> bool:
+        return call.command.endswith(("id -u", "'id -u'"))
 
-    def __init__(self, host: inventory.Host, uid: str, stderr: str = "") -> None:
-        self.host = host
-        self.uid, self.stderr = uid, stderr
-        self.commands: list[str] = []
-
-    def run(self, command, what, *, check=True, timeout=None):
-        self.commands.append(command)
-        out = self.uid if command.endswith("id -u") or command.endswith("'id -u'") else ""
-        return RemoteResult(command, 0, out, self.stderr)
-
-    def stream(self, command, what, source, *, timeout=None):
-        self.commands.append(command)
-        return RemoteResult(command, 0, "", ""), 0
+    return FakeRunner(host, (is_id, (0, uid, stderr)), default=(0, "", stderr))
 
 
 def test_setup_logs_in_as_setup_user_and_runs_everything_through_full_sudo(inventory_data):
@@ -156,14 +166,14 @@ def test_setup_logs_in_as_setup_user_and_runs_everything_through_full_sudo(inven
     host = inventory.parse(inventory_data).hosts[0]
     login = provision.setup_login(host)
     assert (login.user, login.sudo, host.user) == ("admin", True, "deploy")
-    ex = Login(login, "0\n")
+    ex = logged_in(login, "0\n")
     provision.AsRoot(ex).run("id -u", "check for root")
     assert ex.commands == ["sudo -n -- sh -c 'id -u'"]
 
 
 def test_setup_without_full_root_fails_first_and_says_how_to_fix_it(deploy_fleet):
     host = replace(deploy_fleet.hosts[0], setup_user="deploy")
-    ex = Login(provision.setup_login(host), "", "sudo: a password is required")
+    ex = logged_in(provision.setup_login(host), "", "sudo: a password is required")
     with pytest.raises(FleetError) as info:
         provision.setup_host(ex, deploy_fleet, host)
     message = str(info.value)
@@ -200,7 +210,7 @@ def test_balancer_manager_requires_the_credential_as_well_as_a_local_client(depl
     assert re.search(r"<RequireAll>\s*Require local\s*Require user fpm-fleet\s*</RequireAll>",
                      manager)
     for module in ("auth_basic", "authn_file", "authz_user"):
-        assert module in shell.APACHE_MODULES
+        assert module in apache_site.APACHE_MODULES
 
 
 # --- item 22: a refused first config leaves no enabled site -------------------------------------
@@ -227,7 +237,7 @@ def test_a_refused_apache_config_disables_the_site_only_if_it_was_not_enabled(
         link.symlink_to("../sites-available/fpm-fleet.conf")
     site = etc / "sites-available" / "fpm-fleet.conf"
     Path(f"{site}{shell.STAGED}").write_text("new\n")
-    command = shell.install_checked([site], shell.apache_site_test(enabled_before))
+    command = shell.install_checked([site], apache_site.apache_site_test(enabled_before))
     proc = subprocess.run(["sh", "-c", command], capture_output=True, text=True, check=False,
                           env={"PATH": f"{bin_dir}:/usr/bin:/bin", "ETC": str(etc)})
     assert proc.returncode == 1 and "AH00526" in proc.stderr
@@ -237,14 +247,14 @@ def test_a_refused_apache_config_disables_the_site_only_if_it_was_not_enabled(
 
 # --- item 16: no fixed path in /tmp --------------------------------------------------------------
 
-def test_no_remote_command_writes_a_fixed_path_in_tmp(deploy_fleet):
+def test_no_remote_command_writes_a_fixed_path_in_tmp(deploy_fleet, source, monkeypatch):
     host, pool = deploy_fleet.hosts[0], deploy_fleet.pools[0]
     layout = Layout.of(host, pool)
-    plan = Plan(release="v2", command="deploy", timeout=30)
-    commands = [c for _, c in dry_run_commands(host, pool, plan, "v1")]
+    commands = deploy_and_rollback_commands(deploy_fleet, source, monkeypatch)
     commands += [provision.hand_over(layout, host.user), shell.install_sudoers("/x"),
                  provision.manager_credential(host.user, "www-data"),
-                 shell.install_checked([PurePosixPath("/etc/x")], shell.apache_site_test(False)),
+                 shell.install_checked([PurePosixPath("/etc/x")],
+                                       apache_site.apache_site_test(False)),
                  shell.probe_replicas(layout, [1, 2])]
     assert not [c for c in commands if re.search(r"/tmp/|/var/tmp/", c)]
 
@@ -255,7 +265,7 @@ def test_setup_installs_the_sudoers_file_and_puts_the_user_in_apaches_and_phps_g
                                       apache={"group": "web"})
     fleet = inventory.parse(inventory_data)
     host = fleet.hosts[0]
-    ex = Login(provision.setup_login(host), "0\n")
+    ex = logged_in(provision.setup_login(host), "0\n")
     report = provision.setup_host(ex, fleet, host)
     assert provision.join_groups("deploy", ["web", "www-data"]) in ex.commands
     assert shell.install_sudoers("/etc/sudoers.d/fpm-fleet") in ex.commands
@@ -273,5 +283,5 @@ def test_check_finds_tools_in_sbin_although_a_deploy_users_path_lacks_it():
 
 
 def test_check_reads_the_enabled_modules_not_apache2ctl_which_needs_root():
-    assert "apache2ctl" not in shell.apache_modules_loaded()
-    assert "/etc/apache2/mods-enabled/" in shell.apache_modules_loaded()
+    assert "apache2ctl" not in apache_site.apache_modules_loaded()
+    assert "/etc/apache2/mods-enabled/" in apache_site.apache_modules_loaded()

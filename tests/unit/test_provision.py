@@ -1,14 +1,16 @@
-"""fpm_fleet.host.provision: what `fab check` concludes from each answer (no SSH: scripted
+"""fpm_fleet.provision: what `fab check` concludes from each answer (no SSH: scripted
 results)."""
 
 from __future__ import annotations
 
 import pytest
+from fakes import FakeRunner
 
-from fpm_fleet.errors import FleetError, RemoteResult
-from fpm_fleet.host import provision
+from fpm_fleet import provision
+from fpm_fleet.core.errors import FleetError, RemoteResult
 from fpm_fleet.host.layout import Layout
 from fpm_fleet.remote import shell
+from fpm_fleet.web import apache_site
 
 
 def result(stdout: str = "", stderr: str = "", exited: int = 0) -> RemoteResult:
@@ -43,7 +45,7 @@ def test_vhost_that_does_not_answer_fails_with_curls_reason(web):
 
 def test_vhost_of_a_pool_never_deployed_is_not_requested(web):
     _, pool = web
-    check = provision.vhost_check("web1", pool, URL, result(shell.NO_RELEASE + "\n"))
+    check = provision.vhost_check("web1", pool, URL, result(apache_site.NO_RELEASE + "\n"))
     assert check.ok and "no release deployed yet" in check.detail
 
 
@@ -55,20 +57,13 @@ def test_vhost_url_uses_the_listen_port_and_the_pools_health_path(inventory_data
     assert provision.vhost_url(fleet.hosts[0], fleet.pools[0]) == "http://127.0.0.1:8088/health"
 
 
-class ByPurpose:
-    """An executor answering each command by the start of the purpose the caller gave it."""
-
-    def __init__(self, host, answers: dict[str, RemoteResult]) -> None:
-        self.host = host
-        self.answers = answers
-        self.commands: list[str] = []
-
-    def run(self, command, what, *, check=True, timeout=None):
-        self.commands.append(command)
-        return next((r for key, r in self.answers.items() if what.startswith(key)), result())
-
-    def stream(self, command, what, source, *, timeout=None):
-        raise AssertionError("check never writes")
+def by_purpose(host, answers: dict[str, RemoteResult], writes: bool = False) -> FakeRunner:
+    """A runner answering each command by the start of the purpose the caller gave it (the
+    rest succeed with no output); unless `writes`, any upload fails the test."""
+    runner = FakeRunner(host, *answers.items())
+    if not writes:
+        runner.first(lambda call: call.stdin is not None, AssertionError("check never writes"))
+    return runner
 
 
 MODULES = "\n".join(f" {m} (shared)" for m in provision.REQUIRED_MODULES)
@@ -77,7 +72,7 @@ MODULES = "\n".join(f" {m} (shared)" for m in provision.REQUIRED_MODULES)
 def apache_checks(host, fleet, **answers: RemoteResult) -> dict[str, provision.Check]:
     base = {"list Apache modules": result(MODULES),
             "check listen port": result(), "request www through Apache": result("200")}
-    ex = ByPurpose(host, {**base, **{k.replace("_", " "): v for k, v in answers.items()}})
+    ex = by_purpose(host, {**base, **{k.replace("_", " "): v for k, v in answers.items()}})
     return {c.name: c for c in provision._check_apache(ex, fleet, host)}
 
 
@@ -86,10 +81,10 @@ def test_check_requests_each_pool_through_apache_and_checks_the_listen_port(
     inventory_data["hosts"][0]["apache"] = {"listen": "127.0.0.1:8088"}
     fleet = build_fleet(inventory_data)
     host = fleet.hosts[0]
-    ex = ByPurpose(host, {"list Apache modules": result(MODULES),
+    ex = by_purpose(host, {"list Apache modules": result(MODULES),
                           "request www through Apache": result("200")})
     provision._check_apache(ex, fleet, host)
-    assert shell.tcp_listening(8088) in ex.commands
+    assert apache_site.tcp_listening(8088) in ex.commands
     assert any(c.startswith("if [ -e /srv/fpm-fleet/www/current.release ]; then curl")
                and "'Host: www'" in c and "http://127.0.0.1:8088/health.php" in c
                for c in ex.commands)
@@ -121,16 +116,14 @@ def test_check_wants_mod_rewrite(inventory_data, build_fleet):
 ROOT = result("0\n")
 
 
-class Recording(ByPurpose):
-    def stream(self, command, what, source, *, timeout=None):
-        self.commands.append(command)
-        return result()
+def recording(host, answers: dict[str, RemoteResult]) -> FakeRunner:
+    return by_purpose(host, answers, writes=True)
 
 
 def test_setup_refuses_a_host_without_systemd_before_changing_anything(inventory_data,
                                                                        build_fleet):
     fleet = build_fleet(inventory_data)
-    ex = Recording(fleet.hosts[0], {"check for root": ROOT,
+    ex = recording(fleet.hosts[0], {"check for root": ROOT,
                                     "check for systemd": result(exited=1)})
     with pytest.raises(FleetError, match="web1: this host was not booted with systemd"):
         provision.setup_host(ex, fleet, fleet.hosts[0])
@@ -139,7 +132,7 @@ def test_setup_refuses_a_host_without_systemd_before_changing_anything(inventory
 
 def test_check_fails_the_systemd_line_on_a_host_without_systemd(inventory_data, build_fleet):
     fleet = build_fleet(inventory_data)
-    ex = Recording(fleet.hosts[0], {"check for systemd": result(exited=1),
+    ex = recording(fleet.hosts[0], {"check for systemd": result(exited=1),
                                     "list Apache modules": result(MODULES)})
     checks = {c.name: c for c in provision.check_host(ex, fleet, fleet.hosts[0])}
     assert not checks["systemd"].ok
@@ -149,7 +142,7 @@ def test_check_fails_the_systemd_line_on_a_host_without_systemd(inventory_data, 
 def test_setup_installs_the_units_and_stop_helper_then_reloads_systemd_once(inventory_data,
                                                                            build_fleet):
     fleet = build_fleet(inventory_data)
-    ex = Recording(fleet.hosts[0], {"check for root": ROOT,
+    ex = recording(fleet.hosts[0], {"check for root": ROOT,
                                     "enable replica services": result("fpm-fleet-www@1.service\n"),
                                     "is Apache running": result()})
     report = provision.setup_host(ex, fleet, fleet.hosts[0])

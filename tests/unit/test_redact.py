@@ -5,10 +5,13 @@ from __future__ import annotations
 from pathlib import PurePosixPath
 
 import pytest
+from fakes import FakePool, FakeRunner, dry_run_deploy
 
-from fpm_fleet.errors import RemoteError, RemoteResult, RolloutError
+from fpm_fleet import report
+from fpm_fleet.core.errors import RolloutError
+from fpm_fleet.core.redact import redact
 from fpm_fleet.host.layout import Layout
-from fpm_fleet.redact import redact
+from fpm_fleet.host.pool import HostPool
 from fpm_fleet.releases import commands as release_shell
 from fpm_fleet.rollout import deploy
 
@@ -44,30 +47,35 @@ def test_the_built_hook_command_is_masked_inside_its_quotes():
     assert "xyz" not in redact(built) and "APP_SECRET=***" in redact(built)
 
 
-class FailingExecutor:
-    def __init__(self, host):
-        self.host = host
-        self.whats: list[str] = []
-
-    def run(self, command, what, *, check=True, timeout=None):
-        self.whats.append(what)
-        raise RemoteError(self.host.name, what, RemoteResult(command, 1, "", "boom"))
-
-
 def test_a_failing_hook_is_reported_without_its_secret(web):
     host, pool = web
-    ex = FailingExecutor(host)
-    layout = Layout.of(host, pool)
+    runner = FakeRunner(host, default=(1, "", "boom"))
     with pytest.raises(RolloutError) as info:
-        deploy._before_activate(ex, host, layout, "v2", "DB_PASSWORD=hunter2 ./migrate")
+        deploy._before_activate(HostPool(runner, host, pool), "v2",
+                                "DB_PASSWORD=hunter2 ./migrate")
     assert "hunter2" not in str(info.value) and "DB_PASSWORD=*** ./migrate" in str(info.value)
-    assert "hunter2" not in ex.whats[0]
+    assert "hunter2" not in runner.whats[0]
 
 
-def test_the_dry_run_shows_hooks_without_their_secrets(inventory_data, build_fleet):
+@pytest.fixture
+def hooked_dry_run(inventory_data, build_fleet, tmp_path, monkeypatch):
+    """The plan of a dry-run deploy of a pool whose hook holds a secret."""
+    monkeypatch.setattr("fpm_fleet.rollout.replica.POLL", 0)
     inventory_data["pools"]["www"]["before_activate"] = ["APP_KEY=s3cr3t php warm.php"]
     fleet = build_fleet(inventory_data)
-    plan = deploy.Plan(release="v2", command="fab deploy", timeout=60)
-    shown = "\n".join(cmd for _, cmd in deploy.dry_run_commands(
-        fleet.hosts[0], fleet.pool("www"), plan, None))
-    assert "s3cr3t" not in shown and "APP_KEY=***" in shown
+    source = tmp_path / "build"
+    source.mkdir()
+    (source / "index.php").write_text("<?php echo 1;\n")
+    return dry_run_deploy(FakePool(fleet.hosts[0], fleet.pool("www")), source)
+
+
+def test_the_dry_run_names_hooks_without_their_secrets(hooked_dry_run):
+    hooks = [p for p in hooked_dry_run if p.what.startswith("before_activate")]
+    assert [p.what for p in hooks] == ["before_activate APP_KEY=*** php warm.php"]
+
+
+def test_the_dry_run_shows_hooks_without_their_secrets(hooked_dry_run, capsys):
+    report.plan("deploy", hooked_dry_run, reads=True)
+    shown = capsys.readouterr().out
+    assert "APP_KEY=***" in shown
+    assert "s3cr3t" not in shown

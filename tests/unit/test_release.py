@@ -1,6 +1,6 @@
 """fpm_fleet.releases.store: names, stored manifests, the delta plan, cleanup choice; and the
 upload,
-lock and activation run against a local pool directory through a local executor."""
+lock and activation run against a local pool directory through a local runner."""
 
 from __future__ import annotations
 
@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from fpm_fleet.errors import ConfigError, RolloutError
+from fpm_fleet.core.errors import ConfigError, RolloutError
 from fpm_fleet.host import fpm
 from fpm_fleet.host.layout import Layout
+from fpm_fleet.host.pool import HostPool
 from fpm_fleet.releases import commands as rs
 from fpm_fleet.releases import manifest
 from fpm_fleet.releases import store as release
@@ -219,9 +220,9 @@ def build(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def target(local_fleet, local_ex):
+def target(local_fleet, local_runner):
     host, pool = local_fleet.hosts[0], local_fleet.pools[0]
-    return local_ex, host, pool, Layout.of(host, pool)
+    return local_runner, host, pool, Layout.of(host, pool)
 
 
 def tree(path: Path) -> dict[str, str]:
@@ -236,7 +237,7 @@ def tree(path: Path) -> dict[str, str]:
 def test_first_upload_sends_every_file_verifies_and_commits(target, build):
     ex, host, pool, layout = target
     m = manifest.scan(build)
-    up = release.upload(ex, host, pool, build, m, "v1", base=None)
+    up = release.upload(HostPool(ex, host, pool), build, m, "v1", base=None)
     assert (up.release, up.files, up.sent_files, up.linked_files, up.reused) == (
         "v1", 4, 4, 0, False)
     assert up.bytes_sent > 0
@@ -247,11 +248,11 @@ def test_first_upload_sends_every_file_verifies_and_commits(target, build):
 
 def test_delta_upload_sends_only_changes_and_never_touches_the_base(target, build):
     ex, host, pool, layout = target
-    release.upload(ex, host, pool, build, manifest.scan(build), "v1", base=None)
+    release.upload(HostPool(ex, host, pool), build, manifest.scan(build), "v1", base=None)
     (build / "lib" / "a.php").write_text("a changed\n")
     (build / "lib" / "b.php").unlink()
     (build / "health.php").chmod(0o600)
-    up = release.upload(ex, host, pool, build, manifest.scan(build), "v2", base="v1")
+    up = release.upload(HostPool(ex, host, pool), build, manifest.scan(build), "v2", base="v1")
     v1, v2 = Path(layout.release("v1")), Path(layout.release("v2"))
     assert (up.sent_files, up.linked_files) == (2, 1)
     assert tree(v2) == tree(build)
@@ -264,19 +265,19 @@ def test_delta_upload_sends_only_changes_and_never_touches_the_base(target, buil
 
 def test_files_a_hook_added_to_the_base_are_not_carried_into_the_next_release(target, build):
     ex, host, pool, layout = target
-    release.upload(ex, host, pool, build, manifest.scan(build), "v1", base=None)
+    release.upload(HostPool(ex, host, pool), build, manifest.scan(build), "v1", base=None)
     (Path(layout.release("v1")) / "cache-written-by-a-hook").write_text("x")
-    up = release.upload(ex, host, pool, build, manifest.scan(build), "v2", base="v1")
+    up = release.upload(HostPool(ex, host, pool), build, manifest.scan(build), "v2", base="v1")
     assert up.sent_files == 0
     assert tree(Path(layout.release("v2"))) == tree(build)
 
 
 def test_a_base_changed_in_place_falls_back_to_a_full_upload(target, build):
     ex, host, pool, layout = target
-    release.upload(ex, host, pool, build, manifest.scan(build), "v1", base=None)
+    release.upload(HostPool(ex, host, pool), build, manifest.scan(build), "v1", base=None)
     (Path(layout.release("v1")) / "index.php").write_text("edited on the host\n")
     m = manifest.scan(build)
-    up = release.upload(ex, host, pool, build, m, "v2", base="v1")
+    up = release.upload(HostPool(ex, host, pool), build, m, "v2", base="v1")
     assert up.sent_files == len(m.files) and up.linked_files == 0
     assert tree(Path(layout.release("v2"))) == tree(build)
 
@@ -284,9 +285,9 @@ def test_a_base_changed_in_place_falls_back_to_a_full_upload(target, build):
 def test_upload_of_an_identical_existing_release_is_reused(target, build):
     ex, host, pool, _ = target
     m = manifest.scan(build)
-    release.upload(ex, host, pool, build, m, "v1", base=None)
+    release.upload(HostPool(ex, host, pool), build, m, "v1", base=None)
     ex.commands.clear()
-    up = release.upload(ex, host, pool, build, m, "v1", base=None)
+    up = release.upload(HostPool(ex, host, pool), build, m, "v1", base=None)
     assert up.reused
     assert up.sent_files == 0
     assert not any("tar -x" in c for c in ex.commands)  # nothing sent, only checked
@@ -294,19 +295,19 @@ def test_upload_of_an_identical_existing_release_is_reused(target, build):
 
 def test_upload_over_a_different_existing_release_needs_force(target, build):
     ex, host, pool, layout = target
-    release.upload(ex, host, pool, build, manifest.scan(build), "v1", base=None)
+    release.upload(HostPool(ex, host, pool), build, manifest.scan(build), "v1", base=None)
     (build / "index.php").write_text("<?php echo 2;\n")
     m2 = manifest.scan(build)
     with pytest.raises(RolloutError, match="already exists with different content"):
-        release.upload(ex, host, pool, build, m2, "v1", base=None)
+        release.upload(HostPool(ex, host, pool), build, m2, "v1", base=None)
     assert Path(layout.release("v1"), "index.php").read_text() == "<?php echo 1;\n"
-    release.upload(ex, host, pool, build, m2, "v1", base=None, force=True)
+    release.upload(HostPool(ex, host, pool), build, m2, "v1", base=None, force=True)
     assert Path(layout.release("v1"), "index.php").read_text() == "<?php echo 2;\n"
 
 
 def test_upload_against_a_base_without_manifest_sends_everything(target, build):
     ex, host, pool, _ = target
-    up = release.upload(ex, host, pool, build, manifest.scan(build), "v2", base="v0")
+    up = release.upload(HostPool(ex, host, pool), build, manifest.scan(build), "v2", base="v0")
     assert (up.sent_files, up.linked_files) == (4, 0)
 
 
@@ -314,10 +315,10 @@ def test_activate_returns_the_previous_release_and_records_history(target):
     ex, host, pool, layout = target
     for name in ("v1", "v2"):
         Path(layout.release(name)).mkdir()
-    assert release.activate(ex, host, pool, "v1", "fab deploy --release v1") is None
-    assert release.activate(ex, host, pool, "v2", "fab deploy --release v2") == "v1"
-    assert fpm.current_release(ex, host, pool) == "v2"
-    hist = release.history(ex, host, pool)
+    assert release.activate(HostPool(ex, host, pool), "v1", "fab deploy --release v1") is None
+    assert release.activate(HostPool(ex, host, pool), "v2", "fab deploy --release v2") == "v1"
+    assert ex.ask(fpm.current_release(HostPool(ex, host, pool))) == "v2"
+    hist = release.history(HostPool(ex, host, pool))
     assert [(a.release, a.previous, a.command) for a in hist] == [
         ("v1", None, "fab deploy --release v1"), ("v2", "v1", "fab deploy --release v2")]
     assert all("@" in a.user for a in hist)
@@ -325,9 +326,9 @@ def test_activate_returns_the_previous_release_and_records_history(target):
 
 def test_bad_marks_roundtrip(target):
     ex, host, pool, _ = target
-    assert release.bad_releases(ex, host, pool) == set()
-    release.mark_bad(ex, host, pool, "v3")
-    assert release.bad_releases(ex, host, pool) == {"v3"}
+    assert release.bad_releases(HostPool(ex, host, pool)) == set()
+    release.mark_bad(HostPool(ex, host, pool), "v3")
+    assert release.bad_releases(HostPool(ex, host, pool)) == {"v3"}
 
 
 def test_list_releases_orders_by_creation_and_feeds_cleanup(target):
@@ -335,8 +336,8 @@ def test_list_releases_orders_by_creation_and_feeds_cleanup(target):
     for i, name in enumerate(["v3", "v1", "v2", "v4"]):
         Path(layout.release(name)).mkdir()
         os.utime(layout.release(name), (1_700_000_000 + i, 1_700_000_000 + i))
-    rels = release.list_releases(ex, host, pool)
+    rels = release.list_releases(HostPool(ex, host, pool))
     assert [r.name for r in rels] == ["v3", "v1", "v2", "v4"]
     assert release.cleanup_candidates(rels, 2, {"v3"}) == ["v1"]
-    release.remove(ex, host, pool, "v1")
-    assert [r.name for r in release.list_releases(ex, host, pool)] == ["v3", "v2", "v4"]
+    release.remove(HostPool(ex, host, pool), "v1")
+    assert [r.name for r in release.list_releases(HostPool(ex, host, pool))] == ["v3", "v2", "v4"]

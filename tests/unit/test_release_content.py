@@ -12,13 +12,14 @@ import tarfile
 from pathlib import Path
 
 import pytest
+from fakes import FakePool, dry_run_deploy
 
-from fpm_fleet.errors import ConfigError, RolloutError
+from fpm_fleet.core.errors import ConfigError, RolloutError
 from fpm_fleet.host.layout import Layout
+from fpm_fleet.host.pool import HostPool
 from fpm_fleet.releases import commands as rs
 from fpm_fleet.releases import manifest
 from fpm_fleet.releases import store as release
-from fpm_fleet.rollout import deploy
 
 
 @pytest.fixture
@@ -32,9 +33,9 @@ def build(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def target(local_fleet, local_ex):
+def target(local_fleet, local_runner):
     host, pool = local_fleet.hosts[0], local_fleet.pools[0]
-    return local_ex, host, pool, Layout.of(host, pool)
+    return local_runner, host, pool, Layout.of(host, pool)
 
 
 # --- 1. symlinks that leave the release ----------------------------------------------------
@@ -113,7 +114,7 @@ def test_an_upload_lands_without_setuid_or_group_other_write(target, build):
     (build / "open").chmod(0o777)
     (build / "open" / "x.php").write_text("x")
     m = manifest.scan(build)
-    release.upload(ex, host, pool, build, m, "v1", base=None)
+    release.upload(HostPool(ex, host, pool), build, m, "v1", base=None)
     rel = Path(layout.release("v1"))
     modes = {p: stat.S_IMODE((rel / p).stat().st_mode) for p in ("bin.sh", "index.php", "open")}
     assert modes == {"bin.sh": 0o755, "index.php": 0o644, "open": 0o755}
@@ -126,9 +127,9 @@ def test_an_upload_lands_without_setuid_or_group_other_write(target, build):
 def test_own_copies_gives_the_new_release_its_own_inodes_and_the_old_keeps_its_bytes(
         sh, target, build):
     ex, host, pool, layout = target
-    release.upload(ex, host, pool, build, manifest.scan(build), "v1", base=None)
+    release.upload(HostPool(ex, host, pool), build, manifest.scan(build), "v1", base=None)
     (build / "added.php").write_text("new\n")
-    up = release.upload(ex, host, pool, build, manifest.scan(build), "v2", base="v1")
+    up = release.upload(HostPool(ex, host, pool), build, manifest.scan(build), "v2", base="v1")
     assert up.linked_files == 3
     old, new = Path(layout.release("v1")), Path(layout.release("v2"))
     (old / "lib" / "a.php").chmod(0o640)
@@ -146,13 +147,15 @@ def test_own_copies_gives_the_new_release_its_own_inodes_and_the_old_keeps_its_b
     assert list(Path(layout.release("v2")).rglob("*.??????")) == []
 
 
-def test_a_pool_with_hooks_unshares_inherited_files_before_its_first_hook(web):
+def test_a_pool_with_hooks_unshares_inherited_files_before_its_first_hook(web, build,
+                                                                         monkeypatch):
+    monkeypatch.setattr("fpm_fleet.rollout.replica.POLL", 0)
     host, pool = web
     with_hooks = dataclasses.replace(pool, before_activate=("composer dump",))
-    plan = deploy.Plan(release="v2", command="fab deploy", timeout=5)
-    steps = [s for s, _ in deploy.dry_run_commands(host, with_hooks, plan, "v1")]
-    assert steps.index("own copies") == steps.index("before_activate") - 1
-    assert "own copies" not in [s for s, _ in deploy.dry_run_commands(host, pool, plan, "v1")]
+    whats = [p.what for p in dry_run_deploy(FakePool(host, with_hooks), build)]
+    assert whats.index("unshare hard links") == whats.index("before_activate composer dump") - 1
+    assert "unshare hard links" not in [p.what for p in dry_run_deploy(FakePool(host, pool),
+                                                                       build)]
 
 
 # --- 4. verification: kinds, modes, targets, the complete set of entries -------------------
@@ -193,13 +196,13 @@ def test_verify_refuses_extra_entries_modes_and_symlink_targets(target, build, c
 def test_a_same_name_release_edited_on_the_host_is_not_silently_reused(target, build):
     ex, host, pool, layout = target
     m = manifest.scan(build)
-    release.upload(ex, host, pool, build, m, "v1", base=None)
-    assert release.upload(ex, host, pool, build, m, "v1", base=None).reused
+    release.upload(HostPool(ex, host, pool), build, m, "v1", base=None)
+    assert release.upload(HostPool(ex, host, pool), build, m, "v1", base=None).reused
     (Path(layout.release("v1")) / "index.php").write_text("<?php evil();\n")
     with pytest.raises(RolloutError, match=r"release v1 already exists but was changed on the "
                                            r"host \(content differs: \./index\.php\)"):
-        release.upload(ex, host, pool, build, m, "v1", base=None)
-    up = release.upload(ex, host, pool, build, m, "v1", base=None, force=True)
+        release.upload(HostPool(ex, host, pool), build, m, "v1", base=None)
+    up = release.upload(HostPool(ex, host, pool), build, m, "v1", base=None, force=True)
     assert not up.reused
     assert (Path(layout.release("v1")) / "index.php").read_text() == "<?php echo 1;\n"
 
@@ -207,25 +210,25 @@ def test_a_same_name_release_edited_on_the_host_is_not_silently_reused(target, b
 def test_a_prepared_release_is_reused_while_it_stays_as_sealed(target, build):
     ex, host, pool, layout = target
     m = manifest.scan(build)
-    release.upload(ex, host, pool, build, m, "v1", base=None)
+    release.upload(HostPool(ex, host, pool), build, m, "v1", base=None)
     ex.run(rs.link_shared(layout, "v1", ("storage",)), "link shared")
     (Path(layout.release("v1")) / "cache.php").write_text("written by a hook\n")
-    release.seal(ex, host, pool, "v1")
-    up = release.upload(ex, host, pool, build, m, "v1", base=None)
+    release.seal(HostPool(ex, host, pool), "v1")
+    up = release.upload(HostPool(ex, host, pool), build, m, "v1", base=None)
     assert (up.reused, up.prepared) == (True, True)
     (Path(layout.release("v1")) / "cache.php").write_text("edited later\n")
     with pytest.raises(RolloutError, match=r"changed on the host since it was prepared "
                                            r"\(\./cache\.php\)"):
-        release.upload(ex, host, pool, build, m, "v1", base=None)
+        release.upload(HostPool(ex, host, pool), build, m, "v1", base=None)
 
 
 def test_an_unprepared_release_is_reused_despite_its_shared_links(target, build):
     ex, host, pool, layout = target
     shared_pool = dataclasses.replace(pool, shared=("lib",))
     m = manifest.scan(build)
-    release.upload(ex, host, shared_pool, build, m, "v1", base=None)
+    release.upload(HostPool(ex, host, shared_pool), build, m, "v1", base=None)
     ex.run(rs.link_shared(layout, "v1", ("lib",)), "link shared")
-    up = release.upload(ex, host, shared_pool, build, m, "v1", base=None)
+    up = release.upload(HostPool(ex, host, shared_pool), build, m, "v1", base=None)
     assert (up.reused, up.prepared) == (True, False)
 
 
@@ -233,12 +236,12 @@ def test_an_unprepared_release_is_reused_despite_its_shared_links(target, build)
 
 def test_force_refuses_to_replace_a_release_that_is_current_or_pinned(target, build):
     ex, host, pool, layout = target
-    release.upload(ex, host, pool, build, manifest.scan(build), "v1", base=None)
+    release.upload(HostPool(ex, host, pool), build, manifest.scan(build), "v1", base=None)
     inode = (Path(layout.release("v1")) / "index.php").stat().st_ino
     (build / "index.php").write_text("<?php echo 2;\n")
     with pytest.raises(RolloutError, match=r"in use .* --force never replaces a release in use"):
-        release.upload(ex, host, pool, build, manifest.scan(build), "v1", base=None, force=True,
-                       in_use=frozenset({"v1"}))
+        release.upload(HostPool(ex, host, pool), build, manifest.scan(build), "v1", base=None,
+                       force=True, in_use=frozenset({"v1"}))
     assert (Path(layout.release("v1")) / "index.php").stat().st_ino == inode
     assert not any("rm -rf" in c and "v1.replaced" in c for c in ex.commands)
 
@@ -265,10 +268,10 @@ def test_a_newline_in_a_command_cannot_forge_a_history_entry(target):
     ex, host, pool, layout = target
     for name in ("v1", "v2", "evil"):
         Path(layout.release(name)).mkdir()
-    release.activate(ex, host, pool, "v1", "fab deploy --release v1")
+    release.activate(HostPool(ex, host, pool), "v1", "fab deploy --release v1")
     forged = "fab deploy\n2026-01-01T00:00:00+0000\tevil\tv1\tmallory@x\tfab deploy"
-    release.activate(ex, host, pool, "v2", forged)
-    hist = release.history(ex, host, pool)
+    release.activate(HostPool(ex, host, pool), "v2", forged)
+    hist = release.history(HostPool(ex, host, pool))
     assert [(a.release, a.previous) for a in hist] == [("v1", None), ("v2", "v1")]
     assert hist[1].command == forged
     assert len(Path(layout.state, "history").read_text().splitlines()) == 2
@@ -278,7 +281,7 @@ def test_activation_and_its_history_line_are_one_remote_command(target):
     ex, host, pool, layout = target
     Path(layout.release("v1")).mkdir()
     ex.commands.clear()
-    release.activate(ex, host, pool, "v1", "fab deploy")
+    release.activate(HostPool(ex, host, pool), "v1", "fab deploy")
     assert len(ex.commands) == 1
     assert "current.release" in ex.commands[0] and "history" in ex.commands[0]
 

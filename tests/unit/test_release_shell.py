@@ -11,7 +11,7 @@ from pathlib import Path, PurePosixPath
 
 import pytest
 
-from fpm_fleet.errors import ConfigError
+from fpm_fleet.core.errors import ConfigError
 from fpm_fleet.host.layout import Layout
 from fpm_fleet.releases import commands as rs
 from fpm_fleet.releases import manifest

@@ -22,9 +22,9 @@ import paramiko
 import pytest
 from paramiko.ssh_exception import NoValidConnectionsError
 
-from fpm_fleet import inventory
-from fpm_fleet.errors import ConfigError, ConnectError
-from fpm_fleet.inventory import Host
+from fpm_fleet.core import inventory
+from fpm_fleet.core.errors import ConfigError, ConnectError
+from fpm_fleet.core.inventory import Host
 from fpm_fleet.remote import known_hosts, shell
 from fpm_fleet.remote import ssh as remote
 
@@ -339,14 +339,14 @@ class FakeConnection:
         return self.transport
 
 
-def executor(chan: SlowChannel, **host: object) -> remote.SSHExecutor:
-    return remote.SSHExecutor(local_host(22, **host),
+def ssh_runner(chan: SlowChannel, **host: object) -> remote.SSHRunner:
+    return remote.SSHRunner(local_host(22, **host),
                               FakeConnection(FakeTransport(chan)))  # type: ignore[arg-type]
 
 
 def test_a_long_upload_is_no_timeout_the_deadline_starts_once_the_input_is_sent():
     chan = SlowChannel(send_seconds=0.3, run_seconds=0.05)
-    ex = executor(chan)
+    ex = ssh_runner(chan)
     result, sent = ex.stream("tar -x", "upload", io.BytesIO(b"x" * 10), timeout=0.1)
     assert result.exited == 0 and sent == 10
     assert chan.command == "tar -x", "an upload is bounded by its input, not by `timeout`"
@@ -354,7 +354,7 @@ def test_a_long_upload_is_no_timeout_the_deadline_starts_once_the_input_is_sent(
 
 def test_commands_are_bounded_on_the_host_by_their_timeout():
     chan = SlowChannel(send_seconds=0, run_seconds=0)
-    executor(chan, sudo=True).run("sudo -n -- systemctl start x", "start", timeout=42)
+    ssh_runner(chan, sudo=True).run("sudo -n -- systemctl start x", "start", timeout=42)
     # as the login user; the one root command inside gets the signal (sudo is not wrapped)
     assert chan.command == "timeout -k 5 42 sh -c 'sudo -n -- systemctl start x'"
 
@@ -365,7 +365,7 @@ def test_a_command_over_its_timeout_is_ended_on_the_host(sh):
 
 
 def test_a_command_ended_by_the_host_bound_says_so():
-    ex = executor(SlowChannel(send_seconds=0, run_seconds=0, code=124))
+    ex = ssh_runner(SlowChannel(send_seconds=0, run_seconds=0, code=124))
     result = ex.run("sh -c 'sleep 600'", "before_activate", check=False, timeout=30)
     assert result.stderr.endswith("timed out on the host after 30s (command_timeout)")
 

@@ -1,4 +1,4 @@
-"""fpm_fleet.host.render: the Apache site, one PHP-FPM config per replica, the pool's systemd
+"""fpm_fleet.render: the Apache site, one PHP-FPM config per replica, the pool's systemd
 unit."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ from pathlib import PurePosixPath
 
 import pytest
 
-from fpm_fleet.errors import ConfigError
-from fpm_fleet.host import render
+from fpm_fleet import render
+from fpm_fleet.core.errors import ConfigError
 
 
 @pytest.fixture

@@ -7,9 +7,11 @@ import itertools
 from collections.abc import Iterable
 
 import pytest
+from fakes import FakeRunner, replica_of
 
-from fpm_fleet.errors import RolloutError
+from fpm_fleet.core.errors import RolloutError
 from fpm_fleet.host import fpm
+from fpm_fleet.remote.command import Command
 from fpm_fleet.rollout import replica
 
 IDLE = fpm.FpmStatus(active=0, idle=8, total=8, accepted=100, listen_queue=0)
@@ -18,16 +20,19 @@ BUSY = fpm.FpmStatus(active=1, idle=7, total=8, accepted=100, listen_queue=0)
 
 @pytest.fixture
 def scripted(monkeypatch, web):
-    """Feed wait_idle a list of activities; record the drains it asks for."""
+    """Feed wait_idle a list of activities (each idle probe, asked through the runner, reads
+    the next one); record the drains it asks for."""
     host, pool = web
     drains: list[int] = []
+    runner = FakeRunner(host, default=None).on("idle probe www-1", "")
 
     def run(activities: Iterable[replica.Activity], timeout: float = 5) -> tuple[float, str]:
         feed = iter(activities)
-        monkeypatch.setattr(replica, "idle_probe", lambda ex, r: next(feed))
-        monkeypatch.setattr(replica.balancer, "drain", lambda ex, h, p, n: drains.append(n))
+        monkeypatch.setattr(replica, "activity", lambda r: Command(
+            "idle-probe", f"idle probe {r.name}", lambda res: next(feed), check=False))
+        monkeypatch.setattr(replica.apache, "drain", lambda r: drains.append(r.n))
         monkeypatch.setattr(replica, "POLL", 0)
-        return replica.wait_idle(None, replica.Replica(host, pool, 1), timeout)
+        return replica.wait_idle(replica_of(runner, pool, 1), timeout)
 
     return run, drains
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from fpm_fleet.errors import UsageError
+from fpm_fleet.core.errors import UsageError
 from fpm_fleet.rollout import hosts as rollout
 
 
@@ -24,8 +24,8 @@ def test_no_selector_selects_every_host_pool_and_replica(fleet):
     assert names(sel.hosts) == ["web1", "web2", "web3"]
     assert names(sel.pools) == ["www", "api"]
     assert sel.replica is None
-    assert sel.replicas(fleet.hosts[0], fleet.pool("api")) == [1, 2, 3]
-    assert sel.replicas(fleet.hosts[0], fleet.pool("www")) == [1, 2]
+    assert sel.replicas(fleet.pool("api")) == [1, 2, 3]
+    assert sel.replicas(fleet.pool("www")) == [1, 2]
 
 
 def test_a_comma_list_of_hosts_keeps_inventory_order(fleet):
@@ -61,7 +61,7 @@ def test_unknown_pool_is_a_usage_error_listing_valid_pools(fleet):
 def test_one_replica_can_be_selected_as_int_or_string(fleet, replica):
     sel = rollout.select(fleet, pool="www", replica=replica)
     assert sel.replica == 2
-    assert sel.replicas(fleet.hosts[0], fleet.pool("www")) == [2]
+    assert sel.replicas(fleet.pool("www")) == [2]
 
 
 @pytest.mark.parametrize("replica", [None, "", 0, "0"])

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from fpm_fleet import inventory
+from fpm_fleet.core import inventory
 from fpm_fleet.sandbox import hosts as sandbox
 
 SESSION = "/user.slice/user-1000.slice/session-3.scope"

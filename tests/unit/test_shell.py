@@ -22,6 +22,7 @@ from fpm_fleet.host import fpm
 from fpm_fleet.host.layout import Layout
 from fpm_fleet.releases import manifest
 from fpm_fleet.remote import shell
+from fpm_fleet.web import apache_site, balancer
 
 # --- exact strings -----------------------------------------------------------------------------
 
@@ -41,7 +42,7 @@ def test_as_root_keeps_a_quoted_command_intact_word_for_word():
 
 def test_balancer_set_posts_form_with_referer_nonce_and_reads_xml_back():
     url = "http://127.0.0.1:8081/balancer-manager"
-    cmd = shell.balancer_set(url, "www", "unix:/srv/fpm-fleet/www/run/www-1.sock|fcgi://www-1",
+    cmd = balancer.set_command(url, "www", "unix:/srv/fpm-fleet/www/run/www-1.sock|fcgi://www-1",
                              "3f2a-11", {"D": 1})
     assert cmd == (
         "curl -sS --fail --max-time 5 --netrc-file /etc/fpm-fleet/balancer-manager.netrc "
@@ -56,7 +57,7 @@ def test_balancer_set_posts_form_with_referer_nonce_and_reads_xml_back():
 
 
 def test_balancer_set_sends_one_data_field_per_flag_in_order():
-    cmd = shell.balancer_set("http://127.0.0.1:8081/bm", "www", "w", "n",
+    cmd = balancer.set_command("http://127.0.0.1:8081/bm", "www", "w", "n",
                              {"D": 0, "N": 0, "S": 0, "E": 0})
     words = shlex.split(cmd.split(" && ")[0])
     data = [words[i + 1] for i, w in enumerate(words) if w == "--data"]
@@ -64,7 +65,7 @@ def test_balancer_set_sends_one_data_field_per_flag_in_order():
 
 
 def test_balancer_xml_sends_a_same_host_referer_and_asks_for_xml():
-    assert shell.balancer_xml("http://127.0.0.1:8081/balancer-manager") == (
+    assert balancer.xml_command("http://127.0.0.1:8081/balancer-manager") == (
         "curl -sS --fail --max-time 5 --netrc-file /etc/fpm-fleet/balancer-manager.netrc "
         "-H 'Referer: http://127.0.0.1:8081/balancer-manager' "
         "'http://127.0.0.1:8081/balancer-manager?xml=1'")
@@ -94,17 +95,17 @@ def test_fcgi_request_keeps_a_script_filename_with_spaces_as_one_word():
 
 
 def test_apache_is_tested_with_apache2ctl_and_driven_through_systemd():
-    assert shell.apache_test() == "apache2ctl configtest"
-    assert shell.apache_modules_loaded() == "cat /etc/apache2/mods-enabled/*.load 2>/dev/null"
-    assert shell.apache_ctl("start") == "systemctl start --quiet apache2.service"
-    assert shell.apache_ctl("reload") == "systemctl reload --quiet apache2.service"
-    assert shell.apache_ctl("enable") == "systemctl enable --quiet apache2.service"
+    assert apache_site.apache_test() == "apache2ctl configtest"
+    assert apache_site.apache_modules_loaded() == "cat /etc/apache2/mods-enabled/*.load 2>/dev/null"
+    assert apache_site.apache_ctl("start") == "systemctl start --quiet apache2.service"
+    assert apache_site.apache_ctl("reload") == "systemctl reload --quiet apache2.service"
+    assert apache_site.apache_ctl("enable") == "systemctl enable --quiet apache2.service"
 
 
 @pytest.mark.parametrize("action", ["restart", "stop", "graceful", "start; reboot"])
 def test_apache_ctl_refuses_actions_other_than_start_reload_enable(action):
     with pytest.raises(ValueError):
-        shell.apache_ctl(action)
+        apache_site.apache_ctl(action)
 
 
 def test_has_systemd_is_sd_booteds_own_test():
@@ -133,12 +134,18 @@ def test_sections_roundtrip_through_sh_into_split_sections(sh):
                           ("failing", "echo partial; false")])
     result = sh(cmd)
     assert shell.split_sections(result.stdout) == {
-        "one": "a\nb", "two words": "no trailing newline", "empty": "", "failing": "partial"}
+        "one": ("a\nb", 0), "two words": ("no trailing newline", 0), "empty": ("", 0),
+        "failing": ("partial", 1)}
 
 
 def test_split_sections_ignores_output_before_the_first_marker():
-    text = f"noise\n{shell.SECTION} a\n1\n{shell.SECTION} b\n2\n"
-    assert shell.split_sections(text) == {"a": "1", "b": "2"}
+    text = (f"noise\n{shell.SECTION} a\n1\n{shell.SECTION_EXIT} 0\n{shell.SECTION} b\n2\n"
+            f"{shell.SECTION_EXIT} 3\n")
+    assert shell.split_sections(text) == {"a": ("1", 0), "b": ("2", 3)}
+
+
+def test_a_section_cut_short_has_no_exit_status():
+    assert shell.split_sections(f"{shell.SECTION} a\n1\n") == {"a": ("1", -1)}
 
 
 def test_split_sections_of_plain_text_is_empty():
@@ -247,7 +254,7 @@ class TestInstallChecked:
 def test_apache_running_is_true_only_for_an_active_apache2_service(fake_systemd, state,
                                                                    running):
     fake_systemd.unit("apache2.service", state)
-    assert (fake_systemd.run(shell.apache_running()).returncode == 0) is running
+    assert (fake_systemd.run(apache_site.apache_running()).returncode == 0) is running
 
 
 def test_enable_units_enables_and_prints_only_units_not_enabled_yet(fake_systemd):
@@ -286,8 +293,8 @@ def test_shell_builders_never_execute_metacharacters_in_paths(
         shell.fpm_stop(lay, 1, sudo=False),
         shell.fpm_start(lay, 1, evil, sudo=False),
         shell.fcgi_request(lay.sock(1), evil, lay.current / evil, query=evil, timeout=1),
-        shell.balancer_xml(f"http://127.0.0.1:9/{evil}"),
-        shell.balancer_set(f"http://127.0.0.1:9/{evil}", evil, evil, evil, {"D": 1}),
+        balancer.xml_command(f"http://127.0.0.1:9/{evil}"),
+        balancer.set_command(f"http://127.0.0.1:9/{evil}", evil, evil, evil, {"D": 1}),
         shell.install_checked([lay.conf / evil], "true"),
         shell.as_root(shell.read_current_release(lay), sudo=False),
         shell.open_connections(lay.sock(1)),
@@ -304,7 +311,7 @@ def test_shell_builders_never_execute_metacharacters_in_paths(
 def test_sections_quote_their_names(sh, pwned):
     out = sh(shell.sections([("$(touch pwned)", "echo 1")])).stdout
     assert pwned() == []
-    assert shell.split_sections(out) == {"$(touch pwned)": "1"}
+    assert shell.split_sections(out) == {"$(touch pwned)": ("1", 0)}
 
 
 # --- the FastCGI request, against a minimal FastCGI responder ----------------------------------
@@ -635,7 +642,7 @@ def test_open_connections_counts_connected_entries_of_that_socket_only():
 
 
 def test_system_apache_enables_every_module_the_site_uses_rewrite_included():
-    assert shell.apache_enable_site() == (
+    assert apache_site.apache_enable_site() == (
         "a2enmod -q proxy proxy_fcgi proxy_balancer lbmethod_bybusyness lbmethod_byrequests "
         "slotmem_shm authz_host rewrite auth_basic authn_core authn_file authz_user "
         ">/dev/null && a2ensite -q fpm-fleet >/dev/null")
@@ -645,7 +652,7 @@ def test_system_apache_enables_every_module_the_site_uses_rewrite_included():
 
 def test_vhost_request_asks_apache_with_the_pools_host_header_only_once_a_release_is_active():
     lay = Layout(dir=PurePosixPath("/srv/fpm-fleet/www"), pool="www")
-    assert shell.vhost_request(lay, "http://127.0.0.1:8088/health.php", "www.example") == (
+    assert apache_site.vhost_request(lay, "http://127.0.0.1:8088/health.php", "www.example") == (
         "if [ -e /srv/fpm-fleet/www/current.release ]; then curl -sS -g --noproxy '*' "
         "-o /dev/null -w '%{http_code}' --max-time 5 -H 'Host: www.example' "
         "http://127.0.0.1:8088/health.php; else echo no-release; fi")
@@ -680,8 +687,8 @@ def http_server() -> Iterator[tuple[int, list[str]]]:
 def test_vhost_request_prints_the_status_apache_answered_with(sh, layout, http_server):
     port, hosts = http_server
     Path(layout.current_release).symlink_to("releases")
-    ok = sh(shell.vhost_request(layout, f"http://127.0.0.1:{port}/health.php", "www.example"))
-    missing = sh(shell.vhost_request(layout, f"http://127.0.0.1:{port}/nope", "www.example"))
+    ok = sh(apache_site.vhost_request(layout, f"http://127.0.0.1:{port}/health.php", "www.example"))
+    missing = sh(apache_site.vhost_request(layout, f"http://127.0.0.1:{port}/nope", "www.example"))
     assert (ok.stdout, missing.stdout) == ("200", "404")
     assert hosts == ["www.example", "www.example"]
 
@@ -692,18 +699,18 @@ def test_vhost_request_prints_000_and_the_reason_when_nothing_answers(sh, layout
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]  # bound, not listening: connection refused
-        result = sh(shell.vhost_request(layout, f"http://127.0.0.1:{port}/", "www"))
+        result = sh(apache_site.vhost_request(layout, f"http://127.0.0.1:{port}/", "www"))
     assert result.stdout == "000"
     assert "Failed to connect" in result.stderr or "Couldn't connect" in result.stderr
 
 
 def test_vhost_request_before_the_first_deploy_requests_nothing(sh, layout):
-    result = sh(shell.vhost_request(layout, "http://127.0.0.1:9/health.php", "www"))
-    assert (result.returncode, result.stdout.strip()) == (0, shell.NO_RELEASE)
+    result = sh(apache_site.vhost_request(layout, "http://127.0.0.1:9/health.php", "www"))
+    assert (result.returncode, result.stdout.strip()) == (0, apache_site.NO_RELEASE)
 
 
 def test_tcp_listening_reads_the_kernels_table_for_the_port_in_hex():
-    assert shell.tcp_listening(8088) == (
+    assert apache_site.tcp_listening(8088) == (
         "cat /proc/net/tcp /proc/net/tcp6 2>/dev/null | awk -v p=1F98 "
         "'$4 == \"0A\" && substr($2, index($2, \":\") + 1) == p {f = 1} END {exit !f}'")
 
@@ -714,7 +721,7 @@ def test_tcp_listening_is_true_only_while_a_socket_listens_on_the_port(sh, famil
     with socket.socket(family) as s:
         s.bind((address, 0))
         port = s.getsockname()[1]
-        assert sh(shell.tcp_listening(port)).returncode == 1  # bound is not listening
+        assert sh(apache_site.tcp_listening(port)).returncode == 1  # bound is not listening
         s.listen()
-        assert sh(shell.tcp_listening(port)).returncode == 0
-    assert sh(shell.tcp_listening(port)).returncode == 1
+        assert sh(apache_site.tcp_listening(port)).returncode == 0
+    assert sh(apache_site.tcp_listening(port)).returncode == 1

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from fakes import FakeRunner
+
 from fpm_fleet import status
-from fpm_fleet.errors import RemoteResult
-from fpm_fleet.remote import shell
+from fpm_fleet.host.pool import HostPool
 from fpm_fleet.status import ReplicaStatus
 
 
@@ -74,25 +75,15 @@ def xml(*statuses: str) -> str:
             "</httpd:manager>")
 
 
-class FakeHost:
-    def __init__(self, host, probe: str, page: str, ping: str = "pong") -> None:
-        self.host, self.probe, self.page, self.ping = host, probe, page, ping
+def fake_host(host, probe: str, page: str, ping: str = "pong") -> FakeRunner:
+    """Answers current.release, the probe, balancer-manager and ping; nothing else."""
+    return FakeRunner(host, ("read www current.release", "releases/v2\n"), ("probe www", probe),
+                      ("read balancer-manager", page),
+                      ("ping ", f"Content-type: text/plain\r\n\r\n{ping}"), default=None)
 
-    def run(self, command, what, *, check=True, timeout=None):
-        if command.startswith("readlink"):
-            out = "releases/v2\n"
-        elif command.startswith(shell.PROBE_FUNCTION):
-            out = self.probe
-        elif command.startswith("curl"):
-            out = self.page
-        elif "cgi-fcgi" in command:
-            out = f"Content-type: text/plain\r\n\r\n{self.ping}"
-        else:
-            raise AssertionError(command)
-        return RemoteResult(command, 0, out, "")
 
-    def stream(self, command, what, source, *, timeout=None):
-        raise AssertionError("not used")
+def pool_status(runner: FakeRunner, pool, numbers: list[int]) -> list[ReplicaStatus]:
+    return status.pool_status(HostPool(runner, runner.host, pool), numbers)
 
 
 def probe_line(n: int, release: str, service: str = "active", strays: int = 0) -> str:
@@ -107,8 +98,8 @@ def stopped_line(n: int, service: str = "inactive", strays: int = 0) -> str:
 
 def test_pool_status_of_a_healthy_pool_is_ok_and_consistent(web):
     host, pool = web
-    ex = FakeHost(host, probe_line(1, "v2") + probe_line(2, "v2"), xml("Init Ok", "Init Ok"))
-    rows = status.pool_status(ex, host, pool, [1, 2])
+    ex = fake_host(host, probe_line(1, "v2") + probe_line(2, "v2"), xml("Init Ok", "Init Ok"))
+    rows = pool_status(ex, pool, [1, 2])
     assert [(r.replica, r.ok, r.release, r.current_release, r.pid, r.lb_status, r.busy,
              r.service, r.strays)
             for r in rows] == [(1, True, "v2", "v2", 101, "Init Ok", 1, "active", 0),
@@ -118,8 +109,8 @@ def test_pool_status_of_a_healthy_pool_is_ok_and_consistent(web):
 
 def test_pool_status_flags_a_drained_member_and_a_stopped_replica(web):
     host, pool = web
-    ex = FakeHost(host, probe_line(1, "v1") + stopped_line(2), xml("Init Drn Ok", "Init Ok"))
-    one, two = status.pool_status(ex, host, pool, [1, 2])
+    ex = fake_host(host, probe_line(1, "v1") + stopped_line(2), xml("Init Drn Ok", "Init Ok"))
+    one, two = pool_status(ex, pool, [1, 2])
     assert one.problems == ["not in rotation (Init Drn Ok)"]
     assert two.problems == ["not running", "service inactive"]
     assert two.release is None and two.pid is None
@@ -129,8 +120,8 @@ def test_pool_status_flags_a_drained_member_and_a_stopped_replica(web):
 
 def test_pool_status_reports_a_replica_that_does_not_answer_ping(web):
     host, pool = web
-    ex = FakeHost(host, probe_line(1, "v2"), xml("Init Ok", "Init Ok"), ping="File not found.")
-    (one,) = status.pool_status(ex, host, pool, [1])
+    ex = fake_host(host, probe_line(1, "v2"), xml("Init Ok", "Init Ok"), ping="File not found.")
+    (one,) = pool_status(ex, pool, [1])
     assert one.problems == ["no ping"]
     assert not one.ok
 
@@ -138,8 +129,8 @@ def test_pool_status_reports_a_replica_that_does_not_answer_ping(web):
 def test_pool_status_flags_a_service_systemd_does_not_report_active(web):
     # a master that runs outside its service (started by hand) is still a problem
     host, pool = web
-    ex = FakeHost(host, probe_line(1, "v2", service="failed"), xml("Init Ok"))
-    (one,) = status.pool_status(ex, host, pool, [1])
+    ex = fake_host(host, probe_line(1, "v2", service="failed"), xml("Init Ok"))
+    (one,) = pool_status(ex, pool, [1])
     assert (one.service, one.pid) == ("failed", 101)
     assert one.problems == ["service failed"]
     assert not one.ok
@@ -147,8 +138,8 @@ def test_pool_status_flags_a_service_systemd_does_not_report_active(web):
 
 def test_pool_status_flags_workers_left_running_by_a_dead_master(web):
     host, pool = web
-    ex = FakeHost(host, stopped_line(1, service="activating", strays=2), xml("Init Ok"))
-    (one,) = status.pool_status(ex, host, pool, [1])
+    ex = fake_host(host, stopped_line(1, service="activating", strays=2), xml("Init Ok"))
+    (one,) = pool_status(ex, pool, [1])
     assert one.strays == 2
     assert one.problems == ["not running", "service activating",
                             "2 workers run outside any live master"]
@@ -156,7 +147,7 @@ def test_pool_status_flags_workers_left_running_by_a_dead_master(web):
 
 def test_pool_status_with_balancer_manager_unreadable_keeps_the_error(web):
     host, pool = web
-    ex = FakeHost(host, probe_line(1, "v2"), "<html>403 Forbidden")
-    (one,) = status.pool_status(ex, host, pool, [1])
+    ex = fake_host(host, probe_line(1, "v2"), "<html>403 Forbidden")
+    (one,) = pool_status(ex, pool, [1])
     assert one.lb_status == "unreachable"
     assert any("did not answer XML" in p for p in one.problems)

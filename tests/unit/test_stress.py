@@ -17,7 +17,7 @@ from typing import ClassVar
 import pytest
 
 from fpm_fleet import stress
-from fpm_fleet.errors import UsageError
+from fpm_fleet.core.errors import UsageError
 from fpm_fleet.stress import Sample, Target
 
 WEB1 = Target("web1", "198.18.0.11")
