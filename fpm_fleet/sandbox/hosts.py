@@ -26,7 +26,7 @@ import socket
 import subprocess
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,21 +49,26 @@ LOCK_HELD = "FPM_FLEET_SANDBOX_LOCK_HELD"
 
 
 @contextmanager
-def exclusive(wait: bool = False) -> Iterator[None]:
+def exclusive(wait: bool = False, say: Callable[[str], None] | None = None,
+              path: Path = LOCK_PATH) -> Iterator[None]:
     """One local fleet per machine: tests, benchmarks and a developer take turns on one lock.
 
-    The holder marks its environment, so the `fab sandbox.*` commands it runs go through.
+    Busy: FleetError, or with `wait` block until it is free (telling `say` why). The holder
+    marks its environment, so the `fab sandbox.*` commands it runs go through. Python opens
+    the file close-on-exec, so daemons started meanwhile never inherit the lock.
     """
     if os.environ.get(LOCK_HELD) == "1":
         yield
         return
-    with open(LOCK_PATH, "a") as fh:
+    with open(path, "a") as fh:
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             if not wait:
                 raise FleetError(f"sandbox: in use by another run (tests or benchmarks hold "
-                                 f"{LOCK_PATH}); try again when it ends") from None
+                                 f"{path}); try again when it ends") from None
+            if say is not None:
+                say(f"waiting for {path}: another sandbox user (tests?) holds it")
             fcntl.flock(fh, fcntl.LOCK_EX)
         os.environ[LOCK_HELD] = "1"
         try:
