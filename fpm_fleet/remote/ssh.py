@@ -30,6 +30,7 @@ from fpm_fleet.errors import ConfigError, ConnectError, RemoteError, RemoteResul
 from fpm_fleet.inventory import Host
 from fpm_fleet.remote import known_hosts
 from fpm_fleet.remote.shell import KILL_AFTER, bounded
+from fpm_fleet.streams import pump
 
 log = logging.getLogger("fpm_fleet.remote")
 # paramiko logs a failed handshake with a traceback from its own thread; without a handler,
@@ -235,7 +236,7 @@ class SSHExecutor:
                 chan.settimeout(limit)
                 chan.exec_command(full)
                 if source is not None:
-                    sent = _pump(chan, source)
+                    sent = pump(source, chan.sendall)
                 chan.shutdown_write()
                 # the deadline starts once the input is sent: a long upload is no timeout;
                 # the host's own bound fires first, this one is for a connection that hangs
@@ -253,14 +254,6 @@ class SSHExecutor:
 
     def close(self) -> None:
         self.conn.close()
-
-
-def _pump(chan: paramiko.Channel, source: IO[bytes]) -> int:
-    sent = 0
-    while chunk := source.read(256 * 1024):
-        chan.sendall(chunk)
-        sent += len(chunk)
-    return sent
 
 
 def _drain(chan: paramiko.Channel, deadline: float) -> tuple[str, str, int]:
