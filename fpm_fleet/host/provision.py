@@ -21,7 +21,7 @@ from fpm_fleet.host.render import (
     RenderedFile,
     apache_files,
     fpm_files,
-    stop_script,
+    stop_script_files,
     sudo_commands,
     sudoers,
     unit_file,
@@ -221,7 +221,7 @@ def _setup_sudoers(ex: Executor, fleet: Fleet, host: Host) -> list[str]:
 
 def _setup_services(ex: Executor, fleet: Fleet, host: Host) -> list[str]:
     """One template unit per pool; every replica's service enabled (started at boot)."""
-    units = [stop_script(), *(unit_file(host, pool) for pool in fleet.pools)]
+    units = [*stop_script_files(), *(unit_file(host, pool) for pool in fleet.pools)]
     changed = changed_files(ex, units)
     if changed:
         ex.run(f"mkdir -p -- {shell.q(STOP_SCRIPT.parent)}", "create the replica helper dir")
