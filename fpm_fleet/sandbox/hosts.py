@@ -486,6 +486,17 @@ def leftovers(base: Path) -> list[str]:
     return found
 
 
+def leftovers_after(base: Path, seconds: float = 10) -> list[str]:
+    """What of the sandbox is still there after at most `seconds`: a host's processes die a
+    moment after `down` returns, so a check at once would report them."""
+    deadline = time.monotonic() + seconds
+    left = leftovers(base)
+    while left and time.monotonic() < deadline:
+        time.sleep(0.2)
+        left = leftovers(base)
+    return left
+
+
 def _our_cgroup_dirs() -> list[Path]:
     dirs = cgroup_dirs(Path("/proc/self/cgroup").read_text(), "*")
     return [p for d in dirs for p in d.parent.glob(d.name)]

@@ -198,3 +198,15 @@ def test_a_run_under_a_parent_holding_the_lock_goes_through(monkeypatch, tmp_pat
     finally:
         other.kill()
         other.wait()
+
+
+def test_leftovers_after_waits_for_processes_that_die_late(monkeypatch, tmp_path):
+    answers = [["process 42 sleep"], ["process 42 sleep"], []]
+    monkeypatch.setattr(sandbox, "leftovers", lambda base: answers.pop(0))
+    assert sandbox.leftovers_after(tmp_path, seconds=5) == []
+    assert answers == []
+
+
+def test_leftovers_after_reports_what_is_still_there_at_the_deadline(monkeypatch, tmp_path):
+    monkeypatch.setattr(sandbox, "leftovers", lambda base: [f"directory {base}"])
+    assert sandbox.leftovers_after(tmp_path, seconds=0) == [f"directory {tmp_path}"]
