@@ -70,13 +70,15 @@ def test_the_probe_the_stop_and_the_connection_count_send_the_same_library():
     assert shell.open_connections(layout.sock(1)).startswith(lib)
 
 
-def test_sent_scripts_leave_out_comments_but_keep_every_command():
-    text = (SHELL_SCRIPTS / "probe.sh").read_text()
-    sent = shell.script("probe.sh")
+@pytest.mark.parametrize("name", sorted(p.name for p in SHELL_SCRIPTS.glob("*.sh")))
+def test_a_sent_script_is_still_valid_shell_without_its_comments(name, sh):
+    sent = shell.script(name)
     assert not [line for line in sent.splitlines() if line.lstrip().startswith("#")]
-    commands = [line for line in text.splitlines()
-                if line.strip() and not line.lstrip().startswith("#")]
-    assert sent.splitlines() == commands
+    functions = [line for line in (SHELL_SCRIPTS / name).read_text().splitlines()
+                 if line.endswith("() {")]
+    assert functions and set(functions) <= set(sent.splitlines())
+    result = sh(f"sh -n -c {shell.q(sent)}")
+    assert (result.returncode, result.stderr) == (0, "")
 
 
 def test_the_stop_script_is_installed_with_the_library_it_sources_first():
