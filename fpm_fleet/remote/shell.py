@@ -1,7 +1,9 @@
 """Pure builders of remote command strings. All quoting happens here, with shlex.
 
 Nothing in this module talks to a host: every function returns a string that
-the executor runs, so each can be unit-tested for its exact text.
+the executor runs, so each can be unit-tested for its exact text. Multi-line shell lives
+in files of templates/sh (checked by shellcheck), sent ahead of the commands that call
+their functions (`script`, `with_replica_lib`).
 """
 
 from __future__ import annotations
