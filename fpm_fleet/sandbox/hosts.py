@@ -38,7 +38,7 @@ PREFIX = "fpmf"
 BRIDGE = f"{PREFIX}-br0"
 SUBNET = "198.18.0"
 GATEWAY = f"{SUBNET}.1"
-LAUNCHER = Path(__file__).resolve().parent.parent / "scripts" / "sandbox-host"
+LAUNCHER = Path(__file__).resolve().parents[2] / "scripts" / "sandbox-host"  # the checkout's
 # The hosts' trees live outside the checkout: overlays want a real filesystem, and the
 # checkout may sit anywhere (a path with spaces, a tmpfs).
 HOSTS_DIR = Path("/var/tmp/fpm-fleet-sandbox")

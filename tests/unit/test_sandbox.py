@@ -210,3 +210,8 @@ def test_leftovers_after_waits_for_processes_that_die_late(monkeypatch, tmp_path
 def test_leftovers_after_reports_what_is_still_there_at_the_deadline(monkeypatch, tmp_path):
     monkeypatch.setattr(sandbox, "leftovers", lambda base: [f"directory {base}"])
     assert sandbox.leftovers_after(tmp_path, seconds=0) == [f"directory {tmp_path}"]
+
+
+def test_the_host_launcher_is_the_checkouts_script():
+    assert sandbox.LAUNCHER.is_file()
+    assert sandbox.LAUNCHER.parent.name == "scripts"
