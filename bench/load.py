@@ -10,12 +10,11 @@ without the pacing pauses.
 
 from __future__ import annotations
 
-import http.client
 import statistics
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -47,10 +46,6 @@ class Span:
         return (self.end - self.start) * 1000
 
 
-def kind_of(path: str) -> str:
-    return {"/ping.php": "fast", "/sleep.php": "slow"}.get(path.split("?")[0], "atomic")
-
-
 def judge(kind: str, status: int, body: str) -> str:
     """Why an answer counts as failed, as fpm_fleet.stress judges it; a slow request cut short is
     counted in its own column (`slow_cut_short`, from its latency), not as failed."""
@@ -58,20 +53,23 @@ def judge(kind: str, status: int, body: str) -> str:
 
 
 class Clock:
-    """A Stress fetcher that paces the fast loops and records every request as a Span.
+    """A Stress fetcher for `loops` (the Stress runs the same ones: a request's kind is its
+    loop's) that paces the fast loops and records every request as a Span.
 
     Pacing (at most `fast_rate` requests/s per fast loop) keeps the load constant instead
     of saturating the 2 CPUs that the fleet and the tool share; 0 means as fast as possible.
     """
 
-    def __init__(self, fast_rate: float = 0) -> None:
+    def __init__(self, loops: Sequence[stress.Loop], fast_rate: float = 0) -> None:
+        self.loops = tuple(loops)
+        self.kinds = {loop.path: loop.kind for loop in self.loops}  # a request's loop, by path
         self.interval = 1 / fast_rate if fast_rate > 0 else 0.0
         self.spans: list[Span] = []
         self.lock = threading.Lock()
         self.local = threading.local()
 
     def __call__(self, target: Target, path: str, timeout: float) -> tuple[int, str]:
-        kind = kind_of(path)
+        kind = self.kinds[path]
         if kind == "fast" and self.interval:
             self._pace()
         start, reason = time.monotonic(), ""
@@ -79,7 +77,7 @@ class Clock:
             status, body = stress.fetch(target, path, timeout)
             reason = judge(kind, status, body)
             return status, body
-        except (OSError, http.client.HTTPException) as exc:
+        except stress.FETCH_ERRORS as exc:
             reason = type(exc).__name__
             raise
         finally:
@@ -130,11 +128,11 @@ def run_window(scenario: str, fleet: Fleet, profile: Profile,
                action: Callable[[], T]) -> tuple[Window, T]:
     """Load for `lead` seconds, run `action`, keep the load for `tail` seconds (and until the
     window is at least `window` seconds long), stop, let requests in flight finish."""
-    clock = Clock(profile.fast_rate)
+    clock = Clock(stress.demo_loops(fast=2, slow=2, slow_ms=profile.slow_ms, atomic=1),
+                  profile.fast_rate)
     load = stress.Stress(targets(fleet), slow_ms=profile.slow_ms,
                          max_requests=profile.max_requests, fetcher=clock,
-                         loops=stress.demo_loops(fast=2, slow=2, slow_ms=profile.slow_ms,
-                                                 atomic=1)).start()
+                         loops=clock.loops).start()
     began = time.monotonic()
     try:
         time.sleep(profile.lead)

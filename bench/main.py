@@ -17,10 +17,10 @@ from types import FrameType
 
 from fpm_fleet.core.errors import FleetError
 from fpm_fleet.core.inventory import Fleet
+from fpm_fleet.sandbox import hosts as sandbox_hosts
 
 from . import downtime, machine, render, sandbox, scale, steps, tables, upload
 from .errors import BenchError
-from .lock import exclusive_sandbox
 from .profile import FULL, QUICK, Profile
 from .results import RESULTS_DIR, Results, write
 
@@ -85,7 +85,7 @@ def rollout_cost(label: str, runs: list[sandbox.Run]) -> steps.Cost:
 def run_locked(results: Results, profile: Profile, sections: tuple[str, ...]) -> None:
     """Measure under the sandbox lock; the sandbox is torn down whatever happens."""
     waited = time.monotonic()
-    with exclusive_sandbox(render.say):
+    with sandbox_hosts.exclusive(wait=True, say=render.say):
         started = time.monotonic()
         results.lock_wait_s = round(started - waited, 1)
         try:

@@ -17,7 +17,7 @@ from pathlib import Path, PurePosixPath
 
 from fpm_fleet.core import inventory
 from fpm_fleet.core.inventory import Fleet, Host
-from fpm_fleet.sandbox import hosts as tasks_sandbox
+from fpm_fleet.sandbox import hosts as sandbox_hosts
 from fpm_fleet.sandbox.hosts import SandboxHost
 
 from .errors import BenchError
@@ -94,11 +94,7 @@ def up(hosts: int) -> Up:
 def down(timeout: float = 10) -> None:
     """Remove the sandbox and check that nothing of it is left (processes die late)."""
     fab("sandbox.down", check=False)
-    deadline = time.monotonic() + timeout
-    left = tasks_sandbox.leftovers(SANDBOX)
-    while left and time.monotonic() < deadline:
-        time.sleep(0.2)
-        left = tasks_sandbox.leftovers(SANDBOX)
+    left = sandbox_hosts.leftovers_after(SANDBOX, timeout)
     if left:
         raise BenchError("sandbox.down left behind: " + "; ".join(left))
 
@@ -117,7 +113,7 @@ def healthy(timeout: float = 20) -> float:
 
 def sandbox_host(host: Host) -> SandboxHost:
     """The container behind an inventory host (matched by address)."""
-    for box in tasks_sandbox.existing_hosts():
+    for box in sandbox_hosts.existing_hosts():
         if box.address == host.address:
             return box
     raise BenchError(f"{host.name} ({host.address}) is not a host of the local fleet")
@@ -130,7 +126,7 @@ def on_host(box: SandboxHost, path: PurePosixPath) -> Path:
 
 def in_host(box: SandboxHost, command: str, timeout: float = 30) -> str:
     """Run a shell command inside the host as its root; its stdout, or BenchError."""
-    proc = tasks_sandbox.run_in(box, "sh", "-c", command, timeout=timeout)
+    proc = sandbox_hosts.run_in(box, "sh", "-c", command, timeout=timeout)
     if proc.returncode != 0:
         raise BenchError(f"{box.name}: {command[:80]!r} exited {proc.returncode}: "
                          f"{proc.stderr.strip()[-300:]}")

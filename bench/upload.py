@@ -18,7 +18,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import IO
 
 from fpm_fleet.core.inventory import Fleet, Host, Pool
 from fpm_fleet.host import lock
@@ -30,6 +29,7 @@ from fpm_fleet.releases.manifest import Manifest
 from fpm_fleet.remote import ssh as remote
 from fpm_fleet.remote.shell import q
 from fpm_fleet.sandbox import demo
+from fpm_fleet.streams import pump
 
 from .errors import BenchError
 from .sandbox import SANDBOX
@@ -162,7 +162,7 @@ def _pipe(producer: list[str], consumer: list[str]) -> int:
     assert src.stdout is not None and dst.stdin is not None
     sent = 0
     try:
-        sent = _pump(src.stdout, dst.stdin)
+        sent = pump(src.stdout, dst.stdin.write)
     except BrokenPipeError:
         pass  # the consumer died: its exit code says why
     finally:
@@ -173,12 +173,4 @@ def _pipe(producer: list[str], consumer: list[str]) -> int:
     if any(codes):
         err = dst.stderr.read().decode(errors="replace") if dst.stderr else ""
         raise BenchError(f"{' '.join(producer)} | ssh ...: exit codes {codes}: {err.strip()}")
-    return sent
-
-
-def _pump(source: IO[bytes], sink: IO[bytes]) -> int:
-    sent = 0
-    while chunk := source.read(256 * 1024):
-        sink.write(chunk)
-        sent += len(chunk)
     return sent

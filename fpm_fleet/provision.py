@@ -29,7 +29,7 @@ from fpm_fleet.render import (
     RenderedFile,
     apache_files,
     fpm_files,
-    stop_script,
+    stop_script_files,
     sudo_commands,
     sudoers,
     unit_file,
@@ -229,7 +229,7 @@ def _setup_sudoers(ex: Runner, fleet: Fleet, host: Host) -> list[str]:
 
 def _setup_services(ex: Runner, fleet: Fleet, host: Host) -> list[str]:
     """One template unit per pool; every replica's service enabled (started at boot)."""
-    units = [stop_script(), *(unit_file(host, pool) for pool in fleet.pools)]
+    units = [*stop_script_files(), *(unit_file(host, pool) for pool in fleet.pools)]
     changed = changed_files(ex, units)
     if changed:
         ex.run(f"mkdir -p -- {shell.q(STOP_SCRIPT.parent)}", "create the replica helper dir")

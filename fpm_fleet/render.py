@@ -9,7 +9,7 @@ from pathlib import PurePosixPath
 import jinja2
 
 from fpm_fleet.core.inventory import Fleet, Host, Pool
-from fpm_fleet.core.resources import SUDOERS_TEMPLATE, TEMPLATES
+from fpm_fleet.core.resources import SHELL_SCRIPTS, SUDOERS_TEMPLATE, TEMPLATES
 from fpm_fleet.host.layout import (
     APACHE_SITE,
     MANAGER_HTPASSWD,
@@ -112,9 +112,13 @@ def unit_file(host: Host, pool: Pool) -> RenderedFile:
     return RenderedFile(layout.unit_file, text)
 
 
-def stop_script() -> RenderedFile:
-    """What a replica service runs when it stops (see templates/replica-stop.sh)."""
-    return RenderedFile(STOP_SCRIPT, (TEMPLATES / "replica-stop.sh").read_text(), "0755")
+def stop_script_files() -> list[RenderedFile]:
+    """What a replica service runs when it stops (templates/sh/replica-stop.sh), with the
+    functions it sources from beside itself (replica-lib.sh, shared with the probe); the
+    library first, so the script never runs without it."""
+    lib = SHELL_SCRIPTS / shell.REPLICA_LIB
+    return [RenderedFile(STOP_SCRIPT.with_name(lib.name), lib.read_text()),
+            RenderedFile(STOP_SCRIPT, (SHELL_SCRIPTS / "replica-stop.sh").read_text(), "0755")]
 
 
 # Characters sudoers reads as syntax inside a command line (they would need a backslash).

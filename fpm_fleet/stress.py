@@ -183,6 +183,8 @@ def fetch(target: Target, path: str, timeout: float) -> tuple[int, str]:
 
 
 Fetcher = Callable[[Target, str, float], tuple[int, str]]
+# What a fetcher raises when a request got no answer (counted as failed, named by its type)
+FETCH_ERRORS = (OSError, http.client.HTTPException)
 
 
 class Stress:
@@ -229,7 +231,7 @@ class Stress:
         started = time.monotonic()
         try:
             status, body = self.fetcher(target, path, self.timeout)
-        except (OSError, http.client.HTTPException) as exc:
+        except FETCH_ERRORS as exc:
             return Sample(kind, time.monotonic() - started, False, type(exc).__name__)
         elapsed = time.monotonic() - started
         reason = verdict(kind, status, body, self.slow_ms)

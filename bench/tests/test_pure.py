@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from bench import fpmconf, reload, render, steps
-from bench.load import Span, judge, kind_of, summarize
+from bench.load import Clock, Span, judge, summarize
+from fpm_fleet.stress import demo_loops
 
 RESTART_OUTPUT = """\
 [h1] www-1 guard ok 0.014s
@@ -120,9 +121,9 @@ def test_boot_and_base_build_times_are_read_from_sandbox_up() -> None:
 
 
 def test_judge_and_kind_follow_the_load_generator() -> None:
-    assert kind_of("/sleep.php?ms=2000") == "slow"
-    assert kind_of("/ping.php") == "fast"
-    assert kind_of("/atomic.php?ms=1000") == "atomic"
+    clock = Clock(demo_loops(slow_ms=2000))
+    assert clock.kinds == {"/ping.php": "fast", "/sleep.php?ms=2000": "slow",
+                           "/atomic.php?ms=1000": "atomic"}
     assert judge("fast", 503, "") == "HTTP 503"
     assert judge("atomic", 200, "part1 v1\npart2 v2\n") == "mixed releases"
     assert judge("atomic", 200, "part1 v1\npart2 v1\n") == ""

@@ -16,5 +16,7 @@ def data_dir(installed: str, checkout: str, package: Path = PACKAGE) -> Path:
 
 
 TEMPLATES = data_dir("templates", "templates")
+# Every multi-line shell script: sent ahead of a command (shell.script) or installed (render)
+SHELL_SCRIPTS = TEMPLATES / "sh"
 DEMO_APP = data_dir("demo_app", "etc/demo-app")
 SUDOERS_TEMPLATE = data_dir("sudoers", "etc/sudoers.d") / "fpm-fleet"

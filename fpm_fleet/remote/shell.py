@@ -1,15 +1,19 @@
 """Pure builders of remote command strings. All quoting happens here, with shlex.
 
 Nothing in this module talks to a host: every function returns a string that
-the executor runs, so each can be unit-tested for its exact text.
+the executor runs, so each can be unit-tested for its exact text. Multi-line shell lives
+in files of templates/sh (checked by shellcheck), sent ahead of the commands that call
+their functions (`script`, `with_replica_lib`).
 """
 
 from __future__ import annotations
 
 import shlex
 from collections.abc import Iterable, Sequence
+from functools import cache
 from pathlib import PurePosixPath
 
+from fpm_fleet.core.resources import SHELL_SCRIPTS
 from fpm_fleet.host.layout import Layout
 
 PathLike = str | PurePosixPath
@@ -188,30 +192,24 @@ def mountinfo_escape(path: PathLike) -> str:
     return "".join(table.get(c, c) for c in str(path))
 
 
-def workers_outside(master: str, title: str) -> str:
-    """Count the processes titled `title` (a replica's workers) whose parent is not `master`
-    (both shell words, expanded on the host): workers a dead master left serving."""
-    return (f"ps -eo ppid=,args= | awk -v m={master} -v t={title} "
-            "'$1 != m { $1 = \"\"; sub(/^ +/, \"\"); sub(/ +$/, \"\"); if ($0 == t) n++ } "
-            "END {print n + 0}'")
+REPLICA_LIB = "replica-lib.sh"  # workers_outside, count_workers_outside, open_connections
 
 
-_PROBE_TEMPLATE = r"""probe() {
-  service=$(systemctl is-active "$4" 2>/dev/null); [ -n "$service" ] || service=-
-  pid=$(cat -- "$2" 2>/dev/null | head -n 1)
-  case $pid in ''|*[!0-9]*) pid=-;; esac
-  state=$(sed -n 's/^State:[[:space:]]*\(.\).*/\1/p' "/proc/$pid/status" 2>/dev/null)
-  [ -n "$state" ] || state=-
-  etimes=$(ps -o etimes= -p "$pid" 2>/dev/null | tr -d ' ')
-  title=$(tr '\0' '\n' < "/proc/$pid/cmdline" 2>/dev/null | head -n 1)
-  pinned=$(mp="$3" awk '$5 == ENVIRON["mp"] {print $4}' "/proc/$pid/mountinfo" 2>/dev/null \
-    | tail -n 1)
-  strays=$(@STRAYS@)
-  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$1" "$pid" "$state" "${etimes:--}" "${title:--}" \
-    "${pinned:--}" "$service" "$strays"
-}"""
-PROBE_FUNCTION = _PROBE_TEMPLATE.replace(
-    "@STRAYS@", workers_outside('"$pid"', '"php-fpm: pool $5"'))
+@cache
+def script(name: str) -> str:
+    """A script of templates/sh as command text, sent ahead of the commands that call its
+    functions. Its comment lines are left out: they would only lengthen every command (the
+    scripts hold no here-document, whose lines could start with `#`)."""
+    lines = (SHELL_SCRIPTS / name).read_text().splitlines()
+    return "\n".join(line for line in lines if line.strip() and not line.lstrip().startswith("#"))
+
+
+def with_replica_lib(command: str) -> str:
+    """`command`, able to call the functions of templates/sh/replica-lib.sh."""
+    return f"{script(REPLICA_LIB)}\n{command}"
+
+
+PROBE_FUNCTION = with_replica_lib(script("probe.sh"))
 
 
 def probe_replicas(layout: Layout, numbers: Iterable[int]) -> str:
@@ -220,14 +218,13 @@ def probe_replicas(layout: Layout, numbers: Iterable[int]) -> str:
     live master (a master that died leaves them serving until they finish)."""
     calls = [f"probe {n} {q(layout.pid(n))} {q(mountinfo_escape(layout.current))} "
              f"{q(layout.unit(n))} {q(f'{layout.pool}-{n}')}" for n in numbers]
-    return PROBE_FUNCTION + "; " + "; ".join(calls)
+    return PROBE_FUNCTION + "\n" + "; ".join(calls)
 
 
 def open_connections(sock: PathLike) -> str:
     """How many connections to a listening unix socket are open right now (accepted or
     queued), from the kernel's table: requests in flight, even to workers whose master died."""
-    return (f"p={q(sock)} awk '$6 == \"03\" && $8 == ENVIRON[\"p\"] {{n++}} "
-            f"END {{print n + 0}}' /proc/net/unix")
+    return with_replica_lib(f"open_connections {q(sock)}")
 
 
 def read_current_release(layout: Layout) -> str:
@@ -258,13 +255,14 @@ def fpm_stop(layout: Layout, n: int, sudo: bool) -> str:
     after `escalated` when the timeout hit and `strays N` when N workers were running
     without their master."""
     unit = q(layout.unit(n))
-    strays = workers_outside(f"\"$(systemctl show -p MainPID --value {unit})\"",
-                             q(f"php-fpm: pool {layout.pool}-{n}"))
-    return (f"s=$({strays}); [ \"$s\" = 0 ] || echo \"strays $s\"; "
-            f"if systemctl is-active --quiet {unit} || [ \"$s\" != 0 ]; then "
-            f"{privileged(replica_command('stop', layout.unit(n)), sudo)} || exit 1; "
-            f"[ \"$(systemctl show -p Result --value {unit})\" != timeout ] || echo escalated; "
-            f"echo stopped; else echo not-running; fi")
+    strays = (f"count_workers_outside \"$(systemctl show -p MainPID --value {unit})\" "
+              f"{q(f'php-fpm: pool {layout.pool}-{n}')}")
+    return with_replica_lib(
+        f"s=$({strays}); [ \"$s\" = 0 ] || echo \"strays $s\"; "
+        f"if systemctl is-active --quiet {unit} || [ \"$s\" != 0 ]; then "
+        f"{privileged(replica_command('stop', layout.unit(n)), sudo)} || exit 1; "
+        f"[ \"$(systemctl show -p Result --value {unit})\" != timeout ] || echo escalated; "
+        f"echo stopped; else echo not-running; fi")
 
 
 def fpm_disable(layout: Layout, n: int, sudo: bool) -> str:

@@ -31,6 +31,7 @@ from fpm_fleet.remote import known_hosts
 from fpm_fleet.remote.command import Command
 from fpm_fleet.remote.runner import ask_by_running
 from fpm_fleet.remote.shell import KILL_AFTER, bounded
+from fpm_fleet.streams import pump
 
 T = TypeVar("T")
 
@@ -226,7 +227,7 @@ class SSHRunner:
                 chan.settimeout(limit)
                 chan.exec_command(full)
                 if source is not None:
-                    sent = _pump(chan, source)
+                    sent = pump(source, chan.sendall)
                 chan.shutdown_write()
                 # the deadline starts once the input is sent: a long upload is no timeout;
                 # the host's own bound fires first, this one is for a connection that hangs
@@ -247,14 +248,6 @@ class SSHRunner:
 
     def close(self) -> None:
         self.conn.close()
-
-
-def _pump(chan: paramiko.Channel, source: IO[bytes]) -> int:
-    sent = 0
-    while chunk := source.read(256 * 1024):
-        chan.sendall(chunk)
-        sent += len(chunk)
-    return sent
 
 
 def _drain(chan: paramiko.Channel, deadline: float) -> tuple[str, str, int]:

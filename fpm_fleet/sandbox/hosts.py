@@ -26,7 +26,7 @@ import socket
 import subprocess
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,7 +38,7 @@ PREFIX = "fpmf"
 BRIDGE = f"{PREFIX}-br0"
 SUBNET = "198.18.0"
 GATEWAY = f"{SUBNET}.1"
-LAUNCHER = Path(__file__).resolve().parents[2] / "scripts" / "sandbox-host"
+LAUNCHER = Path(__file__).resolve().parents[2] / "scripts" / "sandbox-host"  # the checkout's
 # The hosts' trees live outside the checkout: overlays want a real filesystem, and the
 # checkout may sit anywhere (a path with spaces, a tmpfs).
 HOSTS_DIR = Path("/var/tmp/fpm-fleet-sandbox")
@@ -49,21 +49,26 @@ LOCK_HELD = "FPM_FLEET_SANDBOX_LOCK_HELD"
 
 
 @contextmanager
-def exclusive(wait: bool = False) -> Iterator[None]:
+def exclusive(wait: bool = False, say: Callable[[str], None] | None = None,
+              path: Path = LOCK_PATH) -> Iterator[None]:
     """One local fleet per machine: tests, benchmarks and a developer take turns on one lock.
 
-    The holder marks its environment, so the `fab sandbox.*` commands it runs go through.
+    Busy: FleetError, or with `wait` block until it is free (telling `say` why). The holder
+    marks its environment, so the `fab sandbox.*` commands it runs go through. Python opens
+    the file close-on-exec, so daemons started meanwhile never inherit the lock.
     """
     if os.environ.get(LOCK_HELD) == "1":
         yield
         return
-    with open(LOCK_PATH, "a") as fh:
+    with open(path, "a") as fh:
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             if not wait:
                 raise FleetError(f"sandbox: in use by another run (tests or benchmarks hold "
-                                 f"{LOCK_PATH}); try again when it ends") from None
+                                 f"{path}); try again when it ends") from None
+            if say is not None:
+                say(f"waiting for {path}: another sandbox user (tests?) holds it")
             fcntl.flock(fh, fcntl.LOCK_EX)
         os.environ[LOCK_HELD] = "1"
         try:
@@ -479,6 +484,17 @@ def leftovers(base: Path) -> list[str]:
     found += [f"process {pid} {_cmdline(pid)[:80]}" for pid in _all_pids()
               if _in_our_cgroup(pid) and _alive(pid)]
     return found
+
+
+def leftovers_after(base: Path, seconds: float = 10) -> list[str]:
+    """What of the sandbox is still there after at most `seconds`: a host's processes die a
+    moment after `down` returns, so a check at once would report them."""
+    deadline = time.monotonic() + seconds
+    left = leftovers(base)
+    while left and time.monotonic() < deadline:
+        time.sleep(0.2)
+        left = leftovers(base)
+    return left
 
 
 def _our_cgroup_dirs() -> list[Path]:

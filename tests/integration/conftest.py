@@ -139,12 +139,7 @@ def bring_up(hosts: int) -> Sandbox:
 
 def tear_down() -> list[str]:
     ok(fab("sandbox.down", inventory_path=None))
-    deadline = time.monotonic() + 10
-    left = sandbox.leftovers(SANDBOX)
-    while left and time.monotonic() < deadline:
-        time.sleep(0.2)
-        left = sandbox.leftovers(SANDBOX)
-    return left
+    return sandbox.leftovers_after(SANDBOX)
 
 
 @pytest.fixture(scope="module")

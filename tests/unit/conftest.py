@@ -12,7 +12,7 @@ import copy
 import os
 import shlex
 import subprocess
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path, PurePosixPath
 from typing import IO, Any, TypeVar
 
@@ -113,10 +113,10 @@ cat -- "$state/journal" 2>/dev/null
 """
 
 FAKE_PS = r"""#!/bin/sh
-# Stand-in ps: the process table (`ppid args` lines) and each pid's age are files in $state.
+# Stand-in ps: the process table (`pid ppid args` lines) and each pid's age are files in $state.
 state=@STATE@
 case "$*" in
-  "-eo ppid=,args=") cat -- "$state/ps" 2>/dev/null;;
+  "-eo pid=,ppid=,args=") cat -- "$state/ps" 2>/dev/null;;
   "-o etimes= -p "*) cat -- "$state/etimes.$4" 2>/dev/null || exit 1;;
   *) echo "fake ps: unexpected arguments: $*" >&2; exit 2;;
 esac
@@ -155,8 +155,10 @@ class FakeSystemd:
         (self.state / "journal").write_text(journal)
 
     def processes(self, *table: tuple[int, str]) -> None:
-        """The process table as `ps -eo ppid=,args=` prints it: (parent pid, title)."""
-        (self.state / "ps").write_text("".join(f"{ppid:>7} {args}\n" for ppid, args in table))
+        """The process table as `ps -eo pid=,ppid=,args=` prints it, from (parent pid, title)
+        pairs; the processes get made-up pids (nothing here signals them)."""
+        (self.state / "ps").write_text("".join(f"{pid:>7} {ppid:>7} {args}\n" for pid, (ppid, args)
+                                               in enumerate(table, start=90001)))
 
     def age(self, pid: int, seconds: int) -> None:
         (self.state / f"etimes.{pid}").write_text(f"{seconds:>7}\n")
@@ -179,6 +181,18 @@ class FakeSystemd:
 @pytest.fixture
 def fake_systemd(tmp_path: Path) -> FakeSystemd:
     return FakeSystemd(tmp_path)
+
+
+@pytest.fixture
+def masters() -> Iterator[list[subprocess.Popen[bytes]]]:
+    """Stand-in php-fpm processes (masters, workers: a command renamed with exec -a) that a
+    test appends; killed and reaped at the end."""
+    procs: list[subprocess.Popen[bytes]] = []
+    yield procs
+    for p in procs:
+        if p.poll() is None:
+            p.kill()
+        p.wait()
 
 
 class LocalRunner:

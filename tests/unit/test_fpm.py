@@ -150,7 +150,8 @@ def test_the_probe_and_stop_commands_name_the_replicas_service_and_worker_title(
     assert probe.endswith(" fpm-fleet-www@1.service www-1")
     stop = shell.fpm_stop(layout, 1, sudo=False)
     assert "systemctl stop fpm-fleet-www@1.service || exit 1;" in stop
-    assert "-v t='php-fpm: pool www-1'" in stop
+    assert ("count_workers_outside \"$(systemctl show -p MainPID --value "
+            "fpm-fleet-www@1.service)\" 'php-fpm: pool www-1'") in stop
 
 
 # --- commands over a runner ---------------------------------------------------------------------

@@ -1,5 +1,5 @@
 """`pip install` of a checkout (not editable) gives a controller everything it needs: the
-package, its data files (templates, the demo app) and the `fpm-fleet` command.
+package, its data files (templates and shell scripts, the demo app) and the `fpm-fleet` command.
 
 The wheel is built from a copy of the checkout (a build in place would leave build/ and
 egg-info behind) without build isolation, so nothing is downloaded.
@@ -59,6 +59,10 @@ def test_the_wheel_holds_the_templates_the_demo_app_and_the_command(wheel):
     names = set(zipfile.ZipFile(wheel).namelist())
     for template in (ROOT / "templates").glob("*.j2"):
         assert f"fpm_fleet/templates/{template.name}" in names
+    scripts = list((ROOT / "templates" / "sh").glob("*.sh"))
+    assert scripts
+    for script in scripts:
+        assert f"fpm_fleet/templates/sh/{script.name}" in names
     for path in (ROOT / "etc" / "demo-app").rglob("*"):
         if path.is_file():
             assert f"fpm_fleet/demo_app/{path.relative_to(ROOT / 'etc' / 'demo-app')}" in names
@@ -96,3 +100,12 @@ def test_an_installed_copy_renders_from_its_own_templates(installed, tmp_path):
     out = run_installed(
         installed, "import fpm_fleet.render as r; print(r.TEMPLATES)", tmp_path)
     assert Path(out.strip()) == installed / "fpm_fleet" / "templates"
+
+
+def test_an_installed_copy_sends_and_installs_its_own_shell_scripts(installed, tmp_path):
+    out = run_installed(installed, "import fpm_fleet.core.resources as r, fpm_fleet.render as h; "
+                        "print(r.SHELL_SCRIPTS); "
+                        "print(h.stop_script_files()[-1].text.splitlines()[0])", tmp_path)
+    scripts, shebang = out.splitlines()
+    assert Path(scripts) == installed / "fpm_fleet" / "templates" / "sh"
+    assert shebang == "#!/bin/sh"

@@ -3,11 +3,14 @@ writes)."""
 
 from __future__ import annotations
 
+import os
+import subprocess
 from pathlib import Path
 
 import pytest
 
 from fpm_fleet.core import inventory
+from fpm_fleet.core.errors import FleetError
 from fpm_fleet.sandbox import hosts as sandbox
 
 SESSION = "/user.slice/user-1000.slice/session-3.scope"
@@ -140,3 +143,75 @@ def test_a_sandbox_host_takes_the_base_trees_broad_sudo_rule_away_in_its_own_lay
     sandbox.restrict_sudo(etc)
     sandbox.restrict_sudo(etc)  # again: harmless
     assert sorted(p.name for p in (etc / "sudoers.d").iterdir()) == ["README"]
+
+
+# --- the machine's sandbox lock (on a lock file of the test's own) -------------------------------
+
+@pytest.fixture
+def unheld(monkeypatch):
+    """No parent of this test holds the lock (an integration run would mark the env)."""
+    monkeypatch.delenv(sandbox.LOCK_HELD, raising=False)
+
+
+def _hold_elsewhere(path: Path, seconds: float) -> subprocess.Popen[bytes]:
+    """Another process holding the flock on `path` for `seconds`; returns once it holds it."""
+    proc = subprocess.Popen(["flock", "-x", str(path), "sh", "-c", f"echo held; sleep {seconds}"],
+                            stdout=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stdout.readline() == b"held\n"
+    return proc
+
+
+def test_the_lock_marks_the_environment_while_held_and_unmarks_it_after(unheld, tmp_path):
+    with sandbox.exclusive(path=tmp_path / "lock"):
+        assert os.environ[sandbox.LOCK_HELD] == "1"
+    assert sandbox.LOCK_HELD not in os.environ
+
+
+def test_a_busy_lock_is_refused_without_wait(unheld, tmp_path):
+    other = _hold_elsewhere(tmp_path / "lock", 30)
+    try:
+        with pytest.raises(FleetError, match="in use by another run"), \
+                sandbox.exclusive(path=tmp_path / "lock"):
+            pass
+    finally:
+        other.kill()
+        other.wait()
+
+
+def test_a_busy_lock_with_wait_says_so_and_is_taken_once_free(unheld, tmp_path):
+    said: list[str] = []
+    other = _hold_elsewhere(tmp_path / "lock", 0.3)
+    try:
+        with sandbox.exclusive(wait=True, say=said.append, path=tmp_path / "lock"):
+            assert os.environ[sandbox.LOCK_HELD] == "1"
+    finally:
+        other.wait()
+    assert said == [f"waiting for {tmp_path / 'lock'}: another sandbox user (tests?) holds it"]
+
+
+def test_a_run_under_a_parent_holding_the_lock_goes_through(monkeypatch, tmp_path):
+    monkeypatch.setenv(sandbox.LOCK_HELD, "1")
+    other = _hold_elsewhere(tmp_path / "lock", 30)
+    try:
+        with sandbox.exclusive(path=tmp_path / "lock"):
+            pass
+    finally:
+        other.kill()
+        other.wait()
+
+
+def test_leftovers_after_waits_for_processes_that_die_late(monkeypatch, tmp_path):
+    answers = [["process 42 sleep"], ["process 42 sleep"], []]
+    monkeypatch.setattr(sandbox, "leftovers", lambda base: answers.pop(0))
+    assert sandbox.leftovers_after(tmp_path, seconds=5) == []
+    assert answers == []
+
+
+def test_leftovers_after_reports_what_is_still_there_at_the_deadline(monkeypatch, tmp_path):
+    monkeypatch.setattr(sandbox, "leftovers", lambda base: [f"directory {base}"])
+    assert sandbox.leftovers_after(tmp_path, seconds=0) == [f"directory {tmp_path}"]
+
+
+def test_the_host_launcher_is_the_checkouts_script():
+    assert sandbox.LAUNCHER.is_file()
+    assert sandbox.LAUNCHER.parent.name == "scripts"

@@ -423,17 +423,6 @@ def _wait_for_title(pid: int, title: str) -> None:
         time.sleep(0.005)
 
 
-@pytest.fixture
-def masters() -> Iterator[list[subprocess.Popen[bytes]]]:
-    """Stand-in php-fpm masters (`sleep` renamed with exec -a); killed and reaped at the end."""
-    procs: list[subprocess.Popen[bytes]] = []
-    yield procs
-    for p in procs:
-        if p.poll() is None:
-            p.kill()
-        p.wait()
-
-
 def _spawn(masters: list[subprocess.Popen[bytes]], title: str,
            argv: tuple[str, ...] = ()) -> subprocess.Popen[bytes]:
     """A process titled `title` (run through `argv`, a wrapper such as unshare, if given)."""
@@ -627,17 +616,16 @@ def test_probe_finds_the_pinned_release_under_a_root_with_a_space(
     assert proc.release == "v1"
 
 
-def test_open_connections_counts_connected_entries_of_that_socket_only():
-    cmd = shell.open_connections(PurePosixPath("/srv/www/run/www-1.sock"))
-    assert cmd.startswith("p=/srv/www/run/www-1.sock awk ")
-    table = ("Num       RefCount Protocol Flags    Type St Inode Path\n"
-             "0: 00000002 00000000 00010000 0001 01 11 /srv/www/run/www-1.sock\n"
-             "0: 00000003 00000000 00000000 0001 03 12 /srv/www/run/www-1.sock\n"
-             "0: 00000003 00000000 00000000 0001 03 13 /srv/www/run/www-2.sock\n"
-             "0: 00000003 00000000 00000000 0001 03 14 /srv/www/run/www-1.sock\n")
-    awk = cmd.split(" awk ", 1)[1].replace("/proc/net/unix", "-")
-    out = subprocess.run(f"p=/srv/www/run/www-1.sock awk {awk}", shell=True, input=table,
-                         capture_output=True, text=True, check=True).stdout
+def test_open_connections_counts_connected_entries_of_that_socket_only(sh, tmp_path):
+    sock = PurePosixPath("/srv/www/run/www-1.sock")
+    assert shell.open_connections(sock).endswith("\nopen_connections /srv/www/run/www-1.sock")
+    table = tmp_path / "unix"
+    table.write_text("Num       RefCount Protocol Flags    Type St Inode Path\n"
+                     "0: 00000002 00000000 00010000 0001 01 11 /srv/www/run/www-1.sock\n"
+                     "0: 00000003 00000000 00000000 0001 03 12 /srv/www/run/www-1.sock\n"
+                     "0: 00000003 00000000 00000000 0001 03 13 /srv/www/run/www-2.sock\n"
+                     "0: 00000003 00000000 00000000 0001 03 14 /srv/www/run/www-1.sock\n")
+    out = sh(shell.with_replica_lib(f"open_connections {sock} {table}")).stdout
     assert out.strip() == "2"
 
 

@@ -9,29 +9,35 @@
 # then too, with the workers still there: make the socket unreachable (Apache's connect
 # fails and it sends the request to another replica), wait until no connection is open
 # on it, then stop the idle workers gracefully. Only then is the replica started again.
+
+# workers_outside and open_connections, installed beside this script
+# shellcheck source-path=SCRIPTDIR source=replica-lib.sh
+. "$(dirname -- "$0")/replica-lib.sh"
+
 sock=$1
 title="php-fpm: pool $2"
 ticks=$(( ${3:-60} * 10 ))
+
+# systemd runs this once the master has exited: every worker left runs outside it ("-")
 workers() {
-    ps -eo pid=,args= | awk -v t="$title" '{ p = $1; $1 = ""; sub(/^ +/, "");
-        sub(/ +$/, ""); if ($0 == t) print p }'
+    workers_outside - "$title"
 }
-open_connections() {
-    p="$sock" awk '$6 == "03" && $8 == ENVIRON["p"] {n++} END {print n + 0}' /proc/net/unix
-}
+
 [ -n "$(workers)" ] || exit 0
 echo "the master is gone; its workers finish what they hold, then stop" >&2
 rm -f -- "$sock"
 i=0
-while [ "$(open_connections)" -gt 0 ] && [ "$i" -lt "$ticks" ]; do
+while [ "$(open_connections "$sock")" -gt 0 ] && [ "$i" -lt "$ticks" ]; do
     i=$((i + 1)); sleep 0.1
 done
+# shellcheck disable=SC2046 # a list of pids: one word each, split on purpose
 kill -QUIT $(workers) 2>/dev/null
 i=0
 while [ -n "$(workers)" ]; do
     i=$((i + 1))
     if [ "$i" -eq 50 ]; then
         echo "workers still running 5s after SIGQUIT: SIGKILL" >&2
+        # shellcheck disable=SC2046 # a list of pids, as above
         kill -KILL $(workers) 2>/dev/null
     fi
     sleep 0.1

@@ -1,0 +1,25 @@
+# shellcheck shell=sh
+# Managed by fpm-fleet: what a replica's workers and open connections are, in one place.
+# Sent ahead of the commands that use it (the replica probe, the stop) and installed beside
+# the stop script, which sources it. Only function definitions: sourcing it runs nothing.
+
+# Print the pid of every process titled exactly $2 (a replica's workers, "php-fpm: pool
+# www-1") whose parent is not $1, the replica's live master ("-" when it has none): workers
+# a dead master left serving. Titles are compared trimmed (ps pads, args may end in spaces).
+workers_outside() {
+    ps -eo pid=,ppid=,args= | awk -v m="$1" -v t="$2" '$2 != m { p = $1; $1 = ""; $2 = "";
+        sub(/^ +/, ""); sub(/ +$/, ""); if ($0 == t) print p }'
+}
+
+# How many processes workers_outside prints.
+count_workers_outside() {
+    workers_outside "$1" "$2" | awk 'END {print NR}'
+}
+
+# How many connections to the listening unix socket $1 are open right now (accepted or
+# queued), from the kernel's table ($2, /proc/net/unix unless given): requests in flight,
+# even to workers whose master died.
+open_connections() {
+    p="$1" awk '$6 == "03" && $8 == ENVIRON["p"] {n++} END {print n + 0}' \
+        "${2:-/proc/net/unix}"
+}

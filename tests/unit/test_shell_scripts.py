@@ -1,0 +1,175 @@
+"""templates/sh: the shell scripts run for real in a tmp dir. replica-lib.sh on a fake process
+table; the stop script on real stand-in workers (processes titled as a replica's workers,
+left by no master), as systemd runs it after a master died."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import threading
+import time
+import uuid
+from pathlib import Path, PurePosixPath
+
+import pytest
+
+from fpm_fleet import render
+from fpm_fleet.core.resources import SHELL_SCRIPTS
+from fpm_fleet.host.layout import Layout
+from fpm_fleet.remote import shell
+
+STOP_SCRIPT = SHELL_SCRIPTS / "replica-stop.sh"
+
+
+# --- replica-lib.sh: one definition of a replica's workers outside its master ------------------
+
+WORKER = "php-fpm: pool www-1"
+
+
+def count(fake_systemd, master: str, title: str = WORKER) -> str:
+    command = shell.with_replica_lib(f"count_workers_outside {master} {shell.q(title)}")
+    result = fake_systemd.run(command)
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip()
+
+
+def test_workers_of_another_parent_count_those_of_the_live_master_do_not(fake_systemd):
+    fake_systemd.processes((500, WORKER), (500, WORKER), (1, WORKER), (1, WORKER))
+    assert count(fake_systemd, "500") == "2"
+
+
+def test_only_the_exact_title_counts_not_another_pool_or_a_command_naming_it(fake_systemd):
+    fake_systemd.processes((1, "php-fpm: pool www-11"), (1, "php-fpm: pool www-2"),
+                           (1, f"vim {WORKER}"), (1, f"{WORKER} x"), (1, WORKER + "  "))
+    assert count(fake_systemd, "500") == "1"  # only the padded title is that replica's
+
+
+def test_without_a_master_every_worker_is_outside_it(fake_systemd):
+    fake_systemd.processes((1, WORKER), (700, WORKER), (700, "php-fpm: master process (x)"))
+    assert count(fake_systemd, "-") == "2"
+
+
+def test_an_empty_process_table_counts_zero(fake_systemd):
+    fake_systemd.processes()
+    assert count(fake_systemd, "-") == "0"
+
+
+def test_workers_outside_prints_their_pids_one_a_line(fake_systemd):
+    fake_systemd.processes((1, WORKER), (500, WORKER), (1, WORKER))
+    result = fake_systemd.run(shell.with_replica_lib(f"workers_outside 500 {shell.q(WORKER)}"))
+    assert result.stdout.split() == ["90001", "90003"]  # the fake table's made-up pids
+
+
+def test_the_probe_the_stop_and_the_connection_count_send_the_same_library():
+    lib = shell.script(shell.REPLICA_LIB) + "\n"
+    layout = Layout(dir=PurePosixPath("/srv/fpm-fleet/www"), pool="www")
+    assert shell.PROBE_FUNCTION.startswith(lib)
+    assert shell.probe_replicas(layout, [1]).startswith(lib)
+    assert shell.fpm_stop(layout, 1, sudo=True).startswith(lib)
+    assert shell.open_connections(layout.sock(1)).startswith(lib)
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in SHELL_SCRIPTS.glob("*.sh")))
+def test_a_sent_script_is_still_valid_shell_without_its_comments(name, sh):
+    sent = shell.script(name)
+    assert not [line for line in sent.splitlines() if line.lstrip().startswith("#")]
+    functions = [line for line in (SHELL_SCRIPTS / name).read_text().splitlines()
+                 if line.endswith("() {")]
+    assert functions and set(functions) <= set(sent.splitlines())
+    result = sh(f"sh -n -c {shell.q(sent)}")
+    assert (result.returncode, result.stderr) == (0, "")
+
+
+def test_the_stop_script_is_installed_with_the_library_it_sources_first():
+    lib, stop = render.stop_script_files()
+    assert lib.path == stop.path.with_name(shell.REPLICA_LIB)
+    assert lib.text == (SHELL_SCRIPTS / shell.REPLICA_LIB).read_text()
+    assert (stop.text, stop.mode) == (STOP_SCRIPT.read_text(), "0755")
+    assert '. "$(dirname -- "$0")/replica-lib.sh"' in stop.text
+
+
+# --- replica-stop.sh on real processes -----------------------------------------------------------
+
+@pytest.fixture
+def pool() -> str:
+    """A pool name no other process of this machine has in its title."""
+    return f"t{uuid.uuid4().hex[:12]}"
+
+
+def spawn_worker(procs: list[subprocess.Popen[bytes]], title: str) -> subprocess.Popen[bytes]:
+    """A process whose whole command line is `title` (`cat` waiting on its stdin, renamed),
+    so `ps -o args=` shows exactly that; no core file when SIGQUIT ends it."""
+    proc = subprocess.Popen(["bash", "-c", 'ulimit -c 0; exec -a "$0" cat', title],
+                            stdin=subprocess.PIPE)
+    procs.append(proc)
+    deadline = time.monotonic() + 5
+    while Path(f"/proc/{proc.pid}/cmdline").read_bytes() != title.encode() + b"\0":
+        assert time.monotonic() < deadline, f"pid {proc.pid} never showed title {title!r}"
+        time.sleep(0.005)
+    return proc
+
+
+def run_stop(sock: Path, pool: str, timeout: int = 5) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["sh", str(STOP_SCRIPT), str(sock), f"{pool}-1", str(timeout)],
+                          capture_output=True, text=True, timeout=30, check=False)
+
+
+def test_the_stop_script_after_a_clean_stop_does_nothing(tmp_path, pool):
+    sock = tmp_path / "www-1.sock"
+    sock.touch()
+    result = run_stop(sock, pool)
+    assert (result.returncode, result.stderr) == (0, "")
+    assert sock.exists()
+
+
+def test_the_stop_script_stops_the_workers_a_dead_master_left_and_only_those(
+        tmp_path, pool, masters):
+    sock = tmp_path / "www-1.sock"
+    sock.touch()
+    left = [spawn_worker(masters, f"php-fpm: pool {pool}-1") for _ in range(2)]
+    other = spawn_worker(masters, f"php-fpm: pool {pool}-11")
+    result = run_stop(sock, pool)
+    assert result.returncode == 0, result.stderr
+    assert "the master is gone" in result.stderr
+    assert not sock.exists()  # Apache can no longer connect to them
+    assert all(p.wait(timeout=5) != 0 for p in left)  # ended by SIGQUIT
+    assert other.poll() is None
+
+
+def test_the_stop_script_lets_open_connections_finish_before_stopping_the_workers(
+        tmp_path, pool, masters):
+    sock = tmp_path / "www-1.sock"
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(str(sock))
+    server.listen()
+    client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    client.connect(str(sock))
+    accepted, _ = server.accept()
+    worker = spawn_worker(masters, f"php-fpm: pool {pool}-1")
+    closed_at: list[float] = []
+
+    def finish_the_request() -> None:
+        time.sleep(0.5)
+        accepted.close()
+        client.close()
+        closed_at.append(time.monotonic())
+
+    closer = threading.Thread(target=finish_the_request)
+    try:
+        closer.start()
+        result = run_stop(sock, pool, timeout=10)
+        stopped_at = time.monotonic()
+    finally:
+        closer.join()
+        server.close()
+    assert result.returncode == 0, result.stderr
+    assert worker.poll() is not None and closed_at[0] <= stopped_at
+    assert stopped_at - closed_at[0] < 5  # it went on once the connection closed
+
+
+def test_the_stop_script_finds_its_library_from_another_directory(tmp_path, pool):
+    result = subprocess.run(["sh", str(STOP_SCRIPT), str(tmp_path / "s"), f"{pool}-1", "1"],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=30,
+                            check=False, env={**os.environ, "PATH": "/usr/bin:/bin"})
+    assert (result.returncode, result.stderr) == (0, "")
