@@ -73,7 +73,7 @@ def start_time(fcgi_output: str) -> int | None:
 
 def status_request(host: Host, pool: Pool, n: int) -> str:
     layout = Layout.of(host, pool)
-    return shell.fcgi_request(layout.status_sock(n), pool.status_path, pool.status_path,
+    return fpm.fcgi_command(layout.status_sock(n), pool.status_path, pool.status_path,
                               query="json", timeout=10)
 
 
@@ -86,7 +86,7 @@ def masters_of(host: Host, pool: Pool) -> tuple[SandboxHost, list[Master]]:
     checked to be that replica's php-fpm master, with its status page's start time."""
     box, layout = sandbox_host(host), Layout.of(host, pool)
     numbers = list(pool.replica_numbers)
-    probed = fpm.parse_probe(in_host(box, shell.probe_replicas(layout, numbers)))
+    probed = fpm.parse_probe(in_host(box, fpm.probe_command(layout, numbers)))
     found = []
     for n in numbers:
         proc = probed.get(n)

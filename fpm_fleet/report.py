@@ -98,7 +98,8 @@ def _first_line(command: str, width: int = 100) -> str:
     return line if len(line) <= width and "\n" not in command else line[:width] + " ..."
 
 
-KIND_MARK = {"change": "", "check": "(check, assumed to pass) ", "read": "(read now) "}
+KIND_MARK = {"change": "", "check": "(check, assumed to pass) ", "read": "(read now) ",
+             "step": ""}
 
 
 def plan(title: str, planned: Sequence[Planned], reads: bool) -> None:
@@ -111,6 +112,9 @@ def plan(title: str, planned: Sequence[Planned], reads: bool) -> None:
         if p.host != host:
             host = p.host
             output.out.print(f"# {title} on {p.host}, as {p.user}:", markup=False)
+        if p.kind == "step":
+            output.out.print(f"  == {p.what}", markup=False, highlight=False)
+            continue
         command = _first_line(p.command) if p.kind == "read" else p.command
         output.out.print(f"  [{p.what}] {KIND_MARK[p.kind]}{command}", markup=False,
                          highlight=False, soft_wrap=True)

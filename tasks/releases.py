@@ -15,7 +15,7 @@ from fpm_fleet.core.inventory import Host
 from fpm_fleet.host import lock
 from fpm_fleet.host.pool import HostPool
 from fpm_fleet.releases import store
-from fpm_fleet.remote.dryrun import Recorder
+from fpm_fleet.remote.dryrun import Recorder, StepsInPlan
 from fpm_fleet.remote.group import HostGroup
 from fpm_fleet.remote.runner import Runner
 from fpm_fleet.remote.ssh import SSHRunner, connect
@@ -73,16 +73,16 @@ def _run_rollout(s: Session, sel: Selection, title: str, parallel: int, plain: b
 def _dry_run(sel: Selection, title: str, body: PoolWork) -> None:
     """The real rollout, host after host, with a Recorder for a runner: it reads the hosts'
     state over SSH and records every command that would change them."""
-    recorders: list[Recorder] = []
+    with output.progress(plain=True) as plain:
+        obs = StepsInPlan(plain)
 
-    def connector(h: Host) -> Runner:
-        recorders.append(Recorder(h, SSHRunner(h, connect(h))))
-        return recorders[-1]
+        def connector(h: Host) -> Runner:
+            obs.recorders[h.name] = Recorder(h, SSHRunner(h, connect(h)))
+            return obs.recorders[h.name]
 
-    with output.progress(plain=True) as obs:
         results = HostGroup(obs, stop_on_failure=False, connector=connector).run(
             sel.hosts, lambda runner, h: body(runner, h, obs))
-    report.plan(title, [p for r in recorders for p in r.plan], reads=True)
+    report.plan(title, [p for r in obs.recorders.values() for p in r.plan], reads=True)
     results.raise_first_failure(f"{title} (dry run)")
 
 

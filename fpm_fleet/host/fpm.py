@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from enum import Enum
 from pathlib import PurePosixPath
@@ -14,9 +15,100 @@ from pathlib import PurePosixPath
 from fpm_fleet.core.errors import RemoteResult
 from fpm_fleet.host.layout import Layout
 from fpm_fleet.host.pool import HostPool, Replica
-from fpm_fleet.remote import shell
 from fpm_fleet.remote.command import Command, action
+from fpm_fleet.remote.shell import (
+    PathLike,
+    privileged,
+    q,
+    replica_command,
+    script,
+    with_replica_lib,
+)
 
+FPM_MASTER_TITLE = "php-fpm: master process ({conf})"
+
+
+# --- the command texts ---------------------------------------------------------------------
+
+def fcgi_command(sock: PathLike, script_name: str, script_filename: PathLike,
+                 query: str = "", timeout: float = 5) -> str:
+    """One FastCGI request straight to a replica's socket (Debian's libfcgi-bin)."""
+    env = {"REQUEST_METHOD": "GET", "SCRIPT_NAME": script_name,
+           "SCRIPT_FILENAME": str(script_filename), "QUERY_STRING": query,
+           "REQUEST_URI": script_name + (f"?{query}" if query else ""),
+           "SERVER_NAME": "fpm-fleet", "REMOTE_ADDR": "127.0.0.1"}
+    assigns = " ".join(q(f"{k}={v}") for k, v in env.items())
+    return f"timeout {timeout:g} env -i {assigns} cgi-fcgi -bind -connect {q(sock)}"
+
+
+def mountinfo_escape(path: PathLike) -> str:
+    """How /proc/PID/mountinfo writes a path (space, tab, newline, backslash as octal)."""
+    table = {" ": "\\040", "\t": "\\011", "\n": "\\012", "\\": "\\134"}
+    return "".join(table.get(c, c) for c in str(path))
+
+
+PROBE_FUNCTION = with_replica_lib(script("probe.sh"))
+
+
+def probe_command(layout: Layout, numbers: Iterable[int]) -> str:
+    """One TSV line per replica: n, pid, state, elapsed s, process title, pinned mount root,
+    the service's state (systemctl is-active) and how many of its workers run outside its
+    live master (a master that died leaves them serving until they finish)."""
+    calls = [f"probe {n} {q(layout.pid(n))} {q(mountinfo_escape(layout.current))} "
+             f"{q(layout.unit(n))} {q(layout.replica(n))}" for n in numbers]
+    return PROBE_FUNCTION + "\n" + "; ".join(calls)
+
+
+def connections_command(sock: PathLike) -> str:
+    """How many connections to a listening unix socket are open right now (accepted or
+    queued), from the kernel's table: requests in flight, even to workers whose master died."""
+    return with_replica_lib(f"open_connections {q(sock)}")
+
+
+def current_release_command(layout: Layout) -> str:
+    return f"readlink -- {q(layout.current_release)}"
+
+
+def start_command(layout: Layout, n: int, release: str, sudo: bool) -> str:
+    """Start replica n's service; systemd pins it to what current.release names (its unit
+    bind-mounts current.release on current/ in the service's own mount namespace), so
+    `release` must be what current.release names now. Enabled, so it starts at boot too.
+
+    Type=notify: systemctl returns once FPM listens. A failure prints the unit's last log.
+    """
+    def root(verb: str) -> str:
+        return privileged(replica_command(verb, layout.unit(n)), sudo)
+
+    return (f"[ \"$(basename -- \"$(readlink -- {q(layout.current_release)})\")\" = {q(release)} ] "
+            f"|| {{ echo {q(f'current.release does not name {release}')} >&2; exit 3; }}; "
+            f"{root('reset-failed')} 2>/dev/null; "
+            f"{root('enable')} && {root('start')} || "
+            f"{{ {root('journal')} >&2; exit 1; }}")
+
+
+def stop_command(layout: Layout, n: int, sudo: bool) -> str:
+    """Stop replica n's service: systemd sends SIGQUIT (graceful) to the master, which
+    stops its workers; the unit's ExecStopPost lets workers of a dead master finish, then
+    stops them (SIGKILL only after TimeoutStopSec). Prints `not-running` or `stopped`,
+    after `escalated` when the timeout hit and `strays N` when N workers were running
+    without their master."""
+    unit = q(layout.unit(n))
+    strays = (f"count_workers_outside \"$(systemctl show -p MainPID --value {unit})\" "
+              f"{q(f'php-fpm: pool {layout.replica(n)}')}")
+    return with_replica_lib(
+        f"s=$({strays}); [ \"$s\" = 0 ] || echo \"strays $s\"; "
+        f"if systemctl is-active --quiet {unit} || [ \"$s\" != 0 ]; then "
+        f"{privileged(replica_command('stop', layout.unit(n)), sudo)} || exit 1; "
+        f"[ \"$(systemctl show -p Result --value {unit})\" != timeout ] || echo escalated; "
+        f"echo stopped; else echo not-running; fi")
+
+
+def disable_command(layout: Layout, n: int, sudo: bool) -> str:
+    """Keep a stopped replica stopped across reboots (`fab start` enables it again)."""
+    return privileged(replica_command("disable", layout.unit(n)), sudo)
+
+
+# --- answers ---------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
 class FcgiResponse:
@@ -74,7 +166,7 @@ class Process:
     strays: int = 0
 
     def is_master_of(self, conf: PurePosixPath) -> bool:
-        return self.title == shell.FPM_MASTER_TITLE.format(conf=conf)
+        return self.title == FPM_MASTER_TITLE.format(conf=conf)
 
     def runs_master(self, layout: Layout) -> bool:
         """Alive, and really replica n's php-fpm master (not a reused pid)."""
@@ -101,7 +193,7 @@ def unescape_mountinfo(text: str) -> str:
 
 
 def parse_probe(output: str) -> dict[int, Process]:
-    """Lines from shell.probe_replicas -> Process per replica number."""
+    """Lines from probe_command -> Process per replica number."""
     out: dict[int, Process] = {}
     for line in output.splitlines():
         fields = line.split("\t")
@@ -123,14 +215,14 @@ NOT_RUNNING = Process(0, None, "-", None, "", None)
 
 
 def probe(at: HostPool, numbers: list[int] | None = None) -> Command[dict[int, Process]]:
-    """Each replica's master as the host sees it (one line per replica: shell.probe_replicas)."""
+    """Each replica's master as the host sees it (one line per replica: probe_command)."""
     nums = numbers or list(at.pool.replica_numbers)
 
     def read(result: RemoteResult) -> dict[int, Process]:
         found = parse_probe(result.stdout)
         return {n: found.get(n, replace(NOT_RUNNING, n=n)) for n in nums}
 
-    return Command(shell.probe_replicas(at.layout, nums), f"probe {at.pool.name} replicas", read)
+    return Command(probe_command(at.layout, nums), f"probe {at.pool.name} replicas", read)
 
 
 def running_master(r: Replica) -> Command[Process | None]:
@@ -139,13 +231,13 @@ def running_master(r: Replica) -> Command[Process | None]:
         proc = parse_probe(result.stdout).get(r.n)
         return proc if proc is not None and proc.runs_master(r.at.layout) else None
 
-    return Command(shell.probe_replicas(r.at.layout, [r.n]), f"probe {r.name}", read)
+    return Command(probe_command(r.at.layout, [r.n]), f"probe {r.name}", read)
 
 
 def _fcgi(sock: PurePosixPath, script: str, filename: PurePosixPath | str, what: str,
           query: str = "") -> Command[FcgiResponse | None]:
     """One FastCGI request; None when the socket does not answer at all."""
-    return Command(shell.fcgi_request(sock, script, filename, query), what,
+    return Command(fcgi_command(sock, script, filename, query), what,
                    lambda res: parse_fcgi(res.stdout) if res.ok else None, check=False)
 
 
@@ -179,12 +271,12 @@ def fpm_status(r: Replica) -> Command[FpmStatus | None]:
 def connections(r: Replica) -> Command[int]:
     """Connections open on the replica's socket now (requests in flight, even to workers of
     a master that died)."""
-    return Command(shell.open_connections(r.sock), f"connections to {r.name}",
+    return Command(connections_command(r.sock), f"connections to {r.name}",
                    lambda res: int(res.stdout.strip() or 0))
 
 
 def start(r: Replica, release: str) -> Command[RemoteResult]:
-    return action(shell.fpm_start(r.at.layout, r.n, release, r.host.sudo),
+    return action(start_command(r.at.layout, r.n, release, r.host.sudo),
                   f"start {r.name} pinned to {release}")
 
 
@@ -204,7 +296,7 @@ class Stopped:
 
 
 def parse_stop(output: str) -> Stopped:
-    """shell.fpm_stop's words: `strays N`, `escalated`, then `stopped` or `not-running`."""
+    """stop_command's words: `strays N`, `escalated`, then `stopped` or `not-running`."""
     words = output.split()
     if words[-1:] not in (["stopped"], ["not-running"]):
         raise ValueError(f"unexpected answer from the stop: {output.strip()[:120]!r}")
@@ -216,7 +308,7 @@ def parse_stop(output: str) -> Stopped:
 
 def stop(r: Replica) -> Command[Stopped]:
     """Graceful stop of the replica's service (bounded by its own stop_timeout)."""
-    return Command(shell.fpm_stop(r.at.layout, r.n, r.host.sudo), f"stop {r.name}",
+    return Command(stop_command(r.at.layout, r.n, r.host.sudo), f"stop {r.name}",
                    lambda res: parse_stop(res.stdout), changes=True,
                    timeout=r.pool.stop_timeout + 30,
                    assume=lambda: Stopped(StopOutcome.STOPPED))
@@ -224,7 +316,7 @@ def stop(r: Replica) -> Command[Stopped]:
 
 def disable(r: Replica) -> Command[RemoteResult]:
     """A replica stopped by the operator stays stopped at the next boot."""
-    return action(shell.fpm_disable(r.at.layout, r.n, r.host.sudo), f"disable {r.name} at boot")
+    return action(disable_command(r.at.layout, r.n, r.host.sudo), f"disable {r.name} at boot")
 
 
 def current_release(at: HostPool) -> Command[str | None]:
@@ -233,5 +325,5 @@ def current_release(at: HostPool) -> Command[str | None]:
         target = res.stdout.strip()
         return PurePosixPath(target).name if res.ok and target else None
 
-    return Command(shell.read_current_release(at.layout), f"read {at.pool.name} current.release",
+    return Command(current_release_command(at.layout), f"read {at.pool.name} current.release",
                    read, check=False)

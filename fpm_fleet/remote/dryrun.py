@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import IO, TypeVar
 
 from fpm_fleet.core.errors import RemoteResult
+from fpm_fleet.core.events import Event, Observer
 from fpm_fleet.core.inventory import Host
 from fpm_fleet.remote.command import Command, read_answer
 from fpm_fleet.remote.runner import Runner
@@ -23,8 +24,8 @@ T = TypeVar("T")
 
 @dataclass(frozen=True)
 class Planned:
-    """One command of the plan: `kind` is "change" (recorded, not run), "check" (the
-    answer was assumed) or "read" (run for real)."""
+    """One line of the plan: `kind` is "change" (a command recorded, not run), "check" (its
+    answer was assumed), "read" (run for real) or "step" (a step of the rollout begins)."""
 
     host: str
     user: str
@@ -70,3 +71,21 @@ class Recorder:
         close = getattr(self.reader, "close", None)
         if close:
             close()
+
+    def step(self, name: str, target: str) -> None:
+        self._note("step", f"{name} {target}".strip(), "")
+
+
+@dataclass
+class StepsInPlan:
+    """An observer that passes events on and notes each step's start in its host's plan, so
+    the plan reads as the rollout's steps with the commands of each."""
+
+    inner: Observer
+    recorders: dict[str, Recorder] = field(default_factory=dict)
+
+    def event(self, ev: Event) -> None:
+        recorder = self.recorders.get(ev.host)
+        if ev.kind == "start" and recorder is not None:
+            recorder.step(ev.step, ev.target)
+        self.inner.event(ev)

@@ -1,9 +1,10 @@
-"""Pure builders of remote command strings. All quoting happens here, with shlex.
+"""What every command builder shares (pure): quoting with shlex, the bound on the host,
+several probes in one round trip, the exact argv of the few root commands, staged file
+installs, and the scripts of templates/sh (checked by shellcheck), sent ahead of the
+commands that call their functions.
 
-Nothing in this module talks to a host: every function returns a string that
-the executor runs, so each can be unit-tested for its exact text. Multi-line shell lives
-in files of templates/sh (checked by shellcheck), sent ahead of the commands that call
-their functions (`script`, `with_replica_lib`).
+The builders themselves live beside the code that reads their answers: host/fpm.py,
+web/balancer.py, web/apache_site.py, releases/commands.py, host/lock.py.
 """
 
 from __future__ import annotations
@@ -14,12 +15,10 @@ from functools import cache
 from pathlib import PurePosixPath
 
 from fpm_fleet.core.resources import SHELL_SCRIPTS
-from fpm_fleet.host.layout import Layout
 
 PathLike = str | PurePosixPath
 SECTION = "@@fpm-fleet-section@@"
 STAGED = ".fpm-fleet-new"  # a config uploaded beside its target, installed by install_checked
-FPM_MASTER_TITLE = "php-fpm: master process ({conf})"
 
 
 def q(value: PathLike | int) -> str:
@@ -173,24 +172,7 @@ def has_systemd() -> str:
     return "test -d /run/systemd/system"
 
 
-# --- PHP-FPM ---------------------------------------------------------------------------------
-
-def fcgi_request(sock: PathLike, script_name: str, script_filename: PathLike,
-                 query: str = "", timeout: float = 5) -> str:
-    """One FastCGI request straight to a replica's socket (Debian's libfcgi-bin)."""
-    env = {"REQUEST_METHOD": "GET", "SCRIPT_NAME": script_name,
-           "SCRIPT_FILENAME": str(script_filename), "QUERY_STRING": query,
-           "REQUEST_URI": script_name + (f"?{query}" if query else ""),
-           "SERVER_NAME": "fpm-fleet", "REMOTE_ADDR": "127.0.0.1"}
-    assigns = " ".join(q(f"{k}={v}") for k, v in env.items())
-    return f"timeout {timeout:g} env -i {assigns} cgi-fcgi -bind -connect {q(sock)}"
-
-
-def mountinfo_escape(path: PathLike) -> str:
-    """How /proc/PID/mountinfo writes a path (space, tab, newline, backslash as octal)."""
-    table = {" ": "\\040", "\t": "\\011", "\n": "\\012", "\\": "\\134"}
-    return "".join(table.get(c, c) for c in str(path))
-
+# --- scripts of templates/sh -----------------------------------------------------------------
 
 REPLICA_LIB = "replica-lib.sh"  # workers_outside, count_workers_outside, open_connections
 
@@ -209,66 +191,7 @@ def with_replica_lib(command: str) -> str:
     return f"{script(REPLICA_LIB)}\n{command}"
 
 
-PROBE_FUNCTION = with_replica_lib(script("probe.sh"))
-
-
-def probe_replicas(layout: Layout, numbers: Iterable[int]) -> str:
-    """One TSV line per replica: n, pid, state, elapsed s, process title, pinned mount root,
-    the service's state (systemctl is-active) and how many of its workers run outside its
-    live master (a master that died leaves them serving until they finish)."""
-    calls = [f"probe {n} {q(layout.pid(n))} {q(mountinfo_escape(layout.current))} "
-             f"{q(layout.unit(n))} {q(f'{layout.pool}-{n}')}" for n in numbers]
-    return PROBE_FUNCTION + "\n" + "; ".join(calls)
-
-
-def open_connections(sock: PathLike) -> str:
-    """How many connections to a listening unix socket are open right now (accepted or
-    queued), from the kernel's table: requests in flight, even to workers whose master died."""
-    return with_replica_lib(f"open_connections {q(sock)}")
-
-
-def read_current_release(layout: Layout) -> str:
-    return f"readlink -- {q(layout.current_release)}"
-
-
-def fpm_start(layout: Layout, n: int, release: str, sudo: bool) -> str:
-    """Start replica n's service; systemd pins it to what current.release names (its unit
-    bind-mounts current.release on current/ in the service's own mount namespace), so
-    `release` must be what current.release names now. Enabled, so it starts at boot too.
-
-    Type=notify: systemctl returns once FPM listens. A failure prints the unit's last log.
-    """
-    def root(verb: str) -> str:
-        return privileged(replica_command(verb, layout.unit(n)), sudo)
-
-    return (f"[ \"$(basename -- \"$(readlink -- {q(layout.current_release)})\")\" = {q(release)} ] "
-            f"|| {{ echo {q(f'current.release does not name {release}')} >&2; exit 3; }}; "
-            f"{root('reset-failed')} 2>/dev/null; "
-            f"{root('enable')} && {root('start')} || "
-            f"{{ {root('journal')} >&2; exit 1; }}")
-
-
-def fpm_stop(layout: Layout, n: int, sudo: bool) -> str:
-    """Stop replica n's service: systemd sends SIGQUIT (graceful) to the master, which
-    stops its workers; the unit's ExecStopPost lets workers of a dead master finish, then
-    stops them (SIGKILL only after TimeoutStopSec). Prints `not-running` or `stopped`,
-    after `escalated` when the timeout hit and `strays N` when N workers were running
-    without their master."""
-    unit = q(layout.unit(n))
-    strays = (f"count_workers_outside \"$(systemctl show -p MainPID --value {unit})\" "
-              f"{q(f'php-fpm: pool {layout.pool}-{n}')}")
-    return with_replica_lib(
-        f"s=$({strays}); [ \"$s\" = 0 ] || echo \"strays $s\"; "
-        f"if systemctl is-active --quiet {unit} || [ \"$s\" != 0 ]; then "
-        f"{privileged(replica_command('stop', layout.unit(n)), sudo)} || exit 1; "
-        f"[ \"$(systemctl show -p Result --value {unit})\" != timeout ] || echo escalated; "
-        f"echo stopped; else echo not-running; fi")
-
-
-def fpm_disable(layout: Layout, n: int, sudo: bool) -> str:
-    """Keep a stopped replica stopped across reboots (`fab start` enables it again)."""
-    return privileged(replica_command("disable", layout.unit(n)), sudo)
-
+# --- systemd units ---------------------------------------------------------------------------
 
 def daemon_reload() -> str:
     return "systemctl daemon-reload"

@@ -70,7 +70,8 @@ def test_failing_release_is_reverted_automatically_and_marked_bad(box: Sandbox) 
     assert "sudo -n -- systemctl stop fpm-fleet-www@2.service" in dry
     assert "[idle probe www-2] (check, assumed to pass)" in dry
     assert "[health www-2] (check, assumed to pass)" in dry
-    assert "guard" in dry and "keeps serving" in dry
+    assert "  == guard www-1\n" in dry and "  == wait idle www-1\n" in dry
+    assert "  == health www-1\n" in dry
 
 
 def test_bad_names_and_missing_source_are_refused_before_any_host(box: Sandbox,

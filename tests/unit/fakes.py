@@ -27,6 +27,7 @@ from typing import IO, Any, TypeVar
 from fpm_fleet.core.errors import RemoteError, RemoteResult
 from fpm_fleet.core.events import Event
 from fpm_fleet.core.inventory import Host, Pool
+from fpm_fleet.host import fpm
 from fpm_fleet.host.layout import Layout
 from fpm_fleet.host.pool import HostPool, Replica
 from fpm_fleet.releases import manifest
@@ -218,10 +219,10 @@ def sections_output(parts: Sequence[tuple[str, str, int]]) -> str:
 
 def probe_line(layout: Layout, n: int, release: str | None, service: str = "active",
                strays: int = 0, pid: int | None = None) -> str:
-    """One line of shell.probe_replicas: replica n's master, or none when release is None."""
+    """One line of fpm.probe_command: replica n's master, or none when release is None."""
     if release is None:
         return f"{n}\t-\t-\t-\t-\t-\t{service}\t{strays}\n"
-    title = shell.FPM_MASTER_TITLE.format(conf=layout.fpm_conf(n))
+    title = fpm.FPM_MASTER_TITLE.format(conf=layout.fpm_conf(n))
     return "\t".join([str(n), str(pid or 100 + n), "S", "9", title, str(layout.release(release)),
                       service, str(strays)]) + "\n"
 

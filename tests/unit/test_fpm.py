@@ -12,7 +12,6 @@ from fpm_fleet.core.errors import AnswerError, RolloutError
 from fpm_fleet.host import fpm
 from fpm_fleet.host.layout import Layout
 from fpm_fleet.host.pool import HostPool
-from fpm_fleet.remote import shell
 from fpm_fleet.rollout import replica as replica_steps
 
 CONF = PurePosixPath("/srv/fpm-fleet/www/conf/www-1.conf")
@@ -141,14 +140,14 @@ def test_is_master_of_needs_the_exact_config_path():
 
 def test_the_master_title_the_parser_expects_names_the_replicas_config():
     layout = Layout(dir=PurePosixPath("/srv/fpm-fleet/www"), pool="www")
-    assert shell.FPM_MASTER_TITLE.format(conf=layout.fpm_conf(1)) == TITLE
+    assert fpm.FPM_MASTER_TITLE.format(conf=layout.fpm_conf(1)) == TITLE
 
 
 def test_the_probe_and_stop_commands_name_the_replicas_service_and_worker_title():
     layout = Layout(dir=PurePosixPath("/srv/fpm-fleet/www"), pool="www")
-    probe = shell.probe_replicas(layout, [1])
+    probe = fpm.probe_command(layout, [1])
     assert probe.endswith(" fpm-fleet-www@1.service www-1")
-    stop = shell.fpm_stop(layout, 1, sudo=False)
+    stop = fpm.stop_command(layout, 1, sudo=False)
     assert "systemctl stop fpm-fleet-www@1.service || exit 1;" in stop
     assert ("count_workers_outside \"$(systemctl show -p MainPID --value "
             "fpm-fleet-www@1.service)\" 'php-fpm: pool www-1'") in stop
@@ -171,7 +170,7 @@ def test_ping_is_true_only_for_200_pong_over_the_replica_socket(web, answer, ok)
     host, pool = web
     runner = scripted(host, answer)
     assert runner.ask(fpm.ping(replica(runner, pool, 2))) is ok
-    assert runner.commands == [shell.fcgi_request("/srv/fpm-fleet/www/run/www-2.sock",
+    assert runner.commands == [fpm.fcgi_command("/srv/fpm-fleet/www/run/www-2.sock",
                                                   "/fpm-ping", "/fpm-ping")]
 
 
@@ -232,7 +231,7 @@ def test_start_runs_the_start_command_for_the_release_it_was_given(web):
     host, pool = web
     runner = scripted(host, (0, ""))
     runner.ask(fpm.start(replica(runner, pool, 2), "v7"))
-    assert runner.commands == [shell.fpm_start(Layout.of(host, pool), 2, "v7", host.sudo)]
+    assert runner.commands == [fpm.start_command(Layout.of(host, pool), 2, "v7", host.sudo)]
 
 
 def test_a_failing_start_is_a_rollout_error_naming_the_replica(web):

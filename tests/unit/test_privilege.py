@@ -21,6 +21,7 @@ from fakes import FakePool, FakeRunner, dry_run_deploy
 from fpm_fleet import provision, render
 from fpm_fleet.core import inventory
 from fpm_fleet.core.errors import FleetError
+from fpm_fleet.host import fpm
 from fpm_fleet.host.layout import Layout
 from fpm_fleet.remote import shell
 from fpm_fleet.remote.ssh import SSHRunner
@@ -103,7 +104,7 @@ def test_every_root_command_of_a_deploy_or_rollback_is_a_line_of_the_sudoers_fil
     host, pool = deploy_fleet.hosts[0], deploy_fleet.pools[0]
     commands = deploy_and_rollback_commands(deploy_fleet, source, monkeypatch)
     layout = Layout.of(host, pool)
-    commands += [shell.fpm_disable(layout, 1, host.sudo)]
+    commands += [fpm.disable_command(layout, 1, host.sudo)]
     used = {as_listed(m) for c in commands for m in SUDO.findall(c)}
     assert commands and all(c.count("sudo ") == len(SUDO.findall(c)) for c in commands)
     assert {f"/usr/bin/systemctl {v} fpm-fleet-www@1.service" for v in ("start", "stop")} <= used
@@ -140,7 +141,7 @@ def test_a_root_login_gets_no_sudoers_file_and_runs_root_commands_as_is(inventor
     fleet = inventory.parse(inventory_data)  # user = root
     assert render.sudoers(fleet, fleet.hosts[0]) is None
     layout = Layout.of(fleet.hosts[0], fleet.pools[0])
-    assert "sudo" not in shell.fpm_start(layout, 1, "v1", fleet.hosts[0].sudo)
+    assert "sudo" not in fpm.start_command(layout, 1, "v1", fleet.hosts[0].sudo)
 
 
 def test_the_sudoers_file_refuses_a_word_sudoers_would_read_as_syntax(deploy_fleet):
@@ -255,7 +256,7 @@ def test_no_remote_command_writes_a_fixed_path_in_tmp(deploy_fleet, source, monk
                  provision.manager_credential(host.user, "www-data"),
                  shell.install_checked([PurePosixPath("/etc/x")],
                                        apache_site.apache_site_test(False)),
-                 shell.probe_replicas(layout, [1, 2])]
+                 fpm.probe_command(layout, [1, 2])]
     assert not [c for c in commands if re.search(r"/tmp/|/var/tmp/", c)]
 
 

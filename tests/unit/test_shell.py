@@ -72,7 +72,7 @@ def test_balancer_xml_sends_a_same_host_referer_and_asks_for_xml():
 
 
 def test_fcgi_request_sets_a_clean_cgi_environment_for_the_replica_socket():
-    cmd = shell.fcgi_request("/srv/fpm-fleet/www/run/www-1.sock", "/fpm-ping", "/fpm-ping")
+    cmd = fpm.fcgi_command("/srv/fpm-fleet/www/run/www-1.sock", "/fpm-ping", "/fpm-ping")
     assert cmd == (
         "timeout 5 env -i REQUEST_METHOD=GET SCRIPT_NAME=/fpm-ping SCRIPT_FILENAME=/fpm-ping "
         "QUERY_STRING= REQUEST_URI=/fpm-ping SERVER_NAME=fpm-fleet REMOTE_ADDR=127.0.0.1 "
@@ -80,14 +80,14 @@ def test_fcgi_request_sets_a_clean_cgi_environment_for_the_replica_socket():
 
 
 def test_fcgi_request_with_query_quotes_the_request_uri_and_formats_the_timeout():
-    cmd = shell.fcgi_request("/r/www-1-status.sock", "/fpm-status", "/fpm-status",
+    cmd = fpm.fcgi_command("/r/www-1-status.sock", "/fpm-status", "/fpm-status",
                              query="json", timeout=2.5)
     assert cmd.startswith("timeout 2.5 env -i ")
     assert "QUERY_STRING=json 'REQUEST_URI=/fpm-status?json'" in cmd
 
 
 def test_fcgi_request_keeps_a_script_filename_with_spaces_as_one_word():
-    cmd = shell.fcgi_request("/srv/a b/run/www-1.sock", "/health.php",
+    cmd = fpm.fcgi_command("/srv/a b/run/www-1.sock", "/health.php",
                              PurePosixPath("/srv/a b/www/current/health.php"))
     words = shlex.split(cmd)
     assert "SCRIPT_FILENAME=/srv/a b/www/current/health.php" in words
@@ -115,13 +115,13 @@ def test_has_systemd_is_sd_booteds_own_test():
 def test_daemon_reload_and_disable_are_plain_systemctl_calls():
     layout = Layout(dir=PurePosixPath("/srv/fpm-fleet/www"), pool="www")
     assert shell.daemon_reload() == "systemctl daemon-reload"
-    assert shell.fpm_disable(layout, 2, sudo=False) == (
+    assert fpm.disable_command(layout, 2, sudo=False) == (
         "systemctl disable --quiet fpm-fleet-www@2.service")
 
 
 def test_read_current_release_reads_the_symlink():
     layout = Layout(dir=PurePosixPath("/srv/fpm-fleet/www"), pool="www")
-    assert shell.read_current_release(layout) == (
+    assert fpm.current_release_command(layout) == (
         "readlink -- /srv/fpm-fleet/www/current.release")
 
 
@@ -155,12 +155,12 @@ def test_split_sections_of_plain_text_is_empty():
 # --- mountinfo escaping ------------------------------------------------------------------------
 
 def test_mountinfo_escape_writes_space_tab_newline_backslash_as_octal():
-    assert shell.mountinfo_escape("/a b\tc\nd\\e") == "/a\\040b\\011c\\012d\\134e"
+    assert fpm.mountinfo_escape("/a b\tc\nd\\e") == "/a\\040b\\011c\\012d\\134e"
 
 
 @pytest.mark.parametrize("path", ["/srv/plain", "/srv/a b", "/x\\040y", "/t\tn\nb\\"])
 def test_mountinfo_escape_and_unescape_roundtrip(path):
-    assert fpm.unescape_mountinfo(shell.mountinfo_escape(path)) == path
+    assert fpm.unescape_mountinfo(fpm.mountinfo_escape(path)) == path
 
 
 # --- files -------------------------------------------------------------------------------------
@@ -288,16 +288,16 @@ def test_shell_builders_never_execute_metacharacters_in_paths(
     Path(lay.current_release).symlink_to(lay.release(evil))
     commands = [
         shell.checksums([lay.fpm_conf(1), lay.dir / evil]),
-        shell.read_current_release(lay),
-        shell.probe_replicas(lay, [1, 2]),
-        shell.fpm_stop(lay, 1, sudo=False),
-        shell.fpm_start(lay, 1, evil, sudo=False),
-        shell.fcgi_request(lay.sock(1), evil, lay.current / evil, query=evil, timeout=1),
+        fpm.current_release_command(lay),
+        fpm.probe_command(lay, [1, 2]),
+        fpm.stop_command(lay, 1, sudo=False),
+        fpm.start_command(lay, 1, evil, sudo=False),
+        fpm.fcgi_command(lay.sock(1), evil, lay.current / evil, query=evil, timeout=1),
         balancer.xml_command(f"http://127.0.0.1:9/{evil}"),
         balancer.set_command(f"http://127.0.0.1:9/{evil}", evil, evil, evil, {"D": 1}),
         shell.install_checked([lay.conf / evil], "true"),
-        shell.as_root(shell.read_current_release(lay), sudo=False),
-        shell.open_connections(lay.sock(1)),
+        shell.as_root(fpm.current_release_command(lay), sudo=False),
+        fpm.connections_command(lay.sock(1)),
     ]
     for cmd in commands:
         fake_systemd.run(cmd)
@@ -387,7 +387,7 @@ def test_fcgi_request_delivers_exactly_the_cgi_params_and_parse_fcgi_reads_the_a
     t = threading.Thread(target=_fcgi_serve_once, args=(server, answer, seen), daemon=True)
     t.start()
     try:
-        result = sh(shell.fcgi_request(fcgi_socket, "/health.php",
+        result = sh(fpm.fcgi_command(fcgi_socket, "/health.php",
                                        "/srv/a b/www/current/health.php", query="a=1&b=2"))
         t.join(5)
     finally:
@@ -406,7 +406,7 @@ def test_fcgi_request_delivers_exactly_the_cgi_params_and_parse_fcgi_reads_the_a
 # --- replica services: probe, stop and start against a stand-in systemctl and ps -----------
 
 def _title(layout: Layout, n: int) -> str:
-    return shell.FPM_MASTER_TITLE.format(conf=layout.fpm_conf(n))
+    return fpm.FPM_MASTER_TITLE.format(conf=layout.fpm_conf(n))
 
 
 def _cmdline(pid: int) -> str:
@@ -442,7 +442,7 @@ def test_probe_prints_eight_fields_for_a_live_master_of_an_active_service(
     fake_systemd.unit(layout.unit(1), "active", main_pid=master.pid)
     fake_systemd.age(master.pid, 42)
     fake_systemd.processes((1, _title(layout, 1)), (master.pid, WORKER), (master.pid, WORKER))
-    result = fake_systemd.run(shell.probe_replicas(layout, [1]))
+    result = fake_systemd.run(fpm.probe_command(layout, [1]))
     assert result.stdout.splitlines() == [
         f"1\t{master.pid}\tS\t42\t{_title(layout, 1)}\t-\tactive\t0"]
     proc = fpm.parse_probe(result.stdout)[1]
@@ -455,7 +455,7 @@ def test_probe_of_a_replica_without_master_prints_dashes_and_the_service_state(
     Path(layout.pid(3)).write_text("garbage\n")
     fake_systemd.unit(layout.unit(2), "inactive")
     fake_systemd.unit(layout.unit(3), "activating")
-    result = fake_systemd.run(shell.probe_replicas(layout, [2, 3]))
+    result = fake_systemd.run(fpm.probe_command(layout, [2, 3]))
     assert result.stdout.splitlines() == ["2\t-\t-\t-\t-\t-\tinactive\t0",
                                           "3\t-\t-\t-\t-\t-\tactivating\t0"]
     assert not any(p.alive for p in fpm.parse_probe(result.stdout).values())
@@ -471,7 +471,7 @@ def test_probe_counts_the_replicas_workers_outside_its_live_master_as_strays(
     fake_systemd.processes((master.pid, WORKER), (1, WORKER), (1, WORKER),
                            (1, "php-fpm: pool www-11"), (1, "php-fpm: pool www-2"),
                            (1, f"vim {WORKER}"))
-    procs = fpm.parse_probe(fake_systemd.run(shell.probe_replicas(layout, [1, 2])).stdout)
+    procs = fpm.parse_probe(fake_systemd.run(fpm.probe_command(layout, [1, 2])).stdout)
     assert (procs[1].strays, procs[2].strays) == (2, 1)
     assert procs[1].service == "active" and procs[2].service == "activating"
 
@@ -480,7 +480,7 @@ def test_stop_of_an_inactive_service_without_strays_is_not_running_and_stops_not
         fake_systemd, layout):
     fake_systemd.unit(layout.unit(1), "inactive", result="timeout")  # an old stop's result
     fake_systemd.processes((1, "php-fpm: pool www-2"), (1, "php-fpm: pool www-11"))
-    result = fake_systemd.run(shell.fpm_stop(layout, 1, sudo=False))
+    result = fake_systemd.run(fpm.stop_command(layout, 1, sudo=False))
     assert (result.returncode, result.stdout.split()) == (0, ["not-running"])
     assert not any(c.startswith("systemctl stop") for c in fake_systemd.calls())
 
@@ -488,7 +488,7 @@ def test_stop_of_an_inactive_service_without_strays_is_not_running_and_stops_not
 def test_stop_of_an_active_service_stops_it_through_systemd(fake_systemd, layout):
     fake_systemd.unit(layout.unit(1), "active", main_pid=4242)
     fake_systemd.processes((1, _title(layout, 1)), (4242, WORKER), (4242, WORKER))
-    result = fake_systemd.run(shell.fpm_stop(layout, 1, sudo=False))
+    result = fake_systemd.run(fpm.stop_command(layout, 1, sudo=False))
     assert (result.returncode, result.stdout.split()) == (0, ["stopped"])
     assert f"systemctl stop {layout.unit(1)}" in fake_systemd.calls()
     assert fake_systemd.state_of(layout.unit(1)) == "inactive"
@@ -497,14 +497,14 @@ def test_stop_of_an_active_service_stops_it_through_systemd(fake_systemd, layout
 def test_stop_says_escalated_when_systemd_hit_the_stop_timeout(fake_systemd, layout):
     fake_systemd.unit(layout.unit(1), "active", main_pid=4242)
     fake_systemd.on_stop(layout.unit(1), "timeout")  # SIGQUIT was not enough: SIGKILL
-    result = fake_systemd.run(shell.fpm_stop(layout, 1, sudo=False))
+    result = fake_systemd.run(fpm.stop_command(layout, 1, sudo=False))
     assert (result.returncode, result.stdout.split()) == (0, ["escalated", "stopped"])
 
 
 def test_stop_of_a_dead_masters_workers_counts_and_stops_them(fake_systemd, layout):
     fake_systemd.unit(layout.unit(1), "inactive")
     fake_systemd.processes((1, WORKER), (1, WORKER), (1, "php-fpm: pool www-11"))
-    result = fake_systemd.run(shell.fpm_stop(layout, 1, sudo=False))
+    result = fake_systemd.run(fpm.stop_command(layout, 1, sudo=False))
     assert (result.returncode, result.stdout.split()) == (0, ["strays", "2", "stopped"])
     assert f"systemctl stop {layout.unit(1)}" in fake_systemd.calls()
 
@@ -513,7 +513,7 @@ def test_stop_counts_old_workers_beside_a_restarted_master_as_strays(fake_system
     # Restart=always started a new master; the dead one's worker still finishes its request
     fake_systemd.unit(layout.unit(1), "active", main_pid=5000)
     fake_systemd.processes((5000, WORKER), (5000, WORKER), (1, WORKER))
-    result = fake_systemd.run(shell.fpm_stop(layout, 1, sudo=False))
+    result = fake_systemd.run(fpm.stop_command(layout, 1, sudo=False))
     assert result.stdout.split() == ["strays", "1", "stopped"]
 
 
@@ -525,7 +525,7 @@ def _point_current_release(layout: Layout, release: str) -> None:
 def test_start_enables_and_starts_the_service_current_release_names(fake_systemd, layout):
     _point_current_release(layout, "v1")
     fake_systemd.unit(layout.unit(1), "failed")
-    result = fake_systemd.run(shell.fpm_start(layout, 1, "v1", sudo=False))
+    result = fake_systemd.run(fpm.start_command(layout, 1, "v1", sudo=False))
     assert result.returncode == 0, result.stderr
     unit = layout.unit(1)
     assert fake_systemd.calls() == [f"systemctl reset-failed {unit}",
@@ -539,7 +539,7 @@ def test_start_refuses_a_release_current_release_does_not_name_with_exit_3(
         fake_systemd, layout):
     _point_current_release(layout, "v1")
     Path(layout.release("v2")).mkdir()
-    result = fake_systemd.run(shell.fpm_start(layout, 1, "v2", sudo=False))
+    result = fake_systemd.run(fpm.start_command(layout, 1, "v2", sudo=False))
     assert result.returncode == 3
     assert "current.release does not name v2" in result.stderr
     assert fake_systemd.calls() == []  # systemd would have pinned v1
@@ -547,7 +547,7 @@ def test_start_refuses_a_release_current_release_does_not_name_with_exit_3(
 
 def test_start_without_current_release_is_refused_with_exit_3(fake_systemd, layout):
     Path(layout.release("v1")).mkdir()
-    result = fake_systemd.run(shell.fpm_start(layout, 1, "v1", sudo=False))
+    result = fake_systemd.run(fpm.start_command(layout, 1, "v1", sudo=False))
     assert result.returncode == 3
     assert fake_systemd.calls() == []
 
@@ -555,7 +555,7 @@ def test_start_without_current_release_is_refused_with_exit_3(fake_systemd, layo
 def test_a_failed_start_exits_1_with_the_units_last_log_lines(fake_systemd, layout):
     _point_current_release(layout, "v1")
     fake_systemd.start_fails(layout.unit(1), "ERROR: unable to bind listening socket\n")
-    result = fake_systemd.run(shell.fpm_start(layout, 1, "v1", sudo=False))
+    result = fake_systemd.run(fpm.start_command(layout, 1, "v1", sudo=False))
     assert result.returncode == 1
     assert "unable to bind listening socket" in result.stderr
     assert fake_systemd.calls()[-1] == (
@@ -597,13 +597,13 @@ def test_probe_sees_the_release_pinned_in_the_masters_namespace_and_its_deletion
         fake_systemd, tmp_path, masters):
     lay = _pinned_master(masters, tmp_path / "srv")
     fake_systemd.unit(lay.unit(1), "active")
-    proc = fpm.parse_probe(fake_systemd.run(shell.probe_replicas(lay, [1])).stdout)[1]
+    proc = fpm.parse_probe(fake_systemd.run(fpm.probe_command(lay, [1])).stdout)[1]
     assert proc.runs_master(lay)
     assert (proc.release, proc.release_deleted) == ("v1", False)
     assert not any(Path(lay.current).iterdir())  # the bind mount never leaked into ours
 
     shutil.rmtree(lay.release("v1"))
-    gone = fpm.parse_probe(fake_systemd.run(shell.probe_replicas(lay, [1])).stdout)[1]
+    gone = fpm.parse_probe(fake_systemd.run(fpm.probe_command(lay, [1])).stdout)[1]
     assert (gone.release, gone.release_deleted) == ("v1", True)
 
 
@@ -611,14 +611,14 @@ def test_probe_sees_the_release_pinned_in_the_masters_namespace_and_its_deletion
 def test_probe_finds_the_pinned_release_under_a_root_with_a_space(
         fake_systemd, tmp_path, masters):
     lay = _pinned_master(masters, tmp_path / "fleet root")
-    proc = fpm.parse_probe(fake_systemd.run(shell.probe_replicas(lay, [1])).stdout)[1]
+    proc = fpm.parse_probe(fake_systemd.run(fpm.probe_command(lay, [1])).stdout)[1]
     assert proc.runs_master(lay)
     assert proc.release == "v1"
 
 
 def test_open_connections_counts_connected_entries_of_that_socket_only(sh, tmp_path):
     sock = PurePosixPath("/srv/www/run/www-1.sock")
-    assert shell.open_connections(sock).endswith("\nopen_connections /srv/www/run/www-1.sock")
+    assert fpm.connections_command(sock).endswith("\nopen_connections /srv/www/run/www-1.sock")
     table = tmp_path / "unix"
     table.write_text("Num       RefCount Protocol Flags    Type St Inode Path\n"
                      "0: 00000002 00000000 00010000 0001 01 11 /srv/www/run/www-1.sock\n"

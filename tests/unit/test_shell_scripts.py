@@ -16,6 +16,7 @@ import pytest
 
 from fpm_fleet import render
 from fpm_fleet.core.resources import SHELL_SCRIPTS
+from fpm_fleet.host import fpm
 from fpm_fleet.host.layout import Layout
 from fpm_fleet.remote import shell
 
@@ -64,10 +65,10 @@ def test_workers_outside_prints_their_pids_one_a_line(fake_systemd):
 def test_the_probe_the_stop_and_the_connection_count_send_the_same_library():
     lib = shell.script(shell.REPLICA_LIB) + "\n"
     layout = Layout(dir=PurePosixPath("/srv/fpm-fleet/www"), pool="www")
-    assert shell.PROBE_FUNCTION.startswith(lib)
-    assert shell.probe_replicas(layout, [1]).startswith(lib)
-    assert shell.fpm_stop(layout, 1, sudo=True).startswith(lib)
-    assert shell.open_connections(layout.sock(1)).startswith(lib)
+    assert fpm.PROBE_FUNCTION.startswith(lib)
+    assert fpm.probe_command(layout, [1]).startswith(lib)
+    assert fpm.stop_command(layout, 1, sudo=True).startswith(lib)
+    assert fpm.connections_command(layout.sock(1)).startswith(lib)
 
 
 @pytest.mark.parametrize("name", sorted(p.name for p in SHELL_SCRIPTS.glob("*.sh")))
