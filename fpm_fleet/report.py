@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 from fpm_fleet import output
 from fpm_fleet import status as status_mod
+from fpm_fleet.remote import shell
 from fpm_fleet.remote.dryrun import Planned
 from fpm_fleet.remote.group import GroupResult
 from fpm_fleet.rollout.deploy import PoolFailed, PoolOutcome
@@ -92,6 +93,16 @@ def stress_table(stats: list[HostStats]) -> None:
                                         "max ms", "releases", "failures"], rows))
 
 
+SCRIPTS_SHOWN = ("replica-lib.sh", "probe.sh")
+
+
+def _scripts_named(command: str) -> str:
+    """A command with the functions of templates/sh it carries shown by the file's name."""
+    for name in SCRIPTS_SHOWN:
+        command = command.replace(shell.script(name) + "\n", f"<templates/sh/{name}> ")
+    return command
+
+
 def _first_line(command: str, width: int = 100) -> str:
     """A read shown short: the probes are long scripts, and they change nothing."""
     line = command.splitlines()[0] if command else ""
@@ -115,7 +126,8 @@ def plan(title: str, planned: Sequence[Planned], reads: bool) -> None:
         if p.kind == "step":
             output.out.print(f"  == {p.what}", markup=False, highlight=False)
             continue
-        command = _first_line(p.command) if p.kind == "read" else p.command
+        command = _scripts_named(p.command)
+        command = _first_line(command) if p.kind == "read" else command
         output.out.print(f"  [{p.what}] {KIND_MARK[p.kind]}{command}", markup=False,
                          highlight=False, soft_wrap=True)
     output.note("dry run: nothing was changed", "bold yellow")
