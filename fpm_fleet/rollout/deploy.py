@@ -6,6 +6,7 @@ PoolFailed, which carries the record of what every pool of the host did so far.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -86,24 +87,37 @@ def roll_to(at: HostPool, target: str, obs: Observer, timeout: float) -> list[st
     return done
 
 
-def deploy_pool(at: HostPool, plan: Plan, obs: Observer) -> PoolOutcome:
+def _under_lock(at: HostPool, plan: Plan, obs: Observer,
+                body: Callable[[PoolOutcome], PoolOutcome]) -> PoolOutcome:
+    """Lock the pool, run the preflight, read the current release, then `body`; any failure
+    becomes a PoolFailed carrying the pool's record so far."""
     record = PoolOutcome(at.host.name, at.pool.name)
     try:
         with ExitStack() as held:
             _lock(at, plan, obs, held)
             record = replace(record, before=at.ask(fpm.current_release(at)))
-            at.ask(action(release_shell.clear_incoming(at.layout), "clear interrupted uploads"))
-            record = replace(record, upload=_upload(at, plan, record.before, obs))
+            return body(record)
+    except PoolFailed:
+        raise
+    except FleetError as exc:
+        raise PoolFailed(exc, (record,)) from None
+
+
+def deploy_pool(at: HostPool, plan: Plan, obs: Observer) -> PoolOutcome:
+    def body(record: PoolOutcome) -> PoolOutcome:
+        at.ask(action(release_shell.clear_incoming(at.layout), "clear interrupted uploads"))
+        record = replace(record, upload=_upload(at, plan, record.before, obs))
+        try:
             if record.upload is not None and record.upload.prepared:
                 obs.event(Event("info", at.host.name, "shared links", at.pool.name,
                                 f"{plan.release} already prepared (shared links, hooks)"))
             else:
                 _prepare(at, plan, obs)
-            return _activate_and_roll(at, plan, record, obs)
-    except PoolFailed:
-        raise
-    except FleetError as exc:
-        raise PoolFailed(exc, (record,)) from None
+        except FleetError as exc:
+            raise PoolFailed(exc, (record,)) from None
+        return _activate_and_roll(at, plan, record, obs)
+
+    return _under_lock(at, plan, obs, body)
 
 
 def _prepare(at: HostPool, plan: Plan, obs: Observer) -> None:
@@ -208,16 +222,8 @@ def reverted(at: HostPool, previous: str, failed: str, serving: int) -> str:
 
 
 def rollback_pool(at: HostPool, plan: Plan, obs: Observer) -> PoolOutcome:
-    record = PoolOutcome(at.host.name, at.pool.name)
-    try:
-        with ExitStack() as held:
-            _lock(at, plan, obs, held)
-            record = replace(record, before=at.ask(fpm.current_release(at)))
-            return _activate_and_roll(at, plan, record, obs)
-    except PoolFailed:
-        raise
-    except FleetError as exc:
-        raise PoolFailed(exc, (record,)) from None
+    return _under_lock(at, plan, obs,
+                       lambda record: _activate_and_roll(at, plan, record, obs))
 
 
 def rollback_target(at: HostPool, to: str | None) -> str:
