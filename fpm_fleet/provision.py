@@ -237,7 +237,9 @@ def _setup_services(ex: Runner, fleet: Fleet, host: Host) -> list[str]:
         upload_text(ex, f.path, f.text, f.mode)
     if changed:
         ex.run(shell.daemon_reload(), "systemctl daemon-reload")
-    names = [Layout.of(host, p).unit(n) for p in fleet.pools for n in p.replica_numbers]
+    # at boot: the first set (a surge pool's standby set is enabled by the rollout that
+    # starts it, and disabled by the one that stops it)
+    names = [Layout.of(host, p).unit(n) for p in fleet.pools for n in p.sets[0]]
     enabled = ex.run(shell.enable_units(names), "enable replica services")
     return ([f"wrote {f.path}" for f in changed]
             + [f"enabled {u}" for u in enabled.stdout.split() if u])

@@ -71,13 +71,15 @@ def status_table(rows: list[status_mod.ReplicaStatus], drifts: list[status_mod.D
             name = f"{r.pool}-{r.replica}" if r.replica else r.pool
             output.out.print(f"{r.host} {name} {'OK' if r.ok else 'FAIL'}")
     else:
-        table = [[r.host, r.pool, r.replica or "-",
-                  output.ok_text(r.service == "active", r.service, r.service), r.lb_status,
+        table = [[r.host, r.pool, r.replica or "-", r.role,
+                  output.ok_text(r.service == "active" or r.role == "standby", r.service,
+                                 r.service), r.lb_status,
                   "-" if r.busy is None else r.busy, output.ok_text(r.ping_ok, "pong", "no"),
                   r.release or "-", r.current_release or "-", r.pid or "-",
                   "-" if r.uptime is None else f"{r.uptime}s",
                   output.ok_text(r.ok, "OK", "; ".join(r.problems) or "FAIL")] for r in rows]
-        output.show(output.table("status", ["host", "pool", "replica", "service", "balancer",
+        output.show(output.table("status", ["host", "pool", "replica", "role", "service",
+                                            "balancer",
                                             "busy", "ping", "pinned", "current", "pid",
                                             "uptime", "state"], table))
     for d in drifts:

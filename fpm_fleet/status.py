@@ -6,13 +6,16 @@ from dataclasses import dataclass, field, replace
 
 from fpm_fleet.core.errors import FleetError
 from fpm_fleet.core.events import Observer
-from fpm_fleet.core.inventory import Host, Pool
+from fpm_fleet.core.inventory import SURGE, Host, Pool
 from fpm_fleet.host import fpm
 from fpm_fleet.host.pool import HostPool, Replica
 from fpm_fleet.remote.group import HostGroup
 from fpm_fleet.remote.runner import Runner
+from fpm_fleet.rollout import surge
 from fpm_fleet.rollout.hosts import Selection
 from fpm_fleet.web import apache, balancer
+
+SERVING, STANDBY, PARKED = "serving", "standby", "parked"
 
 
 @dataclass(frozen=True)
@@ -29,6 +32,7 @@ class ReplicaStatus:
     uptime: int | None = None
     service: str = "-"
     strays: int = 0
+    role: str = SERVING  # SERVING, STANDBY (surge: stopped, waiting) or PARKED (kept running)
     ok: bool = False
     problems: list[str] = field(default_factory=list)
 
@@ -48,11 +52,23 @@ def pool_status(at: HostPool, numbers: list[int]) -> list[ReplicaStatus]:
         bal_error = ""
     except FleetError as exc:
         bal, bal_error = None, str(exc)
-    return [_row(r, procs[r.n], current, bal, bal_error) for r in at.replicas(numbers)]
+    active = _active_slots(at, bal)
+    return [_row(r, procs[r.n], current, bal, bal_error, r.n in active)
+            for r in at.replicas(numbers)]
+
+
+def _active_slots(at: HostPool, bal: balancer.Balancer | None) -> set[int]:
+    """The slots expected to serve: every one of a rolling pool; a surge pool's set in
+    rotation (its first set when none is)."""
+    if at.pool.strategy != SURGE:
+        return set(at.pool.replica_numbers)
+    serving = {r.n for r in at.replicas() if bal and (m := bal.member(r.member)) and m.enabled}
+    active, standby = surge.pick_sets(at.pool, serving)
+    return set(active or standby)
 
 
 def _row(r: Replica, proc: fpm.Process, current: str | None, bal: balancer.Balancer | None,
-         bal_error: str) -> ReplicaStatus:
+         bal_error: str, active: bool) -> ReplicaStatus:
     member = bal.member(r.member) if bal else None
     master = proc.runs_master(r.at.layout)
     row = ReplicaStatus(r.host.name, r.pool.name, r.n, current_release=current,
@@ -63,9 +79,24 @@ def _row(r: Replica, proc: fpm.Process, current: str | None, bal: balancer.Balan
                         release=proc.release if master else None,
                         pid=proc.pid if master else None,
                         uptime=proc.elapsed if master else None,
-                        service=proc.service, strays=proc.strays)
-    problems = _problems(row, master, member, bal_error)
+                        service=proc.service, strays=proc.strays,
+                        role=SERVING if active else PARKED if master else STANDBY)
+    problems = (_problems(row, master, member, bal_error) if active
+                else _standby_problems(row, member))
     return replace(row, problems=problems, ok=not problems)
+
+
+def _standby_problems(row: ReplicaStatus, member: balancer.Member | None) -> list[str]:
+    """A standby slot is fine stopped and out of rotation; parked, it must answer and stay
+    out (keep_previous parks the previous set running)."""
+    problems = []
+    if row.strays:
+        problems.append(f"{row.strays} workers run outside any live master")
+    if row.role == PARKED and not row.ping_ok:
+        problems.append("parked but no ping")
+    if member is not None and member.enabled and row.role == STANDBY:
+        problems.append("in rotation but not running")
+    return problems
 
 
 def _problems(row: ReplicaStatus, master: bool, member: balancer.Member | None,
@@ -93,7 +124,7 @@ def drift(rows: list[ReplicaStatus]) -> list[Drift]:
     out = []
     groups: dict[tuple[str, str], list[ReplicaStatus]] = {}
     for row in rows:
-        if row.replica is not None:
+        if row.replica is not None and row.role == SERVING:
             groups.setdefault((row.host, row.pool), []).append(row)
     for (host, pool), members in groups.items():
         pinned = {r.release for r in members if r.release}

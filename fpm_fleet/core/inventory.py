@@ -61,6 +61,9 @@ def replica_name(pool: str, n: int) -> str:
     return f"{pool}-{n}"
 
 
+SURGE, ROLLING = "surge", "rolling"
+
+
 @dataclass(frozen=True)
 class Pool:
     """One PHP application, served by `replicas` PHP-FPM masters behind one balancer."""
@@ -85,6 +88,8 @@ class Pool:
     before_activate: tuple[str, ...]
     document_root: str = ""
     front_controller: str | None = None
+    strategy: str = "surge"
+    keep_previous: bool = False
 
     def replica_name(self, n: int) -> str:
         """Replica n as the operator names it (`www-2`): its sockets, config, FPM pool and
@@ -96,8 +101,21 @@ class Pool:
         return f"fcgi://{self.replica_name(n)}"
 
     @property
+    def slots(self) -> int:
+        """Replica services and balancer members on each host: `replicas` rolling, twice
+        that with the surge strategy (a standby set the next release starts in)."""
+        return self.replicas * (2 if self.strategy == SURGE else 1)
+
+    @property
     def replica_numbers(self) -> range:
-        return range(1, self.replicas + 1)
+        """Every slot's number: a host has a service and a member for each."""
+        return range(1, self.slots + 1)
+
+    @property
+    def sets(self) -> tuple[range, ...]:
+        """The replica sets a surge rollout flips between (one set when rolling)."""
+        r = self.replicas
+        return tuple(range(1 + i * r, 1 + (i + 1) * r) for i in range(self.slots // r))
 
 
 @dataclass(frozen=True)
@@ -512,6 +530,8 @@ def _pool(path: str, name: str, table: Any) -> Pool:
         before_activate=r.strings("before_activate"),
         document_root=r.get("document_root", str, "").rstrip("/"),
         front_controller=r.optional("front_controller", str),
+        strategy=r.get("strategy", str, SURGE),
+        keep_previous=r.get("keep_previous", bool, False),
     )
     r.check("replicas", lambda v: v >= 2, "must be >= 2 (a pool needs a spare replica)")
     r.check("replicas", lambda v: v <= 64, "must be <= 64")
@@ -526,6 +546,9 @@ def _pool(path: str, name: str, table: Any) -> Pool:
     r.check("max_children", lambda v: 1 <= v <= MAX_CHILDREN, f"must be >= 1 and <= {MAX_CHILDREN}")
     r.check("retry", lambda v: 0 <= v <= 60, "must be 0..60 seconds")
     r.check("stop_timeout", lambda v: 1 <= v <= 3600, "must be 1..3600 seconds")
+    r.check("strategy", lambda v: v in (SURGE, ROLLING), f"must be {SURGE!r} or {ROLLING!r}")
+    r.check("keep_previous", lambda v: not v or pool.strategy == SURGE,
+            "needs strategy = \"surge\" (the previous set parks in the standby slots)")
     r.check("server_name", lambda v: bool(re.fullmatch(r"^[A-Za-z0-9.*-]+$", v)),
             "must be a host name")
     for key in ("user", "group"):

@@ -79,11 +79,40 @@ def start_command(layout: Layout, n: int, release: str, sudo: bool) -> str:
     def root(verb: str) -> str:
         return privileged(replica_command(verb, layout.unit(n)), sudo)
 
-    return (f"[ \"$(basename -- \"$(readlink -- {q(layout.current_release)})\")\" = {q(release)} ] "
-            f"|| {{ echo {q(f'current.release does not name {release}')} >&2; exit 3; }}; "
+    return (f"{_names_release(layout, release)}; "
             f"{root('reset-failed')} 2>/dev/null; "
             f"{root('enable')} && {root('start')} || "
             f"{{ {root('journal')} >&2; exit 1; }}")
+
+
+def _names_release(layout: Layout, release: str) -> str:
+    """Exit 3 unless current.release names `release` (what a starting replica pins)."""
+    return (f"[ \"$(basename -- \"$(readlink -- {q(layout.current_release)})\")\" = "
+            f"{q(release)} ] || {{ echo {q(f'current.release does not name {release}')} >&2; "
+            "exit 3; }")
+
+
+def start_set_command(layout: Layout, numbers: Iterable[int], release: str, sudo: bool) -> str:
+    """Start several replicas at once (each `systemctl start` waits for its own FPM to
+    listen, so they run side by side); prints `N ok` or `N failed` per replica, a failed
+    one's last log lines on stderr."""
+    def one(n: int) -> str:
+        def root(verb: str) -> str:
+            return privileged(replica_command(verb, layout.unit(n)), sudo)
+        return (f"{{ {root('reset-failed')} 2>/dev/null; {root('enable')} && {root('start')} "
+                f"&& echo '{n} ok' || {{ echo '{n} failed'; {root('journal')} >&2; }}; }} &")
+
+    return f"{_names_release(layout, release)}; " + " ".join(one(n) for n in numbers) + " wait"
+
+
+def stop_set_command(layout: Layout, numbers: Iterable[int], sudo: bool) -> str:
+    """Stop several replicas at once, each gracefully (stop_command) and disabled at boot;
+    each line of a replica's answer is prefixed with its number."""
+    def one(n: int) -> str:
+        disable = disable_command(layout, n, sudo)
+        return f"{{ ( {stop_command(layout, n, sudo)} ) && {disable}; }} | sed 's/^/{n} /' &"
+
+    return " ".join(one(n) for n in numbers) + " wait"
 
 
 def stop_command(layout: Layout, n: int, sudo: bool) -> str:
@@ -280,6 +309,22 @@ def start(r: Replica, release: str) -> Command[RemoteResult]:
                   f"start {r.name} pinned to {release}")
 
 
+def parse_started(output: str, numbers: Iterable[int]) -> dict[int, bool]:
+    """start_set_command's `N ok` / `N failed` lines: whether each replica started."""
+    said = {int(n): word == "ok" for n, word in
+            (line.split() for line in output.splitlines() if len(line.split()) == 2
+             and line.split()[0].isdigit())}
+    return {n: said.get(n, False) for n in numbers}
+
+
+def start_set(at: HostPool, numbers: list[int], release: str) -> Command[dict[int, bool]]:
+    return Command(start_set_command(at.layout, numbers, release, at.host.sudo),
+                   f"start {', '.join(at.pool.replica_name(n) for n in numbers)} pinned to "
+                   f"{release}", lambda res: parse_started(res.stdout, numbers), changes=True,
+                   timeout=at.host.command_timeout,
+                   assume=lambda: dict.fromkeys(numbers, True))
+
+
 class StopOutcome(Enum):
     STOPPED = "stopped"
     ESCALATED = "escalated"  # stop_timeout passed: systemd sent SIGKILL
@@ -312,6 +357,25 @@ def stop(r: Replica) -> Command[Stopped]:
                    lambda res: parse_stop(res.stdout), changes=True,
                    timeout=r.pool.stop_timeout + 30,
                    assume=lambda: Stopped(StopOutcome.STOPPED))
+
+
+def parse_stopped_set(output: str, numbers: Iterable[int]) -> dict[int, Stopped]:
+    """stop_set_command's prefixed lines -> each replica's Stopped (ValueError: a replica
+    said nothing it could be read by)."""
+    words: dict[int, list[str]] = {}
+    for line in output.splitlines():
+        n, _, rest = line.partition(" ")
+        if n.isdigit():
+            words.setdefault(int(n), []).append(rest)
+    return {n: parse_stop("\n".join(words.get(n, []))) for n in numbers}
+
+
+def stop_set(at: HostPool, numbers: list[int]) -> Command[dict[int, Stopped]]:
+    return Command(stop_set_command(at.layout, numbers, at.host.sudo),
+                   f"stop {', '.join(at.pool.replica_name(n) for n in numbers)}",
+                   lambda res: parse_stopped_set(res.stdout, numbers), changes=True,
+                   timeout=at.pool.stop_timeout + 30,
+                   assume=lambda: dict.fromkeys(numbers, Stopped(StopOutcome.STOPPED)))
 
 
 def disable(r: Replica) -> Command[RemoteResult]:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from fpm_fleet.core.errors import ConfigError, FleetError, RemoteError, RolloutError, UsageError
 from fpm_fleet.core.events import Event, Observer, step
-from fpm_fleet.core.inventory import Host
+from fpm_fleet.core.inventory import SURGE, Host
 from fpm_fleet.core.redact import redact
 from fpm_fleet.host import fpm, lock
 from fpm_fleet.host.pool import HostPool
@@ -24,7 +24,7 @@ from fpm_fleet.releases.manifest import Manifest
 from fpm_fleet.remote.command import action
 from fpm_fleet.remote.group import HostGroup
 from fpm_fleet.remote.runner import Runner
-from fpm_fleet.rollout import replica
+from fpm_fleet.rollout import replica, surge
 from fpm_fleet.rollout.hosts import Selection, ordered, preflight, tracked
 from fpm_fleet.web import apache, balancer
 
@@ -103,7 +103,19 @@ def _under_lock(at: HostPool, plan: Plan, obs: Observer,
         raise PoolFailed(exc, (record,)) from None
 
 
-def deploy_pool(at: HostPool, plan: Plan, obs: Observer) -> PoolOutcome:
+def converge(at: HostPool, target: str, obs: Observer, timeout: float,
+             proven: Callable[[], None] | None = None) -> list[str]:
+    """Every serving replica of the pool on `target`, by the pool's strategy."""
+    if at.pool.strategy == SURGE:
+        return surge.surge_to(at, target, obs, timeout, proven)
+    done = roll_to(at, target, obs, timeout)
+    if proven is not None:
+        proven()
+    return done
+
+
+def deploy_pool(at: HostPool, plan: Plan, obs: Observer,
+                proven: Callable[[], None] | None = None) -> PoolOutcome:
     def body(record: PoolOutcome) -> PoolOutcome:
         at.ask(action(release_shell.clear_incoming(at.layout), "clear interrupted uploads"))
         record = replace(record, upload=_upload(at, plan, record.before, obs))
@@ -115,7 +127,7 @@ def deploy_pool(at: HostPool, plan: Plan, obs: Observer) -> PoolOutcome:
                 _prepare(at, plan, obs)
         except FleetError as exc:
             raise PoolFailed(exc, (record,)) from None
-        return _activate_and_roll(at, plan, record, obs)
+        return _activate_and_roll(at, plan, record, obs, proven)
 
     return _under_lock(at, plan, obs, body)
 
@@ -177,8 +189,8 @@ def _before_activate(at: HostPool, name: str, command: str) -> None:
                            f"activated: {exc}") from None
 
 
-def _activate_and_roll(at: HostPool, plan: Plan, record: PoolOutcome,
-                       obs: Observer) -> PoolOutcome:
+def _activate_and_roll(at: HostPool, plan: Plan, record: PoolOutcome, obs: Observer,
+                       proven: Callable[[], None] | None = None) -> PoolOutcome:
     before = record.before
     if before != plan.release:
         with step(obs, at.host.name, "activate", at.pool.name) as s:
@@ -186,7 +198,7 @@ def _activate_and_roll(at: HostPool, plan: Plan, record: PoolOutcome,
             s.detail = f"{before or '-'} -> {plan.release}"
     record = replace(record, passed_point_of_no_return=True, after=plan.release)
     try:
-        roll_to(at, plan.release, obs, plan.timeout)
+        converge(at, plan.release, obs, plan.timeout, proven)
     except RolloutError as exc:
         if not before or before == plan.release:
             raise PoolFailed(exc, (record,)) from None
@@ -205,7 +217,7 @@ def revert(at: HostPool, plan: Plan, previous: str, obs: Observer) -> int:
         release.activate(at, previous, f"revert of {plan.command}")
         release.mark_bad(at, plan.release)
         s.detail = f"{plan.release} -> {previous}, {plan.release} marked bad"
-    roll_to(at, previous, obs, plan.timeout)
+    converge(at, previous, obs, plan.timeout)
     bal = apache.read(at)
     return sum(balancer.member_of(bal, r).enabled for r in at.replicas())
 
@@ -221,9 +233,10 @@ def reverted(at: HostPool, previous: str, failed: str, serving: int) -> str:
             f"{failed} is marked bad")
 
 
-def rollback_pool(at: HostPool, plan: Plan, obs: Observer) -> PoolOutcome:
+def rollback_pool(at: HostPool, plan: Plan, obs: Observer,
+                  proven: Callable[[], None] | None = None) -> PoolOutcome:
     return _under_lock(at, plan, obs,
-                       lambda record: _activate_and_roll(at, plan, record, obs))
+                       lambda record: _activate_and_roll(at, plan, record, obs, proven))
 
 
 def rollback_target(at: HostPool, to: str | None) -> str:
@@ -260,17 +273,20 @@ def cleanup_pool(at: HostPool, obs: Observer) -> list[str]:
 
 
 def each_pool(runner: Runner, host: Host, sel: Selection, plans: dict[str, Plan],
-              obs: Observer, rollback: bool = False) -> list[PoolOutcome]:
+              obs: Observer, rollback: bool = False,
+              proven: Callable[[], None] | None = None) -> list[PoolOutcome]:
     """Deploy (or roll back) every selected pool on one host, each with its own plan; after a
-    deploy, old releases are cleaned up."""
+    deploy, old releases are cleaned up. `proven` is said once the last pool serves its new
+    release (a canary stage waits for it)."""
     done: list[PoolOutcome] = []
-    for pool in sel.pools:
+    for i, pool in enumerate(sel.pools):
         at = HostPool(runner, host, pool)
+        last = proven if i == len(sel.pools) - 1 else None
         try:
             if rollback:
-                done.append(rollback_pool(at, plans[pool.name], obs))
+                done.append(rollback_pool(at, plans[pool.name], obs, last))
             else:
-                done.append(deploy_pool(at, plans[pool.name], obs))
+                done.append(deploy_pool(at, plans[pool.name], obs, last))
                 cleanup_pool(at, obs)
         except PoolFailed as exc:
             raise PoolFailed(exc, (*done, *exc.outcomes)) from None
@@ -334,9 +350,13 @@ def listing(at: HostPool) -> list[ReleaseRow]:
     previous = release.previous_of(current, release.history(at))
     bad = release.bad_releases(at)
     pinned: dict[str, list[str]] = {}
-    for n, proc in at.ask(fpm.probe(at)).items():
+    bal = apache.read(at)
+    procs = at.ask(fpm.probe(at))
+    for r in at.replicas():
+        proc = procs[r.n]
         if proc.alive and proc.release:
-            pinned.setdefault(proc.release, []).append(at.pool.replica_name(n))
+            parked = "Stby" in balancer.member_of(bal, r).flags
+            pinned.setdefault(proc.release, []).append(r.name + (" (parked)" if parked else ""))
     return [ReleaseRow(at.host.name, at.pool.name, r, r.name == current, r.name == previous,
                        r.name in bad, tuple(pinned.get(r.name, [])))
             for r in release.list_releases(at)]

@@ -7,19 +7,19 @@ function returns the replicas it completed. Across hosts: remote/group.py.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
 from fpm_fleet.core.errors import AnswerError, RolloutError, UsageError
 from fpm_fleet.core.events import Event, Observer
-from fpm_fleet.core.inventory import Fleet, Host, Pool
+from fpm_fleet.core.inventory import SURGE, Fleet, Host, Pool
 from fpm_fleet.host import fpm
 from fpm_fleet.host.fpm import StopOutcome
 from fpm_fleet.host.pool import HostPool, Replica
 from fpm_fleet.remote.group import as_failure
 from fpm_fleet.remote.runner import Runner, shielded
-from fpm_fleet.rollout import replica
+from fpm_fleet.rollout import replica, surge
 from fpm_fleet.web import apache, balancer
 
 
@@ -121,8 +121,8 @@ def preflight(at: HostPool, obs: Observer) -> list[str]:
     healed = []
     for r in at.replicas():
         member, proc = balancer.member_of(bal, r), procs[r.n]
-        if not member.out or not proc.runs_master(at.layout):
-            continue
+        if not member.out or "Stby" in member.flags or not proc.runs_master(at.layout):
+            continue  # serving, parked on purpose (keep_previous), or not running
         try:
             replica.health_gate(r, proc.release or "", attempts=2)
         except RolloutError:
@@ -143,17 +143,24 @@ def current_or_fail(at: HostPool) -> str:
 
 
 def restart_host(runner: Runner, host: Host, sel: Selection, obs: Observer,
-                 timeout: float) -> list[str]:
-    """Restart the selected replicas of every selected pool on one host."""
+                 timeout: float, proven: Callable[[], None] | None = None) -> list[str]:
+    """Restart the selected replicas of every selected pool on one host: a surge pool
+    starts its standby set and retires the serving one (one replica chosen with --replica
+    restarts on its own, drained first, as a rolling pool's replicas do)."""
     done = []
     for pool in sel.pools:
         at = HostPool(runner, host, pool)
         preflight(at, obs)
         target = current_or_fail(at)
+        if pool.strategy == SURGE and sel.replica is None:
+            done += surge.surge_to(at, target, obs, timeout, force=True)
+            continue
         for r in ordered(at, sel.replicas(pool)):
             with tracked(r, obs):
                 replica.restart(r, target, obs, timeout)
             done.append(r.label)
+    if proven is not None:
+        proven()
     return done
 
 
@@ -163,8 +170,9 @@ def start_host(runner: Runner, host: Host, sel: Selection, obs: Observer) -> lis
     for pool in sel.pools:
         at = HostPool(runner, host, pool)
         preflight(at, obs)
-        procs = at.ask(fpm.probe(at, sel.replicas(pool)))
-        for r in at.replicas(sel.replicas(pool)):
+        numbers = _to_start(at, sel)
+        procs = at.ask(fpm.probe(at, numbers))
+        for r in at.replicas(numbers):
             proc = procs[r.n]
             if proc.runs_master(at.layout):
                 obs.event(Event("info", host.name, "start", r.name,
@@ -175,6 +183,17 @@ def start_host(runner: Runner, host: Host, sel: Selection, obs: Observer) -> lis
                 replica.start(r, target, obs)
             done.append(r.label)
     return done
+
+
+def _to_start(at: HostPool, sel: Selection) -> list[int]:
+    """The replicas `fab start` brings up: the selected ones; for a surge pool without
+    --replica, the set in rotation (the first set when none serves), never the standby."""
+    if at.pool.strategy != SURGE or sel.replica is not None:
+        return sel.replicas(at.pool)
+    bal = apache.read(at)
+    serving = {r.n for r in at.replicas() if balancer.member_of(bal, r).enabled}
+    active, standby = surge.pick_sets(at.pool, serving)
+    return active or standby
 
 
 def stop_host(runner: Runner, host: Host, sel: Selection, obs: Observer, timeout: float,

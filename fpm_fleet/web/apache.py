@@ -62,6 +62,13 @@ def drain(r: Replica) -> Member:
     return set_member(r, {"N": 1})
 
 
+def park(r: Replica) -> Member:
+    """Out of rotation, still running (keep_previous): drained, and a hot standby, so that
+    preflights never take it for a replica left out by an interrupted run, and Apache would
+    still use it if every other member failed."""
+    return set_member(r, {"N": 1, "H": 1})
+
+
 def disable(r: Replica) -> Member:
     """Mark a stopped member disabled, so status shows it is out on purpose."""
     return set_member(r, {"D": 1, "N": 1})
@@ -74,7 +81,7 @@ def enable(r: Replica) -> tuple[Member, str]:
     request tries the member after `retry` seconds: without traffic it stays displayed. The
     note says so instead of failing a healthy replica.
     """
-    found = set_member(r, {"D": 0, "N": 0, "S": 0})
+    found = set_member(r, {"D": 0, "N": 0, "S": 0, "H": 0})
     deadline = time.monotonic() + r.pool.retry + 2
     while "Err" in found.flags and time.monotonic() < deadline:
         time.sleep(0.2)

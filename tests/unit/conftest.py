@@ -33,7 +33,7 @@ BASE_INVENTORY: dict[str, Any] = {
         {"name": "web1", "address": "198.18.0.11"},
         {"name": "web2", "address": "198.18.0.12"},
     ],
-    "pools": {"www": {"replicas": 2}},
+    "pools": {"www": {"replicas": 2, "strategy": "rolling"}},
 }
 
 

@@ -229,7 +229,7 @@ def probe_line(layout: Layout, n: int, release: str | None, service: str = "acti
 
 # --- one pool on one host, simulated -------------------------------------------------------------
 
-FLAG_TOKENS = {"D": "Dis", "N": "Drn", "S": "Stop"}
+FLAG_TOKENS = {"D": "Dis", "N": "Drn", "S": "Stop", "H": "Stby"}
 GARBAGE = "<html><body>502 Proxy Error [/x] [red]</body>"
 
 

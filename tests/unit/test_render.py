@@ -60,16 +60,17 @@ def test_site_listens_only_on_the_hosts_own_loopback_manager_port(fleet):
         "Listen 127.0.0.1:8082"]
 
 
-def test_site_has_one_balancer_per_pool_with_one_member_per_replica(fleet):
+def test_site_has_one_balancer_per_pool_with_one_member_per_slot(fleet):
+    # surge, the default: replicas x 2 slots (the serving set and the standby set)
     text = site_text(fleet, "sys")
     assert re.findall(r'^<Proxy "(balancer://[^"]+)">', text, re.M) == [
         "balancer://www", "balancer://api"]
     www, api = blocks(text, "Proxy", "Proxy")
     assert re.findall(r"BalancerMember (.*)", www) == [
-        '"unix:/srv/fpm-fleet/www/run/www-1.sock|fcgi://www-1" retry=2',
-        '"unix:/srv/fpm-fleet/www/run/www-2.sock|fcgi://www-2" retry=2']
+        f'"unix:/srv/fpm-fleet/www/run/www-{n}.sock|fcgi://www-{n}" retry=2'
+        for n in (1, 2, 3, 4)]
     assert re.findall(r'BalancerMember "unix:[^|]+\|(fcgi://[^"]+)"', api) == [
-        "fcgi://api-1", "fcgi://api-2", "fcgi://api-3"]
+        f"fcgi://api-{n}" for n in range(1, 7)]
     for body in (www, api):
         assert "ProxySet lbmethod=bybusyness" in body
         assert "stickysession" not in body
@@ -289,8 +290,8 @@ def ini(text: str) -> dict[str, str]:
 def test_fpm_files_render_one_config_per_replica_at_conf_pool_n(fleet):
     files = render.fpm_files(fleet.host("sys"), fleet.pool("api"))
     assert [f.path for f in files] == [PurePosixPath(f"/srv/fpm-fleet/api/conf/api-{n}.conf")
-                                       for n in (1, 2, 3)]
-    assert len({f.text for f in files}) == 3
+                                       for n in range(1, 7)]
+    assert len({f.text for f in files}) == 6
 
 
 def test_fpm_config_has_pid_listen_status_listener_and_ping(fleet):
@@ -330,8 +331,7 @@ def test_fpm_logs_to_the_journal_with_one_ident_per_replica(fleet):
     files = render.fpm_files(fleet.host("sys"), fleet.pool("api"))
     values = [ini(f.text) for f in files]
     assert {v["error_log"] for v in values} == {"syslog"}
-    assert [v["syslog.ident"] for v in values] == [
-        '"fpm-fleet-api-1"', '"fpm-fleet-api-2"', '"fpm-fleet-api-3"']
+    assert [v["syslog.ident"] for v in values] == [f'"fpm-fleet-api-{n}"' for n in range(1, 7)]
     # no log file of its own left anywhere: PHP errors go through the master to the journal
     assert not any("log/" in line for f in files for line in f.text.splitlines()
                    if not line.startswith(";"))

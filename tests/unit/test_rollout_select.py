@@ -24,8 +24,9 @@ def test_no_selector_selects_every_host_pool_and_replica(fleet):
     assert names(sel.hosts) == ["web1", "web2", "web3"]
     assert names(sel.pools) == ["www", "api"]
     assert sel.replica is None
-    assert sel.replicas(fleet.pool("api")) == [1, 2, 3]
-    assert sel.replicas(fleet.pool("www")) == [1, 2]
+    # every slot of a surge pool: the serving set and the standby set
+    assert sel.replicas(fleet.pool("api")) == [1, 2, 3, 4, 5, 6]
+    assert sel.replicas(fleet.pool("www")) == [1, 2]  # strategy = "rolling": no standby
 
 
 def test_a_comma_list_of_hosts_keeps_inventory_order(fleet):

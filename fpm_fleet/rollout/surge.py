@@ -1,0 +1,166 @@
+"""The surge strategy (ARCHITECTURE.md, "Surge rollouts"): a pool has two sets of replica
+slots on each host; a rollout starts the whole standby set at once on the new release,
+gates every new replica, puts the set in rotation, then drains the old set at once, waits
+once for its longest request and stops it (or parks it, with keep_previous).
+
+Serving capacity never drops below `replicas`: the old set leaves rotation only once the
+new one serves. A new replica failing its gate takes the new set away; the old one never
+left rotation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+from fpm_fleet.core.errors import AnswerError, FleetError, RolloutError
+from fpm_fleet.core.events import Event, Observer, step
+from fpm_fleet.core.inventory import Pool
+from fpm_fleet.host import fpm
+from fpm_fleet.host.fpm import Process
+from fpm_fleet.host.pool import HostPool, Replica
+from fpm_fleet.remote.group import as_failure
+from fpm_fleet.remote.runner import shielded
+from fpm_fleet.rollout import replica
+from fpm_fleet.web import apache, balancer
+
+
+def pick_sets(pool: Pool, serving: set[int]) -> tuple[list[int], list[int]]:
+    """(the set in rotation, the set a new release starts in), by slot number (pure). The
+    set with more serving members is the one in rotation; with none, there is none."""
+    sets = [list(s) for s in pool.sets]
+    counts = [len(serving & set(s)) for s in sets]
+    if not any(counts):
+        return [], sets[0]
+    active = counts.index(max(counts))
+    return sets[active], sets[1 - active]
+
+
+def runs(proc: Process, at: HostPool, release: str) -> bool:
+    """Replica's master is alive and pinned to `release` (not a deleted copy of it)."""
+    return (proc.runs_master(at.layout) and proc.release == release
+            and not proc.release_deleted)
+
+
+def _names(replicas: list[Replica]) -> str:
+    return ",".join(r.name for r in replicas)
+
+
+def surge_to(at: HostPool, release: str, obs: Observer, timeout: float,
+             proven: Callable[[], None] | None = None, force: bool = False) -> list[str]:
+    """Serve `release` from this host's standby set and retire the old set; returns the
+    replicas now serving (none when the pool already served `release` and not `force`)."""
+    bal = apache.read(at)
+    procs = at.ask(fpm.probe(at))
+    serving = {r.n for r in at.replicas() if balancer.member_of(bal, r).enabled}
+    old_ns, new_ns = pick_sets(at.pool, serving)
+    old, new = at.replicas(old_ns) if old_ns else [], at.replicas(new_ns)
+    if not force and old and all(runs(procs[r.n], at, release) for r in old):
+        obs.event(Event("info", at.host.name, "surge", at.pool.name, f"already on {release}"))
+        _say_proven(proven)
+        return []
+    with _recovering(old + new, obs):
+        _bring_up(at, new, release, procs, obs)
+        _say_proven(proven)
+        if old:
+            _retire(at, old, obs, timeout)
+    return [r.name for r in new]
+
+
+def _say_proven(proven: Callable[[], None] | None) -> None:
+    if proven is not None:
+        proven()
+
+
+def _bring_up(at: HostPool, new: list[Replica], release: str, procs: dict[int, Process],
+              obs: Observer) -> None:
+    """Start the new set at once (unless it is a parked set already on `release`), gate
+    every replica, then put the set in rotation."""
+    host, label = at.host.name, _names(new)
+    parked = all(runs(procs[r.n], at, release) for r in new)
+    with step(obs, host, "start", label) as s:
+        if parked:
+            s.detail = f"parked set already runs {release}: nothing to start"
+        else:
+            _start_set(at, new, release, procs)
+            s.detail = f"pinned {release}"
+    with step(obs, host, "health", label):
+        try:
+            for r in new:
+                replica.health_gate(r, release)
+        except RolloutError:
+            _abandon(at, new)
+            raise
+    with step(obs, host, "enable", label) as s:
+        s.detail = ", ".join(apache.enable(r)[0].status for r in new)
+
+
+def _start_set(at: HostPool, new: list[Replica], release: str,
+               procs: dict[int, Process]) -> None:
+    """Stop what still runs in the standby slots (a parked set on another release), then
+    start them all at once; any that does not start takes the whole set away."""
+    leftovers = [r.n for r in new if procs[r.n].alive or procs[r.n].strays]
+    if leftovers:
+        for r in at.replicas(leftovers):
+            apache.disable(r)
+        at.ask(fpm.stop_set(at, leftovers))
+    started = at.ask(fpm.start_set(at, [r.n for r in new], release))
+    failed = [at.pool.replica_name(n) for n, ok in started.items() if not ok]
+    if failed:
+        _abandon(at, new)
+        raise RolloutError(f"{at.host.name}: {', '.join(failed)} did not start on {release}; "
+                           "the new set was stopped, the serving set never left rotation")
+
+
+def _abandon(at: HostPool, new: list[Replica]) -> None:
+    """The new set never served: out of rotation, stopped."""
+    for r in new:
+        apache.disable(r)
+    at.ask(fpm.stop_set(at, [r.n for r in new]))
+
+
+def _retire(at: HostPool, old: list[Replica], obs: Observer, timeout: float) -> None:
+    """The old set out of rotation at once; then parked (keep_previous), or waited on once
+    for its longest request and stopped at once."""
+    host, label = at.host.name, _names(old)
+    if at.pool.keep_previous:
+        with step(obs, host, "park", label) as s:
+            s.detail = ", ".join(apache.park(r).status for r in old)
+        return
+    with step(obs, host, "drain", label) as s:
+        s.detail = ", ".join(apache.drain(r).status for r in old)
+    with step(obs, host, "wait idle", label) as s:
+        waited = [replica.wait_idle(r, timeout)[0] for r in old]
+        s.detail = f"{max(waited):.2f}s"
+    with step(obs, host, "stop", label) as s:
+        stopped = at.ask(fpm.stop_set(at, [r.n for r in old]))
+        s.detail = ", ".join(str(v) for v in stopped.values())
+        for r in old:
+            apache.disable(r)
+
+
+@contextmanager
+def _recovering(replicas: list[Replica], obs: Observer) -> Iterator[None]:
+    """On Ctrl-C / SIGTERM, or a failure the steps did not handle, every replica of both
+    sets that runs and is healthy is put back: the host keeps serving, maybe from both
+    sets (status then shows how to finish)."""
+    try:
+        yield
+    except (KeyboardInterrupt, AnswerError) as exc:
+        _recover_all(replicas, obs)
+        raise exc from None
+    except FleetError:
+        raise
+    except Exception as exc:
+        _recover_all(replicas, obs)
+        raise as_failure(replicas[0].host, exc) from None
+
+
+def _recover_all(replicas: list[Replica], obs: Observer) -> None:
+    for r in replicas:
+        try:
+            with shielded(r.at.runner):
+                state = replica.recover(r)
+        except Exception as exc:
+            state = f"state unknown, not put back ({as_failure(r.host, exc)})"
+        obs.event(Event("warn", r.host.name, "recover", r.name, state))
