@@ -334,15 +334,29 @@ class FakePool:
             hook(n, flags)
         return self.answer("read bm", self.page())
 
+    def ns(self, call: Call) -> list[int]:
+        """Every replica a command is for (a set: `stop www-3, www-4`)."""
+        return [int(n) for n in re.findall(rf"\b{re.escape(self.pool.name)}-(\d+)\b",
+                                          call.what)]
+
     def stop(self, call: Call) -> str:
-        n = self.n(call)
-        was = self.pinned[n]
-        self.pinned[n] = None
-        return "stopped\n" if was else "not-running\n"
+        ns = self.ns(call)
+        words = {}
+        for n in ns:
+            words[n] = "stopped" if self.pinned[n] else "not-running"
+            self.pinned[n] = None
+        if len(ns) == 1 and "stop " + self.pool.replica_name(ns[0]) == call.what:
+            return words[ns[0]] + "\n"
+        return "".join(f"{n} {w}\n" for n, w in words.items())
 
     def start(self, call: Call) -> str:
-        self.pinned[self.n(call)] = call.what.rsplit(" ", 1)[1]
-        return ""
+        release = call.what.rsplit(" ", 1)[1]
+        ns = self.ns(call)
+        for n in ns:
+            self.pinned[n] = release
+        if len(ns) == 1 and call.what.startswith(f"start {self.pool.replica_name(ns[0])} "):
+            return ""
+        return "".join(f"{n} ok\n" for n in ns)
 
     def read_current(self) -> Any:
         return f"releases/{self.current}\n" if self.current else (1, "")

@@ -236,7 +236,8 @@ def test_a_dry_run_restart_records_its_changes_and_assumes_its_checks(sudo_fake)
              for kind in ("change", "check", "read")}
     assert kinds["change"] == ["set fcgi://www-1 {'N': 1} in balancer-manager",
                                "stop www-1", "start www-1 pinned to v2",
-                               "set fcgi://www-1 {'D': 0, 'N': 0, 'S': 0, 'H': 0} in balancer-manager"]
+                               "set fcgi://www-1 {'D': 0, 'N': 0, 'S': 0, 'H': 0} in "
+                               "balancer-manager"]
     assert kinds["check"] == ["idle probe www-1", "idle probe www-1",
                               f"read balancer-manager {url}",  # still out before the stop
                               "probe www-1", "health www-1", "ping www-1"]

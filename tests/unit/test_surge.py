@@ -1,0 +1,115 @@
+"""The surge strategy on a simulated pool: the standby set starts at once on the new
+release, every new replica is gated, the old set leaves rotation only once the new one
+serves, capacity never drops below `replicas`; a failed gate leaves the old set serving;
+keep_previous parks the old set and a rollback to it starts nothing."""
+
+from __future__ import annotations
+
+import pytest
+from fakes import EventLog, FakePool
+
+from fpm_fleet.core.errors import RolloutError
+from fpm_fleet.host import fpm
+from fpm_fleet.host.fpm import StopOutcome
+from fpm_fleet.rollout import hosts as rollout
+from fpm_fleet.rollout import surge
+
+
+@pytest.fixture
+def surge_pool(inventory_data, build_fleet):
+    def make(keep_previous: bool = False) -> FakePool:
+        inventory_data["pools"]["www"] = {"replicas": 2, "keep_previous": keep_previous}
+        fleet = build_fleet(inventory_data)
+        fake = FakePool(fleet.hosts[0], fleet.pool("www"))
+        for n in (3, 4):  # the standby set: stopped, out of rotation
+            fake.pinned[n] = None
+            fake.flags[n] = {"Init", "Dis", "Drn", "Ok"}
+        return fake
+    return make
+
+
+def watch_capacity(fake: FakePool) -> list[int]:
+    """How many replicas serve after each balancer change."""
+    seen: list[int] = []
+    fake.on_set.append(lambda n, flags: seen.append(len([
+        m for m in fake.serving() if fake.pinned[m]])))
+    return seen
+
+
+def test_the_sets_are_chosen_by_which_one_serves(surge_pool):
+    pool = surge_pool().pool
+    assert pool.sets == (range(1, 3), range(3, 5))
+    assert surge.pick_sets(pool, {1, 2}) == ([1, 2], [3, 4])
+    assert surge.pick_sets(pool, {3, 4}) == ([3, 4], [1, 2])
+    assert surge.pick_sets(pool, {2, 3, 4}) == ([3, 4], [1, 2])
+    assert surge.pick_sets(pool, set()) == ([], [1, 2])
+
+
+def test_a_surge_starts_the_standby_set_at_once_then_retires_the_old_one(surge_pool):
+    fake = surge_pool()
+    capacity = watch_capacity(fake)
+    fake.current = "v2"
+    proven: list[bool] = []
+    log = EventLog()
+    assert surge.surge_to(fake.at, "v2", log, 5, proven=lambda: proven.append(True)) == [
+        "www-3", "www-4"]
+    assert fake.pinned == {1: None, 2: None, 3: "v2", 4: "v2"}
+    assert sorted(fake.serving()) == [3, 4]
+    assert min(capacity) >= 2, capacity
+    starts = [c.what for c in fake.runner.calls if c.what.startswith("start ")]
+    assert starts == ["start www-3, www-4 pinned to v2"]  # one command, both at once
+    steps = [(e.step, e.target) for e in log.events if e.kind == "done"]
+    assert steps == [("start", "www-3,www-4"), ("health", "www-3,www-4"),
+                     ("enable", "www-3,www-4"), ("drain", "www-1,www-2"),
+                     ("wait idle", "www-1,www-2"), ("stop", "www-1,www-2")]
+    assert proven == [True]
+
+
+def test_a_new_replica_failing_its_gate_takes_the_new_set_away_and_the_old_never_left(
+        surge_pool):
+    fake = surge_pool()
+    capacity = watch_capacity(fake)
+    fake.current = "v2"
+    fake.unhealthy_releases.add("v2")
+    with pytest.raises(RolloutError, match="www-3 failed its health gate on v2"):
+        surge.surge_to(fake.at, "v2", EventLog(), 5)
+    assert fake.pinned == {1: "v1", 2: "v1", 3: None, 4: None}
+    assert sorted(fake.serving()) == [1, 2]
+    assert min(capacity, default=2) >= 2
+
+
+def test_keep_previous_parks_the_old_set_and_a_rollback_to_it_starts_nothing(surge_pool):
+    fake = surge_pool(keep_previous=True)
+    fake.current = "v2"
+    surge.surge_to(fake.at, "v2", EventLog(), 5)
+    assert fake.pinned == {1: "v1", 2: "v1", 3: "v2", 4: "v2"}
+    assert fake.flags[1] >= {"Drn", "Stby"} and sorted(fake.serving()) == [3, 4]
+    # the preflight does not take a parked replica for one an interrupted run left out
+    rollout.preflight(fake.at, EventLog())
+    assert sorted(fake.serving()) == [3, 4]
+    before = len(fake.runner.calls)
+    fake.current = "v1"
+    log = EventLog()
+    surge.surge_to(fake.at, "v1", log, 5)
+    assert sorted(fake.serving()) == [1, 2]
+    assert fake.pinned == {1: "v1", 2: "v1", 3: "v2", 4: "v2"}
+    assert not [c for c in fake.runner.calls[before:] if c.what.startswith(("start ", "stop "))]
+    assert "parked set already runs v1" in next(e.detail for e in log.events
+                                                if e.step == "start" and e.kind == "done")
+
+
+def test_a_pool_already_serving_the_release_is_left_alone_unless_restarted(surge_pool):
+    fake = surge_pool()
+    assert surge.surge_to(fake.at, "v1", EventLog(), 5) == []
+    assert surge.surge_to(fake.at, "v1", EventLog(), 5, force=True) == ["www-3", "www-4"]
+    assert sorted(fake.serving()) == [3, 4]
+
+
+def test_the_start_and_stop_of_a_set_are_read_per_replica():
+    assert fpm.parse_started("3 ok\n4 failed\n", [3, 4]) == {3: True, 4: False}
+    assert fpm.parse_started("3 ok\n", [3, 4]) == {3: True, 4: False}
+    stopped = fpm.parse_stopped_set("1 strays 2\n1 stopped\n2 not-running\n", [1, 2])
+    assert stopped[1].outcome is StopOutcome.STOPPED and stopped[1].strays
+    assert stopped[2].outcome is StopOutcome.NOT_RUNNING
+    with pytest.raises(ValueError):
+        fpm.parse_stopped_set("1 stopped\n", [1, 2])
