@@ -26,7 +26,8 @@ from fpm_fleet.sandbox import hosts as sandbox
 T = TypeVar("T")
 
 
-def bring_up(base: Path, count: int, release: str | None) -> inventory.Fleet:
+def bring_up(base: Path, count: int, release: str | None,
+             strategy: str = "surge") -> inventory.Fleet:
     """Boot `count` hosts (reusing those already up), then provision them and deploy
     `release` of the demo app (with no release: hosts as a fresh server is)."""
     sandbox.require_root()
@@ -51,7 +52,7 @@ def bring_up(base: Path, count: int, release: str | None) -> inventory.Fleet:
                 + ", ".join(f"{n} {s}" for n, s in states.items()))
     (base / "known_hosts").write_text("".join(sandbox.known_hosts_line(h) for h in hosts))
     path = base / "hosts.toml"
-    path.write_text(sandbox.inventory(hosts, base))
+    path.write_text(sandbox.inventory(hosts, base, strategy=strategy))
     fleet = inventory.load(path)
     if release is not None:
         provision_and_deploy(fleet, base, release)

@@ -404,7 +404,8 @@ def _remove_cgroups(host: SandboxHost) -> None:
 
 # --- inventory ---------------------------------------------------------------------------------
 
-def inventory(hosts: list[SandboxHost], base: Path, replicas: int = 2) -> str:
+def inventory(hosts: list[SandboxHost], base: Path, replicas: int = 2,
+              strategy: str = "surge") -> str:
     lines = [
         "# Written by `fab sandbox.up`: the local test fleet (Debian 12 hosts with systemd).",
         "# Use it with: FABRIC_INVENTORY=sandbox/hosts.toml fab <task>",
@@ -421,7 +422,8 @@ def inventory(hosts: list[SandboxHost], base: Path, replicas: int = 2) -> str:
     ]
     for h in hosts:
         lines += ["[[hosts]]", f'name = "{h.name}"', f'address = "{h.address}"', ""]
-    lines += ["[pools.www]", f"replicas = {replicas}", "max_children = 8",
+    lines += ["[pools.www]", f"replicas = {replicas}", f'strategy = "{strategy}"',
+              "max_children = 8",
               f"source = {_toml(base / 'build' / 'www')}", 'shared = ["storage"]', ""]
     return "\n".join(lines)
 

@@ -130,9 +130,11 @@ class Sandbox:
         ok(fab(*args, *(["--unhealthy"] if unhealthy else [])))
 
 
-def bring_up(hosts: int) -> Sandbox:
+def bring_up(hosts: int, strategy: str = "rolling") -> Sandbox:
+    """A fresh fleet of `hosts`; rolling unless said (most tests were written for it; the
+    surge strategy has its own module)."""
     fab("sandbox.down", inventory_path=None)
-    ok(fab("sandbox.up", "--hosts", str(hosts), inventory_path=None))
+    ok(fab("sandbox.up", "--hosts", str(hosts), "--strategy", strategy, inventory_path=None))
     path = SANDBOX / "hosts.toml"
     return Sandbox(inventory.load(path), path)
 
@@ -152,6 +154,13 @@ def fleet2() -> Iterator[Sandbox]:
 @pytest.fixture(scope="module")
 def fleet3() -> Iterator[Sandbox]:
     box = bring_up(3)
+    yield box
+    assert tear_down() == []
+
+
+@pytest.fixture(scope="module")
+def surge3() -> Iterator[Sandbox]:
+    box = bring_up(3, "surge")
     yield box
     assert tear_down() == []
 

@@ -119,7 +119,7 @@ def test_a_first_setup_whose_apache_config_fails_leaves_no_site_enabled(fleet2: 
 def test_up_twice_and_down_twice_are_harmless() -> None:
     """Last in this module: it replaces the module's fleet by its own and removes it."""
     box = bring_up(2)
-    again = ok(fab("sandbox.up", "--hosts", "2", inventory_path=None))
+    again = ok(fab("sandbox.up", "--hosts", "2", "--strategy", "rolling", inventory_path=None))
     assert "2 hosts" in again.stderr
     assert get(box.addresses()[1], "/ping.php")[0] == 200
     assert tear_down() == []
