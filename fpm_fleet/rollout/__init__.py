@@ -1,1 +1,2 @@
-"""fpm_fleet/rollout"""
+"""Rollouts: the steps of one replica restart, the operations of one host, and deploy,
+revert, rollback and cleanup of one host."""

@@ -250,9 +250,24 @@ def start(r: Replica, release: str, obs: Observer) -> Gate:
     return gate
 
 
+SETTLING = ("activating", "deactivating", "reloading")
+SETTLE_WAIT = 10.0
+
+
+def settled_master(r: Replica, wait: float = SETTLE_WAIT) -> Process | None:
+    """The replica's master once its service is neither starting nor stopping: an interrupt
+    cuts the connection, not a `systemctl start` that systemd already runs."""
+    deadline = time.monotonic() + wait
+    while True:
+        proc = r.ask(fpm.probe(r.at, [r.n]))[r.n]
+        if proc.service not in SETTLING or time.monotonic() > deadline:
+            return proc if proc.runs_master(r.at.layout) else None
+        time.sleep(POLL)
+
+
 def recover(r: Replica) -> str:
     """After an interruption: put the replica back if it runs and is healthy; say its state."""
-    proc = r.ask(fpm.running_master(r))
+    proc = settled_master(r)
     if proc is None:
         return "stopped, out of rotation"
     release = proc.release or ""

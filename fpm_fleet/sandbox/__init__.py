@@ -1,1 +1,2 @@
-"""fpm_fleet/sandbox"""
+"""The local test fleet: Debian 12 hosts booted with systemd (systemd-nspawn), provisioned
+and deployed to as a user would."""

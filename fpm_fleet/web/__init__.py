@@ -1,1 +1,2 @@
-"""fpm_fleet/web"""
+"""Web server drivers: Apache today (balancer-manager and the site); how a replica is taken
+out of rotation and put back."""
