@@ -4,12 +4,13 @@ and keep_previous's instant rollback, each with 0 failed requests."""
 
 from __future__ import annotations
 
+import signal
 import time
 from pathlib import Path
 
 import pytest
 
-from .conftest import Sandbox, assert_no_failures, fab, load, ok
+from .conftest import Background, Sandbox, assert_no_failures, fab, load, ok
 
 
 @pytest.fixture(scope="module")
@@ -97,3 +98,26 @@ def test_keep_previous_parks_the_old_set_and_rolls_back_by_flipping_flags(
     assert "parked set already runs v1: nothing to start" in back.stderr
     assert serving(box, "v1") == {"h1": [3, 4], "h2": [3, 4], "h3": [3, 4]}
     print(f"rollback with keep_previous, 3 hosts one after another: {took:.2f}s")
+
+
+def test_sigterm_mid_parallel_surge_puts_every_host_back_in_service(box: Sandbox) -> None:
+    box.build("v5")
+    with load(box) as stats:
+        run = Background("deploy", "--release", "v5", "--parallel", "3", "--plain")
+        for h in ("h1", "h2", "h3"):
+            run.wait_for(f"[{h}] www-")  # every host is in its rollout
+        run.wait_for(" health ")
+        run.proc.send_signal(signal.SIGTERM)
+        code, _, err = run.finish(timeout=120)
+    assert code == 130, err
+    assert_no_failures(stats)
+    rows = box.status()
+    assert all(r["ok"] for r in rows if r["role"] == "serving"), rows
+    assert all(len([r for r in rows if r["host"] == h and r["role"] == "serving"]) >= 2
+               for h in ("h1", "h2", "h3")), rows
+    assert not any((box.pool_dir(i) / "state" / "lock").exists() for i in range(3))
+    # the next deploy finishes the job from whatever state the interrupt left
+    with load(box) as stats:
+        ok(fab("deploy", "--release", "v5", "--plain"))
+    assert_no_failures(stats)
+    assert set(map(len, serving(box, "v5").values())) == {2}
