@@ -312,10 +312,11 @@ def _check_sudo(runner: Runner, fleet: Fleet, host: Host) -> Check:
                  "/etc/sudoers.d/fpm-fleet")
 
 
-def _check_owner(runner: Runner, host: Host, pool: Pool) -> Check:
+def _check_owner(at: HostPool) -> Check:
     """Uploads, hooks and state files run as the login user, in directories it owns."""
-    layout = Layout.of(host, pool)
-    out = runner.run(shell.not_writable(layout.deploy_owned()), "check writable dirs", check=False)
+    host, pool = at.host, at.pool
+    out = at.runner.run(shell.not_writable(at.layout.deploy_owned()), "check writable dirs",
+                        check=False)
     missing = [d for d in out.stdout.split("\n") if d]
     detail = (f"{host.user} may write releases/, shared/, state/, incoming/" if not missing
               else f"{host.user} may not write {', '.join(missing)}; run fab setup")
@@ -331,9 +332,8 @@ def _check_apache(runner: Runner, fleet: Fleet, host: Host) -> list[Check]:
     for pool in fleet.pools:
         fpm = runner.run(f"test -x {shell.q(pool.php_fpm)}", "check php-fpm", check=False)
         checks.append(Check(host.name, f"{pool.name}: php-fpm", fpm.ok, pool.php_fpm))
-        checks.append(_check_owner(runner, host, pool))
-        checks.append(_check_members(runner, host, pool))
-        checks.append(_check_vhost(runner, host, pool))
+        at = HostPool(runner, host, pool)
+        checks += [_check_owner(at), _check_members(at), _check_vhost(at)]
     return checks
 
 
@@ -351,12 +351,12 @@ def vhost_url(host: Host, pool: Pool) -> str:
     return f"http://{apache.local_address}:{apache.port}{pool.health_path}"
 
 
-def _check_vhost(runner: Runner, host: Host, pool: Pool) -> Check:
+def _check_vhost(at: HostPool) -> Check:
     """The pool answers through Apache, as a client would reach it (its server_name)."""
-    url = vhost_url(host, pool)
-    result = runner.run(apache_site.vhost_request(Layout.of(host, pool), url, pool.server_name),
-                    f"request {pool.name} through Apache", check=False)
-    return vhost_check(host.name, pool, url, result)
+    url = vhost_url(at.host, at.pool)
+    result = at.runner.run(apache_site.vhost_request(at.layout, url, at.pool.server_name),
+                           f"request {at.pool.name} through Apache", check=False)
+    return vhost_check(at.host.name, at.pool, url, result)
 
 
 def vhost_check(host: str, pool: Pool, url: str, result: RemoteResult) -> Check:
@@ -374,10 +374,11 @@ def vhost_check(host: str, pool: Pool, url: str, result: RemoteResult) -> Check:
     return Check(host, name, False, f"{asked}: {reason[0][:120]}")
 
 
-def _check_members(runner: Runner, host: Host, pool: Pool) -> Check:
+def _check_members(at: HostPool) -> Check:
+    host, pool = at.host, at.pool
     name = f"{pool.name}: balancer-manager"
     try:
-        bal = apache.read(HostPool(runner, host, pool))
+        bal = apache.read(at)
     except FleetError as exc:
         return Check(host.name, name, False, str(exc).removeprefix(f"{host.name}: "))
     want = {pool.member(n) for n in pool.replica_numbers}
