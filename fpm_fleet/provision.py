@@ -83,12 +83,12 @@ class AsRoot:
         return ask_by_running(self, cmd)
 
 
-def require_root(ex: Runner, host: Host) -> None:
+def require_root(runner: Runner, host: Host) -> None:
     """Fail first, and say how to fix it, when the setup login cannot become root."""
-    result = ex.run("id -u", "check for root", check=False)
+    result = runner.run("id -u", "check for root", check=False)
     if result.stdout.strip() == "0":
         return
-    login = ex.host.user
+    login = runner.host.user
     why = (result.stderr.strip().splitlines() or ["not root"])[-1][:120]
     raise FleetError(f"{host.name}: fab setup needs full root, and {login} cannot become root "
                      f"({why}); set setup_user = \"root\" in the inventory (or a user with "
@@ -160,15 +160,15 @@ def manager_credential(user: str, apache_group: str) -> str:
             f"mv -f -- {htpasswd}.tmp {htpasswd} && echo {htpasswd}; fi")
 
 
-def changed_files(ex: Runner, files: list[RenderedFile]) -> list[RenderedFile]:
-    result = ex.run(shell.checksums([f.path for f in files]), "checksum installed configs")
+def changed_files(runner: Runner, files: list[RenderedFile]) -> list[RenderedFile]:
+    result = runner.run(shell.checksums([f.path for f in files]), "checksum installed configs")
     remote = parse_checksums(result.stdout)
     return [f for f in files
             if remote.get(str(f.path)) != hashlib.sha256(f.text.encode()).hexdigest()]
 
 
-def upload_text(ex: Runner, path: PurePosixPath | str, text: str, mode: str = "0644") -> None:
-    ex.stream(shell.write_stdin(path, mode), f"write {path}", io.BytesIO(text.encode()))
+def upload_text(runner: Runner, path: PurePosixPath | str, text: str, mode: str = "0644") -> None:
+    runner.stream(shell.write_stdin(path, mode), f"write {path}", io.BytesIO(text.encode()))
 
 
 NO_SYSTEMD = ("this host was not booted with systemd: fpm-fleet runs every replica as a "
@@ -180,93 +180,94 @@ def setup_host(login: Runner, fleet: Fleet, host: Host) -> SetupReport:
     """Directories (the deploy user's own), the sudoers file, balancer-manager's credential,
     replica configs and services, the Apache site; each reloaded only on change, so a second
     run changes nothing. `login` is connected as setup_user; everything runs as root."""
-    ex = AsRoot(login)
-    require_root(ex, host)
-    if not ex.run(shell.has_systemd(), "check for systemd", check=False).ok:
+    runner = AsRoot(login)
+    require_root(runner, host)
+    if not runner.run(shell.has_systemd(), "check for systemd", check=False).ok:
         raise FleetError(f"{host.name}: {NO_SYSTEMD}")
     report = SetupReport(host.name)
-    created = ex.run(create_missing_dirs(directories(fleet, host)), "create directories")
+    created = runner.run(create_missing_dirs(directories(fleet, host)), "create directories")
     report.changes += [f"created {d}" for d in created.stdout.split("\n") if d]
     for pool in fleet.pools:
-        given = ex.run(hand_over(Layout.of(host, pool), host.user), f"give {pool.name} to "
+        given = runner.run(hand_over(Layout.of(host, pool), host.user), f"give {pool.name} to "
                        f"{host.user}").stdout.split("\n")
         if any(given):
             report.changes.append(f"gave {len([g for g in given if g])} paths of "
                                   f"{pool.name} to {host.user}")
     if host.user != "root":
         groups = sorted({host.apache.group, *(pool.group for pool in fleet.pools)})
-        joined = ex.run(join_groups(host.user, groups), f"add {host.user} to groups")
+        joined = runner.run(join_groups(host.user, groups), f"add {host.user} to groups")
         report.changes += [f"added {host.user} to group {g}" for g in joined.stdout.split()]
-    made = ex.run(manager_credential(host.user, host.apache.group),
+    made = runner.run(manager_credential(host.user, host.apache.group),
                   "balancer-manager credential")
     report.changes += [f"wrote {f}" for f in made.stdout.split("\n") if f]
     for pool in fleet.pools:
-        for f in changed_files(ex, fpm_files(host, pool)):
-            upload_text(ex, f"{f.path}{shell.STAGED}", f.text)
+        for f in changed_files(runner, fpm_files(host, pool)):
+            upload_text(runner, f"{f.path}{shell.STAGED}", f.text)
             test = f"{shell.q(pool.php_fpm)} -t --fpm-config {shell.q(f.path)}"
-            ex.run(shell.install_checked([f.path], test), f"install {f.path}")
+            runner.run(shell.install_checked([f.path], test), f"install {f.path}")
             report.changes.append(f"wrote {f.path}")
-    report.changes += _setup_services(ex, fleet, host)
-    report.changes += _setup_apache(ex, fleet, host)
+    report.changes += _setup_services(runner, fleet, host)
+    report.changes += _setup_apache(runner, fleet, host)
     # Last: it may replace a broader rule of the same name that this very run relies on.
-    report.changes += _setup_sudoers(ex, fleet, host)
+    report.changes += _setup_sudoers(runner, fleet, host)
     return report
 
 
-def _setup_sudoers(ex: Runner, fleet: Fleet, host: Host) -> list[str]:
+def _setup_sudoers(runner: Runner, fleet: Fleet, host: Host) -> list[str]:
     """What the deploy user may run as root; checked by visudo before it is installed."""
     rendered = sudoers(fleet, host)
-    if rendered is None or not changed_files(ex, [rendered]):
+    if rendered is None or not changed_files(runner, [rendered]):
         return []
-    upload_text(ex, f"{rendered.path}{shell.STAGED}", rendered.text, rendered.mode)
+    upload_text(runner, f"{rendered.path}{shell.STAGED}", rendered.text, rendered.mode)
     try:
-        ex.run(shell.install_sudoers(rendered.path), f"install {rendered.path}")
+        runner.run(shell.install_sudoers(rendered.path), f"install {rendered.path}")
     except RemoteError as exc:
         raise FleetError(f"{host.name}: the sudoers file fails visudo -cf and was not "
                          f"installed: {exc.result.stderr.strip()}") from None
     return [f"wrote {rendered.path}"]
 
 
-def _setup_services(ex: Runner, fleet: Fleet, host: Host) -> list[str]:
+def _setup_services(runner: Runner, fleet: Fleet, host: Host) -> list[str]:
     """One template unit per pool; every replica's service enabled (started at boot)."""
     units = [*stop_script_files(), *(unit_file(host, pool) for pool in fleet.pools)]
-    changed = changed_files(ex, units)
+    changed = changed_files(runner, units)
     if changed:
-        ex.run(f"mkdir -p -- {shell.q(STOP_SCRIPT.parent)}", "create the replica helper dir")
+        runner.run(f"mkdir -p -- {shell.q(STOP_SCRIPT.parent)}", "create the replica helper dir")
     for f in changed:
-        upload_text(ex, f.path, f.text, f.mode)
+        upload_text(runner, f.path, f.text, f.mode)
     if changed:
-        ex.run(shell.daemon_reload(), "systemctl daemon-reload")
+        runner.run(shell.daemon_reload(), "systemctl daemon-reload")
     # at boot: the first set (a surge pool's standby set is enabled by the rollout that
     # starts it, and disabled by the one that stops it)
     names = [Layout.of(host, p).unit(n) for p in fleet.pools for n in p.sets[0]]
-    enabled = ex.run(shell.enable_units(names), "enable replica services")
+    enabled = runner.run(shell.enable_units(names), "enable replica services")
     return ([f"wrote {f.path}" for f in changed]
             + [f"enabled {u}" for u in enabled.stdout.split() if u])
 
 
-def _setup_apache(ex: Runner, fleet: Fleet, host: Host) -> list[str]:
+def _setup_apache(runner: Runner, fleet: Fleet, host: Host) -> list[str]:
     changes = []
-    changed = changed_files(ex, apache_files(fleet, host))
+    changed = changed_files(runner, apache_files(fleet, host))
     if changed:
         for f in changed:
-            upload_text(ex, f"{f.path}{shell.STAGED}", f.text)
-        enabled = ex.run(apache_site.apache_site_enabled(), "is the site enabled", check=False).ok
+            upload_text(runner, f"{f.path}{shell.STAGED}", f.text)
+        enabled = runner.run(apache_site.apache_site_enabled(), "is the site enabled",
+                             check=False).ok
         test = apache_site.apache_site_test(enabled)
         try:
-            ex.run(shell.install_checked([f.path for f in changed], test),
+            runner.run(shell.install_checked([f.path for f in changed], test),
                    "install Apache config")
         except RemoteError as exc:
             raise FleetError(f"{host.name}: the new Apache config fails its test and was not "
                              f"installed: {exc.result.stderr.strip()}") from None
         changes += [f"wrote {f.path}" for f in changed]
-    ex.run(apache_site.apache_ctl("enable"), "enable apache2.service")
-    running = ex.run(apache_site.apache_running(), "is Apache running", check=False).ok
+    runner.run(apache_site.apache_ctl("enable"), "enable apache2.service")
+    running = runner.run(apache_site.apache_running(), "is Apache running", check=False).ok
     if not running:
-        ex.run(apache_site.apache_ctl("start"), "start Apache")
+        runner.run(apache_site.apache_ctl("start"), "start Apache")
         changes.append("started Apache")
     elif changed:
-        ex.run(apache_site.apache_ctl("reload"), "reload Apache")
+        runner.run(apache_site.apache_ctl("reload"), "reload Apache")
         changes.append("reloaded Apache (graceful)")
     return changes
 
@@ -283,26 +284,26 @@ REQUIRED_MODULES = ("proxy_module", "proxy_fcgi_module", "proxy_balancer_module"
                     "lbmethod_bybusyness_module", "slotmem_shm_module", "rewrite_module")
 
 
-def check_host(ex: Runner, fleet: Fleet, host: Host) -> list[Check]:
+def check_host(runner: Runner, fleet: Fleet, host: Host) -> list[Check]:
     """Preflight of one reachable host; each line says what is wrong and where."""
     checks = [Check(host.name, "ssh", True, f"{host.user}@{host.address}:{host.port}")]
-    systemd = ex.run(shell.has_systemd(), "check for systemd", check=False).ok
+    systemd = runner.run(shell.has_systemd(), "check for systemd", check=False).ok
     checks.append(Check(host.name, "systemd", systemd, "PID 1" if systemd else NO_SYSTEMD))
-    checks.append(_check_sudo(ex, fleet, host))
-    tools = ex.run(shell.probe_tools(), "probe tools", check=False)
+    checks.append(_check_sudo(runner, fleet, host))
+    tools = runner.run(shell.probe_tools(), "probe tools", check=False)
     for line in tools.stdout.splitlines():
         name, _, where = line.partition("\t")
         checks.append(Check(host.name, name, where != "-", where if where != "-" else "missing"))
-    checks += _check_apache(ex, fleet, host)
+    checks += _check_apache(runner, fleet, host)
     return checks
 
 
-def _check_sudo(ex: Runner, fleet: Fleet, host: Host) -> Check:
+def _check_sudo(runner: Runner, fleet: Fleet, host: Host) -> Check:
     """A deploy user needs sudo for exactly the commands of /etc/sudoers.d/fpm-fleet."""
     if not host.sudo:
         return Check(host.name, "root", True, "via root login")
     argvs = [tuple(c.split()) for c in sudo_commands(fleet, host)]
-    denied = ex.run(shell.sudo_denied(argvs), "check sudo", check=False).stdout.split("\n")
+    denied = runner.run(shell.sudo_denied(argvs), "check sudo", check=False).stdout.split("\n")
     denied = [d for d in denied if d]
     if denied:
         return Check(host.name, "root", False,
@@ -313,35 +314,35 @@ def _check_sudo(ex: Runner, fleet: Fleet, host: Host) -> Check:
                  "/etc/sudoers.d/fpm-fleet")
 
 
-def _check_owner(ex: Runner, host: Host, pool: Pool) -> Check:
+def _check_owner(at: HostPool) -> Check:
     """Uploads, hooks and state files run as the login user, in directories it owns."""
-    layout = Layout.of(host, pool)
-    out = ex.run(shell.not_writable(layout.deploy_owned()), "check writable dirs", check=False)
+    host, pool = at.host, at.pool
+    out = at.runner.run(shell.not_writable(at.layout.deploy_owned()), "check writable dirs",
+                        check=False)
     missing = [d for d in out.stdout.split("\n") if d]
     detail = (f"{host.user} may write releases/, shared/, state/, incoming/" if not missing
               else f"{host.user} may not write {', '.join(missing)}; run fab setup")
     return Check(host.name, f"{pool.name}: owner", out.ok and not missing, detail)
 
 
-def _check_apache(ex: Runner, fleet: Fleet, host: Host) -> list[Check]:
-    mods = ex.run(apache_site.apache_modules_loaded(), "list Apache modules", check=False)
+def _check_apache(runner: Runner, fleet: Fleet, host: Host) -> list[Check]:
+    mods = runner.run(apache_site.apache_modules_loaded(), "list Apache modules", check=False)
     missing = [m for m in REQUIRED_MODULES if m not in mods.stdout]
     checks = [Check(host.name, "apache modules", not missing,
                     "missing " + ", ".join(missing) if missing else "proxy, fcgi, balancer")]
-    checks.append(_check_listen(ex, host))
+    checks.append(_check_listen(runner, host))
     for pool in fleet.pools:
-        fpm = ex.run(f"test -x {shell.q(pool.php_fpm)}", "check php-fpm", check=False)
+        fpm = runner.run(f"test -x {shell.q(pool.php_fpm)}", "check php-fpm", check=False)
         checks.append(Check(host.name, f"{pool.name}: php-fpm", fpm.ok, pool.php_fpm))
-        checks.append(_check_owner(ex, host, pool))
-        checks.append(_check_members(ex, host, pool))
-        checks.append(_check_vhost(ex, host, pool))
+        at = HostPool(runner, host, pool)
+        checks += [_check_owner(at), _check_members(at), _check_vhost(at)]
     return checks
 
 
-def _check_listen(ex: Runner, host: Host) -> Check:
+def _check_listen(runner: Runner, host: Host) -> Check:
     """`setup` succeeding does not prove Apache listens where the inventory says."""
     port = host.apache.port
-    ok = ex.run(apache_site.tcp_listening(port), "check listen port", check=False).ok
+    ok = runner.run(apache_site.tcp_listening(port), "check listen port", check=False).ok
     detail = (f"port {port} ({host.apache.listen})" if ok else
               f"nothing listens on port {port} (listen = {host.apache.listen}); run fab setup")
     return Check(host.name, "apache listen", ok, detail)
@@ -352,12 +353,12 @@ def vhost_url(host: Host, pool: Pool) -> str:
     return f"http://{apache.local_address}:{apache.port}{pool.health_path}"
 
 
-def _check_vhost(ex: Runner, host: Host, pool: Pool) -> Check:
+def _check_vhost(at: HostPool) -> Check:
     """The pool answers through Apache, as a client would reach it (its server_name)."""
-    url = vhost_url(host, pool)
-    result = ex.run(apache_site.vhost_request(Layout.of(host, pool), url, pool.server_name),
-                    f"request {pool.name} through Apache", check=False)
-    return vhost_check(host.name, pool, url, result)
+    url = vhost_url(at.host, at.pool)
+    result = at.runner.run(apache_site.vhost_request(at.layout, url, at.pool.server_name),
+                           f"request {at.pool.name} through Apache", check=False)
+    return vhost_check(at.host.name, at.pool, url, result)
 
 
 def vhost_check(host: str, pool: Pool, url: str, result: RemoteResult) -> Check:
@@ -375,10 +376,11 @@ def vhost_check(host: str, pool: Pool, url: str, result: RemoteResult) -> Check:
     return Check(host, name, False, f"{asked}: {reason[0][:120]}")
 
 
-def _check_members(ex: Runner, host: Host, pool: Pool) -> Check:
+def _check_members(at: HostPool) -> Check:
+    host, pool = at.host, at.pool
     name = f"{pool.name}: balancer-manager"
     try:
-        bal = apache.read(HostPool(ex, host, pool))
+        bal = apache.read(at)
     except FleetError as exc:
         return Check(host.name, name, False, str(exc).removeprefix(f"{host.name}: "))
     want = {pool.member(n) for n in pool.replica_numbers}

@@ -172,9 +172,9 @@ def _refusal(host: Host, pool: Pool, found: str) -> LockError:
 def acquire(at: HostPool, mine: Holder, on_stale: Callable[[str], None] | None = None
             ) -> None:
     """Take the lock, or take over the lock of a provably dead run of this machine."""
-    ex, host, pool, layout = at.runner, at.host, at.pool, at.layout
+    runner, host, pool, layout = at.runner, at.host, at.pool, at.layout
     for _ in range(2):
-        result = ex.run(take(layout, mine.line()), f"take the {pool.name} lock", check=False)
+        result = runner.run(take(layout, mine.line()), f"take the {pool.name} lock", check=False)
         if result.ok:
             return
         if result.exited != BUSY:
@@ -182,7 +182,7 @@ def acquire(at: HostPool, mine: Holder, on_stale: Callable[[str], None] | None =
         found = result.stdout.strip()
         if not provably_dead(parse_holder(found), mine):
             raise _refusal(host, pool, found)
-        ex.run(remove_if(layout, found), f"remove the {pool.name} lock of a dead run")
+        runner.run(remove_if(layout, found), f"remove the {pool.name} lock of a dead run")
         if on_stale:
             on_stale(who(found))
     raise _refusal(host, pool, found)
@@ -197,7 +197,7 @@ def locked(at: HostPool, command: str,
     A failure to release (the connection died with the error that ends the block) never
     replaces the error in flight: it is reported through on_release_error instead.
     """
-    ex, host, pool = at.runner, at.host, at.pool
+    runner, host, pool = at.runner, at.host, at.pool
     mine = me(command)
     acquire(at, mine, on_stale)
     failed = False
@@ -209,8 +209,8 @@ def locked(at: HostPool, command: str,
     finally:
         release = remove_if(at.layout, mine.line())
         try:
-            with shielded(ex):
-                ex.run(release, f"release the {pool.name} lock")
+            with shielded(runner):
+                runner.run(release, f"release the {pool.name} lock")
         except FleetError as exc:
             if not failed:
                 raise
@@ -256,11 +256,11 @@ def reporters(obs: Observer, host: str, target: str
 
 def unlock(at: HostPool) -> str:
     """Remove the lock we read (not one taken since); say whose it was."""
-    ex, host, pool, layout = at.runner, at.host, at.pool, at.layout
-    found = ex.run(read(layout), f"read the {pool.name} lock").stdout.strip()
+    runner, host, pool, layout = at.runner, at.host, at.pool, at.layout
+    found = runner.run(read(layout), f"read the {pool.name} lock").stdout.strip()
     if found == "-":
         return "not locked"
-    now = ex.run(remove_if(layout, found), f"remove the {pool.name} lock").stdout.strip()
+    now = runner.run(remove_if(layout, found), f"remove the {pool.name} lock").stdout.strip()
     if now:
         raise LockError(f"{host.name}: pool {pool.name} was locked again meanwhile, by {now}; "
                         "left in place")

@@ -106,29 +106,29 @@ def upload(at: HostPool, source: Path, manifest: Manifest, name: str, base: str 
     A release of that name already there is reused only if it still verifies on disk; with
     `force` it is replaced, unless it is in `in_use` (current, or pinned by a replica).
     """
-    ex, host, pool, layout = at.runner, at.host, at.pool, at.layout
+    runner, host, pool, layout = at.runner, at.host, at.pool, at.layout
     started = time.monotonic()
-    existing = ex.ask(stored_manifest(layout, name))
+    existing = runner.ask(stored_manifest(layout, name))
     if existing is not None:
-        problem, sealed = _reuse_problem(ex, layout, pool, name, manifest, existing)
+        problem, sealed = _reuse_problem(runner, layout, pool, name, manifest, existing)
         if problem is None:
             return Upload(name, len(manifest.files), 0, 0, 0, time.monotonic() - started,
                           True, sealed)
         _refuse_replacing(host, name, problem, force, in_use)
-    base_entries = ex.ask(stored_manifest(layout, base)) if base and base != name else None
+    base_entries = runner.ask(stored_manifest(layout, base)) if base and base != name else None
     if base_entries is not None:
         base_entries = without_shared(base_entries, pool.shared)
     try:
         try:
-            send, sent = _stage(ex, host, layout, name, source, manifest, base, base_entries)
+            send, sent = _stage(runner, host, layout, name, source, manifest, base, base_entries)
         except DeltaMismatch:
             # the base release was changed after its upload: send everything instead
-            send, sent = _stage(ex, host, layout, name, source, manifest, None, None)
-        ex.stream(shell.write_stdin(rs.manifest_path(layout, name)), f"store manifest of {name}",
-                  io.BytesIO(serialize(manifest).encode()))
-        ex.run(rs.commit_release(layout, name, replace=existing is not None), f"commit {name}")
+            send, sent = _stage(runner, host, layout, name, source, manifest, None, None)
+        runner.stream(shell.write_stdin(rs.manifest_path(layout, name)),
+                      f"store manifest of {name}", io.BytesIO(serialize(manifest).encode()))
+        runner.run(rs.commit_release(layout, name, replace=existing is not None), f"commit {name}")
     except RemoteError as exc:
-        ex.run(rs.drop_staging(layout, name), "remove the failed upload", check=False)
+        runner.run(rs.drop_staging(layout, name), "remove the failed upload", check=False)
         raise RolloutError(f"{host.name}: upload of {name} failed, nothing was installed or "
                            f"activated: {_cause_line(exc.result.stderr) or exc}") from None
     files = [e for e in send if e.kind == "f"]
@@ -136,15 +136,15 @@ def upload(at: HostPool, source: Path, manifest: Manifest, name: str, base: str 
                   time.monotonic() - started)
 
 
-def _reuse_problem(ex: Runner, layout: Layout, pool: Pool, name: str, manifest: Manifest,
+def _reuse_problem(runner: Runner, layout: Layout, pool: Pool, name: str, manifest: Manifest,
                    existing: dict[str, Entry]) -> tuple[str | None, bool]:
     """Why the release NAME on the host cannot be reused as is (None: it can), and whether
     it was sealed. A sealed release must still be exactly as sealed; one never prepared
     must match its manifest, shared items aside (they may be links into shared/ by now)."""
     if existing != parse_stored(serialize(manifest)):
         return "with different content", False
-    now = ex.ask(probe(rs.verify_release(layout, name), f"verify {name} on disk", stdout))
-    sealed = ex.ask(probe(rs.read_sealed(layout, name), f"read the seal of {name}", stdout))
+    now = runner.ask(probe(rs.verify_release(layout, name), f"verify {name} on disk", stdout))
+    sealed = runner.ask(probe(rs.read_sealed(layout, name), f"read the seal of {name}", stdout))
     if sealed:
         changes = tree_changes(sealed, now)
         return (f"but was changed on the host since it was prepared ({changes})"
@@ -170,18 +170,18 @@ class DeltaMismatch(RolloutError):
     """A delta upload did not verify."""
 
 
-def _stage(ex: Runner, host: Host, layout: Layout, name: str, source: Path,
+def _stage(runner: Runner, host: Host, layout: Layout, name: str, source: Path,
            manifest: Manifest, base: str | None, base_entries: dict[str, Entry] | None
            ) -> tuple[list[Entry], int]:
     """Fill incoming/NAME.partial (hard links from the base + a tar of the rest), verify it."""
     send, keep = plan_delta(manifest, base_entries)
-    ex.run(rs.prepare_staging(layout, name, base if base_entries is not None else None),
+    runner.run(rs.prepare_staging(layout, name, base if base_entries is not None else None),
            f"stage {name}")
     if base_entries is not None:
-        ex.stream(rs.prune_staging(layout, name), "prune the hard-linked copy",
+        runner.stream(rs.prune_staging(layout, name), "prune the hard-linked copy",
                   io.BytesIO(b"".join(p.encode() + b"\0" for p in keep)))
-    sent = _send_tar(ex, layout, name, source, send)
-    _verify(ex, host, layout, name, manifest, delta=base_entries is not None)
+    sent = _send_tar(runner, layout, name, source, send)
+    _verify(runner, host, layout, name, manifest, delta=base_entries is not None)
     return send, sent
 
 
@@ -196,7 +196,7 @@ def _cause_line(text: str) -> str:
                 lines[0] if lines else "")
 
 
-def _send_tar(ex: Runner, layout: Layout, name: str, source: Path, entries: list[Entry]) -> int:
+def _send_tar(runner: Runner, layout: Layout, name: str, source: Path, entries: list[Entry]) -> int:
     """Stream a gzip tar of `entries` into the host's tar over one raw SSH channel."""
     read_fd, write_fd = os.pipe()
     failure: list[BaseException] = []
@@ -217,7 +217,7 @@ def _send_tar(ex: Runner, layout: Layout, name: str, source: Path, entries: list
     producer.start()
     reader = os.fdopen(read_fd, "rb")
     try:
-        _, sent = ex.stream(rs.extract(layout, name), f"upload {name}", reader)
+        _, sent = runner.stream(rs.extract(layout, name), f"upload {name}", reader)
     finally:
         reader.close()
         producer.join(timeout=30)
@@ -297,9 +297,9 @@ def verify(layout: Layout, name: str, manifest: Manifest) -> Command[list[str]]:
                    lambda res: differences(manifest.entries, res.stdout), assume=list)
 
 
-def _verify(ex: Runner, host: Host, layout: Layout, name: str, manifest: Manifest,
+def _verify(runner: Runner, host: Host, layout: Layout, name: str, manifest: Manifest,
             delta: bool = False) -> None:
-    problems = ex.ask(verify(layout, name, manifest))
+    problems = runner.ask(verify(layout, name, manifest))
     if problems:
         error = DeltaMismatch if delta else RolloutError
         raise error(f"{host.name}: upload of {name} did not verify: "
