@@ -29,6 +29,9 @@ TIMEOUT_KEY = "process_control_timeout"
 SCENARIOS = {
     "steady": "steady state (nothing happens)",
     "restart": "fab restart (fpm-fleet, rolling)",
+    "steady_surge": "steady state, surge fleet (nothing happens)",
+    "restart_surge": "fab restart (fpm-fleet, surge)",
+    "deploy_surge": "fab deploy (fpm-fleet, surge)",
     "reload0": "kill -USR2, process_control_timeout=0 (PHP-FPM default)",
     "reload10": "kill -USR2, process_control_timeout=10s",
 }
@@ -78,6 +81,35 @@ def one_round(fleet: Fleet, profile: Profile, tell: Callable[[str], None], resul
 def _add(result: Downtime, window: Window, n: int) -> None:
     window.round = n
     result.windows.append(window)
+
+
+def run_surge(fleet: Fleet, profile: Profile, say: Callable[[str], None],
+              windows: list[Window]) -> None:
+    """The surge strategy on its own fleet: the steady state, `fab restart` and `fab deploy`
+    of a new release, `profile.rounds` times each (windows fill in as they come)."""
+    for n in range(1, profile.rounds + 1):
+        for key in ("steady_surge", "restart_surge", "deploy_surge"):
+            say(f"surge {n}/{profile.rounds}: {SCENARIOS[key]}")
+            window = _surge_window(key, n, fleet, profile)
+            window.round = n
+            windows.append(window)
+            sandbox.healthy()
+
+
+def _surge_window(key: str, n: int, fleet: Fleet, profile: Profile) -> Window:
+    if key == "steady_surge":
+        window, _ = run_window(SCENARIOS[key], fleet, profile, lambda: None)
+        window.action_detail = "-"
+        return window
+    args = ("restart", "--plain") if key == "restart_surge" else (
+        "deploy", "--release", f"surge{n}", "--plain")
+    if key == "deploy_surge":
+        sandbox.fab("sandbox.build", "--release", f"surge{n}")
+    window, run = run_window(SCENARIOS[key], fleet, profile,
+                             lambda: sandbox.fab(*args, check=False))
+    window.action_ok = run.ok
+    window.action_detail = f"exit {run.code} after {run.seconds:.1f}s"
+    return window
 
 
 def restart_window(fleet: Fleet, profile: Profile) -> tuple[Window, Run]:

@@ -24,14 +24,15 @@ from .errors import BenchError
 from .profile import FULL, QUICK, Profile
 from .results import RESULTS_DIR, Results, write
 
-SECTIONS = ("downtime", "upload", "scale")
+SECTIONS = ("downtime", "surge", "upload", "scale")
 FAILURES = (BenchError, FleetError, OSError, subprocess.SubprocessError, KeyboardInterrupt)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="bench/run", description="fpm-fleet benchmarks on the local sandbox fleet: zero "
-        "downtime (restart vs reload), rollout cost, upload, fleet scale.")
+        "downtime (rolling and surge restart vs reload), surge deploy, rollout cost, upload, "
+        "fleet scale.")
     parser.add_argument("--quick", action="store_true",
                         help="short windows, 2,000-file upload, scale 1 and 3 hosts only")
     parser.add_argument("--fast-rate", type=float, default=None, metavar="N",
@@ -45,7 +46,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def measure(results: Results, profile: Profile, sections: tuple[str, ...]) -> None:
     """Every section in turn; results fill in as they come, so a failure keeps the rest."""
     if "downtime" in sections or "upload" in sections:
-        fresh = sandbox.up(profile.downtime_hosts)
+        # the rolling strategy's fleet: the one-replica-at-a-time restart and its step costs
+        fresh = sandbox.up(profile.downtime_hosts, strategy="rolling")
         results.base_build_s = fresh.base_build_s
         results.fleet_up_s, results.fleet_boot_s = round(fresh.seconds, 2), fresh.boot_s
         fleet = fresh.fleet
@@ -53,6 +55,9 @@ def measure(results: Results, profile: Profile, sections: tuple[str, ...]) -> No
             measure_downtime(results, profile, fleet)
         if "upload" in sections:
             results.upload = upload.run(fleet, profile.files, render.say)
+    if "surge" in sections:
+        surge_fleet = sandbox.up(profile.downtime_hosts).fleet
+        downtime.run_surge(surge_fleet, profile, render.say, results.downtime)
     if "scale" in sections:
         results.scale = scale.run(profile.scale, profile.status_runs, render.say)
         built = [r.base_build_s for r in results.scale if r.base_build_s is not None]

@@ -83,12 +83,22 @@ def reported_seconds(pattern: re.Pattern[str], stderr: str, group: int = 1) -> f
     return float(m.group(group)) if m else None
 
 
-def up(hosts: int) -> Up:
-    """A fresh sandbox of `hosts` hosts (whatever was up before is removed first)."""
+def up(hosts: int, strategy: str = "surge") -> Up:
+    """A fresh sandbox of `hosts` hosts (whatever was up before is removed first), its pool
+    on `strategy`."""
     down()
-    run = fab("sandbox.up", "--hosts", str(hosts))
+    run = fab("sandbox.up", "--hosts", str(hosts), "--strategy", strategy)
     return Up(inventory.load(INVENTORY), run.seconds, reported_seconds(BOOTED, run.stderr, 2),
               reported_seconds(BASE_BUILT, run.stderr))
+
+
+def keep_previous(on: bool) -> None:
+    """Turn the sandbox pool's keep_previous on or off in its inventory (it changes nothing
+    `fab setup` renders)."""
+    text = INVENTORY.read_text().replace("keep_previous = true\n", "")
+    if on:
+        text = text.replace('strategy = "surge"\n', 'strategy = "surge"\nkeep_previous = true\n')
+    INVENTORY.write_text(text)
 
 
 def down(timeout: float = 10) -> None:

@@ -21,6 +21,7 @@ class ScaleRow:
     deploy_parallel_s: float
     status_s: float
     base_build_s: float | None = None
+    rollback_kept_s: float | None = None  # `fab rollback` to a parked set (keep_previous)
 
 
 def run(counts: tuple[int, ...], status_runs: int, say: Callable[[str], None]) -> list[ScaleRow]:
@@ -46,4 +47,16 @@ def one(hosts: int, status_runs: int) -> ScaleRow:
     return ScaleRow(hosts, replicas, round(fresh.seconds, 2), fresh.boot_s,
                     round(sequential.seconds, 2),
                     round(parallel.seconds, 2), round(statistics.median(status), 2),
-                    fresh.base_build_s)
+                    fresh.base_build_s, rollback_kept())
+
+
+def rollback_kept() -> float:
+    """With keep_previous: deploy s4 (s3's set parks), then time the rollback to s3, a flip
+    of balancer flags on every host."""
+    sandbox.keep_previous(True)
+    try:
+        sandbox.fab("sandbox.build", "--release", "s4")
+        sandbox.fab("deploy", "--release", "s4", "--plain")
+        return round(sandbox.fab("rollback", "--plain").seconds, 2)
+    finally:
+        sandbox.keep_previous(False)

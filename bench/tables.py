@@ -92,7 +92,9 @@ def downtime_row(scenario: str, ws: list[Window]) -> list[str]:
 def downtime(windows: list[Window], profile: Profile) -> Table:
     rows = [downtime_row(name, ws) for name, ws in by_scenario(windows).items()]
     rate = f"at most {profile.fast_rate:g}/s each" if profile.fast_rate else "unpaced"
-    note = (f"Same {profile.downtime_hosts}-host fleet (2 PHP-FPM replicas per host), same "
+    note = (f"{profile.downtime_hosts}-host fleets, 2 PHP-FPM replicas per host: the rows "
+            "without 'surge' on a fleet whose pool uses the rolling strategy, the 'surge' rows "
+            "on a fresh fleet with the surge strategy (a standby set of 2 more replicas). Same "
             f"load in every window: per host 2 loops of /ping.php (fast, {rate}), 2 of "
             f"/sleep.php?ms={profile.slow_ms} (slow) and 1 of atomic.php. Rounds are run "
             "one after the other; requests and failures are totals, p50 the median and p99 "
@@ -145,14 +147,21 @@ def upload(u: UploadBench) -> Table:
 def scale(results: Results) -> Table:
     rows = [[str(r.hosts), str(r.replicas), f"{r.up_s:.1f}",
              "?" if r.boot_s is None else f"{r.boot_s:.1f}", f"{r.deploy_s:.2f}",
-             f"{r.deploy_parallel_s:.2f}", f"{r.status_s:.2f}"] for r in results.scale]
+             f"{r.deploy_parallel_s:.2f}", f"{r.status_s:.2f}",
+             "-" if r.rollback_kept_s is None else f"{r.rollback_kept_s:.2f}"]
+            for r in results.scale]
     note = ("Wall time of the `fab` command, no load; each fleet brought up fresh. "
             "sandbox.up boots the hosts (systemd-nspawn, as `sandbox.up` reports it: 'boot "
             "s'), runs `fab setup` on them and deploys the demo app. Deploys upload the small "
             "demo app (delta against the running release) and restart every replica, "
-            "health-gated.")
+            "health-gated. 'deploy s': one host after another (--sequential); 'deploy "
+            "--parallel N s': the default order (a canary host, then the others in parallel). "
+            "The pool uses the surge strategy; 'rollback kept s': `fab rollback` to the "
+            "previous release while keep_previous keeps its replicas parked (a flip of "
+            "balancer flags, no process started).")
     return Table("Fleet scale", ["hosts", "replicas", "sandbox.up s", "boot s", "deploy s",
-                                 "deploy --parallel N s", "status s"], rows, note)
+                                 "deploy --parallel N s", "status s", "rollback kept s"],
+                 rows, note)
 
 
 def build(results: Results, profile: Profile) -> list[Table]:
