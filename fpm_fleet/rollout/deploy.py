@@ -22,7 +22,7 @@ from fpm_fleet.releases import manifest
 from fpm_fleet.releases import store as release
 from fpm_fleet.releases.manifest import Manifest
 from fpm_fleet.remote.command import action
-from fpm_fleet.remote.group import HostGroup
+from fpm_fleet.remote.group import HostGroup, Proven
 from fpm_fleet.remote.runner import Runner
 from fpm_fleet.rollout import replica
 from fpm_fleet.rollout.hosts import Selection, ordered, preflight, tracked
@@ -260,9 +260,11 @@ def cleanup_pool(at: HostPool, obs: Observer) -> list[str]:
 
 
 def each_pool(runner: Runner, host: Host, sel: Selection, plans: dict[str, Plan],
-              obs: Observer, rollback: bool = False) -> list[PoolOutcome]:
+              obs: Observer, rollback: bool = False,
+              proven: Proven | None = None) -> list[PoolOutcome]:
     """Deploy (or roll back) every selected pool on one host, each with its own plan; after a
-    deploy, old releases are cleaned up."""
+    deploy, old releases are cleaned up. `proven()` is called once every pool serves the
+    release (before the last cleanup, which proves nothing about the release)."""
     done: list[PoolOutcome] = []
     for pool in sel.pools:
         at = HostPool(runner, host, pool)
@@ -271,6 +273,9 @@ def each_pool(runner: Runner, host: Host, sel: Selection, plans: dict[str, Plan]
                 done.append(rollback_pool(at, plans[pool.name], obs))
             else:
                 done.append(deploy_pool(at, plans[pool.name], obs))
+            if proven and len(done) == len(sel.pools):
+                proven()
+            if not rollback:
                 cleanup_pool(at, obs)
         except PoolFailed as exc:
             raise PoolFailed(exc, (*done, *exc.outcomes)) from None

@@ -17,7 +17,7 @@ from fpm_fleet.core.inventory import Fleet, Host, Pool
 from fpm_fleet.host import fpm
 from fpm_fleet.host.fpm import StopOutcome
 from fpm_fleet.host.pool import HostPool, Replica
-from fpm_fleet.remote.group import as_failure
+from fpm_fleet.remote.group import Proven, as_failure
 from fpm_fleet.remote.runner import Runner, shielded
 from fpm_fleet.rollout import replica
 from fpm_fleet.web import apache, balancer
@@ -143,8 +143,9 @@ def current_or_fail(at: HostPool) -> str:
 
 
 def restart_host(runner: Runner, host: Host, sel: Selection, obs: Observer,
-                 timeout: float) -> list[str]:
-    """Restart the selected replicas of every selected pool on one host."""
+                 timeout: float, proven: Proven | None = None) -> list[str]:
+    """Restart the selected replicas of every selected pool on one host; `proven()` once the
+    last one is back in rotation (one replica at a time: the host's restart is done)."""
     done = []
     for pool in sel.pools:
         at = HostPool(runner, host, pool)
@@ -154,6 +155,8 @@ def restart_host(runner: Runner, host: Host, sel: Selection, obs: Observer,
             with tracked(r, obs):
                 replica.restart(r, target, obs, timeout)
             done.append(r.label)
+    if proven:
+        proven()
     return done
 
 
