@@ -15,11 +15,13 @@ from typing import Any
 import pytest
 from fakes import EventLog, FakePool, FakeRunner
 
+from fpm_fleet import report
 from fpm_fleet.core.errors import RolloutError, UsageError
 from fpm_fleet.core.inventory import Fleet, Host
 from fpm_fleet.remote.group import (
     GroupResult,
     HostGroup,
+    HostOutcome,
     HostState,
     Proven,
     canary_stage,
@@ -406,3 +408,18 @@ def test_a_host_whose_last_pool_fails_is_never_proven(two_pools):
     with pytest.raises(PoolFailed):
         two_pools.each_pool()
     assert two_pools.calls == ["deploy www", "cleanup www"]
+
+
+def test_the_recaps_name_the_canary_and_the_hosts_it_left_untouched(capsys):
+    result = GroupResult((
+        HostOutcome("web1", error=PoolFailed(RolloutError("web1: gate failed; reverted"), (
+            PoolOutcome("web1", "www", "v1", "v1", True, reverted=True),)),
+            reached=True, canary=True),
+        HostOutcome("web2")))
+    report.rollout_recap("deploy", result)
+    report.lifecycle_recap("restart", GroupResult((
+        HostOutcome("web1", error=RolloutError("web1: gate failed"), reached=True, canary=True),
+        HostOutcome("web2"))))
+    shown = capsys.readouterr().out
+    assert shown.count("web1 (canary)") == 2 and "reverted" in shown
+    assert "not reached (untouched)" in shown and "untouched" in shown.split("restart")[-1]
