@@ -101,8 +101,9 @@ class GroupResult(Generic[T]):
 
 @dataclass
 class HostGroup:
-    """The hosts a task acts on, and how: `parallel` at a time, stopping at the first
-    failure unless told otherwise. `connector` opens a host's runner (default: SSH)."""
+    """The hosts a task acts on, and how: `run` does `parallel` at a time, stopping at the
+    first failure unless told otherwise; `roll` is the rollouts' order (its own canary and
+    parallel). `connector` opens a host's runner (default: SSH)."""
 
     obs: Observer
     parallel: int = 1
