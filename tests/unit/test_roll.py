@@ -230,7 +230,7 @@ def test_at_most_parallel_hosts_work_at_once_the_draining_canary_included(fleet,
 
     def body(host: Host, proven: Proven) -> None:
         proven()  # at once: only the bound holds the wave back
-        time.sleep(0.05)
+        time.sleep(0.1)
 
     result = group.roll(fleet.hosts, tracked(t, body), parallel=3)
     assert result.ok and len(t.started) == 8
