@@ -38,7 +38,7 @@ def one(hosts: int, status_runs: int) -> ScaleRow:
     fresh = sandbox.up(hosts)
     fleet = fresh.fleet
     sandbox.fab("sandbox.build", "--release", "s2")
-    sequential = sandbox.fab("deploy", "--release", "s2", "--plain")
+    sequential = sandbox.fab("deploy", "--release", "s2", "--sequential", "--plain")
     status = [sandbox.fab("status").seconds for _ in range(status_runs)]
     sandbox.fab("sandbox.build", "--release", "s3")
     parallel = sandbox.fab("deploy", "--release", "s3", "--parallel", str(hosts), "--plain")

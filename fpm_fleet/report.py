@@ -19,10 +19,10 @@ def lifecycle_recap(title: str, results: GroupResult[list[str]]) -> None:
     rows: list[list[object]] = []
     for o in results:
         if not o.reached and o.ok:
-            rows.append([o.host, "not reached", "-", "-", "untouched"])
+            rows.append([o.label, "not reached", "-", "-", "untouched"])
             continue
         done = o.value or []
-        rows.append([o.host, output.ok_text(o.ok), len(done) if o.ok else "-",
+        rows.append([o.label, output.ok_text(o.ok), len(done) if o.ok else "-",
                      f"{o.seconds:.1f}s", str(o.error) if o.error else ", ".join(done)])
     output.show(output.table(title, ["host", "result", "replicas done", "duration", "detail"],
                              rows))
@@ -42,11 +42,11 @@ def rollout_recap(title: str, results: GroupResult[list[PoolOutcome]]) -> None:
     for o in results:
         if not o.reached:
             result = "not reached (untouched)" if o.ok else "unreachable (untouched)"
-            rows.append([o.host, "-", "-", "-", result, "-", "no", str(o.error or "")])
+            rows.append([o.label, "-", "-", "-", result, "-", "no", str(o.error or "")])
             continue
         for p in _pool_outcomes(o.value, o.error) or [PoolOutcome(o.host, "-")]:
             result = "reverted" if p.reverted else "ok" if o.ok else "FAILED"
-            rows.append([o.host, p.pool, f"{p.before or '-'} -> {p.after or p.before or '-'}",
+            rows.append([o.label, p.pool, f"{p.before or '-'} -> {p.after or p.before or '-'}",
                          f"{o.seconds:.1f}s", output.ok_text(o.ok, result, result),
                          _upload_text(p), "yes" if p.passed_point_of_no_return else "no",
                          str(o.error or "")])

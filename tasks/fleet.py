@@ -17,7 +17,7 @@ from fpm_fleet.core.errors import UsageError
 from fpm_fleet.core.events import Observer, step
 from fpm_fleet.core.inventory import Host, Pool
 from fpm_fleet.host import lock
-from fpm_fleet.remote.group import HostGroup
+from fpm_fleet.remote.group import DEFAULT_PARALLEL, HostGroup, Proven, roll_options
 from fpm_fleet.remote.runner import Runner
 from fpm_fleet.rollout import hosts as rollout
 from fpm_fleet.rollout.hosts import Selection
@@ -119,8 +119,21 @@ def status(c: Context, host: str | None = None, pool: str | None = None,
             raise Exit(code=1)
 
 
-HostWork = Callable[[Runner, Host, Selection, Observer], list[str]]
+HostWork = Callable[[Runner, Host, Selection, Observer, Proven], list[str]]
 
+
+# The rollout order's options (HostGroup.roll), shared by deploy, rollback and restart.
+ORDER_HELP = {
+    "canary": "the first K hosts roll first and must pass (new replicas gated and serving) "
+              "before any other host starts (default 1)",
+    "parallel": f"hosts rolling at once after the canary (default {DEFAULT_PARALLEL}). Each "
+                "host keeps serving during its own roll (one replica per pool out at a time), "
+                "so parallel hosts cost no capacity; the bound is the control machine's SSH "
+                "sessions and CPU (upload streams), and how many hosts a bad release that "
+                "passed the canary can fail (and revert) at once",
+    "sequential": "one host after another, each finished before the next starts "
+                  "(--canary and --parallel are then ignored)",
+}
 
 LIFECYCLE_HELP = {**SELECT_HELP, "timeout": "seconds to wait for idle / graceful exit",
                   "plain": "plain lines instead of the live display"}
@@ -142,30 +155,38 @@ def reporting_interrupts(sel: Selection) -> Iterator[None]:
 
 
 def _lifecycle(c: Context, title: str, host: str | None, pool: str | None,
-               replica: str | None, plain: bool, body: HostWork) -> None:
+               replica: str | None, plain: bool, body: HostWork,
+               order: tuple[int, int, bool] = (1, 1, True)) -> None:
+    """`body` on every selected host, its pools locked, in the order the options
+    (--canary, --parallel, --sequential) give: by default one host after another."""
     with boundary(c, command_line()) as s:
+        canary, parallel = roll_options(*order)
         sel = rollout.select(s.fleet, host, pool, replica)
         command = command_line()
 
-        def work(runner: Runner, h: Host, obs: Observer) -> list[str]:
+        def work(runner: Runner, h: Host, obs: Observer, proven: Proven) -> list[str]:
             with ExitStack() as held:
                 with step(obs, h.name, "lock", ",".join(p.name for p in sel.pools)):
                     held.enter_context(lock.locked_pools(runner, h, sel.pools, command,
                                                          *lock.reporters(obs, h.name, "")))
-                return body(runner, h, sel, obs)
+                return body(runner, h, sel, obs, proven)
 
         with reporting_interrupts(sel), output.progress(plain) as obs:
-            results = HostGroup(obs).run(sel.hosts, lambda runner, h: work(runner, h, obs))
+            results = HostGroup(obs).roll(
+                sel.hosts, lambda runner, h, proven: work(runner, h, obs, proven),
+                canary=canary, parallel=parallel)
         report.lifecycle_recap(title, results)
         results.raise_first_failure(title)
 
 
-@task(help=LIFECYCLE_HELP)
+@task(help={**LIFECYCLE_HELP, **ORDER_HELP})
 def restart(c: Context, host: str | None = None, pool: str | None = None,
-            replica: str | None = None, timeout: float = 60, plain: bool = False) -> None:
+            replica: str | None = None, canary: int = 1, parallel: int = DEFAULT_PARALLEL,
+            sequential: bool = False, timeout: float = 60, plain: bool = False) -> None:
     """Zero-downtime rolling restart: drain, wait idle, stop, start pinned, gate, enable."""
     _lifecycle(c, "restart", host, pool, replica, plain,
-               lambda runner, h, sel, obs: rollout.restart_host(runner, h, sel, obs, timeout))
+               lambda runner, h, sel, obs, proven: rollout.restart_host(
+                   runner, h, sel, obs, timeout, proven=proven), (canary, parallel, sequential))
 
 
 @task(help={k: v for k, v in LIFECYCLE_HELP.items() if k != "timeout"})
@@ -173,7 +194,7 @@ def start(c: Context, host: str | None = None, pool: str | None = None,
           replica: str | None = None, plain: bool = False) -> None:
     """Start replicas that are not running (pinned to current.release), gate, enable."""
     _lifecycle(c, "start", host, pool, replica, plain,
-               lambda runner, h, sel, obs: rollout.start_host(runner, h, sel, obs))
+               lambda runner, h, sel, obs, _: rollout.start_host(runner, h, sel, obs))
 
 
 @task(help={**LIFECYCLE_HELP, "force": "skip the guard (may take the last replica out)"})
@@ -182,8 +203,8 @@ def stop(c: Context, host: str | None = None, pool: str | None = None,
          plain: bool = False) -> None:
     """Drain, wait idle, stop gracefully; never the last healthy replica unless --force."""
     _lifecycle(c, "stop", host, pool, replica, plain,
-               lambda runner, h, sel, obs: rollout.stop_host(runner, h, sel, obs, timeout,
-                                                        force))
+               lambda runner, h, sel, obs, _: rollout.stop_host(runner, h, sel, obs, timeout,
+                                                           force))
 
 
 @task(iterable=["path"],

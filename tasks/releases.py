@@ -16,7 +16,7 @@ from fpm_fleet.host import lock
 from fpm_fleet.host.pool import HostPool
 from fpm_fleet.releases import store
 from fpm_fleet.remote.dryrun import Recorder, StepsInPlan
-from fpm_fleet.remote.group import HostGroup
+from fpm_fleet.remote.group import DEFAULT_PARALLEL, HostGroup, Proven, roll_options
 from fpm_fleet.remote.runner import Runner
 from fpm_fleet.remote.ssh import SSHRunner, connect
 from fpm_fleet.rollout import deploy
@@ -24,48 +24,53 @@ from fpm_fleet.rollout import hosts as rollout
 from fpm_fleet.rollout.deploy import Plan, PoolOutcome
 from fpm_fleet.rollout.hosts import Selection
 from tasks.boundary import Session, boundary, command_line
-from tasks.fleet import reporting_interrupts
+from tasks.fleet import ORDER_HELP, reporting_interrupts
 
 COMMON_HELP = {
+    **ORDER_HELP,
     "host": "host name, or a comma list (default: every host)",
     "pool": "one pool (default: every pool)",
-    "parallel": "hosts done at the same time (default 1); at most one replica per pool "
-                "and host is ever out of rotation",
     "timeout": "seconds to wait for a replica to become idle / exit",
     "dry_run": "run the real steps against the hosts' real state, but change nothing: print "
                "every command that would run, as the user it would run as",
     "plain": "plain lines instead of the live display",
 }
 
-PoolWork = Callable[[Runner, Host, Observer], list[PoolOutcome]]
+PoolWork = Callable[[Runner, Host, Observer, Proven | None], list[PoolOutcome]]
 
 
 @task(name="deploy", help={**COMMON_HELP, "release": "the release name (letters, digits, . _ -)",
             "source": "directory to upload (default: the pool's `source`)",
             "force": "replace an existing release of that name whose content differs"})
 def deploy_(c: Context, release: str = "", source: str | None = None, host: str | None = None,
-            pool: str | None = None, parallel: int = 1, force: bool = False,
-            dry_run: bool = False, timeout: float = 60, plain: bool = False) -> None:
+            pool: str | None = None, canary: int = 1, parallel: int = DEFAULT_PARALLEL,
+            sequential: bool = False, force: bool = False, dry_run: bool = False,
+            timeout: float = 60, plain: bool = False) -> None:
     """Upload a release to every host, activate it, health-gated rolling restart, auto-revert."""
     with boundary(c, command_line()) as s:
+        order = roll_options(canary, parallel, sequential)
         if not release:
             raise UsageError("deploy needs --release NAME: the name of the new release "
                              "(letters, digits, '.', '_' and '-'), e.g. --release v42")
         name = store.validate_name(release)
         sel = rollout.select(s.fleet, host, pool)
         plans = deploy.deploy_plans(sel, name, source, force, timeout, command_line())
-        _run_rollout(s, sel, "deploy", parallel, plain, dry_run,
-                     lambda runner, h, obs: deploy.each_pool(runner, h, sel, plans, obs))
+        _run_rollout(s, sel, "deploy", order, plain, dry_run,
+                     lambda runner, h, obs, proven: deploy.each_pool(runner, h, sel, plans, obs,
+                                                                     proven=proven))
 
 
-def _run_rollout(s: Session, sel: Selection, title: str, parallel: int, plain: bool,
+def _run_rollout(s: Session, sel: Selection, title: str, order: tuple[int, int], plain: bool,
                  dry_run: bool, body: PoolWork) -> None:
+    """The canary stage, then the rest `parallel` at a time (ARCHITECTURE.md, Deploy)."""
     if dry_run:
         _dry_run(sel, title, body)
         return
+    canary, parallel = order
     with reporting_interrupts(sel), output.progress(plain) as obs:
-        results = HostGroup(obs, parallel=max(1, parallel)).run(
-            sel.hosts, lambda runner, h: body(runner, h, obs))
+        results = HostGroup(obs).roll(
+            sel.hosts, lambda runner, h, proven: body(runner, h, obs, proven),
+            canary=canary, parallel=parallel)
     report.rollout_recap(title, results)
     results.raise_first_failure(title)
 
@@ -81,17 +86,19 @@ def _dry_run(sel: Selection, title: str, body: PoolWork) -> None:
             return obs.recorders[h.name]
 
         results = HostGroup(obs, stop_on_failure=False, connector=connector).run(
-            sel.hosts, lambda runner, h: body(runner, h, obs))
+            sel.hosts, lambda runner, h: body(runner, h, obs, None))
     report.plan(title, [p for r in obs.recorders.values() for p in r.plan], reads=True)
     results.raise_first_failure(f"{title} (dry run)")
 
 
 @task(help={**COMMON_HELP, "to": "release to go back to (default: the previous good one)"})
 def rollback(c: Context, to: str | None = None, host: str | None = None,
-             pool: str | None = None, parallel: int = 1, dry_run: bool = False,
-             timeout: float = 60, plain: bool = False) -> None:
+             pool: str | None = None, canary: int = 1, parallel: int = DEFAULT_PARALLEL,
+             sequential: bool = False, dry_run: bool = False, timeout: float = 60,
+             plain: bool = False) -> None:
     """Go back to the previous good release (or --to NAME), the same health-gated way."""
     with boundary(c, command_line()) as s:
+        order = roll_options(canary, parallel, sequential)
         if to:
             store.validate_name(to)
         sel = rollout.select(s.fleet, host, pool)
@@ -102,9 +109,9 @@ def rollback(c: Context, to: str | None = None, host: str | None = None,
             return {p.name: Plan(release=targets[(h.name, p.name)], command=command,
                                  timeout=timeout) for p in sel.pools}
 
-        _run_rollout(s, sel, "rollback", parallel, plain, dry_run,
-                     lambda runner, h, obs: deploy.each_pool(runner, h, sel, plans(h), obs,
-                                                             rollback=True))
+        _run_rollout(s, sel, "rollback", order, plain, dry_run,
+                     lambda runner, h, obs, proven: deploy.each_pool(
+                         runner, h, sel, plans(h), obs, rollback=True, proven=proven))
 
 
 @task(help={"host": COMMON_HELP["host"], "pool": COMMON_HELP["pool"]})

@@ -22,7 +22,7 @@ from fpm_fleet.releases import manifest
 from fpm_fleet.releases import store as release
 from fpm_fleet.releases.manifest import Manifest
 from fpm_fleet.remote.command import action
-from fpm_fleet.remote.group import HostGroup
+from fpm_fleet.remote.group import HostGroup, Proven
 from fpm_fleet.remote.runner import Runner
 from fpm_fleet.rollout import replica, surge
 from fpm_fleet.rollout.hosts import Selection, ordered, preflight, tracked
@@ -274,7 +274,7 @@ def cleanup_pool(at: HostPool, obs: Observer) -> list[str]:
 
 def each_pool(runner: Runner, host: Host, sel: Selection, plans: dict[str, Plan],
               obs: Observer, rollback: bool = False,
-              proven: Callable[[], None] | None = None) -> list[PoolOutcome]:
+              proven: Proven | None = None) -> list[PoolOutcome]:
     """Deploy (or roll back) every selected pool on one host, each with its own plan; after a
     deploy, old releases are cleaned up. `proven` is said once the last pool serves its new
     release (a canary stage waits for it)."""

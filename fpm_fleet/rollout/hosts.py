@@ -7,7 +7,7 @@ function returns the replicas it completed. Across hosts: remote/group.py.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -17,7 +17,7 @@ from fpm_fleet.core.inventory import SURGE, Fleet, Host, Pool
 from fpm_fleet.host import fpm
 from fpm_fleet.host.fpm import StopOutcome
 from fpm_fleet.host.pool import HostPool, Replica
-from fpm_fleet.remote.group import as_failure
+from fpm_fleet.remote.group import Proven, as_failure
 from fpm_fleet.remote.runner import Runner, shielded
 from fpm_fleet.rollout import replica, surge
 from fpm_fleet.web import apache, balancer
@@ -143,24 +143,25 @@ def current_or_fail(at: HostPool) -> str:
 
 
 def restart_host(runner: Runner, host: Host, sel: Selection, obs: Observer,
-                 timeout: float, proven: Callable[[], None] | None = None) -> list[str]:
+                 timeout: float, proven: Proven | None = None) -> list[str]:
     """Restart the selected replicas of every selected pool on one host: a surge pool
     starts its standby set and retires the serving one (one replica chosen with --replica
     restarts on its own, drained first, as a rolling pool's replicas do)."""
     done = []
-    for pool in sel.pools:
+    for i, pool in enumerate(sel.pools):
         at = HostPool(runner, host, pool)
+        last = proven if i == len(sel.pools) - 1 else None
         preflight(at, obs)
         target = current_or_fail(at)
         if pool.strategy == SURGE and sel.replica is None:
-            done += surge.surge_to(at, target, obs, timeout, force=True)
+            done += surge.surge_to(at, target, obs, timeout, proven=last, force=True)
             continue
         for r in ordered(at, sel.replicas(pool)):
             with tracked(r, obs):
                 replica.restart(r, target, obs, timeout)
             done.append(r.label)
-    if proven is not None:
-        proven()
+        if last is not None:
+            last()
     return done
 
 

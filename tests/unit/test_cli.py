@@ -14,6 +14,8 @@ from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 FAB = str(Path(sys.executable).with_name("fab"))
 
@@ -161,6 +163,19 @@ def test_deploy_without_a_release_says_so_and_touches_no_host(tmp_path: Path) ->
     (error,) = errors(proc.stderr)
     assert error == ("error: deploy needs --release NAME: the name of the new release "
                      "(letters, digits, '.', '_' and '-'), e.g. --release v42")
+
+
+@pytest.mark.parametrize("task", [["deploy", "--release", "v2"], ["rollback"], ["restart"]])
+@pytest.mark.parametrize("order", [("--canary", "0"), ("--parallel", "0")])
+def test_a_rollout_order_below_one_host_exits_2_and_touches_no_host(
+        tmp_path: Path, task: list[str], order: tuple[str, str]) -> None:
+    with listening() as (port, accepted):
+        text = INVENTORY.format(name="alpha").replace("port = 9", f"port = {port}")
+        proc = fab(*task, *order, env={"FABRIC_INVENTORY": str(inventory(tmp_path, text=text))})
+        assert not accepted
+    assert proc.returncode == 2, proc.stderr
+    (error,) = errors(proc.stderr)
+    assert error.startswith(f"error: {order[0]} must be at least 1 (got 0)")
 
 
 @contextmanager
