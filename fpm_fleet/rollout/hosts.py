@@ -105,7 +105,7 @@ def _recover(r: Replica, obs: Observer, what: str) -> None:
     of the recovery itself (the connection is gone) is said, never raised over the cause."""
     try:
         with shielded(r.at.runner):
-            state = replica.recover(r)
+            state = replica.recover(r, start_stopped=True)
     except Exception as exc:
         state = f"state unknown, not put back ({as_failure(r.host, exc)})"
     obs.event(Event("warn", r.host.name, what, r.name, state))

@@ -265,9 +265,26 @@ def settled_master(r: Replica, wait: float = SETTLE_WAIT) -> Process | None:
         time.sleep(POLL)
 
 
-def recover(r: Replica) -> str:
-    """After an interruption: put the replica back if it runs and is healthy; say its state."""
+def _start_again(r: Replica) -> Process | None:
+    target = r.ask(fpm.current_release(r.at))
+    if not target:
+        return None
+    try:
+        r.ask(fpm.start(r, target))
+    except RemoteError:
+        return None  # the unit's own log says why; the replica stays out
+    return settled_master(r)
+
+
+def recover(r: Replica, start_stopped: bool = False) -> str:
+    """After an interruption: put the replica back if it runs and is healthy; say its state.
+
+    With `start_stopped` (the replica in hand of a restart, a start or a deploy, which was
+    meant to run: an interrupt between its stop and its start would leave the pool a replica
+    short), a stopped replica is started on what current.release names first."""
     proc = settled_master(r)
+    if proc is None and start_stopped:
+        proc = _start_again(r)
     if proc is None:
         return "stopped, out of rotation"
     release = proc.release or ""

@@ -186,12 +186,25 @@ def test_an_interrupt_puts_a_drained_healthy_replica_back(fake):
         ("warn", "interrupted", "www-1", "running v1, Init Ok")]
 
 
-def test_an_interrupt_leaves_a_stopped_replica_out_and_says_so(fake):
+def test_an_interrupt_between_stop_and_start_starts_the_replica_again(fake):
+    # the replica in hand was meant to run: left stopped, the pool would be a replica short
     obs = EventLog()
     r = fake.replica(1)
     with pytest.raises(KeyboardInterrupt), rollout.tracked(r, obs):
         apache.drain(r)
         r.ask(fpm.stop(r))
+        raise KeyboardInterrupt
+    assert fake.serving() == [1, 2] and fake.pinned[1] == "v1"
+    assert [e.detail for e in obs.events] == ["running v1, Init Ok"]
+
+
+def test_an_interrupted_replica_that_cannot_start_stays_out_and_says_so(fake):
+    obs = EventLog()
+    r = fake.replica(1)
+    with pytest.raises(KeyboardInterrupt), rollout.tracked(r, obs):
+        apache.drain(r)
+        r.ask(fpm.stop(r))
+        fake.current = None  # nothing to start it on
         raise KeyboardInterrupt
     assert fake.serving() == [2]
     assert [e.detail for e in obs.events] == ["stopped, out of rotation"]
