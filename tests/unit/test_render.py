@@ -239,9 +239,17 @@ def test_a_file_missing_from_the_active_release_falls_back_to_the_previous_one(a
     _php_rule, (conds, rule), *_ = rewrite_rules(vhost(app_fleet, pool))
     web, fallback = (f"/srv/fpm-fleet/{pool}/{link}{'/public' if pool == 'app' else ''}"
                      for link in ("current.release", "previous.release"))
-    assert conds == [f'RewriteCond "{web}/$1" !-e', f'RewriteCond "{fallback}/$1" -f']
+    assert conds == [f'RewriteCond "{web}/$1" !-f', f'RewriteCond "{web}/$1" !-d',
+                     f'RewriteCond "{fallback}/$1" -f']
     # a plain file path, served under the fallback <Directory>: never proxied
     assert rule == f'RewriteRule "^/(.*)$" "{fallback}/$1" [L]'
+
+
+def test_rewrite_conditions_use_only_file_tests_mod_rewrite_has(app_fleet):
+    # a CondPattern mod_rewrite does not know (`-e`, `!-e`) is silently taken as a regex
+    for pool in ("app", "legacy"):
+        for conds, _ in rewrite_rules(vhost(app_fleet, pool)):
+            assert {shlex.split(c)[2] for c in conds} <= {"-f", "!-f", "-d", "!-d"}, pool
 
 
 # Files of a fake host for route(): the active release's and the previous one's.
@@ -261,7 +269,9 @@ def route(body: str, path: str) -> str:
         _, test, op = shlex.split(cond)
         for n, value in groups.items():
             test = test.replace(n, value)
-        return {"-f": test in FILES, "!-e": test not in FILES | DIRS}[op]
+        # only the tests mod_rewrite has (it has no -e: anything else would be a regex)
+        return {"-f": test in FILES, "!-f": test not in FILES, "-d": test in DIRS,
+                "!-d": test not in DIRS}[op]
 
     for conds, rule in rewrite_rules(body):
         _, pattern, target, *_ = shlex.split(rule)
@@ -282,6 +292,7 @@ FC = "balancer://app/srv/fpm-fleet/app/current/public/index.php"
 @pytest.mark.parametrize(("path", "served"), [
     ("/app.new.css", "-"),                   # the active release's own file
     ("/both.css", "-"),                      # in both: always the active release's
+    ("/index.php/x", "balancer://app/srv/fpm-fleet/app/current/public/index.php"),
     ("/app.old.css", f"{OLD}/app.old.css"),  # only in the previous release
     ("/gone.php", f"{OLD}/gone.php"),        # a file there, refused by <FilesMatch>
     ("/hello/world", FC),                    # in neither: the front controller
