@@ -113,12 +113,13 @@ def hand_over(layout: Layout, user: str) -> str:
     """Give the deploy user what it writes, print every path changed (a rerun prints nothing).
 
     The pool directory stays root's, group-writable for the user's group and sticky: the
-    user creates and replaces its own entries there (current.release), but cannot rename or
-    remove root's conf/ and run/. shared/ itself only: what the PHP workers wrote in it
-    stays theirs.
+    user creates and replaces its own entries there (current.release, previous.release), but
+    cannot rename or remove root's conf/ and run/. shared/ itself only: what the PHP workers
+    wrote in it stays theirs.
     """
     mode = "755" if user == "root" else "1775"
-    pool, link, who = q(layout.dir), q(layout.current_release), q(user)
+    pool, who = q(layout.dir), q(user)
+    links = shell.join([layout.current_release, layout.previous_release])
     whole = [d for d in layout.deploy_owned() if d != layout.shared]
     # the pool's lock, which this very setup holds (taken as root): a rerun is no change
     held = q(f"{layout.state / 'lock'}*")
@@ -127,7 +128,8 @@ def hand_over(layout: Layout, user: str) -> str:
     return (f"g=$(id -gn -- {who}) || {{ echo {q(f'no user {user} on this host')} >&2; "
             f"exit 1; }}; [ \"$(stat -c %U:%G:%a -- {pool})\" = \"root:$g:{mode}\" ] || "
             f"{{ chown root:\"$g\" -- {pool} && chmod {mode} -- {pool} && echo {pool}; }}; "
-            f"set -- {shell.join(whole)}; [ -L {link} ] && set -- \"$@\" {link}; "
+            f"set -- {shell.join(whole)}; for l in {links}; do [ ! -L \"$l\" ] || "
+            f"set -- \"$@\" \"$l\"; done; "
             f"find \"$@\" ! -path {held} {mismatch}; "
             f"find {q(layout.shared)} -maxdepth 0 {mismatch}")
 

@@ -64,14 +64,16 @@ def down(c: Context, dir: str = DEFAULT_DIR, purge: bool = False) -> None:
             "dest": "where to write it (default: the sandbox pool's source directory)",
             "unhealthy": "make health.php answer 500 (to try the automatic revert)",
             "files": "add this many ~10 KB filler files (upload benchmarks)",
+            "asset": "add the release's own hashed stylesheet (the asset fallback)",
             "dir": "sandbox directory"})
 def build(c: Context, release: str = "v2", dest: str | None = None, unhealthy: bool = False,
-          files: int = 0, dir: str = DEFAULT_DIR) -> None:
+          files: int = 0, asset: bool = False, dir: str = DEFAULT_DIR) -> None:
     """Build the demo application as release NAME, ready for `fab deploy`."""
     target = Path(dest) if dest else Path(dir).resolve() / "build" / "www"
-    demo_app.build(target, release, healthy=not unhealthy, filler_files=files)
+    demo_app.build(target, release, healthy=not unhealthy, filler_files=files, asset=asset)
     output.note(f"built demo release {release} in {target}"
-                + (" (health.php fails)" if unhealthy else ""))
+                + (" (health.php fails)" if unhealthy else "")
+                + (f" with /{demo_app.asset_path(release)}" if asset else ""))
 
 
 @task(help={"hosts": "how many hosts", "dir": "sandbox directory"})

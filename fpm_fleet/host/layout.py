@@ -31,6 +31,12 @@ class Layout:
         return self.dir / "current.release"
 
     @property
+    def previous_release(self) -> PurePosixPath:
+        """The symlink to the release current.release named before its last activation,
+        repointed in the same command: static files of pages still rendered by old replicas."""
+        return self.dir / "previous.release"
+
+    @property
     def current(self) -> PurePosixPath:
         """The empty mount point every replica pins its release on."""
         return self.dir / "current"
@@ -39,6 +45,12 @@ class Layout:
     def web_root(self) -> PurePosixPath:
         """Where Apache serves static files: document_root of the active release."""
         return self.current_release / self.document_root
+
+    @property
+    def fallback_web_root(self) -> PurePosixPath:
+        """Where Apache looks for a static file the active release lacks (an old page's
+        hashed asset during a rollout): document_root of the previous release."""
+        return self.previous_release / self.document_root
 
     @property
     def pinned_web_root(self) -> PurePosixPath:

@@ -157,24 +157,43 @@ def escape_field(value: str) -> str:
             .replace("\r", "\\r"))
 
 
+def _repoint(link: PurePosixPath, target: str) -> str:
+    """Point the symlink `link` at `target` (already shell text) atomically: a temporary
+    symlink renamed over it (rename(2)), so a reader never finds `link` missing."""
+    tmp = q(f"{link}.fpm-fleet-tmp")
+    return f"rm -f -- {tmp} && ln -s -- {target} {tmp} && mv -T -f -- {tmp} {q(link)}"
+
+
+def _keep_previous(layout: Layout, name: str) -> str:
+    """Repoint previous.release at the release current.release names now ($prev), so Apache
+    can still serve the assets of pages old replicas render. Only a real release name: not
+    `-` (none, or unreadable), not a dot name (`..` would leave releases/), not `name`
+    itself (re-activating the current release keeps its previous), and present."""
+    link = _repoint(layout.previous_release, '"releases/$prev"')
+    return (f"case $prev in -|.*|{q(name)}) ;; *) [ ! -d {q(layout.releases)}/\"$prev\" ] || "
+            f"{{ {link}; }};; esac")
+
+
 def activate(layout: Layout, name: str, stamp: str, user: str, command: str) -> str:
     """Point current.release at releases/NAME atomically (temp symlink + rename(2)) and
     record it in the history (time, release, previous, user, command), in one command.
 
     Prints the previous target's name first. Whatever can fail (the missing release, writing
-    the new history beside the old) happens before the symlink's rename; after it only the
-    history's own rename: never an activation without its record.
+    the new history beside the old, previous.release) happens before current.release's
+    rename; after it only the history's own rename: never an activation without its record.
+    previous.release moves first: at no instant is the outgoing release neither current nor
+    previous, so its pages' assets stay reachable throughout the flip.
     """
     cur, hist = q(layout.current_release), q(layout.state / "history")
-    tmp, new = q(f"{layout.current_release}.fpm-fleet-tmp"), q(f"{layout.state}/history.new")
+    new = q(f"{layout.state}/history.new")
     fields = " ".join(q(escape_field(f)) for f in (stamp, name))
     record = " ".join(q(escape_field(f)) for f in (user, command))
     return (f"[ -d {q(layout.release(name))} ] || {{ echo {q(f'release {name} is missing')} "
             f">&2; exit 3; }}; prev=$(basename -- \"$(readlink -- {cur} || true)\"); "
             f"printf '%s\\n' \"$prev\"; case $prev in ''|*[!A-Za-z0-9._-]*) prev=-;; esac; "
             f"{{ cat -- {hist} 2>/dev/null; printf '%s\\t%s\\t%s\\t%s\\t%s\\n' {fields} "
-            f"\"$prev\" {record}; }} > {new} && rm -f -- {tmp} && "
-            f"ln -s -- {q(f'releases/{name}')} {tmp} && mv -T -f -- {tmp} {cur} && "
+            f"\"$prev\" {record}; }} > {new} && {_keep_previous(layout, name)} && "
+            f"{_repoint(layout.current_release, q(f'releases/{name}'))} && "
             f"mv -f -- {new} {hist}")
 
 

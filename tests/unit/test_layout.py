@@ -15,6 +15,7 @@ def test_pool_layout_follows_the_host_model():
     assert lay.release("v1") == P("/srv/fpm-fleet/www/releases/v1")
     assert lay.current_release == P("/srv/fpm-fleet/www/current.release")
     assert lay.current == P("/srv/fpm-fleet/www/current")
+    assert lay.previous_release == P("/srv/fpm-fleet/www/previous.release")
     assert lay.sock(2) == P("/srv/fpm-fleet/www/run/www-2.sock")
     assert lay.status_sock(2) == P("/srv/fpm-fleet/www/run/www-2-status.sock")
     assert lay.pid(2) == P("/srv/fpm-fleet/www/run/www-2.pid")
@@ -36,7 +37,15 @@ def test_every_directory_of_the_model_is_listed_once_pool_dir_first():
     assert len(set(dirs)) == len(dirs)
     assert {lay.releases, lay.current, lay.shared, lay.run, lay.log, lay.conf, lay.state,
             lay.incoming} <= set(dirs)
-    assert lay.current_release not in dirs  # a symlink, made by activate
+    # symlinks, made by activate
+    assert lay.current_release not in dirs and lay.previous_release not in dirs
+
+
+def test_static_files_come_from_the_active_release_then_the_previous_one():
+    lay = Layout(dir=P("/srv/fpm-fleet/app"), pool="app", document_root="public")
+    assert lay.web_root == P("/srv/fpm-fleet/app/current.release/public")
+    assert lay.fallback_web_root == P("/srv/fpm-fleet/app/previous.release/public")
+    assert Layout(dir=P("/srv/x"), pool="x").fallback_web_root == P("/srv/x/previous.release")
 
 
 def test_layout_of_host_and_pool_uses_the_inventory(inventory_data, build_fleet):

@@ -191,6 +191,8 @@ def test_setup_keeps_conf_run_and_the_pool_dir_roots_and_gives_the_rest_to_the_u
     assert "chown root:\"$g\" -- /srv/fpm-fleet/www && chmod 1775" in command
     assert "/srv/fpm-fleet/www/conf" not in command and "/srv/fpm-fleet/www/run" not in command
     assert "chown -h deploy:\"$g\"" in command  # current.release: the link, not its target
+    assert ("for l in /srv/fpm-fleet/www/current.release /srv/fpm-fleet/www/previous.release"
+            in command)
     # shared/ itself, not what the PHP workers wrote in it
     assert "find /srv/fpm-fleet/www/shared -maxdepth 0 " in command
     assert "set -- /srv/fpm-fleet/www/releases /srv/fpm-fleet/www/state " in command

@@ -7,6 +7,7 @@ import io
 import os
 import tarfile
 import threading
+from dataclasses import replace
 from pathlib import Path, PurePosixPath
 
 import pytest
@@ -53,6 +54,11 @@ def test_activate_command_writes_history_beside_then_renames_symlink_and_history
         "{ cat -- /srv/fpm-fleet/www/state/history 2>/dev/null; "
         "printf '%s\\t%s\\t%s\\t%s\\t%s\\n' 2026-01-01T00:00:00+0000 v2 \"$prev\" alice@box "
         "'fab deploy --release v2'; } > /srv/fpm-fleet/www/state/history.new && "
+        "case $prev in -|.*|v2) ;; *) [ ! -d /srv/fpm-fleet/www/releases/\"$prev\" ] || "
+        "{ rm -f -- /srv/fpm-fleet/www/previous.release.fpm-fleet-tmp && "
+        "ln -s -- \"releases/$prev\" /srv/fpm-fleet/www/previous.release.fpm-fleet-tmp && "
+        "mv -T -f -- /srv/fpm-fleet/www/previous.release.fpm-fleet-tmp "
+        "/srv/fpm-fleet/www/previous.release; };; esac && "
         "rm -f -- /srv/fpm-fleet/www/current.release.fpm-fleet-tmp && "
         "ln -s -- releases/v2 /srv/fpm-fleet/www/current.release.fpm-fleet-tmp && "
         "mv -T -f -- /srv/fpm-fleet/www/current.release.fpm-fleet-tmp "
@@ -92,6 +98,74 @@ def test_activate_repoints_current_release_and_prints_the_previous_name(sh, layo
     assert Path(layout.current_release, "index.php").read_text() == "<?php echo 'v2';\n"
     assert sorted(p.name for p in Path(layout.dir).iterdir() if "current" in p.name) == [
         "current", "current.release"]
+
+
+def previous(layout: Layout) -> str | None:
+    try:
+        return os.readlink(layout.previous_release)
+    except FileNotFoundError:
+        return None
+
+
+def test_previous_release_follows_each_activation_revert_and_rollback_included(sh, layout):
+    for name in ("v1", "v2", "v3"):
+        make_release(layout, name, {"public/app.css": name})
+    steps = [("v1", None), ("v2", "releases/v1"), ("v3", "releases/v2"),
+             ("v2", "releases/v3"),  # a revert v3 -> v2: the failed v3's assets stay served
+             ("v1", "releases/v2")]  # a rollback
+    for name, expected in steps:
+        result = sh(act(layout, name))
+        assert result.returncode == 0, result.stderr
+        assert os.readlink(layout.current_release) == f"releases/{name}"
+        assert previous(layout) == expected, f"after activating {name}"
+    lay = replace(layout, document_root="public")
+    assert Path(lay.fallback_web_root, "app.css").read_text() == "v2"
+    # the history record is as before: the previous field, one entry per activation
+    lines = Path(layout.state, "history").read_text().splitlines()
+    assert [line.split("\t")[1:3] for line in lines] == [
+        ["v1", "-"], ["v2", "v1"], ["v3", "v2"], ["v2", "v3"], ["v1", "v2"]]
+    assert not list(Path(layout.dir).glob("*.fpm-fleet-tmp"))
+
+
+def test_previous_release_moves_only_to_a_real_other_release(sh, layout):
+    make_release(layout, "v1")
+    make_release(layout, "v2")
+    sh(act(layout, "v1"))
+    sh(act(layout, "v2"))
+    assert previous(layout) == "releases/v1"
+    # re-activating the current release: previous.release must not name it
+    assert sh(act(layout, "v2")).returncode == 0
+    assert previous(layout) == "releases/v1"
+    # current.release naming no release (removed, a dot name leaving releases/, forged)
+    for target in ("releases/gone", "releases/..", "releases/.", "releases/x y"):
+        os.remove(layout.current_release)
+        os.symlink(target, layout.current_release)
+        assert sh(act(layout, "v2")).returncode == 0, target
+        assert previous(layout) == "releases/v1", target
+
+
+def test_activate_never_lets_a_reader_see_previous_release_missing(sh, layout):
+    for name in ("v1", "v2", "v3"):
+        make_release(layout, name)
+    sh(act(layout, "v1"))
+    sh(act(layout, "v2"))
+    done = threading.Event()
+    seen: set[str | None] = set()
+
+    def reader() -> None:
+        while not done.is_set():
+            seen.add(previous(layout))
+
+    t = threading.Thread(target=reader)
+    t.start()
+    try:
+        for i in range(30):
+            assert sh(act(layout, ("v3", "v2")[i % 2])).returncode == 0
+    finally:
+        done.set()
+        t.join()
+    assert None not in seen
+    assert seen <= {"releases/v1", "releases/v2", "releases/v3"}
 
 
 def test_activate_of_a_missing_release_fails_with_3_and_changes_nothing(sh, layout):

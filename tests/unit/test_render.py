@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import shlex
 from pathlib import PurePosixPath
 
 import pytest
@@ -157,12 +158,15 @@ def test_static_files_come_from_document_root_of_the_active_release(app_fleet):
 def test_only_document_root_is_granted_and_the_rest_of_the_pool_is_denied(app_fleet):
     body = vhost(app_fleet, "app")
     dirs = dict(re.findall(r'<Directory "([^"]+)">\n(.*?)</Directory>', body, re.S))
-    assert list(dirs) == ["/srv/fpm-fleet/app", "/srv/fpm-fleet/app/current.release/public"]
-    pool, web = dirs.values()
+    assert list(dirs) == ["/srv/fpm-fleet/app", "/srv/fpm-fleet/app/current.release/public",
+                          "/srv/fpm-fleet/app/previous.release/public"]
+    pool, web, fallback = dirs.values()
     assert "Require all denied" in pool and "Require all granted" not in pool
     # current.release is a symlink: without FollowSymLinks Apache refuses it (AH00037)
     assert "Options FollowSymLinks" in pool and "AllowOverride None" in pool
     assert "Require all granted" in web
+    # the previous release's document_root is granted under exactly the same rules
+    assert fallback == web
 
 
 def test_legacy_pool_without_document_root_serves_the_release_root(app_fleet):
@@ -216,7 +220,7 @@ def test_fastcgi_variables_come_from_the_decoded_path_under_current(app_fleet):
 
 
 def test_front_controller_runs_every_path_that_is_not_an_existing_file(app_fleet):
-    _, (static_conds, static), (fc_conds, fc) = rewrite_rules(vhost(app_fleet, "app"))
+    _, _, (static_conds, static), (fc_conds, fc) = rewrite_rules(vhost(app_fleet, "app"))
     assert static_conds == ['RewriteCond "/srv/fpm-fleet/app/current.release/public/$1" -f']
     assert static == 'RewriteRule "^/(.*)$" - [L]'
     assert fc_conds == []
@@ -226,8 +230,87 @@ def test_front_controller_runs_every_path_that_is_not_an_existing_file(app_fleet
 
 def test_without_front_controller_only_existing_php_files_are_proxied(app_fleet):
     body = vhost(app_fleet, "legacy")
-    assert len(rewrite_rules(body)) == 1
+    assert len(rewrite_rules(body)) == 2  # .php, previous release's files
     assert "DirectoryIndex index.php index.html" in body
+
+
+@pytest.mark.parametrize("pool", ["app", "legacy"])
+def test_a_file_missing_from_the_active_release_falls_back_to_the_previous_one(app_fleet,
+                                                                               pool):
+    _php_rule, (conds, rule), *_ = rewrite_rules(vhost(app_fleet, pool))
+    web, fallback = (f"/srv/fpm-fleet/{pool}/{link}{'/public' if pool == 'app' else ''}"
+                     for link in ("current.release", "previous.release"))
+    assert conds == [f'RewriteCond "{web}/$1" !-f', f'RewriteCond "{web}/$1" !-d',
+                     f'RewriteCond "{fallback}/$1" -f']
+    # a plain file path, served under the fallback <Directory>: never proxied
+    assert rule == f'RewriteRule "^/(.*)$" "{fallback}/$1" [L]'
+
+
+def test_rewrite_conditions_use_only_file_tests_mod_rewrite_has(app_fleet):
+    # a CondPattern mod_rewrite does not know (`-e`, `!-e`) is silently taken as a regex
+    for pool in ("app", "legacy"):
+        for conds, _ in rewrite_rules(vhost(app_fleet, pool)):
+            assert {shlex.split(c)[2] for c in conds} <= {"-f", "!-f", "-d", "!-d"}, pool
+
+
+# Files of a fake host for route(): the active release's and the previous one's.
+WEB = "/srv/fpm-fleet/app/current.release/public"
+OLD = "/srv/fpm-fleet/app/previous.release/public"
+FILES = {f"{WEB}/index.php", f"{WEB}/app.new.css", f"{WEB}/both.css",
+         f"{OLD}/index.php", f"{OLD}/app.old.css", f"{OLD}/both.css", f"{OLD}/gone.php",
+         f"{OLD}/dir"}
+DIRS = {WEB, OLD, f"{WEB}/dir"}
+
+
+def route(body: str, path: str) -> str:
+    """What the vhost's rewrite rules make of `path` on a host holding FILES and DIRS: the
+    first rule whose pattern and conditions hold, its substitution expanded ("-": served as
+    is, from DocumentRoot); "" if none applies (DocumentRoot and mod_dir)."""
+    def holds(cond: str, groups: dict[str, str]) -> bool:
+        _, test, op = shlex.split(cond)
+        for n, value in groups.items():
+            test = test.replace(n, value)
+        # only the tests mod_rewrite has (it has no -e: anything else would be a regex)
+        return {"-f": test in FILES, "!-f": test not in FILES, "-d": test in DIRS,
+                "!-d": test not in DIRS}[op]
+
+    for conds, rule in rewrite_rules(body):
+        _, pattern, target, *_ = shlex.split(rule)
+        m = re.match(pattern, path)
+        if not m:
+            continue
+        groups = {f"${i}": g or "" for i, g in enumerate(m.groups(), 1)}
+        if all(holds(c, groups) for c in conds):
+            for n, value in groups.items():
+                target = target.replace(n, value)
+            return target
+    return ""
+
+
+FC = "balancer://app/srv/fpm-fleet/app/current/public/index.php"
+
+
+@pytest.mark.parametrize(("path", "served"), [
+    ("/app.new.css", "-"),                   # the active release's own file
+    ("/both.css", "-"),                      # in both: always the active release's
+    ("/index.php/x", "balancer://app/srv/fpm-fleet/app/current/public/index.php"),
+    ("/app.old.css", f"{OLD}/app.old.css"),  # only in the previous release
+    ("/gone.php", f"{OLD}/gone.php"),        # a file there, refused by <FilesMatch>
+    ("/hello/world", FC),                    # in neither: the front controller
+    ("/app.old.css/x", FC),
+    ("/dir", FC),                            # a directory of the active release wins
+    ("/", FC),
+    ("/index.php", "balancer://app/srv/fpm-fleet/app/current/public/index.php")])
+def test_front_controller_vhost_routes_each_path(app_fleet, path, served):
+    assert route(vhost(app_fleet, "app"), path) == served
+
+
+def test_a_php_file_only_in_the_previous_release_is_refused_never_run(app_fleet):
+    body = vhost(app_fleet, "app")
+    assert not route(body, "/gone.php").startswith("balancer:")
+    fallback = body.split(f'<Directory "{OLD}">')[1].split("</Directory>")[0]
+    pattern = re.findall(r'<FilesMatch "([^"]+)">\n\s*Require all denied', fallback)[0]
+    assert re.search(pattern, "gone.php")
 
 
 def test_php_rule_matches_up_to_the_first_php_segment():

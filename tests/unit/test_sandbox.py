@@ -4,6 +4,7 @@ writes)."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import pytest
 
 from fpm_fleet.core import inventory
 from fpm_fleet.core.errors import FleetError
+from fpm_fleet.sandbox import demo
 from fpm_fleet.sandbox import hosts as sandbox
 
 SESSION = "/user.slice/user-1000.slice/session-3.scope"
@@ -215,3 +217,11 @@ def test_leftovers_after_reports_what_is_still_there_at_the_deadline(monkeypatch
 def test_the_host_launcher_is_the_checkouts_script():
     assert sandbox.LAUNCHER.is_file()
     assert sandbox.LAUNCHER.parent.name == "scripts"
+
+
+def test_demo_release_may_carry_its_own_hashed_asset(tmp_path):
+    assert demo.asset_path("v1") != demo.asset_path("v2")
+    assert re.fullmatch(r"assets/app\.[0-9a-f]{6}\.css", demo.asset_path("v1"))
+    with_asset = demo.build(tmp_path / "a", "v1", asset=True)
+    assert "v1" in (with_asset / demo.asset_path("v1")).read_text()
+    assert not (demo.build(tmp_path / "b", "v1") / "assets").exists()
