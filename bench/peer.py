@@ -19,6 +19,7 @@ host must pass `fab status` (pinned, healthy) before each of them.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -146,9 +147,15 @@ def cap(env: dict[str, str], timeout: float = 300) -> Run:
                proc.stdout, proc.stderr)
 
 
-def cap_version() -> str:
+def cap_version(output: str) -> str:
+    """"Capistrano Version: 3.17.2 (Rake Version: 13.0.6)" -> "3.17.2"."""
+    match = re.search(r"Capistrano Version: (\S+)", output)
+    return match.group(1) if match else "?"
+
+
+def installed_cap() -> str:
     proc = subprocess.run(["cap", "--version"], capture_output=True, text=True, check=False)
-    return proc.stdout.strip() or f"cap --version exited {proc.returncode}"
+    return cap_version(proc.stdout)
 
 
 def wait_serving(fleet: Fleet, release: str, timeout: float = 30) -> None:
@@ -235,7 +242,7 @@ def run(fleet: Fleet, profile: Profile, say: Callable[[str], None], result: Peer
     """`profile.rounds` deploys per tool, alternating; `result` fills in run by run.
     `serving` is the release the fleet runs when this begins."""
     bench = Bench(fleet, say)
-    result.host, result.capistrano = bench.host.name, cap_version()
+    result.host, result.capistrano = bench.host.name, installed_cap()
     try:
         for n, tool in order(profile.rounds):
             release = f"peer-{tool}-{n}"

@@ -188,10 +188,13 @@ def peer(p: Peer, profile: Profile) -> Table:
             "its exit; time to new = from the command's start until every request started "
             "from then on answered from the new release (failed or old answers count "
             "against it). fpm-fleet: `fab deploy --release NAME`, login as deploy with "
-            f"sudo, pinned replicas. {p.capistrano}: `cap sandbox deploy` "
+            f"sudo, pinned replicas. Capistrano {p.capistrano}: `cap sandbox deploy` "
             "(bench/capistrano), login as root, tarball SCM, a `current` symlink that the "
             "unpinned replicas follow, then `kill -USR2` of both masters "
-            "(process_control_timeout as fpm-fleet renders it: the pool's stop_timeout).")
+            "(process_control_timeout as fpm-fleet renders it: the pool's stop_timeout). "
+            "'slow cut short' = slow requests answered 200 in less than 95% of "
+            f"{profile.slow_ms} ms: FPM's SIGQUIT to the old workers interrupted their "
+            "usleep, the work was not done (not counted in 'failed').")
     return Table("The peer: Capistrano 3 against fab deploy, under load",
                  ["tool", "rounds", "in flight", "requests", "failed", "failed per round",
                   "failures", "fast p50 ms", "fast p99 ms", "fast max ms", "slow cut short",

@@ -114,10 +114,15 @@ def test_peer_table_has_one_row_per_tool_with_every_round() -> None:
             peer.PeerRun("cap", 1, "peer-cap-1", 0, 3.1, window(2, 9.0, 2.5)),
             peer.PeerRun("fab", 2, "peer-fab-2", 0, 5.0, window(0, 7.0, 3.0)),
             peer.PeerRun("cap", 2, "peer-cap-2", 1, 3.3, window(1, 9.5, None))]
-    t = tables.peer(peer.Peer("h1", "Capistrano Version: 3.17.2", runs), QUICK)
+    t = tables.peer(peer.Peer("h1", "3.17.2", runs), QUICK)
     fab_row, cap_row = t.rows
     assert fab_row[0] == peer.TOOLS["fab"] and fab_row[4] == "0"
     assert fab_row[11] == "5.50 / 5.00" and fab_row[12] == "3.20 / 3.00"
     assert cap_row[4] == "3" and cap_row[6] == "fast: HTTP 503 x3"
     assert cap_row[12] == "2.50 / never" and cap_row[13] == "2: exit 1"
     assert cap_row[8] == "9.5" and cap_row[9] == "19.0"
+
+
+def test_cap_version_is_read_from_cap_version() -> None:
+    assert peer.cap_version("Capistrano Version: 3.17.2 (Rake Version: 13.0.6)\n") == "3.17.2"
+    assert peer.cap_version("") == "?"
