@@ -189,8 +189,8 @@ class Bench:
         self.owner, self.mode = owner_mode.split()
 
     def build(self, release: str) -> Path:
-        """The demo app named `release`: fpm-fleet deploys from the pool's source, Capistrano
-        from a copy of its own (the same builder, so the same tree)."""
+        """The demo app named `release`, for Capistrano: the builder fpm-fleet's rounds use
+        for the pool's source, so the same tree."""
         return demo.build(self.scratch / release, release)
 
     def fpm_fleet_setup(self, serving: str) -> None:
@@ -205,8 +205,8 @@ class Bench:
         if self.capistrano:
             return
         self.say(f"peer: Capistrano's setup, seeded with {serving} (unmeasured)")
+        self.capistrano = True  # first: leave_script undoes a half-done switch too
         in_host(self.box, enter_script(self.site), timeout=120)
-        self.capistrano = True
         self.build(serving)
         seed = self.deploy_cap(serving)
         if not seed.ok:
