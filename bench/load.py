@@ -36,6 +36,7 @@ class Span:
     start: float
     end: float
     reason: str = ""
+    release: str = ""  # the release the answer names; "" when it names none or failed
 
     @property
     def ok(self) -> bool:
@@ -44,6 +45,16 @@ class Span:
     @property
     def ms(self) -> float:
         return (self.end - self.start) * 1000
+
+
+def answered_by(kind: str, body: str) -> str:
+    """The release a demo answer was read from: ping and sleep name it first, atomic.php in
+    both of its parts (judged separately); "" for any other page."""
+    if kind == "atomic":
+        parts = dict(line.split(" ", 1) for line in body.splitlines() if " " in line)
+        return parts.get("part1", "").strip() if stress.atomic_ok(body) else ""
+    named = stress.release_of(body)
+    return "" if named == "?" else named
 
 
 def judge(kind: str, status: int, body: str) -> str:
@@ -72,16 +83,17 @@ class Clock:
         kind = self.kinds[path]
         if kind == "fast" and self.interval:
             self._pace()
-        start, reason = time.monotonic(), ""
+        start, reason, release = time.monotonic(), "", ""
         try:
             status, body = stress.fetch(target, path, timeout)
             reason = judge(kind, status, body)
+            release = "" if reason else answered_by(kind, body)
             return status, body
         except stress.FETCH_ERRORS as exc:
             reason = type(exc).__name__
             raise
         finally:
-            span = Span(target.host, kind, start, time.monotonic(), reason)
+            span = Span(target.host, kind, start, time.monotonic(), reason, release)
             with self.lock:
                 self.spans.append(span)
 
@@ -117,6 +129,7 @@ class Window:
     slow_p99_ms: float = 0.0
     slow_max_ms: float = 0.0
     slow_cut_short: int = 0
+    time_to_new_s: float | None = None  # only for a window that rolls out a release
 
 
 def targets(fleet: Fleet) -> list[Target]:
@@ -124,10 +137,11 @@ def targets(fleet: Fleet) -> list[Target]:
     return stress.targets(fleet.hosts, fleet.pools[0])
 
 
-def run_window(scenario: str, fleet: Fleet, profile: Profile,
-               action: Callable[[], T]) -> tuple[Window, T]:
+def run_window(scenario: str, fleet: Fleet, profile: Profile, action: Callable[[], T],
+               new_release: str = "") -> tuple[Window, T]:
     """Load for `lead` seconds, run `action`, keep the load for `tail` seconds (and until the
-    window is at least `window` seconds long), stop, let requests in flight finish."""
+    window is at least `window` seconds long), stop, let requests in flight finish. With
+    `new_release` (the action rolls it out), the window's time to new is measured."""
     clock = Clock(stress.demo_loops(fast=2, slow=2, slow_ms=profile.slow_ms, atomic=1),
                   profile.fast_rate)
     load = stress.Stress(targets(fleet), slow_ms=profile.slow_ms,
@@ -147,7 +161,23 @@ def run_window(scenario: str, fleet: Fleet, profile: Profile,
     window = summarize(scenario, spans, acted, profile.slow_ms)
     window.seconds = round(time.monotonic() - began, 1)
     window.action_seconds = round(done - acted, 2)
+    if new_release:
+        window.time_to_new_s = time_to_new(spans, new_release, acted)
     return window, outcome
+
+
+def time_to_new(spans: list[Span], release: str, since: float) -> float | None:
+    """Seconds from `since` until every request started from then on answered from
+    `release`: the start of its first answer after the last request started that did not
+    (answered from another release, or failed). None when it never answered.
+
+    Requests are taken by when they started: a slow request begun on the old release
+    answers from it seconds later, rightly. Answers naming no release are left out."""
+    others = [s.start for s in spans if not s.ok or (s.release and s.release != release)]
+    last_other = max(others, default=float("-inf"))
+    first_new = min((s.start for s in spans if s.ok and s.release == release
+                     and s.start > last_other), default=None)
+    return None if first_new is None else round(max(0.0, first_new - since), 2)
 
 
 def summarize(scenario: str, spans: list[Span], acted: float, slow_ms: int) -> Window:

@@ -19,12 +19,12 @@ from fpm_fleet.core.errors import FleetError
 from fpm_fleet.core.inventory import Fleet
 from fpm_fleet.sandbox import hosts as sandbox_hosts
 
-from . import downtime, machine, render, sandbox, scale, steps, tables, upload
+from . import downtime, machine, peer, render, sandbox, scale, steps, tables, upload
 from .errors import BenchError
 from .profile import FULL, QUICK, Profile
 from .results import RESULTS_DIR, Results, write
 
-SECTIONS = ("downtime", "surge", "upload", "scale")
+SECTIONS = ("downtime", "surge", "upload", "peer", "scale")
 FAILURES = (BenchError, FleetError, OSError, subprocess.SubprocessError, KeyboardInterrupt)
 
 
@@ -32,7 +32,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="bench/run", description="fpm-fleet benchmarks on the local sandbox fleet: zero "
         "downtime (rolling and surge restart vs reload), surge deploy, rollout cost, upload, "
-        "fleet scale.")
+        "the peer (Capistrano 3 vs fab deploy), fleet scale.")
     parser.add_argument("--quick", action="store_true",
                         help="short windows, 2,000-file upload, scale 1 and 3 hosts only")
     parser.add_argument("--fast-rate", type=float, default=None, metavar="N",
@@ -58,6 +58,8 @@ def measure(results: Results, profile: Profile, sections: tuple[str, ...]) -> No
     if "surge" in sections:
         surge_fleet = sandbox.up(profile.downtime_hosts).fleet
         downtime.run_surge(surge_fleet, profile, render.say, results.downtime)
+    if "peer" in sections:
+        measure_peer(results, profile)
     if "scale" in sections:
         results.scale = scale.run(profile.scale, profile.status_runs, render.say)
         built = [r.base_build_s for r in results.scale if r.base_build_s is not None]
@@ -78,6 +80,13 @@ def measure_downtime(results: Results, profile: Profile, fleet: Fleet) -> None:
     render.say("rollout cost: fab restart on the idle fleet")
     idle = [sandbox.fab("restart", "--plain") for _ in range(profile.rounds)]
     results.rollout_cost.append(rollout_cost("idle fleet", idle))
+
+
+def measure_peer(results: Results, profile: Profile) -> None:
+    """Capistrano and `fab deploy` on a fleet of their own (one host by default)."""
+    fleet = sandbox.up(profile.peer_hosts).fleet
+    results.peer = peer.Peer()
+    peer.run(fleet, profile, render.say, results.peer, serving=sandbox.FIRST_RELEASE)
 
 
 def rollout_cost(label: str, runs: list[sandbox.Run]) -> steps.Cost:

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 class Profile:
     """Sizes of one benchmark run. Load windows are `lead` + action + `tail`, at least
     `window` seconds; `lead` is longer than a slow request so some are in flight.
-    Every downtime scenario runs `rounds` times.
+    Every downtime scenario, and each tool of the peer section, runs `rounds` times.
     `fast_rate` caps each fast loop (requests/s; 0 = as fast as it goes)."""
 
     name: str
@@ -21,6 +21,7 @@ class Profile:
     status_runs: int
     rounds: int
     downtime_hosts: int = 3
+    peer_hosts: int = 1
     slow_ms: int = 2000
     fast_rate: float = 100
     max_requests: int = 100_000

@@ -9,12 +9,13 @@ from pathlib import Path
 from typing import Any
 
 from .load import Window
+from .peer import Peer
 from .scale import ScaleRow
 from .steps import Cost
 from .upload import UploadBench
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
-SCHEMA = 2
+SCHEMA = 3
 
 
 @dataclass
@@ -32,6 +33,7 @@ class Results:
     rollout_cost: list[Cost] = field(default_factory=list)
     upload: UploadBench | None = None
     scale: list[ScaleRow] = field(default_factory=list)
+    peer: Peer | None = None  # Capistrano against fab deploy
     base_build_s: float | None = None  # None: the hosts' base tree was already built
     fleet_up_s: float | None = None  # `fab sandbox.up` of the downtime/upload fleet
     fleet_boot_s: float | None = None  # of which booting its hosts

@@ -26,6 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 SANDBOX = ROOT / "sandbox"
 INVENTORY = SANDBOX / "hosts.toml"
 FAB = str(Path(sys.executable).with_name("fab"))
+FIRST_RELEASE = "v1"  # what `fab sandbox.up` deploys
 
 
 @dataclass(frozen=True)

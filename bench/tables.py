@@ -5,6 +5,7 @@ from __future__ import annotations
 import statistics
 
 from .load import Window
+from .peer import TOOLS, Peer, PeerRun
 from .profile import Profile
 from .render import Table
 from .results import Results
@@ -164,6 +165,51 @@ def scale(results: Results) -> Table:
                  rows, note)
 
 
+def per_round(values: list[float | None]) -> str:
+    return " / ".join("never" if v is None else f"{v:.2f}" for v in values)
+
+
+def peer_row(tool: str, runs: list[PeerRun]) -> list[str]:
+    """One row per tool over its rounds: totals, median p50, worst p99 and max, and the
+    deploy and time-to-new of every round."""
+    ws = [r.window for r in runs]
+    failed_exits = [f"{r.round}: exit {r.exit_code}" for r in runs if r.exit_code]
+    return [TOOLS.get(tool, tool), str(len(runs)), str(min(w.slow_in_flight for w in ws)),
+            f"{sum(w.requests for w in ws):,}", str(sum(w.failed for w in ws)),
+            " / ".join(str(w.failed) for w in ws), summed_reasons(ws) or "-",
+            ms(statistics.median(w.fast_p50_ms for w in ws)),
+            ms(max(w.fast_p99_ms for w in ws)), ms(max(w.fast_max_ms for w in ws)),
+            str(sum(w.slow_cut_short for w in ws)),
+            per_round([r.command_s for r in runs]),
+            per_round([w.time_to_new_s for w in ws]),
+            ", ".join(failed_exits) or "all 0"]
+
+
+def peer(p: Peer, profile: Profile) -> Table:
+    groups: dict[str, list[PeerRun]] = {}
+    for r in p.runs:
+        groups.setdefault(r.tool, []).append(r)
+    rows = [peer_row(tool, runs) for tool, runs in groups.items()]
+    note = (f"One host ({p.host}, 2 PHP-FPM replicas), the downtime windows' load (2 fast "
+            f"/ping.php loops, 2 of /sleep.php?ms={profile.slow_ms}, 1 atomic.php). Each "
+            "round deploys a new build of the demo app (same files, its name in every "
+            "answer); rounds alternate, fpm-fleet first. deploy s = the command's start to "
+            "its exit; time to new = from the command's start until every request started "
+            "from then on answered from the new release (failed or old answers count "
+            "against it). fpm-fleet: `fab deploy --release NAME`, login as deploy with "
+            f"sudo, pinned replicas. Capistrano {p.capistrano}: `cap sandbox deploy` "
+            "(bench/capistrano), login as root, tarball SCM, a `current` symlink that the "
+            "unpinned replicas follow, then `kill -USR2` of both masters "
+            "(process_control_timeout as fpm-fleet renders it: the pool's stop_timeout). "
+            "'slow cut short' = slow requests answered 200 in less than 95% of "
+            f"{profile.slow_ms} ms: FPM's SIGQUIT to the old workers interrupted their "
+            "usleep, the work was not done (not counted in 'failed').")
+    return Table("The peer: Capistrano 3 against fab deploy, under load",
+                 ["tool", "rounds", "in flight", "requests", "failed", "failed per round",
+                  "failures", "fast p50 ms", "fast p99 ms", "fast max ms", "slow cut short",
+                  "deploy s per round", "time to new s per round", "exit"], rows, note)
+
+
 def build(results: Results, profile: Profile) -> list[Table]:
     tables = [machine(results)]
     if results.downtime:
@@ -172,6 +218,8 @@ def build(results: Results, profile: Profile) -> list[Table]:
         tables += [cost(results.rollout_cost), step_medians(results.rollout_cost)]
     if results.upload:
         tables.append(upload(results.upload))
+    if results.peer and results.peer.runs:
+        tables.append(peer(results.peer, profile))
     if results.scale:
         tables.append(scale(results))
     return tables
