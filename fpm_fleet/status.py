@@ -106,6 +106,8 @@ def _problems(row: ReplicaStatus, master: bool, member: balancer.Member | None,
         problems.append("not running")
     elif not row.ping_ok:
         problems.append("no ping")
+    elif row.release is None:
+        problems.append("not pinned to a release (current/ is not its bind mount)")
     if row.service != "active":
         problems.append(f"service {row.service}")
     if row.strays:

@@ -151,3 +151,13 @@ def test_pool_status_with_balancer_manager_unreadable_keeps_the_error(web):
     (one,) = pool_status(ex, pool, [1])
     assert one.lb_status == "unreachable"
     assert any("did not answer XML" in p for p in one.problems)
+
+
+def test_pool_status_flags_a_master_that_pins_no_release(web):
+    # current/ is not its bind mount (e.g. replaced by a symlink): it serves whatever the
+    # symlink names, not one release
+    host, pool = web
+    title = "php-fpm: master process (/srv/fpm-fleet/www/conf/www-1.conf)"
+    ex = fake_host(host, f"1\t101\tS\t60\t{title}\t-\tactive\t0\n", xml("Init Ok"))
+    (one,) = pool_status(ex, pool, [1])
+    assert one.problems == ["not pinned to a release (current/ is not its bind mount)"]
