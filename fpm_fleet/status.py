@@ -52,18 +52,19 @@ def pool_status(at: HostPool, numbers: list[int]) -> list[ReplicaStatus]:
         bal_error = ""
     except FleetError as exc:
         bal, bal_error = None, str(exc)
-    active = _active_slots(at, bal)
+    active = _active_slots(at, bal, procs if numbers == list(at.pool.replica_numbers)
+                           else at.ask(fpm.probe(at)))
     return [_row(r, procs[r.n], current, bal, bal_error, r.n in active)
             for r in at.replicas(numbers)]
 
 
-def _active_slots(at: HostPool, bal: balancer.Balancer | None) -> set[int]:
+def _active_slots(at: HostPool, bal: balancer.Balancer | None,
+                  procs: dict[int, fpm.Process]) -> set[int]:
     """The slots expected to serve: every one of a rolling pool; a surge pool's set in
     rotation (its first set when none is)."""
-    if at.pool.strategy != SURGE:
+    if at.pool.strategy != SURGE or bal is None:
         return set(at.pool.replica_numbers)
-    serving = {r.n for r in at.replicas() if bal and (m := bal.member(r.member)) and m.enabled}
-    active, standby = surge.pick_sets(at.pool, serving)
+    active, standby = surge.pick_sets(at.pool, surge.serving(at, bal, procs))
     return set(active or standby)
 
 

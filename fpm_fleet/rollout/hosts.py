@@ -192,8 +192,8 @@ def _to_start(at: HostPool, sel: Selection) -> list[int]:
     if at.pool.strategy != SURGE or sel.replica is not None:
         return sel.replicas(at.pool)
     bal = apache.read(at)
-    serving = {r.n for r in at.replicas() if balancer.member_of(bal, r).enabled}
-    active, standby = surge.pick_sets(at.pool, serving)
+    enabled = {r.n for r in at.replicas() if balancer.member_of(bal, r).enabled}
+    active, standby = surge.pick_sets(at.pool, enabled)  # what ran (all may be stopped)
     return active or standby
 
 

@@ -52,8 +52,7 @@ def surge_to(at: HostPool, release: str, obs: Observer, timeout: float,
     replicas now serving (none when the pool already served `release` and not `force`)."""
     bal = apache.read(at)
     procs = at.ask(fpm.probe(at))
-    serving = {r.n for r in at.replicas() if balancer.member_of(bal, r).enabled}
-    old_ns, new_ns = pick_sets(at.pool, serving)
+    old_ns, new_ns = pick_sets(at.pool, serving(at, bal, procs))
     old, new = at.replicas(old_ns) if old_ns else [], at.replicas(new_ns)
     if not force and old and all(runs(procs[r.n], at, release) for r in old):
         obs.event(Event("info", at.host.name, "surge", at.pool.name, f"already on {release}"))
@@ -64,7 +63,24 @@ def surge_to(at: HostPool, release: str, obs: Observer, timeout: float,
         _say_proven(proven)
         if old:
             _retire(at, old, obs, timeout)
+        else:
+            _quiet(at, bal, [r for r in at.replicas() if r not in new])
     return [r.name for r in new]
+
+
+def serving(at: HostPool, bal: balancer.Balancer, procs: dict[int, Process]) -> set[int]:
+    """The slots in rotation that really run a master (Apache enables a member it has never
+    seen, so a fresh host's standby members read as in rotation)."""
+    return {r.n for r in at.replicas()
+            if balancer.member_of(bal, r).enabled and procs[r.n].runs_master(at.layout)}
+
+
+def _quiet(at: HostPool, bal: balancer.Balancer, others: list[Replica]) -> None:
+    """On a pool's first rollout: the slots that do not serve are taken out of rotation
+    (a fresh member is enabled, and Apache would try a socket nobody listens on)."""
+    for r in others:
+        if not balancer.member_of(bal, r).out:
+            apache.disable(r)
 
 
 def _say_proven(proven: Callable[[], None] | None) -> None:

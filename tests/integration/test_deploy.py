@@ -257,7 +257,9 @@ def test_sigterm_stops_a_parallel_run_on_every_host_at_once_and_puts_replicas_ba
         box: Sandbox) -> None:
     box.build("v8")
     with load(box) as stats:
-        run = Background("deploy", "--release", "v8", "--parallel", "3", "--plain")
+        # all three at once: a canary stage of the three hosts
+        run = Background("deploy", "--release", "v8", "--parallel", "3", "--canary", "3",
+                         "--plain")
         for h in ("h1", "h2", "h3"):
             run.wait_for(f"[{h}] www-1 drain ok")
         signalled = time.monotonic()

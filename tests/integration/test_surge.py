@@ -103,7 +103,8 @@ def test_keep_previous_parks_the_old_set_and_rolls_back_by_flipping_flags(
 def test_sigterm_mid_parallel_surge_puts_every_host_back_in_service(box: Sandbox) -> None:
     box.build("v5")
     with load(box) as stats:
-        run = Background("deploy", "--release", "v5", "--parallel", "3", "--plain")
+        run = Background("deploy", "--release", "v5", "--parallel", "3", "--canary", "3",
+                         "--plain")
         for h in ("h1", "h2", "h3"):
             run.wait_for(f"[{h}] www-")  # every host is in its rollout
         run.wait_for(" health ")

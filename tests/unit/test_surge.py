@@ -113,3 +113,15 @@ def test_the_start_and_stop_of_a_set_are_read_per_replica():
     assert stopped[2].outcome is StopOutcome.NOT_RUNNING
     with pytest.raises(ValueError):
         fpm.parse_stopped_set("1 stopped\n", [1, 2])
+
+
+def test_the_first_rollout_of_a_fresh_host_starts_the_first_set_and_quiets_the_other(
+        surge_pool):
+    # Apache enables a member it has never seen: every slot reads "Init Ok", none runs
+    fake = surge_pool()
+    for n in fake.pool.replica_numbers:
+        fake.pinned[n], fake.flags[n] = None, {"Init", "Ok"}
+    surge.surge_to(fake.at, "v1", EventLog(), 5)
+    assert fake.pinned == {1: "v1", 2: "v1", 3: None, 4: None}
+    assert sorted(fake.serving()) == [1, 2]
+    assert fake.flags[3] >= {"Dis", "Drn"} and fake.flags[4] >= {"Dis", "Drn"}
