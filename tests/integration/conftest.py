@@ -165,6 +165,14 @@ def surge3() -> Iterator[Sandbox]:
     assert tear_down() == []
 
 
+def with_pool(box: Sandbox, toml: str, directory: Path) -> Path:
+    """The sandbox's inventory plus a pool of the test's own (`toml`), set up on the hosts."""
+    path = directory / "hosts.toml"
+    path.write_text(box.path.read_text() + toml)
+    ok(fab("setup", inventory_path=path))
+    return path
+
+
 def get(address: str, path: str, timeout: float = 10) -> tuple[int, str]:
     conn = http.client.HTTPConnection(address, 80, timeout=timeout)
     try:

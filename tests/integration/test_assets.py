@@ -18,7 +18,7 @@ import pytest
 
 from fpm_fleet.sandbox import demo
 
-from .conftest import Sandbox, bring_up, fab, ok, tear_down
+from .conftest import Sandbox, bring_up, fab, ok, tear_down, with_pool
 
 SECRET = "old-env-secret-5e1f-never-served"
 SHOP = """
@@ -41,10 +41,7 @@ def box() -> Iterator[Sandbox]:
 @pytest.fixture(scope="module")
 def inv(box: Sandbox, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The sandbox inventory plus the shop pool."""
-    path = tmp_path_factory.mktemp("assets") / "hosts.toml"
-    path.write_text(box.path.read_text() + SHOP)
-    ok(fab("setup", inventory_path=path))
-    return path
+    return with_pool(box, SHOP, tmp_path_factory.mktemp("assets"))
 
 
 def web_root(pool: str) -> str:

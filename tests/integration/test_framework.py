@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import ROOT, Sandbox, fab, ok
+from .conftest import ROOT, Sandbox, fab, ok, with_pool
 
 APP = ROOT / "etc" / "framework-app"
 SERVER_NAME = "app.test"
@@ -47,10 +47,7 @@ def box(fleet2: Sandbox) -> Sandbox:
 @pytest.fixture(scope="module")
 def inv(box: Sandbox, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The sandbox inventory plus the framework pool."""
-    path = tmp_path_factory.mktemp("framework") / "hosts.toml"
-    path.write_text(box.path.read_text() + POOL)
-    ok(fab("setup", inventory_path=path))
-    return path
+    return with_pool(box, POOL, tmp_path_factory.mktemp("framework"))
 
 
 def build(base: Path, release: str) -> Path:

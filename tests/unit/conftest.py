@@ -277,3 +277,21 @@ def web(inventory_data, build_fleet):
     """The first host and the www pool of the standard inventory."""
     fleet = build_fleet(inventory_data)
     return fleet.hosts[0], fleet.pool("www")
+
+
+@pytest.fixture
+def three_slow_hosts(inventory_data: dict[str, Any], build_fleet: Callable[..., Fleet],
+                     monkeypatch: pytest.MonkeyPatch) -> tuple[Fleet, dict[str, Any], Any]:
+    """Three hosts, each a simulated pool whose every command takes a little time, as over
+    SSH (interrupts then land mid-rollout); returns the fleet, its fakes by host name and
+    the selection of everything."""
+    from fakes import FakePool, FakeRunner
+
+    from fpm_fleet.rollout.hosts import Selection
+
+    monkeypatch.setattr("fpm_fleet.rollout.replica.POLL", 0)
+    inventory_data["hosts"].append({"name": "web3", "address": "198.18.0.13"})
+    fleet = build_fleet(inventory_data)
+    fakes = {h.name: FakePool(h, fleet.pools[0], runner=FakeRunner(h, delay=0.03))
+             for h in fleet.hosts}
+    return fleet, fakes, Selection(fleet.hosts, fleet.pools)

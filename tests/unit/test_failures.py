@@ -111,16 +111,8 @@ def test_an_unexpected_exception_mid_replica_puts_the_replica_back(fake, monkeyp
 
 # --- an interrupted parallel run (issue 9, item 12) -----------------------------------------
 
-def test_an_interrupt_stops_every_host_of_a_parallel_run_at_its_next_step(web, monkeypatch,
-                                                                          inventory_data,
-                                                                          build_fleet):
-    monkeypatch.setattr("fpm_fleet.rollout.replica.POLL", 0)
-    inventory_data["hosts"].append({"name": "web3", "address": "198.18.0.13"})
-    fleet = build_fleet(inventory_data)
-    # every command takes a little time, as over SSH
-    fakes = {h.name: FakePool(h, fleet.pools[0], runner=FakeRunner(h, delay=0.03))
-             for h in fleet.hosts}
-    sel = rollout.Selection(fleet.hosts, fleet.pools)
+def test_an_interrupt_stops_every_host_of_a_parallel_run_at_its_next_step(three_slow_hosts):
+    fleet, fakes, sel = three_slow_hosts
     obs = EventLog()
     group = HostGroup(obs, parallel=3, connector=lambda h: fakes[h.name].runner)
     started: list[str] = []

@@ -306,13 +306,8 @@ def test_an_empty_selection_rolls_nothing(group):
 # --- an interrupt during the wave ------------------------------------------------------------
 
 def test_an_interrupt_during_the_wave_stops_every_host_in_flight_at_its_next_step(
-        monkeypatch, inventory_data, build_fleet):
-    monkeypatch.setattr("fpm_fleet.rollout.replica.POLL", 0)
-    inventory_data["hosts"].append({"name": "web3", "address": "198.18.0.13"})
-    fleet = build_fleet(inventory_data)
-    fakes = {h.name: FakePool(h, fleet.pools[0], runner=FakeRunner(h, delay=0.03))
-             for h in fleet.hosts}
-    sel = rollout.Selection(fleet.hosts, fleet.pools)
+        three_slow_hosts):
+    fleet, fakes, sel = three_slow_hosts
     obs = EventLog()
     group = HostGroup(obs, connector=lambda h: fakes[h.name].runner)
 
