@@ -185,6 +185,7 @@ class Bench:
         self.site = CapSite.of(self.host, self.pool)
         self.scratch = SANDBOX / "bench-peer"
         self.capistrano = False
+        self.fab_serving = ""  # what fpm-fleet's current.release names (its last deploy)
         owner_mode = in_host(self.box, f"stat -c '%U:%G %a' {q(str(self.site.current))}")
         self.owner, self.mode = owner_mode.split()
 
@@ -194,12 +195,14 @@ class Bench:
         return demo.build(self.scratch / release, release)
 
     def fpm_fleet_setup(self, serving: str) -> None:
+        """Back to fpm-fleet's pinned replicas: they serve what fpm-fleet's current.release
+        names (its last deploy), not Capistrano's last release."""
         if self.capistrano:
             self.say("peer: back to the normal setup (pinned replicas)")
             in_host(self.box, leave_script(self.site, self.owner, self.mode), timeout=120)
             self.capistrano = False
         sandbox.healthy()
-        wait_serving(self.fleet, serving)
+        wait_serving(self.fleet, self.fab_serving or serving)
 
     def capistrano_setup(self, serving: str) -> None:
         if self.capistrano:
@@ -266,6 +269,8 @@ def one_run(bench: Bench, profile: Profile, tool: str, n: int, serving: str,
         deploy = bench.deploy_fab
     window, ran = run_window(TOOLS[tool], bench.fleet, profile, lambda: deploy(release),
                              new_release=release)
+    if tool != "cap" and ran.ok:
+        bench.fab_serving = release
     window.round, window.action_ok = n, ran.ok
     window.action_detail = f"exit {ran.code} after {ran.seconds:.2f}s"
     return PeerRun(tool, n, release, ran.code, round(ran.seconds, 2), window,
