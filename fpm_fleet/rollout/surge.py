@@ -59,7 +59,7 @@ def surge_to(at: HostPool, release: str, obs: Observer, timeout: float,
         _say_proven(proven)
         return []
     with _recovering(old + new, obs):
-        _bring_up(at, new, release, procs, obs)
+        _bring_up(at, new, release, procs, obs, timeout)
         _say_proven(proven)
         if old:
             _retire(at, old, obs, timeout)
@@ -89,7 +89,7 @@ def _say_proven(proven: Callable[[], None] | None) -> None:
 
 
 def _bring_up(at: HostPool, new: list[Replica], release: str, procs: dict[int, Process],
-              obs: Observer) -> None:
+              obs: Observer, timeout: float) -> None:
     """Start the new set at once (unless it is a parked set already on `release`), gate
     every replica, then put the set in rotation."""
     host, label = at.host.name, _names(new)
@@ -98,7 +98,7 @@ def _bring_up(at: HostPool, new: list[Replica], release: str, procs: dict[int, P
         if parked:
             s.detail = f"parked set already runs {release}: nothing to start"
         else:
-            _start_set(at, new, release, procs)
+            _start_set(at, new, release, procs, timeout)
             s.detail = f"pinned {release}"
     with step(obs, host, "health", label):
         try:
@@ -111,15 +111,20 @@ def _bring_up(at: HostPool, new: list[Replica], release: str, procs: dict[int, P
         s.detail = ", ".join(apache.enable(r)[0].status for r in new)
 
 
-def _start_set(at: HostPool, new: list[Replica], release: str,
-               procs: dict[int, Process]) -> None:
-    """Stop what still runs in the standby slots (a parked set on another release), then
-    start them all at once; any that does not start takes the whole set away."""
-    leftovers = [r.n for r in new if procs[r.n].alive or procs[r.n].strays]
+def _start_set(at: HostPool, new: list[Replica], release: str, procs: dict[int, Process],
+               timeout: float) -> None:
+    """Stop what still runs in the standby slots (a parked set on another release, or
+    replicas someone started by hand, maybe in rotation: drained and waited on first, so
+    no request in flight is cut), then start them all at once; any that does not start
+    takes the whole set away."""
+    leftovers = [r for r in new if procs[r.n].alive or procs[r.n].strays]
     if leftovers:
-        for r in at.replicas(leftovers):
+        for r in leftovers:
+            apache.drain(r)
+        for r in leftovers:
+            replica.wait_idle(r, timeout)
             apache.disable(r)
-        at.ask(fpm.stop_set(at, leftovers))
+        at.ask(fpm.stop_set(at, [r.n for r in leftovers]))
     started = at.ask(fpm.start_set(at, [r.n for r in new], release))
     failed = [at.pool.replica_name(n) for n, ok in started.items() if not ok]
     if failed:

@@ -125,3 +125,19 @@ def test_the_first_rollout_of_a_fresh_host_starts_the_first_set_and_quiets_the_o
     assert fake.pinned == {1: "v1", 2: "v1", 3: None, 4: None}
     assert sorted(fake.serving()) == [1, 2]
     assert fake.flags[3] >= {"Dis", "Drn"} and fake.flags[4] >= {"Dis", "Drn"}
+
+
+def test_standby_replicas_found_in_rotation_are_drained_and_waited_on_before_their_stop(
+        surge_pool):
+    # both sets run and serve (started by hand): the standby set's requests in flight must
+    # finish before it is stopped for the new release
+    fake = surge_pool()
+    for n in (3, 4):
+        fake.pinned[n], fake.flags[n] = "v1", {"Init", "Ok"}
+    fake.current = "v2"
+    surge.surge_to(fake.at, "v2", EventLog(), 5)
+    whats = [c.what for c in fake.runner.calls]
+    stop = whats.index("stop www-3, www-4")
+    assert whats.index("set fcgi://www-3 {'N': 1} in balancer-manager") < stop
+    assert whats.index("idle probe www-3") < stop and whats.index("idle probe www-4") < stop
+    assert fake.pinned == {1: None, 2: None, 3: "v2", 4: "v2"}
