@@ -77,12 +77,18 @@ def start_command(layout: Layout, n: int, release: str, sudo: bool) -> str:
     Type=notify: systemctl returns once FPM listens. A failure prints the unit's last log.
     """
     def root(verb: str) -> str:
-        return privileged(replica_command(verb, layout.unit(n)), sudo)
+        return _as_root(layout, n, verb, sudo)
 
     return (f"{_names_release(layout, release)}; "
             f"{root('reset-failed')} 2>/dev/null; "
             f"{root('enable')} && {root('start')} || "
             f"{{ {root('journal')} >&2; exit 1; }}")
+
+
+def _as_root(layout: Layout, n: int, verb: str, sudo: bool) -> str:
+    """One of the root actions on replica n's service the sudoers file allows, word for
+    word (shell.replica_command)."""
+    return privileged(replica_command(verb, layout.unit(n)), sudo)
 
 
 def _names_release(layout: Layout, release: str) -> str:
@@ -98,7 +104,7 @@ def start_set_command(layout: Layout, numbers: Iterable[int], release: str, sudo
     one's last log lines on stderr."""
     def one(n: int) -> str:
         def root(verb: str) -> str:
-            return privileged(replica_command(verb, layout.unit(n)), sudo)
+            return _as_root(layout, n, verb, sudo)
         return (f"{{ {root('reset-failed')} 2>/dev/null; {root('enable')} && {root('start')} "
                 f"&& echo '{n} ok' || {{ echo '{n} failed'; {root('journal')} >&2; }}; }} &")
 
@@ -127,14 +133,14 @@ def stop_command(layout: Layout, n: int, sudo: bool) -> str:
     return with_replica_lib(
         f"s=$({strays}); [ \"$s\" = 0 ] || echo \"strays $s\"; "
         f"if systemctl is-active --quiet {unit} || [ \"$s\" != 0 ]; then "
-        f"{privileged(replica_command('stop', layout.unit(n)), sudo)} || exit 1; "
+        f"{_as_root(layout, n, 'stop', sudo)} || exit 1; "
         f"[ \"$(systemctl show -p Result --value {unit})\" != timeout ] || echo escalated; "
         f"echo stopped; else echo not-running; fi")
 
 
 def disable_command(layout: Layout, n: int, sudo: bool) -> str:
     """Keep a stopped replica stopped across reboots (`fab start` enables it again)."""
-    return privileged(replica_command("disable", layout.unit(n)), sudo)
+    return _as_root(layout, n, "disable", sudo)
 
 
 # --- answers ---------------------------------------------------------------------------------
