@@ -22,23 +22,28 @@ BASE_DIR = Path("/var/cache/fpm-fleet/sandbox-base")
 SUITE = "bookworm"
 DEPLOY_USER = "deploy"
 
-# What a Debian 12 PHP host of ours has: systemd as init, Debian's own sshd, Apache and
-# PHP-FPM, the tools fpm-fleet drives remotely, and the Symfony components the example
-# framework application is built on.
+# What a Debian 12 PHP host of ours has: systemd as init, Debian's own sshd, Apache or
+# nginx (both installed; the sandbox enables the one a host is given) and PHP-FPM, the
+# tools fpm-fleet drives remotely, and the Symfony components the example framework
+# application is built on.
 PACKAGES = (
     "systemd", "systemd-sysv", "dbus", "libpam-systemd", "openssh-server", "iproute2",
-    "apache2", "php8.2-fpm", "php8.2-cli", "libfcgi-bin", "sudo", "curl", "procps",
+    "apache2", "nginx", "php8.2-fpm", "php8.2-cli", "libfcgi-bin", "sudo", "curl", "procps",
     "php-symfony-routing", "php-symfony-http-foundation", "php-symfony-dotenv",
 )
 
 # Run once in the new tree (chroot). Host keys and machine-id are removed so that every
 # host gets its own; Debian's default site is disabled so that a pool's virtual host is
-# the one answering the host's address, as an operator sets up a dedicated PHP host.
+# the one answering the host's address, as an operator sets up a dedicated PHP host. nginx
+# starts disabled and without Debian's default site: both servers want port 80, and a
+# host runs the one the sandbox enables for it.
 CUSTOMISE = f"""set -e
 useradd --create-home --shell /bin/bash --password '*' {DEPLOY_USER}
 printf '%s\\n' '{DEPLOY_USER} ALL=(root) NOPASSWD: ALL' > /etc/sudoers.d/{DEPLOY_USER}
 chmod 0440 /etc/sudoers.d/{DEPLOY_USER}
 a2dissite -q 000-default
+rm -f /etc/nginx/sites-enabled/default
+systemctl disable --quiet nginx.service
 rm -f /etc/ssh/ssh_host_*
 : > /etc/machine-id
 apt-get clean
