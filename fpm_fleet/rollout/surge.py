@@ -102,8 +102,7 @@ def _bring_up(at: HostPool, new: list[Replica], release: str, procs: dict[int, P
             s.detail = f"pinned {release}"
     with step(obs, host, "health", label):
         try:
-            for r in new:
-                replica.health_gate(r, release)
+            replica.health_gate_set(new, release)
         except RolloutError:
             _abandon(at, new)
             raise

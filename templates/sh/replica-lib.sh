@@ -3,11 +3,22 @@
 # Sent ahead of the commands that use it (the replica probe, the stop) and installed beside
 # the stop script, which sources it. Only function definitions: sourcing it runs nothing.
 
+# The process table as "pid ppid args" lines: the snapshot in FPM_FLEET_PS when a caller
+# took one (the probe reads it once for every replica of a pool, not once per replica),
+# else read now.
+processes() {
+    if [ -n "${FPM_FLEET_PS:-}" ]; then
+        printf '%s\n' "$FPM_FLEET_PS"
+    else
+        ps -eo pid=,ppid=,args=
+    fi
+}
+
 # Print the pid of every process titled exactly $2 (a replica's workers, "php-fpm: pool
 # www-1") whose parent is not $1, the replica's live master ("-" when it has none): workers
 # a dead master left serving. Titles are compared trimmed (ps pads, args may end in spaces).
 workers_outside() {
-    ps -eo pid=,ppid=,args= | awk -v m="$1" -v t="$2" '$2 != m { p = $1; $1 = ""; $2 = "";
+    processes | awk -v m="$1" -v t="$2" '$2 != m { p = $1; $1 = ""; $2 = "";
         sub(/^ +/, ""); sub(/ +$/, ""); if ($0 == t) print p }'
 }
 

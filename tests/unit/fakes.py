@@ -266,9 +266,10 @@ class FakePool:
                 ("read balancer-manager", lambda c: self.answer("read bm", self.page())),
                 ("set ", self.set_flags),
                 (f"probe {name}", lambda c: self.probe()),
-                ("ping ", lambda c: fcgi("pong") if self.pinned[self.n(c)] else (124, "")),
-                ("health ", self.health),
+                ("ping ", lambda c: self.ping(self.n(c))),
+                ("health ", lambda c: self.health_of(self.n(c))),
                 ("idle probe", lambda c: self.idle_probe(self.n(c))),
+                ("gate ", self.gate),
                 ("status ", lambda c: self.fpm_answer(self.n(c))[::-1]),
                 ("connections to ", lambda c: f"{self.connections[self.n(c)]}\n"),
                 ("stop ", self.stop),
@@ -306,8 +307,7 @@ class FakePool:
     def probe(self) -> str:
         return "".join(probe_line(self.layout, n, rel) for n, rel in self.pinned.items())
 
-    def health(self, call: Call) -> Any:
-        n = self.n(call)
+    def health_of(self, n: int) -> Any:
         if not self.pinned[n]:
             return (124, "")
         ok = self.healthy[n] and self.pinned[n] not in self.unhealthy_releases
@@ -324,6 +324,18 @@ class FakePool:
         status, code = self.fpm_answer(n)
         return sections_output([("0", self.answer("idle bm", self.page()), 0), ("1", status, code),
                                 ("2", str(self.connections[n]), 0)])
+
+    def ping(self, n: int) -> Any:
+        return fcgi("pong") if self.pinned[n] else (124, "")
+
+    def gate(self, call: Call) -> str:
+        """A set's gate in one round trip: the probe, then each replica's health and ping."""
+        parts = [("0", self.probe(), 0)]
+        for i, n in enumerate(self.ns(call)):
+            for j, answer in enumerate((self.health_of(n), self.ping(n))):
+                text, code = (answer[1], answer[0]) if isinstance(answer, tuple) else (answer, 0)
+                parts.append((str(1 + 2 * i + j), text, code))
+        return sections_output(parts)
 
     def set_flags(self, call: Call) -> str:
         n = self.n(call)
