@@ -34,3 +34,15 @@ open_connections() {
     p="$1" awk '$6 == "03" && $8 == ENVIRON["p"] {n++} END {print n + 0}' \
         "${2:-/proc/net/unix}"
 }
+
+# Wait until the unix socket $1 has had no open connection for two readings in a row, 0.1 s
+# apart (a request Apache routed just before a drain connects a moment later), or $2 tenths
+# of a second have passed. Prints how many tenths it waited.
+wait_unused() {
+    i=0; quiet=0
+    while [ "$quiet" -lt 2 ] && [ "$i" -lt "$2" ]; do
+        if [ "$(open_connections "$1")" -gt 0 ]; then quiet=0; else quiet=$((quiet + 1)); fi
+        [ "$quiet" -ge 2 ] || { i=$((i + 1)); sleep 0.1; }
+    done
+    echo "$i"
+}

@@ -270,6 +270,10 @@ class FakePool:
                 ("health ", lambda c: self.health_of(self.n(c))),
                 ("idle probe", lambda c: self.idle_probe(self.n(c))),
                 ("gate ", self.gate),
+                (f"read {name} balancer", self.snapshot),
+                (f"wait for {name} retirement", lambda c: "0\n"),
+                ("retire ", self.retire),
+                ("enable ", lambda c: ""),
                 ("status ", lambda c: self.fpm_answer(self.n(c))[::-1]),
                 ("connections to ", lambda c: f"{self.connections[self.n(c)]}\n"),
                 ("stop ", self.stop),
@@ -337,13 +341,32 @@ class FakePool:
                 parts.append((str(1 + 2 * i + j), text, code))
         return sections_output(parts)
 
+    def snapshot(self, call: Call) -> str:
+        """The balancer, the probe and (when asked) current.release in one round trip."""
+        parts = [("0", self.answer("read bm", self.page()), 0), ("1", self.probe(), 0)]
+        if call.what.endswith("current.release"):
+            current = self.read_current()
+            text, code = (current[1], current[0]) if isinstance(current, tuple) else (current, 0)
+            parts.append(("2", text, code))
+        return sections_output(parts)
+
+    def retire(self, call: Call) -> str:
+        """The host's retirement of an old set (retire.py), done at once: stopped, disabled."""
+        for n in self.ns(call):
+            self.pinned[n] = None
+            self.flags[n] |= {"Dis", "Drn"}
+        return ""
+
     def set_flags(self, call: Call) -> str:
-        n = self.n(call)
-        flags = ast.literal_eval(call.what[call.what.index("{"):call.what.index("}") + 1])
-        for flag, value in flags.items():
-            (self.flags[n].add if value else self.flags[n].discard)(FLAG_TOKENS[flag])
-        for hook in self.on_set:
-            hook(n, flags)
+        """One member's flags or several (`set fcgi://www-3 {...}, fcgi://www-4 {...}`), in
+        the order posted."""
+        pattern = rf"\b{re.escape(self.pool.name)}-(\d+) (\{{[^}}]*\}})"
+        for number, text in re.findall(pattern, call.what):
+            n, flags = int(number), ast.literal_eval(text)
+            for flag, value in flags.items():
+                (self.flags[n].add if value else self.flags[n].discard)(FLAG_TOKENS[flag])
+            for hook in self.on_set:
+                hook(n, flags)
         return self.answer("read bm", self.page())
 
     def ns(self, call: Call) -> list[int]:

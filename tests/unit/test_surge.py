@@ -60,9 +60,16 @@ def test_a_surge_starts_the_standby_set_at_once_then_retires_the_old_one(surge_p
     assert starts == ["start www-3, www-4 pinned to v2"]  # one command, both at once
     steps = [(e.step, e.target) for e in log.events if e.kind == "done"]
     assert steps == [("start", "www-3,www-4"), ("health", "www-3,www-4"),
-                     ("enable", "www-3,www-4"), ("drain", "www-1,www-2"),
-                     ("wait idle", "www-1,www-2"), ("stop", "www-1,www-2")]
+                     ("flip", "www-3,www-4"), ("retire", "www-1,www-2")]
     assert proven == [True]
+    # the flip is one round trip, the new set in before the old one goes out
+    flips = [c.what for c in fake.runner.calls if c.what.startswith("set ")]
+    assert flips == ["set fcgi://www-3 {'D': 0, 'N': 0, 'S': 0, 'H': 0}, fcgi://www-4 "
+                     "{'D': 0, 'N': 0, 'S': 0, 'H': 0}, fcgi://www-1 {'N': 1}, fcgi://www-2 "
+                     "{'N': 1} in balancer-manager"]
+    # the host retires the old set by itself, after the flip
+    whats = [c.what for c in fake.runner.calls]
+    assert whats.index("retire www-1,www-2 on the host") > whats.index(flips[0])
 
 
 def test_a_new_replica_failing_its_gate_takes_the_new_set_away_and_the_old_never_left(
@@ -138,6 +145,7 @@ def test_standby_replicas_found_in_rotation_are_drained_and_waited_on_before_the
     surge.surge_to(fake.at, "v2", EventLog(), 5)
     whats = [c.what for c in fake.runner.calls]
     stop = whats.index("stop www-3, www-4")
-    assert whats.index("set fcgi://www-3 {'N': 1} in balancer-manager") < stop
+    assert whats.index("set fcgi://www-3 {'N': 1}, fcgi://www-4 {'N': 1} in balancer-manager") \
+        < stop
     assert whats.index("idle probe www-3") < stop and whats.index("idle probe www-4") < stop
     assert fake.pinned == {1: None, 2: None, 3: "v2", 4: "v2"}
