@@ -27,11 +27,12 @@ count_workers_outside() {
     workers_outside "$1" "$2" | awk 'END {print NR}'
 }
 
-# How many connections to the listening unix socket $1 are open right now (accepted or
-# queued), from the kernel's table ($2, /proc/net/unix unless given): requests in flight,
-# even to workers whose master died.
+# How many connections to the listening unix socket $1 are open right now, from the
+# kernel's table ($2, /proc/net/unix unless given): requests in flight, even to workers
+# whose master died. Accepted ones read state 03 (connected); those still queued for
+# accept() read 02 (connecting), with the path but no inode; the listener itself reads 01.
 open_connections() {
-    p="$1" awk '$6 == "03" && $8 == ENVIRON["p"] {n++} END {print n + 0}' \
+    p="$1" awk '($6 == "02" || $6 == "03") && $8 == ENVIRON["p"] {n++} END {print n + 0}' \
         "${2:-/proc/net/unix}"
 }
 
