@@ -21,7 +21,7 @@ from fpm_fleet.releases import commands as release_shell
 from fpm_fleet.releases import manifest
 from fpm_fleet.releases import store as release
 from fpm_fleet.releases.manifest import Manifest
-from fpm_fleet.remote.command import action
+from fpm_fleet.remote.command import action, together
 from fpm_fleet.remote.group import HostGroup, Proven
 from fpm_fleet.remote.runner import Runner
 from fpm_fleet.rollout import replica, surge
@@ -258,13 +258,16 @@ def rollback_target(at: HostPool, to: str | None) -> str:
 
 
 def cleanup_pool(at: HostPool, obs: Observer) -> list[str]:
-    """Keep the newest `keep_releases`; never current, previous or a pinned release."""
-    current = at.ask(fpm.current_release(at))
-    previous = release.previous_of(current, release.history(at))
-    pinned = {p.release for p in at.ask(fpm.probe(at)).values() if p.alive and p.release}
+    """Keep the newest `keep_releases`; never current, previous or a pinned release (what
+    decides it is read in one round trip: it runs after every deploy)."""
+    current, hist, procs, present = at.ask(together(
+        f"read {at.pool.name} releases, history and pins",
+        [fpm.current_release(at), release.history_read(at), fpm.probe(at),
+         release.releases_read(at)]))
+    previous = release.previous_of(current, hist)
+    pinned = {p.release for p in procs.values() if p.alive and p.release}
     protected = {n for n in (current, previous, *pinned) if n}
-    doomed = release.cleanup_candidates(release.list_releases(at), at.host.keep_releases,
-                                        protected)
+    doomed = release.cleanup_candidates(present, at.host.keep_releases, protected)
     for name in doomed:
         with step(obs, at.host.name, "cleanup", at.pool.name) as s:
             release.remove(at, name)
