@@ -88,22 +88,25 @@ def prepared(pools: tuple[Pool, ...], req: Request, obs: Observer,
 def _one(pool: Pool, req: Request, directory: Path | None, work: Path, obs: Observer,
          now: datetime.datetime) -> Source:
     origin = None
-    if directory is None:
-        assert req.ref is not None and pool.repository is not None
-        with step(obs, "local", "export", pool.name) as s:
-            directory, origin = git.export(pool.repository, req.ref, work)
-            s.detail = f"{redact(pool.repository)} {req.ref} = {origin.short}"
-        if (directory / ".gitmodules").exists():
-            obs.event(Event("warn", "local", "export", pool.name,
-                            "the repository has submodules: they are not exported"))
-    if not req.release:
-        assert origin is not None  # check_request: no --release needs --ref
+    if directory is None:  # --ref
+        directory, origin = _export(pool, req, work, obs)
     release = req.release or git.release_name(now, origin.commit if origin else "")
     if pool.build:
         if origin is None:  # the user's own directory: the build runs on a copy
             directory = build.copy(directory, work / "copy")
         build.run(directory, pool.build, _build_env(pool, release, origin), obs, pool.name)
     return Source(directory, release, origin)
+
+
+def _export(pool: Pool, req: Request, work: Path, obs: Observer) -> tuple[Path, Origin]:
+    assert req.ref is not None and pool.repository is not None  # check_request
+    with step(obs, "local", "export", pool.name) as s:
+        tree, origin = git.export(pool.repository, req.ref, work)
+        s.detail = f"{redact(pool.repository)} {req.ref} = {origin.short}"
+    if (tree / ".gitmodules").exists():
+        obs.event(Event("warn", "local", "export", pool.name,
+                        "the repository has submodules: they are not exported"))
+    return tree, origin
 
 
 def _build_env(pool: Pool, release: str, origin: Origin | None) -> dict[str, str]:
