@@ -84,9 +84,12 @@ def _git(argv: list[str], timeout: float = GIT_TIMEOUT) -> subprocess.CompletedP
     return done
 
 
-def _last_line(text: str) -> str:
+def cause(text: str) -> str:
+    """git's first `fatal:` line says why (dubious ownership, not found, auth); the lines
+    after it are generic advice. Else its last line."""
     lines = [line.strip() for line in text.splitlines() if line.strip()]
-    return redact(lines[-1]) if lines else "no output"
+    fatal = [line for line in lines if line.startswith(("fatal:", "error:"))]
+    return redact((fatal or lines or ["no output"])[0 if fatal else -1])
 
 
 def fetch(repository: str, scratch: Path) -> Path:
@@ -95,7 +98,7 @@ def fetch(repository: str, scratch: Path) -> Path:
     done = _git(clone(repository, repo), CLONE_TIMEOUT)
     if done.returncode != 0:
         raise SourceError(f"repository {redact(repository)} could not be read: "
-                          f"{_last_line(done.stderr)}")
+                          f"{cause(done.stderr)}")
     return repo
 
 
@@ -124,7 +127,7 @@ def write_tree(repo: Path, commit: str, dest: Path) -> None:
                               f"{exc}") from None
         error = proc.stderr.read().decode(errors="replace")
         if proc.wait(timeout=GIT_TIMEOUT) != 0:
-            raise SourceError(f"git archive of {commit[:SHORT]} failed: {_last_line(error)}")
+            raise SourceError(f"git archive of {commit[:SHORT]} failed: {cause(error)}")
 
 
 def export(repository: str, ref: str, scratch: Path) -> tuple[Path, Origin]:

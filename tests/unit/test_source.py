@@ -250,3 +250,11 @@ def test_a_missing_source_directory_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="does not exist"), \
             prepared((pool(tmp_path),), Request(release="v1"), Events()):
         pass
+
+
+def test_the_error_of_a_repository_owned_by_someone_else_says_so() -> None:
+    text = ("fatal: detected dubious ownership in repository at '/r/.git'\nTo add an "
+            "exception...\nfatal: Could not read from remote repository.\n\nPlease make sure "
+            "you have the correct access rights\nand the repository exists.\n")
+    assert git.cause(text) == "fatal: detected dubious ownership in repository at '/r/.git'"
+    assert git.cause("warning: x\nlast words\n") == "last words"
