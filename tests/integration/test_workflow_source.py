@@ -58,6 +58,9 @@ def test_a_ref_is_exported_built_named_and_recorded_on_every_host(
         box: Sandbox, repo: Path, tmp_path: Path) -> None:
     commit = git(repo, "rev-parse", "main")
     stage = staging(box, tmp_path, str(repo), BUILD)
+    before = host_state(box)
+    plan = ok(fab("deploy", "--ref", "main", "--dry-run", inventory_path=stage))
+    assert "[record the commit of " in plan.stdout and host_state(box) == before
     proc = ok(fab("deploy", "--ref", "main", "--plain", inventory_path=stage))
     lines = proc.stderr.strip().splitlines()
     assert lines[0] == f"stage: staging ({stage})" and lines[-2] == lines[0]
