@@ -175,7 +175,7 @@ def test_waiting_for_a_retirement_reads_the_seconds_and_names_a_job_that_outlast
     at = surge_pool().at
     wait = retire.wait_retired(at)
     assert wait.read(RemoteResult(wait.text, 0, "1500\n", "")) == 1.5
-    with pytest.raises(RolloutError, match="still retiring after .*retire.log"):
+    with pytest.raises(RolloutError, match=r"still retiring after .*retire\.log"):
         wait.read(RemoteResult(wait.text, 75, "", ""))
 
 
