@@ -25,8 +25,19 @@ STOP_GRACE = 5.0
 
 def copy(source: Path, dest: Path) -> Path:
     """`source` copied to `dest`: files and modes, symlinks as symlinks (never followed)."""
-    shutil.copytree(source, dest, symlinks=True)
+    try:
+        shutil.copytree(source, dest, symlinks=True)
+    except (shutil.Error, OSError) as exc:  # a FIFO, an unreadable file, a full disk
+        raise SourceError(f"copying {source} for the build failed: {_first(exc)}") from None
     return dest
+
+
+def _first(exc: shutil.Error | OSError) -> str:
+    """shutil.Error carries one (source, dest, why) per file: the first says enough."""
+    errors = exc.args[0] if isinstance(exc, shutil.Error) and exc.args else None
+    if isinstance(errors, list) and errors and len(errors[0]) == 3:
+        return f"{errors[0][0]}: {errors[0][2]}"
+    return str(exc)
 
 
 def run(directory: Path, commands: tuple[str, ...], env: Mapping[str, str], obs: Observer,

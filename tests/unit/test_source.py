@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime
 import logging
+import os
 import subprocess
 import tempfile
 from pathlib import Path
@@ -258,3 +259,11 @@ def test_the_error_of_a_repository_owned_by_someone_else_says_so() -> None:
             "you have the correct access rights\nand the repository exists.\n")
     assert git.cause(text) == "fatal: detected dubious ownership in repository at '/r/.git'"
     assert git.cause("warning: x\nlast words\n") == "last words"
+
+
+def test_a_source_that_cannot_be_copied_is_a_source_error(tmp_path: Path) -> None:
+    own = tmp_path / "own"
+    own.mkdir()
+    os.mkfifo(own / "pipe")
+    with pytest.raises(SourceError, match=r"copying .* for the build failed: .*pipe"):
+        build.copy(own, tmp_path / "copy")
