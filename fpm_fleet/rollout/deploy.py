@@ -11,21 +11,23 @@ from contextlib import ExitStack
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from fpm_fleet.core.errors import ConfigError, FleetError, RemoteError, RolloutError, UsageError
+from fpm_fleet.core.errors import FleetError, RemoteError, RolloutError
 from fpm_fleet.core.events import Event, Observer, step
 from fpm_fleet.core.inventory import SURGE, Host
 from fpm_fleet.core.redact import redact
 from fpm_fleet.host import fpm, lock
 from fpm_fleet.host.pool import HostPool
 from fpm_fleet.releases import commands as release_shell
-from fpm_fleet.releases import manifest
+from fpm_fleet.releases import manifest, origin
 from fpm_fleet.releases import store as release
 from fpm_fleet.releases.manifest import Manifest
+from fpm_fleet.releases.origin import Origin
 from fpm_fleet.remote.command import action, together
 from fpm_fleet.remote.group import HostGroup, Proven
 from fpm_fleet.remote.runner import Runner
 from fpm_fleet.rollout import replica, surge
 from fpm_fleet.rollout.hosts import Selection, ordered, preflight, tracked
+from fpm_fleet.source import Source
 from fpm_fleet.web import apache, balancer
 
 
@@ -39,6 +41,7 @@ class Plan:
     source: Path | None = None
     manifest: Manifest | None = None
     force: bool = False
+    origin: Origin | None = None  # the git commit it was made from (deploy --ref)
 
 
 @dataclass(frozen=True)
@@ -119,6 +122,9 @@ def deploy_pool(at: HostPool, plan: Plan, obs: Observer,
     def body(record: PoolOutcome) -> PoolOutcome:
         at.ask(action(release_shell.clear_incoming(at.layout), "clear interrupted uploads"))
         record = replace(record, upload=_upload(at, plan, record.before, obs))
+        if plan.origin is not None:
+            at.ask(action(origin.record(at.layout, plan.release, plan.origin),
+                          f"record the commit of {plan.release}"))
         try:
             if record.upload is not None and record.upload.prepared:
                 obs.event(Event("info", at.host.name, "shared links", at.pool.name,
@@ -296,28 +302,16 @@ def each_pool(runner: Runner, host: Host, sel: Selection, plans: dict[str, Plan]
     return done
 
 
-def sources(sel: Selection, source: str | None) -> dict[str, Path]:
-    """Each selected pool's source directory (--source, or the pool's `source`)."""
-    if source and len(sel.pools) > 1:
-        raise UsageError("--source applies to one pool: add --pool NAME")
-    out = {}
-    for pool in sel.pools:
-        path = Path(source or pool.source)
-        if not path.is_dir():
-            raise ConfigError(f"source directory {path} of pool {pool.name} does not exist")
-        out[pool.name] = path
-    return out
-
-
-def deploy_plans(sel: Selection, name: str, source: str | None, force: bool, timeout: float,
+def deploy_plans(sel: Selection, sources: dict[str, Source], force: bool, timeout: float,
                  command: str) -> dict[str, Plan]:
     """Per pool: the release, its scanned content (refused when it is hostile) and how."""
     plans = {}
-    for pool_name, path in sources(sel, source).items():
-        scanned = manifest.scan(path)
+    for pool_name, src in sources.items():
+        scanned = manifest.scan(src.path)
         manifest.check_shared(scanned, sel.pool(pool_name).shared, pool_name)
-        plans[pool_name] = Plan(release=name, command=command, timeout=timeout, source=path,
-                                manifest=scanned, force=force)
+        plans[pool_name] = Plan(release=src.release, command=command, timeout=timeout,
+                                source=src.path, manifest=scanned, force=force,
+                                origin=src.origin)
     return plans
 
 
@@ -346,6 +340,7 @@ class ReleaseRow:
     previous: bool
     bad: bool
     pinned_by: tuple[str, ...]
+    origin: Origin | None = None  # made by deploy --ref: its commit
 
 
 def listing(at: HostPool) -> list[ReleaseRow]:
@@ -360,6 +355,7 @@ def listing(at: HostPool) -> list[ReleaseRow]:
         if proc.alive and proc.release:
             parked = "Stby" in balancer.member_of(bal, r).flags
             pinned.setdefault(proc.release, []).append(r.name + (" (parked)" if parked else ""))
+    origins = at.ask(origin.read_all(at.layout))
     return [ReleaseRow(at.host.name, at.pool.name, r, r.name == current, r.name == previous,
-                       r.name in bad, tuple(pinned.get(r.name, [])))
+                       r.name in bad, tuple(pinned.get(r.name, [])), origins.get(r.name))
             for r in release.list_releases(at)]
