@@ -214,12 +214,15 @@ def list_bad(layout: Layout) -> str:
     return f"ls -1 -- {q(layout.state / 'bad')} 2>/dev/null; true"
 
 
-def list_releases(layout: Layout) -> str:
-    """name, mtime (epoch), size in KiB, one TSV line per release."""
-    return (f"cd -- {q(layout.releases)} 2>/dev/null || exit 0; for d in */; do "
+def list_releases(layout: Layout, sizes: bool = True) -> str:
+    """name, mtime (epoch), size in KiB ("-" without `sizes`: du reads every file of every
+    release, too slow for the cleanup that follows each deploy), one TSV line per release.
+    No `exit`: it may share a round trip (`together`)."""
+    size = "$(du -sk -- \"$d\" | cut -f1)" if sizes else "-"
+    return (f"if cd -- {q(layout.releases)} 2>/dev/null; then for d in */; do "
             f"[ -d \"$d\" ] || continue; d=${{d%/}}; "
-            f"printf '%s\\t%s\\t%s\\n' \"$d\" \"$(stat -c %Y -- \"$d\")\" "
-            f"\"$(du -sk -- \"$d\" | cut -f1)\"; done")
+            f"printf '%s\\t%s\\t%s\\n' \"$d\" \"$(stat -c %Y -- \"$d\")\" \"{size}\"; "
+            "done; fi")
 
 
 def remove_release(layout: Layout, name: str) -> str:

@@ -390,8 +390,9 @@ class ReleaseInfo:
     size_kib: int
 
 
-def releases_read(at: HostPool) -> Command[list[ReleaseInfo]]:
-    return Command(rs.list_releases(at.layout), "list releases",
+def releases_read(at: HostPool, sizes: bool = True) -> Command[list[ReleaseInfo]]:
+    """The releases on the host (`sizes`: with their size, which reads every file)."""
+    return Command(rs.list_releases(at.layout, sizes), "list releases",
                    lambda res: parse_releases(res.stdout))
 
 

@@ -254,7 +254,7 @@ def rollback_target(at: HostPool, to: str | None) -> str:
     hist: list[release.Activation]
     listed, current, bad, hist = at.ask(together(
         f"read {at.pool.name} releases, current, bad and history",
-        [release.releases_read(at), fpm.current_release(at), release.bad_read(at),
+        [release.releases_read(at, sizes=False), fpm.current_release(at), release.bad_read(at),
          release.history_read(at)]))
     present = {r.name for r in listed}
     if to:
@@ -276,7 +276,7 @@ def cleanup_pool(at: HostPool, obs: Observer) -> list[str]:
     current, hist, procs, present = at.ask(together(
         f"read {at.pool.name} releases, history and pins",
         [fpm.current_release(at), release.history_read(at), fpm.probe(at),
-         release.releases_read(at)]))
+         release.releases_read(at, sizes=False)]))
     previous = release.previous_of(current, hist)
     pinned = {p.release for p in procs.values() if p.alive and p.release}
     protected = {n for n in (current, previous, *pinned) if n}
