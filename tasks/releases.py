@@ -8,7 +8,7 @@ from collections.abc import Callable
 from invoke.context import Context
 from invoke.tasks import task
 
-from fpm_fleet import output, report
+from fpm_fleet import notify, output, report
 from fpm_fleet.core.errors import FleetError, UsageError
 from fpm_fleet.core.events import Observer
 from fpm_fleet.core.inventory import Host
@@ -57,22 +57,31 @@ def deploy_(c: Context, release: str = "", source: str | None = None, host: str 
         plans = deploy.deploy_plans(sel, name, source, force, timeout, command_line())
         _run_rollout(s, sel, "deploy", order, plain, dry_run,
                      lambda runner, h, obs, proven: deploy.each_pool(runner, h, sel, plans, obs,
-                                                                     proven=proven))
+                                                                     proven=proven), name)
 
 
 def _run_rollout(s: Session, sel: Selection, title: str, order: tuple[int, int], plain: bool,
-                 dry_run: bool, body: PoolWork) -> None:
-    """The canary stage, then the rest `parallel` at a time (ARCHITECTURE.md, Deploy)."""
+                 dry_run: bool, body: PoolWork, release: str | None = None) -> None:
+    """The canary stage, then the rest `parallel` at a time (ARCHITECTURE.md, Deploy);
+    webhooks told of it, never waited on beyond their timeout."""
     if dry_run:
         _dry_run(sel, title, body)
         return
     canary, parallel = order
-    with reporting_interrupts(sel), output.progress(plain) as obs:
-        results = HostGroup(obs).roll(
-            sel.hosts, lambda runner, h, proven: body(runner, h, obs, proven),
-            canary=canary, parallel=parallel)
-    report.rollout_recap(title, results)
+    notes = notify.Notifier(s.fleet.notify, title, release)
+    notes.start(sel.hosts, s.fleet.path)
+    results = None
+    try:
+        with reporting_interrupts(sel), output.progress(plain) as obs:
+            results = HostGroup(obs).roll(
+                sel.hosts, notes.per_host(lambda runner, h, proven: body(runner, h, obs, proven)),
+                canary=canary, parallel=parallel)
+        report.rollout_recap(title, results)
+    finally:
+        notes.finish(results)
+        report.notifications(notes.close())
     results.raise_first_failure(title)
+    report.after_activate_failures(title, results)
 
 
 def _dry_run(sel: Selection, title: str, body: PoolWork) -> None:
@@ -107,11 +116,13 @@ def rollback(c: Context, to: str | None = None, host: str | None = None,
 
         def plans(h: Host) -> dict[str, Plan]:
             return {p.name: Plan(release=targets[(h.name, p.name)], command=command,
-                                 timeout=timeout) for p in sel.pools}
+                                 timeout=timeout, kind="rollback") for p in sel.pools}
 
+        same = set(targets.values())
         _run_rollout(s, sel, "rollback", order, plain, dry_run,
                      lambda runner, h, obs, proven: deploy.each_pool(
-                         runner, h, sel, plans(h), obs, rollback=True, proven=proven))
+                         runner, h, sel, plans(h), obs, rollback=True, proven=proven),
+                     same.pop() if len(same) == 1 else None)
 
 
 @task(help={"host": COMMON_HELP["host"], "pool": COMMON_HELP["pool"]})

@@ -90,6 +90,7 @@ class Pool:
     front_controller: str | None = None
     strategy: str = "surge"
     keep_previous: bool = False
+    after_activate: tuple[str, ...] = ()
 
     def replica_name(self, n: int) -> str:
         """Replica n as the operator names it (`www-2`): its sockets, config, FPM pool and
@@ -150,6 +151,16 @@ class Host:
 
 
 @dataclass(frozen=True)
+class Notify:
+    """`[notify]`: webhooks told of every deploy and rollback (fpm_fleet/notify.py)."""
+
+    webhooks: tuple[str, ...] = ()
+    format: str = "json"  # or "slack": a Slack-compatible {"text": ...} payload
+    timeout: float = 5.0  # seconds per attempt, and the most a run waits for them at its end
+    retries: int = 2
+
+
+@dataclass(frozen=True)
 class Fleet:
     """The whole inventory: hosts in order, pools by name."""
 
@@ -157,6 +168,7 @@ class Fleet:
     hosts: tuple[Host, ...]
     pools: tuple[Pool, ...]
     log_dir: str
+    notify: Notify = Notify()
 
     def host(self, name: str) -> Host:
         for host in self.hosts:
@@ -349,6 +361,7 @@ def parse(data: Mapping[str, Any], path: str = "hosts.toml") -> Fleet:
     host_tables = top.get("hosts", list, required=True)
     pool_tables = top.get("pools", dict, required=True)
     log_dir = top.get("log_dir", str, "logs")
+    notify = read_notify(_Reader(path, "notify", top.get("notify", dict, {})))
     top.reject_unknown()
     if not host_tables:
         raise top.fail("hosts", "at least one host is required")
@@ -367,7 +380,8 @@ def parse(data: Mapping[str, Any], path: str = "hosts.toml") -> Fleet:
     _reject_duplicates(path, "pools", [p.root for p in pools], "root")
     for host in hosts:
         _reject_overlapping_pools(path, host, pools)
-    return Fleet(path=path, hosts=hosts, pools=pools, log_dir=beside(path, log_dir))
+    return Fleet(path=path, hosts=hosts, pools=pools, log_dir=beside(path, log_dir),
+                 notify=notify)
 
 
 def _inside(inner: PurePosixPath, outer: PurePosixPath) -> bool:
@@ -532,6 +546,7 @@ def _pool(path: str, name: str, table: Any) -> Pool:
         front_controller=r.optional("front_controller", str),
         strategy=r.get("strategy", str, SURGE),
         keep_previous=r.get("keep_previous", bool, False),
+        after_activate=r.strings("after_activate"),
     )
     r.check("replicas", lambda v: v >= 2, "must be >= 2 (a pool needs a spare replica)")
     r.check("replicas", lambda v: v <= 64, "must be <= 64")
@@ -557,3 +572,23 @@ def _pool(path: str, name: str, table: Any) -> Pool:
     _check_shared(r, pool.shared, r.strings("shared"))
     r.reject_unknown()
     return pool
+
+
+NOTIFY_FORMATS = ("json", "slack")
+WEBHOOK_URL = re.compile(r"https?://[^\s/?#]+(?:[/?#]\S*)?")
+
+
+def read_notify(r: _Reader) -> Notify:
+    """[notify]: a webhook URL may hold a secret (a token in its path, a password), so an
+    error names the entry by its index, never by its text."""
+    notify = Notify(webhooks=r.strings("webhooks"), format=r.get("format", str, "json"),
+                    timeout=r.get("timeout", float, 5.0), retries=r.get("retries", int, 2))
+    for i, url in enumerate(notify.webhooks):
+        if not WEBHOOK_URL.fullmatch(url):
+            raise r.fail(f"webhooks[{i}]", "must be an http:// or https:// URL (not shown: "
+                         "it may hold a secret)")
+    r.check("format", lambda v: v in NOTIFY_FORMATS, f"must be one of {', '.join(NOTIFY_FORMATS)}")
+    r.check("timeout", lambda v: 0 < v <= 30, "must be > 0 and <= 30 seconds")
+    r.check("retries", lambda v: 0 <= v <= 5, "must be 0..5")
+    r.reject_unknown()
+    return notify
