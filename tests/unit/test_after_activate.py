@@ -107,5 +107,5 @@ def test_after_activate_is_a_pool_key(inventory_data, build_fleet):
     assert build_fleet(inventory_data).pool("www").after_activate == (
         "php artisan queue:restart",)
     inventory_data["pools"]["www"]["after_activate"] = "php artisan queue:restart"
-    with pytest.raises(ConfigError, match="pools.www.after_activate: must be a list"):
+    with pytest.raises(ConfigError, match=r"pools\.www\.after_activate: must be a list"):
         build_fleet(inventory_data)

@@ -45,7 +45,7 @@ def test_malformed_lines_are_skipped_and_counted_never_trusted():
     bad = ["garbage\n", "2026-13-99\tv9\n",                       # too few fields
            line("v9", "v1", "fab deploy", "explode"),             # unknown kind
            line("../etc", "v1", "fab deploy", "deploy"),          # not a release name
-           f"yesterday\tv9\tv1\tops@ci\tfab deploy\tdeploy\n",    # not a time
+           "yesterday\tv9\tv1\tops@ci\tfab deploy\tdeploy\n",    # not a time
            line("v9", "v1", "fab deploy", "deploy").rstrip("\n") + "\textra\n",
            "\n", "   \n"]                                         # blank: not counted
     ph = history.pool_history("h1", "www", RECORD + "".join(bad))
