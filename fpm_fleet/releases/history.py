@@ -62,7 +62,7 @@ def _reverted(entry: Activation, following: Activation | None) -> bool:
 
 def results(entries: list[Activation]) -> list[str]:
     """Per entry, oldest first: `reverted` when the next entry is its host's revert of it."""
-    nexts: list[Activation | None] = [*entries[1:], None]
+    nexts: list[Activation | None] = [*entries[1:], None][:len(entries)]
     return ["reverted" if _reverted(e, n) else "ok" for e, n in zip(entries, nexts, strict=True)]
 
 

@@ -5,10 +5,19 @@ real by activations in a shell."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
+
+import pytest
+from conftest import LocalRunner
+from invoke.config import Config
+from invoke.context import Context
+from invoke.exceptions import Exit
 
 from fpm_fleet.releases import commands as rs
 from fpm_fleet.releases import history
 from fpm_fleet.releases import store as release
+from fpm_fleet.remote.group import HostGroup
+from tasks import history as cli_history
 
 T = "2026-11-28T01:00:00+0000"
 
@@ -88,3 +97,38 @@ def test_activations_write_the_kind_that_history_reads_back(sh, layout):
     # what rollback and cleanup read is unchanged by the kind field
     assert release.previous_of("v1", release.parse_history(sh(rs.read_history(layout)).stdout)) \
         == "v2"
+
+
+# --- the task, on a host that is a directory reached by a local shell ----------------------------
+
+@pytest.fixture
+def ctx(tmp_path: Path, monkeypatch) -> Context:
+    path = tmp_path / "hosts.toml"
+    path.write_text(f'log_dir = "{tmp_path}/logs"\n[[hosts]]\nname = "local"\n'
+                    f'address = "127.0.0.1"\nroot = "{tmp_path}/srv"\n'
+                    '[pools.www]\nreplicas = 2\n')
+    monkeypatch.setattr(HostGroup, "_connect", lambda self, h: LocalRunner(h, tmp_path))
+    return Context(Config(overrides={"inventory": str(path)}))
+
+
+def test_the_task_prints_json_and_says_how_many_lines_it_skipped(ctx, tmp_path, capsys):
+    state = tmp_path / "srv" / "www" / "state"
+    state.mkdir(parents=True)
+    (state / "history").write_text(RECORD + "truncated\tv9\n")
+    cli_history.history_(ctx, json_=True, limit=2)
+    out, err = capsys.readouterr()
+    assert [(e["kind"], e["to"]) for e in json.loads(out)] == [("rollback", "v1"),
+                                                               ("revert", "v2")]
+    assert "local/www: 1 malformed history line(s) skipped" in err
+
+
+def test_the_task_on_a_pool_never_deployed_shows_an_empty_table(ctx, capsys):
+    cli_history.history_(ctx)
+    out, err = capsys.readouterr()
+    assert "history" in out and "skipped" not in err
+
+
+def test_the_task_refuses_a_negative_limit(ctx):
+    with pytest.raises(Exit) as info:
+        cli_history.history_(ctx, limit=-1)
+    assert info.value.code == 2
