@@ -16,12 +16,14 @@ Message builders are pure; `Webhook` and `Notifier` do the sending.
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import queue
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -118,11 +120,23 @@ def finished(action: str, release: str | None, results: GroupResult[list[PoolOut
 
 # --- sending -------------------------------------------------------------------------------
 
+def _request(url: str, data: bytes) -> urllib.request.Request:
+    """A POST of `data`; a user and password in the URL become basic auth (urllib would take
+    `user:pw@host` for the host's name)."""
+    parts = urllib.parse.urlsplit(url)
+    headers = {"Content-Type": "application/json", "User-Agent": "fpm-fleet"}
+    if parts.username is not None:
+        user, password = (urllib.parse.unquote(v or "") for v in (parts.username,
+                                                                  parts.password))
+        token = base64.b64encode(f"{user}:{password}".encode()).decode()
+        headers["Authorization"] = f"Basic {token}"
+        url = urllib.parse.urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
+    return urllib.request.Request(url, data=data, method="POST", headers=headers)
+
+
 def post(url: str, data: bytes, timeout: float) -> None:
     """One POST; any answer but 2xx raises (urllib's errors never carry the URL's path)."""
-    request = urllib.request.Request(url, data=data, method="POST",
-                                     headers={"Content-Type": "application/json",
-                                              "User-Agent": "fpm-fleet"})
+    request = _request(url, data)
     # the inventory admits http:// and https:// URLs only (no file:, no ftp:)
     with urllib.request.urlopen(request, timeout=timeout) as answer:
         answer.read(65536)

@@ -62,26 +62,27 @@ def rollout_recap(title: str, results: GroupResult[list[PoolOutcome]]) -> None:
 
 def _hook_text(p: PoolOutcome) -> object:
     hook = p.after_activate
-    return "-" if hook is None else output.ok_text(hook.ok, hook.text, "FAILED")
+    return "-" if hook is None else output.ok_text(hook.ok, hook.text, hook.text)
 
 
-def _hook_failures(results: GroupResult[list[PoolOutcome]]) -> list[str]:
-    return [f"{p.host}/{p.pool}: after_activate {p.after_activate.failed}"
+def _hook_failures(results: GroupResult[list[PoolOutcome]]) -> dict[str, str]:
+    """`host/pool` -> why its after_activate failed."""
+    return {f"{p.host}/{p.pool}": p.after_activate.failed
             for o in results for p in _pool_outcomes(o.value, o.error)
-            if p.after_activate and p.after_activate.failed]
+            if p.after_activate and p.after_activate.failed}
 
 
 def after_activate_failures(title: str, results: GroupResult[list[PoolOutcome]]) -> None:
     """A rollout that went through, but whose after_activate failed somewhere: each failure
     on its own line, then the error (exit 4). The release serves: nothing is undone."""
     failures = _hook_failures(results)
-    for line in failures:
-        output.note(line, "bold red")
+    for where, why in failures.items():
+        output.note(f"{where}: after_activate {why}", "bold red")
     if failures:
         raise AfterActivateError(
-            f"{title} done, but after_activate failed on {len(failures)} host pool(s); "
-            "the new release serves (it is not undone): run the failed commands by hand, "
-            "or deploy the same release again to run after_activate again")
+            f"{title} done, but after_activate failed on {', '.join(failures)}; the release "
+            "serves (it is not undone): run the failed commands by hand, or deploy the same "
+            "release again to run after_activate again")
 
 
 def notifications(deliveries: Sequence[Delivery]) -> None:

@@ -19,6 +19,7 @@ class Receiver:
         self.statuses = list(statuses)
         self.delay = delay
         self.posts: list[tuple[str, dict[str, Any]]] = []  # (path, JSON body) of every POST
+        self.auth: list[str] = []  # the Authorization header of every POST ("" without)
         self.attempts = 0
         receiver = self
 
@@ -27,6 +28,7 @@ class Receiver:
                 size = int(self.headers.get("Content-Length", "0"))
                 data = json.loads(self.rfile.read(size) or b"{}")
                 receiver.attempts += 1
+                receiver.auth.append(self.headers.get("Authorization", ""))
                 time.sleep(receiver.delay)
                 status = receiver.statuses.pop(0) if receiver.statuses else 200
                 if status == 200:

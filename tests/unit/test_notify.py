@@ -4,6 +4,7 @@ that fails once then answers; none of them holds up the run beyond its bound."""
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import time
@@ -103,6 +104,16 @@ def test_every_message_reaches_a_working_webhook_in_order():
     assert r.events() == ["deploy.started", "deploy.finished"]
     assert delivery == notify.Delivery(f"{url_origin(r.url())}", 2, 0, 0, "")
     assert r.posts[0][0] == "/services/x"
+
+
+def test_a_user_and_password_in_the_url_are_sent_as_basic_auth():
+    with Receiver() as r:
+        url = r.url("/hook?token=x").replace("http://", "http://ops:p%40ss@")
+        notes = notify.Notifier(fast(url), "deploy", "v2")
+        notes.start([], "hosts.toml")
+        (delivery,) = notes.close(wait=5)
+    assert delivery.delivered == 1 and r.posts[0][0] == "/hook?token=x"
+    assert r.auth == ["Basic " + base64.b64encode(b"ops:p@ss").decode()]
 
 
 def test_a_webhook_answering_500_once_gets_the_message_on_the_retry():
