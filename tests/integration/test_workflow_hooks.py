@@ -7,6 +7,7 @@ from __future__ import annotations
 import getpass
 import json
 import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -154,3 +155,24 @@ def test_history_skips_a_malformed_entry_and_says_so(box: Sandbox) -> None:
     ok(fab("deploy", "--release", "v5", "--plain", "--host", "h1"))
     entries = json.loads(ok(fab("history", "--json", "--host", "h1")).stdout)
     assert (entries[0]["from"], entries[0]["to"]) == ("v2", "v5")
+
+
+def test_a_slow_webhook_adds_at_most_its_timeout_to_a_deploy(box: Sandbox, tmp_path: Path
+                                                             ) -> None:
+    box.build("v6")
+    box.build("v7")
+    plain = inventory(box, tmp_path, [], [])
+    began = time.monotonic()
+    ok(fab("deploy", "--release", "v6", "--plain", "--host", "h1", inventory_path=plain))
+    alone = time.monotonic() - began
+    with Receiver(delay=10) as slow:
+        (tmp_path / "slow").mkdir()
+        path = inventory(box, tmp_path / "slow", [], [slow.url()])
+        path.write_text(path.read_text().replace("timeout = 2", "timeout = 1"))
+        began = time.monotonic()
+        proc = ok(fab("deploy", "--release", "v7", "--plain", "--host", "h1",
+                      inventory_path=path))
+        slowed = time.monotonic() - began
+    assert "0 of 3 delivered" in proc.stderr and "no answer within 1s" in proc.stderr
+    print(f"deploy to h1: {alone:.2f}s alone, {slowed:.2f}s with a webhook that never answers")
+    assert slowed - alone < 2.5  # the final wait is bounded by the timeout (1 s)
