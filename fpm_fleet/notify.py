@@ -31,7 +31,7 @@ from typing import Any
 
 from fpm_fleet.core.errors import FleetError
 from fpm_fleet.core.inventory import Host, Notify
-from fpm_fleet.core.redact import url_origin
+from fpm_fleet.core.redact import MASK, url_origin
 from fpm_fleet.releases.store import operator
 from fpm_fleet.remote.group import GroupResult, Proven
 from fpm_fleet.remote.runner import Runner
@@ -148,14 +148,19 @@ def _retryable(exc: Exception) -> bool:
     return True  # refused, reset, timed out, unreachable: the next try may get through
 
 
-def _why(exc: Exception, timeout: float) -> str:
+def _why(exc: Exception, url: str, timeout: float) -> str:
+    """Why an attempt failed, in words that never hold the URL's secret parts: an error
+    from deep in http.client may quote the URL, so its path, query and password are cut."""
     if isinstance(exc, urllib.error.HTTPError):
         return f"HTTP {exc.code}"
     if isinstance(exc, TimeoutError) or "timed out" in str(exc):
         return f"no answer within {timeout:g}s"
-    if isinstance(exc, urllib.error.URLError):
-        return str(exc.reason)
-    return str(exc) or type(exc).__name__
+    text = str(exc.reason if isinstance(exc, urllib.error.URLError) else exc)
+    parts = urllib.parse.urlsplit(url)
+    for secret in (url, parts.path, parts.query, parts.password):
+        if secret and len(secret) > 1:
+            text = text.replace(secret, MASK)
+    return text or type(exc).__name__
 
 
 @dataclass(frozen=True)
@@ -223,7 +228,7 @@ class Webhook:
                 self.send(self.url, data, self.timeout)
                 return True
             except Exception as exc:  # any failure of a webhook is reported, never raised
-                self.error = _why(exc, self.timeout)
+                self.error = _why(exc, self.url, self.timeout)
                 log.info("notify %s: attempt %d failed: %s", self.label, attempt + 1,
                          self.error)
                 if not _retryable(exc):

@@ -575,7 +575,8 @@ def _pool(path: str, name: str, table: Any) -> Pool:
 
 
 NOTIFY_FORMATS = ("json", "slack")
-WEBHOOK_URL = re.compile(r"https?://[^\s/?#]+(?:[/?#]\S*)?")
+# printable ASCII only: http.client quotes a URL with a control character in its error
+WEBHOOK_URL = re.compile(r"https?://[!-.0-9:-~]+(?:[/?#][!-~]*)?")
 
 
 def read_notify(r: _Reader) -> Notify:

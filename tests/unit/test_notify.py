@@ -162,6 +162,19 @@ def test_a_slow_webhook_is_abandoned_at_the_bound_and_says_so(capsys):
     assert "0 of 2 delivered" in err and "the run does not depend on it" in err
 
 
+def test_an_error_that_quotes_the_url_is_cut_before_it_is_shown():
+    url = "https://ops:pw-s3cr3t@hooks.example.com/services/s3cr3t-path?token=s3cr3t-q"
+
+    def send(url_: str, data: bytes, timeout: float) -> None:
+        raise ValueError(f"bad thing with {url_} at /services/s3cr3t-path and token=s3cr3t-q")
+
+    notes = notify.Notifier(fast(url, retries=0), "deploy", "v2", send=send)
+    notes.start([], "hosts.toml")
+    (delivery,) = notes.close(wait=2)
+    assert delivery.failed == 1 and "s3cr3t" not in delivery.error
+    assert delivery.error.startswith("bad thing with ***")
+
+
 def test_a_notifier_without_webhooks_does_nothing():
     notes = notify.Notifier(Notify(), "deploy", "v2")
     notes.start([], "hosts.toml")
@@ -198,6 +211,9 @@ def test_notify_is_read_with_its_defaults(inventory_data, build_fleet):
     ({"webhooks": ["ftp://ops:s3cr3t@x/y"]}, "notify.webhooks[0]: must be an http:// or "
                                              "https:// URL (not shown: it may hold a secret)"),
     ({"webhooks": "https://x"}, "notify.webhooks: must be a list, got str"),
+    ({"webhooks": ["https://x/ok", "https://x/s3cr3t\x01"]},
+     "notify.webhooks[1]: must be an http:// or https:// URL (not shown: it may hold a "
+     "secret)"),
     ({"format": "xml"}, "notify.format: must be one of json, slack"),
     ({"timeout": 0}, "notify.timeout: must be > 0 and <= 30 seconds"),
     ({"retries": 9}, "notify.retries: must be 0..5"),
