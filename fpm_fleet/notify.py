@@ -4,12 +4,13 @@ A run posts, to every webhook: started, one message per host (done, failed or re
 finished (release, previous, duration, hosts, who, result). A message is JSON, or with
 `format = "slack"` a Slack-compatible `{"text": ...}`.
 
-A webhook never fails or holds up a run: each has its own thread and queue, so posting is
-only putting on a queue; each attempt is bounded by `timeout`, a connection failure, a
-timeout, a 429 or a 5xx answer is retried `retries` times (after 0.5 s, 1 s, ...), and at the
-end the run waits at most `timeout` seconds for what is still in flight, then gives up. What
-each webhook received is returned for the recap. A URL is shown and logged only as its
-scheme, host and port (`redact.url_origin`): its path, query and password may be a secret.
+A webhook never fails a run, nor holds it up beyond `timeout` at its end: each has its own
+thread and queue, so posting is only putting on a queue; each attempt is bounded by
+`timeout`; a connection failure, a timeout, a 429 or a 5xx answer is retried `retries` times
+(after 0.5 s, 1 s, ...); at the end the run waits at most `timeout` seconds for what is
+still in flight, then gives up. What each webhook received is returned for the recap. A URL
+is shown and logged only as its scheme, host and port (`redact.url_origin`): its path, query
+and password may be a secret.
 
 Message builders are pure; `Webhook` and `Notifier` do the sending.
 """
@@ -265,8 +266,11 @@ class Notifier:
     def finish(self, results: GroupResult[list[PoolOutcome]] | None) -> None:
         """The finished message; `results` None: the run was interrupted."""
         seconds = time.monotonic() - self.began
-        self.send(finished(self.action, self.release, results or GroupResult(()), seconds,
-                           self.who, None if results else "interrupted"))
+        if results is None:
+            results, outcome = GroupResult(()), "interrupted"
+        else:
+            outcome = None  # ok or failed, from the results
+        self.send(finished(self.action, self.release, results, seconds, self.who, outcome))
 
     def per_host(self, work: Callable[[Runner, Host, Proven], list[PoolOutcome]]
                  ) -> Callable[[Runner, Host, Proven], list[PoolOutcome]]:
