@@ -8,12 +8,13 @@ from collections.abc import Callable
 from invoke.context import Context
 from invoke.tasks import task
 
-from fpm_fleet import notify, output, report
+from fpm_fleet import output, report
 from fpm_fleet.core.errors import FleetError, UsageError
 from fpm_fleet.core.events import Observer
 from fpm_fleet.core.inventory import Host
 from fpm_fleet.host import lock
 from fpm_fleet.host.pool import HostPool
+from fpm_fleet.notify import Notifier
 from fpm_fleet.releases import store
 from fpm_fleet.remote.dryrun import Recorder, StepsInPlan
 from fpm_fleet.remote.group import DEFAULT_PARALLEL, HostGroup, Proven, roll_options
@@ -68,7 +69,7 @@ def _run_rollout(s: Session, sel: Selection, title: str, order: tuple[int, int],
         _dry_run(sel, title, body)
         return
     canary, parallel = order
-    notes = notify.Notifier(s.fleet.notify, title, release)
+    notes = Notifier(s.fleet.notify, title, release)
     notes.start(sel.hosts, s.fleet.path)
     results = None
     try:

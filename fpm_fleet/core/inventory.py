@@ -86,11 +86,11 @@ class Pool:
     source: str
     shared: tuple[str, ...]
     before_activate: tuple[str, ...]
+    after_activate: tuple[str, ...] = ()
     document_root: str = ""
     front_controller: str | None = None
     strategy: str = "surge"
     keep_previous: bool = False
-    after_activate: tuple[str, ...] = ()
 
     def replica_name(self, n: int) -> str:
         """Replica n as the operator names it (`www-2`): its sockets, config, FPM pool and
@@ -542,11 +542,11 @@ def _pool(path: str, name: str, table: Any) -> Pool:
         source=beside(path, r.get("source", str, f"build/{name}")),
         shared=tuple(normal(item) for item in r.strings("shared")),
         before_activate=r.strings("before_activate"),
+        after_activate=r.strings("after_activate"),
         document_root=r.get("document_root", str, "").rstrip("/"),
         front_controller=r.optional("front_controller", str),
         strategy=r.get("strategy", str, SURGE),
         keep_previous=r.get("keep_previous", bool, False),
-        after_activate=r.strings("after_activate"),
     )
     r.check("replicas", lambda v: v >= 2, "must be >= 2 (a pool needs a spare replica)")
     r.check("replicas", lambda v: v <= 64, "must be <= 64")

@@ -36,10 +36,10 @@ class Plan:
     release: str
     command: str
     timeout: float
+    kind: str = "deploy"  # or "rollback": the history records which
     source: Path | None = None
     manifest: Manifest | None = None
     force: bool = False
-    kind: str = "deploy"  # or "rollback": the history records which
 
 
 @dataclass(frozen=True)
