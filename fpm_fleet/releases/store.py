@@ -380,9 +380,13 @@ def parse_history(text: str) -> list[Activation]:
     return parse_history_counted(text)[0]
 
 
+def history_read(at: HostPool) -> Command[list[Activation]]:
+    return Command(rs.read_history(at.layout), "read history",
+                   lambda res: parse_history(res.stdout))
+
+
 def history(at: HostPool) -> list[Activation]:
-    return at.ask(Command(rs.read_history(at.layout), "read history",
-                          lambda res: parse_history(res.stdout)))
+    return at.ask(history_read(at))
 
 
 def previous_of(current: str | None, hist: list[Activation]) -> str | None:
@@ -408,9 +412,13 @@ class ReleaseInfo:
     size_kib: int
 
 
+def releases_read(at: HostPool) -> Command[list[ReleaseInfo]]:
+    return Command(rs.list_releases(at.layout), "list releases",
+                   lambda res: parse_releases(res.stdout))
+
+
 def list_releases(at: HostPool) -> list[ReleaseInfo]:
-    return at.ask(Command(rs.list_releases(at.layout), "list releases",
-                          lambda res: parse_releases(res.stdout)))
+    return at.ask(releases_read(at))
 
 
 def parse_releases(out: str) -> list[ReleaseInfo]:
