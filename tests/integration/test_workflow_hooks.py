@@ -1,6 +1,7 @@
-"""after_activate, webhook notifications and `fab history` on a real 2-host sandbox: the
-hooks run on the hosts as the deploy user, the webhooks are receivers on this machine
-(where fab runs), the history is what the hosts recorded."""
+"""after_activate, webhook notifications and `fab history` on a real 2-host sandbox, once
+with rolling and once with surge pools: the hooks run on the hosts as the deploy user, the
+webhooks are receivers on this machine (where fab runs), the history is what the hosts
+recorded."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import pytest
 
 from tests.unit.receiver import Receiver, refused_url
 
-from .conftest import Sandbox, fab, get, ok
+from .conftest import Sandbox, bring_up, fab, get, ok, tear_down
 
 SECRET_PATH = "/services/T0/B0/s3cr3t-hook-token"
 SECRET_PASSWORD = "hunter2-webhook-pw"
@@ -23,9 +24,12 @@ WHO = f"{getpass.getuser()}@{socket.gethostname()}"
 RECORD = 'echo "$(id -un) $(pwd -P)" >> "$(pwd -P)/../../shared/after.log"'
 
 
-@pytest.fixture(scope="module")
-def box(fleet2: Sandbox) -> Sandbox:
-    return fleet2
+@pytest.fixture(scope="module", params=["rolling", "surge"])
+def box(request: pytest.FixtureRequest) -> Iterator[Sandbox]:
+    """A fresh 2-host fleet per strategy: after_activate waits for the pool's own roll."""
+    fleet = bring_up(2, request.param)
+    yield fleet
+    assert tear_down() == []
 
 
 @pytest.fixture(scope="module")
@@ -57,8 +61,10 @@ def after_log(box: Sandbox, host: int) -> list[str]:
 
 
 def serving(box: Sandbox, release: str) -> bool:
-    rows = box.status()
-    return bool(rows) and all(r["release"] == release and r["ok"] for r in rows)
+    """Every replica in rotation (a surge pool's standby set aside) is on `release`, and
+    each host has its pool's two."""
+    rows = [r for r in box.status() if r["role"] == "serving"]
+    return len(rows) == 4 and all(r["release"] == release and r["ok"] for r in rows)
 
 
 def test_after_activate_runs_as_deploy_in_the_release_and_a_dead_webhook_changes_nothing(
