@@ -394,9 +394,13 @@ def previous_of(current: str | None, hist: list[Activation]) -> str | None:
     return next((a.previous for a in reversed(hist) if a.release == current), None)
 
 
+def bad_read(at: HostPool) -> Command[set[str]]:
+    return Command(rs.list_bad(at.layout), "list bad releases",
+                   lambda res: set(res.stdout.split()))
+
+
 def bad_releases(at: HostPool) -> set[str]:
-    return at.ask(Command(rs.list_bad(at.layout), "list bad releases",
-                          lambda res: set(res.stdout.split())))
+    return at.ask(bad_read(at))
 
 
 def mark_bad(at: HostPool, name: str) -> None:

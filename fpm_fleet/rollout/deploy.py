@@ -252,16 +252,23 @@ def rollback_pool(at: HostPool, plan: Plan, obs: Observer,
 
 
 def rollback_target(at: HostPool, to: str | None) -> str:
-    """--to NAME, or the newest earlier release that is present and not marked bad."""
-    present = {r.name for r in release.list_releases(at)}
+    """--to NAME, or the newest earlier release that is present and not marked bad (what
+    decides it is read in one round trip)."""
+    listed: list[release.ReleaseInfo]
+    current: str | None
+    bad: set[str]
+    hist: list[release.Activation]
+    listed, current, bad, hist = at.ask(together(
+        f"read {at.pool.name} releases, current, bad and history",
+        [release.releases_read(at), fpm.current_release(at), release.bad_read(at),
+         release.history_read(at)]))
+    present = {r.name for r in listed}
     if to:
         if to not in present:
             raise FleetError(f"{at.host.name}: release {to} of pool {at.pool.name} is not on "
                              f"this host (present: {', '.join(sorted(present)) or 'none'})")
         return to
-    current = at.ask(fpm.current_release(at))
-    bad = release.bad_releases(at)
-    for act in reversed(release.history(at)):
+    for act in reversed(hist):
         for name in (act.previous, act.release):
             if name and name != current and name not in bad and name in present:
                 return name
