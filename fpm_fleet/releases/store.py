@@ -308,10 +308,11 @@ def _verify(runner: Runner, host: Host, layout: Layout, name: str, manifest: Man
 
 # --- activation, history, bad marks ------------------------------------------------------------
 
-def activate(at: HostPool, name: str, command: str) -> str | None:
-    """Repoint current.release; record release, previous, time and user. Returns previous."""
+def activate(at: HostPool, name: str, command: str, kind: str = "deploy") -> str | None:
+    """Repoint current.release; record release, previous, time, user and kind (deploy,
+    rollback, revert). Returns previous."""
     stamp = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-    return at.ask(Command(rs.activate(at.layout, name, stamp, operator(), command),
+    return at.ask(Command(rs.activate(at.layout, name, stamp, operator(), command, kind),
                           f"activate {name}",
                           lambda res: res.stdout.partition("\n")[0].strip() or None,
                           changes=True))
@@ -328,10 +329,12 @@ class Activation:
     previous: str | None
     user: str
     command: str
+    kind: str = "deploy"  # deploy, rollback or revert
 
 
 STAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d([+-]\d{4}|Z)?")
 UNESCAPE = re.compile(r"\\(.)")
+KINDS = ("deploy", "rollback", "revert")
 
 
 def unescape_field(value: str) -> str:
@@ -339,19 +342,42 @@ def unescape_field(value: str) -> str:
     return UNESCAPE.sub(lambda m: table.get(m.group(1), m.group(1)), value)
 
 
-def parse_history(text: str) -> list[Activation]:
-    """Only well-formed entries: five fields, a time, release names; anything else (a line
-    written by hand, a truncated write, an old unescaped entry) is skipped, never trusted."""
-    out = []
+def _legacy_kind(command: str) -> str:
+    """Entries written before the kind field: a revert said so in its command."""
+    return "revert" if command.startswith("revert of ") else (
+        "rollback" if "rollback" in command.split() else "deploy")
+
+
+def _entry(line: str) -> Activation | None:
+    """One history line, or None when it is not a well-formed entry."""
+    parts = line.split("\t")
+    if len(parts) not in (5, 6) or not STAMP.fullmatch(parts[0]) or not NAME.fullmatch(parts[1]):
+        return None
+    if parts[2] != "-" and not NAME.fullmatch(parts[2]):
+        return None
+    command = unescape_field(parts[4])
+    kind = parts[5] if len(parts) == 6 else _legacy_kind(command)
+    if kind not in KINDS:
+        return None
+    return Activation(parts[0], parts[1], None if parts[2] == "-" else parts[2],
+                      unescape_field(parts[3]), command, kind)
+
+
+def parse_history_counted(text: str) -> tuple[list[Activation], int]:
+    """The well-formed entries, and how many non-empty lines were not (a line written by
+    hand, a truncated write, an unknown kind): skipped, never trusted."""
+    out, skipped = [], 0
     for line in text.splitlines():
-        parts = line.split("\t")
-        if len(parts) != 5 or not STAMP.fullmatch(parts[0]) or not NAME.fullmatch(parts[1]):
-            continue
-        if parts[2] != "-" and not NAME.fullmatch(parts[2]):
-            continue
-        out.append(Activation(parts[0], parts[1], None if parts[2] == "-" else parts[2],
-                              unescape_field(parts[3]), unescape_field(parts[4])))
-    return out
+        entry = _entry(line)
+        if entry is not None:
+            out.append(entry)
+        elif line.strip():
+            skipped += 1
+    return out, skipped
+
+
+def parse_history(text: str) -> list[Activation]:
+    return parse_history_counted(text)[0]
 
 
 def history_read(at: HostPool) -> Command[list[Activation]]:

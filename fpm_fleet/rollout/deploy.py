@@ -25,7 +25,7 @@ from fpm_fleet.releases.origin import Origin
 from fpm_fleet.remote.command import action, together
 from fpm_fleet.remote.group import HostGroup, Proven
 from fpm_fleet.remote.runner import Runner
-from fpm_fleet.rollout import replica, surge
+from fpm_fleet.rollout import hooks, replica, surge
 from fpm_fleet.rollout.hosts import Selection, ordered, preflight, tracked
 from fpm_fleet.source import Source
 from fpm_fleet.web import apache, balancer
@@ -38,6 +38,7 @@ class Plan:
     release: str
     command: str
     timeout: float
+    kind: str = "deploy"  # or "rollback": the history records which
     source: Path | None = None
     manifest: Manifest | None = None
     force: bool = False
@@ -55,6 +56,7 @@ class PoolOutcome:
     passed_point_of_no_return: bool = False
     upload: release.Upload | None = None
     reverted: bool = False
+    after_activate: hooks.HookOutcome | None = None
 
 
 class PoolFailed(RolloutError):
@@ -200,7 +202,7 @@ def _activate_and_roll(at: HostPool, plan: Plan, record: PoolOutcome, obs: Obser
     before = record.before
     if before != plan.release:
         with step(obs, at.host.name, "activate", at.pool.name) as s:
-            release.activate(at, plan.release, plan.command)
+            release.activate(at, plan.release, plan.command, plan.kind)
             s.detail = f"{before or '-'} -> {plan.release}"
     record = replace(record, passed_point_of_no_return=True, after=plan.release)
     try:
@@ -209,10 +211,14 @@ def _activate_and_roll(at: HostPool, plan: Plan, record: PoolOutcome, obs: Obser
         if not before or before == plan.release:
             raise PoolFailed(exc, (record,)) from None
         serving = revert(at, plan, before, obs)
-        record = replace(record, after=before, reverted=True)
+        # only once every replica serves `before` again (else the hooks would run early)
+        hook = hooks.after_activate(at, before, obs) if serving == at.pool.replicas else None
+        record = replace(record, after=before, reverted=True, after_activate=hook)
         message = f"{exc}; {reverted(at, before, plan.release, serving)}"
+        if hook and hook.failed:
+            message += f"; after_activate {hook.failed}"
         raise PoolFailed(RolloutError(message), (record,)) from None
-    return record
+    return replace(record, after_activate=hooks.after_activate(at, plan.release, obs))
 
 
 def revert(at: HostPool, plan: Plan, previous: str, obs: Observer) -> int:
@@ -220,7 +226,7 @@ def revert(at: HostPool, plan: Plan, previous: str, obs: Observer) -> int:
     Returns how many of the pool's replicas are in rotation afterwards (read back, since
     the message to the operator says so)."""
     with step(obs, at.host.name, "revert", at.pool.name) as s:
-        release.activate(at, previous, f"revert of {plan.command}")
+        release.activate(at, previous, f"revert of {plan.command}", "revert")
         release.mark_bad(at, plan.release)
         s.detail = f"{plan.release} -> {previous}, {plan.release} marked bad"
     converge(at, previous, obs, plan.timeout)
