@@ -328,13 +328,16 @@ def deploy_plans(sel: Selection, sources: dict[str, Source], force: bool, timeou
     return plans
 
 
-def rollback_targets(sel: Selection, to: str | None, obs: Observer
+def rollback_targets(sel: Selection, to: str | None, obs: Observer,
+                     connector: Callable[[Host], Runner] | None = None,
                      ) -> dict[tuple[str, str], str]:
-    """Checked on every host before anything changes: a missing target refuses the rollback."""
+    """Checked on every host before anything changes: a missing target refuses the rollback.
+    `connector`: the task's kept connections, which the rollout then reuses."""
     def work(runner: Runner, h: Host) -> dict[str, str]:
         return {p.name: rollback_target(HostPool(runner, h, p), to) for p in sel.pools}
 
-    results = HostGroup(obs, parallel=8, stop_on_failure=False).run(sel.hosts, work)
+    results = HostGroup(obs, parallel=8, stop_on_failure=False,
+                        connector=connector).run(sel.hosts, work)
     if not results.ok:
         raise FleetError("rollback refused, nothing changed: "
                          + "; ".join(str(o.error) for o in results.failed))
