@@ -21,7 +21,7 @@ from fpm_fleet.host.pool import HostPool
 from fpm_fleet.releases import commands as rs
 from fpm_fleet.releases.manifest import Entry, Manifest, parse_checksums, safe_mode
 from fpm_fleet.remote import shell
-from fpm_fleet.remote.command import Command, action, probe, stdout
+from fpm_fleet.remote.command import Command, action, probe, stdout, together
 from fpm_fleet.remote.runner import Runner
 
 NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,99}")
@@ -108,14 +108,19 @@ def upload(at: HostPool, source: Path, manifest: Manifest, name: str, base: str 
     """
     runner, host, pool, layout = at.runner, at.host, at.pool, at.layout
     started = time.monotonic()
-    existing = runner.ask(stored_manifest(layout, name))
+    delta_base = base if base and base != name else None
+    # both manifests in one round trip (the base one is not needed when NAME is reused)
+    existing, base_entries = runner.ask(together(
+        f"read manifests of {name} and {delta_base or '-'}",
+        [stored_manifest(layout, name), stored_manifest(layout, delta_base or name)]))
+    if delta_base is None:
+        base_entries = None
     if existing is not None:
         problem, sealed = _reuse_problem(runner, layout, pool, name, manifest, existing)
         if problem is None:
             return Upload(name, len(manifest.files), 0, 0, 0, time.monotonic() - started,
                           True, sealed)
         _refuse_replacing(host, name, problem, force, in_use)
-    base_entries = runner.ask(stored_manifest(layout, base)) if base and base != name else None
     if base_entries is not None:
         base_entries = without_shared(base_entries, pool.shared)
     try:

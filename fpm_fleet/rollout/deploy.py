@@ -99,8 +99,7 @@ def _under_lock(at: HostPool, plan: Plan, obs: Observer,
     record = PoolOutcome(at.host.name, at.pool.name)
     try:
         with ExitStack() as held:
-            _lock(at, plan, obs, held)
-            record = replace(record, before=at.ask(fpm.current_release(at)))
+            record = replace(record, before=_lock(at, plan, obs, held))
             return body(record)
     except PoolFailed:
         raise
@@ -158,14 +157,15 @@ def _prepare(at: HostPool, plan: Plan, obs: Observer) -> None:
     release.seal(at, plan.release)
 
 
-def _lock(at: HostPool, plan: Plan, obs: Observer, held: ExitStack) -> None:
+def _lock(at: HostPool, plan: Plan, obs: Observer, held: ExitStack) -> str | None:
     """Take the deploy lock (a stale one of a killed run is taken over), then the preflight:
-    put back replicas a killed run left out, and fail here if balancer-manager is unusable."""
+    put back replicas a killed run left out, and fail here if balancer-manager is unusable.
+    Returns the current release, as the preflight read it under the lock."""
     with step(obs, at.host.name, "lock", at.pool.name):
         held.enter_context(lock.locked(at, plan.command,
                                        *lock.reporters(obs, at.host.name, at.pool.name)))
     with step(obs, at.host.name, "preflight", at.pool.name):
-        preflight(at, obs)
+        return preflight(at, obs).current
 
 
 def _upload(at: HostPool, plan: Plan, before: str | None, obs: Observer) -> release.Upload:
