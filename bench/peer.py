@@ -31,6 +31,7 @@ from fpm_fleet import stress
 from fpm_fleet.core.inventory import Fleet, Host, Pool
 from fpm_fleet.host.layout import Layout
 from fpm_fleet.remote.shell import q
+from fpm_fleet.rollout import retire
 from fpm_fleet.sandbox import demo
 from fpm_fleet.sandbox.hosts import SandboxHost
 
@@ -208,6 +209,11 @@ class Bench:
         if self.capistrano:
             return
         self.say(f"peer: Capistrano's setup, seeded with {serving} (unmeasured)")
+        # fpm-fleet's last round may still be retiring its old set on the host by itself
+        # (rollout/retire.py): the switch waits for it, as any fpm-fleet rollout would
+        lock = retire.lock_path(Layout.of(self.host, self.pool))
+        in_host(self.box, f"[ ! -e {q(str(lock))} ] || flock -w 120 {q(str(lock))} true",
+                timeout=130)
         self.capistrano = True  # first: leave_script undoes a half-done switch too
         in_host(self.box, enter_script(self.site), timeout=120)
         self.build(serving)
