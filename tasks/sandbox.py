@@ -23,15 +23,16 @@ DEFAULT_DIR = "sandbox"
             "dir": "sandbox directory",
             "release": "name of the demo release deployed first",
             "bare": "only boot the hosts (fresh Debian servers): no setup, no deploy",
-            "strategy": "the pool's strategy: surge (default) or rolling"})
+            "strategy": "the pool's strategy: surge (default) or rolling",
+            "web": "the hosts' web server: apache (default), nginx, or mixed (in turn)"})
 def up(c: Context, hosts: int = 3, dir: str = DEFAULT_DIR, release: str = "v1",
-       bare: bool = False, strategy: str = "surge") -> None:
+       bare: bool = False, strategy: str = "surge", web: str = "apache") -> None:
     """Boot N Debian 12 hosts (systemd), provision them, deploy the demo app."""
     started = time.monotonic()
     try:
         with sandbox.exclusive():
             fleet = local_fleet.bring_up(Path(dir).resolve(), hosts, None if bare else release,
-                                         strategy)
+                                         strategy, web)
     except FleetError as exc:
         raise Exit(f"error: {exc}", code=exc.exit_code) from None
     output.note(f"sandbox up: {len(fleet.hosts)} hosts in {time.monotonic() - started:.1f}s; "
