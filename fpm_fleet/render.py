@@ -179,7 +179,7 @@ def sudo_commands(fleet: Fleet, host: Host) -> list[str]:
              for pool in fleet.pools for n in pool.replica_numbers
              for verb in shell.REPLICA_VERBS]
     if host.web == NGINX:
-        argvs += [shell.nginx_members(pool.name) for pool in fleet.pools]
+        argvs += [shell.NGINX_CHECK, *(shell.nginx_members(pool.name) for pool in fleet.pools)]
     else:
         argvs += [shell.APACHE_CONFIGTEST, shell.APACHE_GRACEFUL]
     lines = [" ".join((shell.SUDO_PATHS[argv[0]], *argv[1:])) for argv in argvs]

@@ -73,6 +73,9 @@ def nginx_members(pool: str) -> tuple[str, ...]:
     return (NGINX_MEMBERS, pool)
 
 
+NGINX_CHECK = (NGINX_MEMBERS, "--check")  # `nginx -t` as root, before a rollout changes anything
+
+
 def privileged(argv: Sequence[str], sudo: bool) -> str:
     """One root command: through `sudo -n` for a non-root login (sudo finds the binary on
     its secure_path, the path the sudoers line names), as is for a root login."""

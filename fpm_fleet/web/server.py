@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from fpm_fleet.core.errors import RolloutError
 from fpm_fleet.core.inventory import NGINX, Host, Pool
 from fpm_fleet.host.pool import HostPool, Replica
 from fpm_fleet.remote.command import Command
@@ -54,6 +55,18 @@ def read_command(at: HostPool) -> Command[Balancer]:
 
 def read(at: HostPool) -> Balancer:
     return at.ask(read_command(at))
+
+
+def ready(at: HostPool) -> Balancer:
+    """A rollout's preflight: the pool's members, read before anything changes; on nginx
+    also `nginx -t`, since every change there is a reload that a config broken by someone
+    else would refuse halfway through the rollout."""
+    found = read(at)
+    if is_nginx(at.host):
+        why = at.ask(upstream.config_test(at))
+        if why:
+            raise RolloutError(f"{at.host.name}: {why}; nothing was changed")
+    return found
 
 
 def member(r: Replica) -> Member:

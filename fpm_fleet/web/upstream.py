@@ -107,6 +107,13 @@ def assumed(at: HostPool, wanted: Mapping[int, str]) -> Balancer:
                                *(f"{n}={s}" for n, s in sorted(wanted.items()))]))
 
 
+def config_test(at: HostPool) -> Command[str]:
+    """`nginx -t` (as root, through the helper): "" when it passes, else why not."""
+    return Command(shell.privileged(shell.NGINX_CHECK, at.host.sudo), "nginx -t",
+                   lambda res: "" if res.ok else (res.stderr.strip() or res.stdout.strip()
+                                                  or f"exit {res.exited}"), check=False)
+
+
 def initial(pool: Pool) -> dict[int, str]:
     """A fresh pool's states: its first set in rotation, the standby set out (nothing
     listens there yet)."""

@@ -2,6 +2,7 @@
 # Managed by fpm-fleet: change the members of a pool's nginx upstream, as root.
 # usage: nginx-members POOL          (the deploy user, through its sudoers line)
 #        nginx-members --setup POOL  (fab setup: write and test only, no reload)
+#        nginx-members --check       (a rollout's preflight: does nginx -t pass now?)
 # stdin: one line per member, "N STATE", STATE one of up, drain, disable, park.
 #
 # The deploy user never writes nginx's configuration itself (nginx's master opens log
@@ -12,6 +13,14 @@
 # nginx must answer the new states (newest workers only; `nginx -s reload` returns before
 # the master has loaded anything). On success it prints that answer.
 set -u
+if [ "${1:-}" = --check ]; then
+    if ! out=$(nginx -t -q 2>&1); then
+        printf "nginx's configuration on this host fails nginx -t (fix it first): %s\n" \
+            "$out" >&2
+        exit 3
+    fi
+    exit 0
+fi
 setup=0
 if [ "${1:-}" = --setup ]; then setup=1; shift; fi
 pool=${1:-}

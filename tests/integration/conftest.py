@@ -130,11 +130,13 @@ class Sandbox:
         ok(fab(*args, *(["--unhealthy"] if unhealthy else [])))
 
 
-def bring_up(hosts: int, strategy: str = "rolling") -> Sandbox:
+def bring_up(hosts: int, strategy: str = "rolling", web: str = "apache") -> Sandbox:
     """A fresh fleet of `hosts`; rolling unless said (most tests were written for it; the
-    surge strategy has its own module)."""
+    surge strategy has its own module); Apache unless said (`nginx`, or `mixed`: Apache and
+    nginx hosts in turn)."""
     fab("sandbox.down", inventory_path=None)
-    ok(fab("sandbox.up", "--hosts", str(hosts), "--strategy", strategy, inventory_path=None))
+    ok(fab("sandbox.up", "--hosts", str(hosts), "--strategy", strategy, "--web", web,
+           inventory_path=None))
     path = SANDBOX / "hosts.toml"
     return Sandbox(inventory.load(path), path)
 
