@@ -34,8 +34,12 @@ SCENARIOS = {
     "deploy_surge": "fab deploy (fpm-fleet, surge)",
     "reload0": "kill -USR2, process_control_timeout=0 (PHP-FPM default)",
     "reload10": "kill -USR2, process_control_timeout=10s",
+    "steady_nginx": "steady state, nginx fleet (nothing happens)",
+    "restart_nginx": "fab restart (fpm-fleet, surge, nginx)",
+    "deploy_nginx": "fab deploy (fpm-fleet, surge, nginx)",
+    "reload0_nginx": "kill -USR2 under nginx, process_control_timeout=0",
 }
-TIMEOUTS = {"reload0": "0", "reload10": "10s"}
+TIMEOUTS = {"reload0": "0", "reload10": "10s", "reload0_nginx": "0"}
 
 
 @dataclass
@@ -96,15 +100,47 @@ def run_surge(fleet: Fleet, profile: Profile, say: Callable[[str], None],
             sandbox.healthy()
 
 
+def run_nginx(fleet: Fleet, profile: Profile, say: Callable[[str], None],
+              windows: list[Window]) -> None:
+    """`run_surge`'s windows on a surge fleet whose hosts run nginx."""
+    for n in range(1, profile.rounds + 1):
+        for key in ("steady_nginx", "restart_nginx", "deploy_nginx"):
+            say(f"nginx {n}/{profile.rounds}: {SCENARIOS[key]}")
+            window = _surge_window(key, n, fleet, profile)
+            window.round = n
+            windows.append(window)
+            sandbox.healthy()
+
+
+def run_nginx_reload(fleet: Fleet, profile: Profile, say: Callable[[str], None],
+                     windows: list[Window]) -> None:
+    """The baseline every nginx shop has: `kill -USR2` of every master (PHP-FPM's default
+    process_control_timeout) behind nginx, on a rolling fleet (every slot runs a master);
+    the replica configs are put back afterwards, as in `run`."""
+    rendered = {path: path.read_text() for path in fpmconf.replica_configs(fleet)}
+    key = "reload0_nginx"
+    with fpmconf.global_setting(fleet, TIMEOUT_KEY, TIMEOUTS[key]):
+        sandbox.fab("restart", "--plain")
+        for n in range(1, profile.rounds + 1):
+            say(f"nginx {n}/{profile.rounds}: {SCENARIOS[key]}")
+            sandbox.healthy()
+            window = reload_window(SCENARIOS[key], fleet, profile)
+            window.round = n
+            windows.append(window)
+    sandbox.healthy()
+    restore(fleet, rendered)
+
+
 def _surge_window(key: str, n: int, fleet: Fleet, profile: Profile) -> Window:
-    if key == "steady_surge":
+    if key.startswith("steady"):
         window, _ = run_window(SCENARIOS[key], fleet, profile, lambda: None)
         window.action_detail = "-"
         return window
-    args = ("restart", "--plain") if key == "restart_surge" else (
-        "deploy", "--release", f"surge{n}", "--plain")
-    if key == "deploy_surge":
-        sandbox.fab("sandbox.build", "--release", f"surge{n}")
+    release = f"{key.split('_')[1]}{n}"
+    args = ("restart", "--plain") if key.startswith("restart") else (
+        "deploy", "--release", release, "--plain")
+    if key.startswith("deploy"):
+        sandbox.fab("sandbox.build", "--release", release)
     window, run = run_window(SCENARIOS[key], fleet, profile,
                              lambda: sandbox.fab(*args, check=False))
     window.action_ok = run.ok
