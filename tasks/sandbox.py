@@ -77,12 +77,13 @@ def build(c: Context, release: str = "v2", dest: str | None = None, unhealthy: b
                 + (f" with /{demo_app.asset_path(release)}" if asset else ""))
 
 
-@task(help={"hosts": "how many hosts", "dir": "sandbox directory"})
-def demo(c: Context, hosts: int = 3, dir: str = DEFAULT_DIR) -> None:
+@task(help={"hosts": "how many hosts", "dir": "sandbox directory",
+            "web": "the hosts' web server: apache (default), nginx, or mixed"})
+def demo(c: Context, hosts: int = 3, dir: str = DEFAULT_DIR, web: str = "apache") -> None:
     """Bring up the sandbox, then deploy release v2 under load and show 0 failed requests."""
     try:
         with sandbox.exclusive():
-            local_fleet.demo(Path(dir).resolve(), hosts)
+            local_fleet.demo(Path(dir).resolve(), hosts, web)
     except FleetError as exc:
         raise Exit(f"error: {exc}", code=exc.exit_code) from None
 

@@ -84,11 +84,11 @@ def _check(results: GroupResult[T]) -> None:
         raise FleetError("sandbox: " + "; ".join(str(r.error) for r in results.failed))
 
 
-def demo(base: Path, hosts: int) -> None:
+def demo(base: Path, hosts: int, web: str = "apache") -> None:
     """Bring up the fleet on v1, then deploy v2 with `fab deploy` under load; show the
     requests (0 failed) and the fleet's status."""
     started = time.monotonic()
-    fleet = bring_up(base, hosts, "v1")
+    fleet = bring_up(base, hosts, "v1", web=web)
     output.note(f"sandbox up: {len(fleet.hosts)} hosts in {time.monotonic() - started:.1f}s",
                 "bold green")
     demo_app.build(Path(fleet.pools[0].source), "v2")
