@@ -88,24 +88,13 @@ def _add(result: Downtime, window: Window, n: int) -> None:
 
 
 def run_surge(fleet: Fleet, profile: Profile, say: Callable[[str], None],
-              windows: list[Window]) -> None:
+              windows: list[Window], flavour: str = "surge") -> None:
     """The surge strategy on its own fleet: the steady state, `fab restart` and `fab deploy`
-    of a new release, `profile.rounds` times each (windows fill in as they come)."""
+    of a new release, `profile.rounds` times each (windows fill in as they come). `flavour`
+    names the fleet's scenarios: `surge` (Apache hosts) or `nginx` (nginx hosts)."""
     for n in range(1, profile.rounds + 1):
-        for key in ("steady_surge", "restart_surge", "deploy_surge"):
-            say(f"surge {n}/{profile.rounds}: {SCENARIOS[key]}")
-            window = _surge_window(key, n, fleet, profile)
-            window.round = n
-            windows.append(window)
-            sandbox.healthy()
-
-
-def run_nginx(fleet: Fleet, profile: Profile, say: Callable[[str], None],
-              windows: list[Window]) -> None:
-    """`run_surge`'s windows on a surge fleet whose hosts run nginx."""
-    for n in range(1, profile.rounds + 1):
-        for key in ("steady_nginx", "restart_nginx", "deploy_nginx"):
-            say(f"nginx {n}/{profile.rounds}: {SCENARIOS[key]}")
+        for key in (f"steady_{flavour}", f"restart_{flavour}", f"deploy_{flavour}"):
+            say(f"{flavour} {n}/{profile.rounds}: {SCENARIOS[key]}")
             window = _surge_window(key, n, fleet, profile)
             window.round = n
             windows.append(window)

@@ -61,7 +61,7 @@ def measure(results: Results, profile: Profile, sections: tuple[str, ...]) -> No
         downtime.run_surge(surge_fleet, profile, render.say, results.downtime)
     if "nginx" in sections:
         nginx_fleet = sandbox.up(profile.downtime_hosts, web="nginx").fleet
-        downtime.run_nginx(nginx_fleet, profile, render.say, results.downtime)
+        downtime.run_surge(nginx_fleet, profile, render.say, results.downtime, "nginx")
         rolling = sandbox.up(profile.downtime_hosts, strategy="rolling", web="nginx").fleet
         downtime.run_nginx_reload(rolling, profile, render.say, results.downtime)
     if "peer" in sections:

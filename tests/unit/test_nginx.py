@@ -233,23 +233,16 @@ def test_helper_refuses_anything_but_one_known_state_per_slot(helper, stdin):
     assert not (tmp / "etc-nginx" / "www.conf").exists()
 
 
-def test_helper_puts_back_a_config_nginx_refuses(helper):
+@pytest.mark.parametrize(("fault", "code", "said"), [
+    ("nginx-t-fails", 3, "nothing changed"), ("reload-fails", 4, "is nginx.service running")])
+def test_helper_puts_back_a_config_nginx_refuses_or_cannot_load(helper, fault, code, said):
     run, tmp = helper
     assert run("1 up\n2 up\n").returncode == 0
-    (tmp / "nginx-t-fails").touch()
-    refused = run("1 up\n2 drain\n")
-    assert refused.returncode == 3 and "nothing changed" in refused.stderr
+    (tmp / fault).touch()
+    failed = run("1 up\n2 drain\n")
+    assert failed.returncode == code and said in failed.stderr
     assert "1s down;" not in (tmp / "etc-nginx" / "www.conf").read_text()
     assert (tmp / "calls").read_text().count("reload") == 1
-
-
-def test_helper_puts_back_the_file_when_nginx_cannot_reload(helper):
-    run, tmp = helper
-    assert run("1 up\n2 up\n").returncode == 0
-    (tmp / "reload-fails").touch()
-    failed = run("1 drain\n2 up\n")
-    assert failed.returncode == 4 and "is nginx.service running" in failed.stderr
-    assert "1s down;" not in (tmp / "etc-nginx" / "www.conf").read_text()
 
 
 def test_setup_mode_writes_and_tests_without_a_reload(helper):
