@@ -15,7 +15,7 @@ from fpm_fleet.rollout import surge
 from fpm_fleet.rollout.hosts import Selection
 from fpm_fleet.web import balancer, server
 
-SERVING, STANDBY, PARKED = "serving", "standby", "parked"
+SERVING, STANDBY, PARKED, RETIRING = "serving", "standby", "parked", "retiring"
 
 
 @dataclass(frozen=True)
@@ -33,7 +33,7 @@ class ReplicaStatus:
     uptime: int | None = None
     service: str = "-"
     strays: int = 0
-    role: str = SERVING  # SERVING, STANDBY (surge: stopped, waiting) or PARKED (kept running)
+    role: str = SERVING  # SERVING, STANDBY (stopped), PARKED (kept running) or RETIRING
     ok: bool = False
     problems: list[str] = field(default_factory=list)
 
@@ -84,10 +84,20 @@ def _row(r: Replica, proc: fpm.Process, current: str | None, bal: balancer.Balan
                         pid=proc.pid if master else None,
                         uptime=proc.elapsed if master else None,
                         service=proc.service, strays=proc.strays,
-                        role=SERVING if active else PARKED if master else STANDBY)
+                        role=_role(active, master, member))
     problems = (_problems(row, master, member, bal_error) if active
                 else _standby_problems(row, member))
     return replace(row, problems=problems, ok=not problems)
+
+
+def _role(active: bool, master: bool, member: balancer.Member | None) -> str:
+    """Serving; parked (kept running out of rotation, keep_previous); retiring (a surge's
+    old set, drained, until the host stops it: rollout/retire.py); standby (stopped)."""
+    if active:
+        return SERVING
+    if not master:
+        return STANDBY
+    return PARKED if member is None or "Stby" in member.flags else RETIRING
 
 
 def _standby_problems(row: ReplicaStatus, member: balancer.Member | None) -> list[str]:

@@ -17,9 +17,10 @@ from fpm_fleet.core.inventory import SURGE, Fleet, Host, Pool
 from fpm_fleet.host import fpm
 from fpm_fleet.host.fpm import StopOutcome
 from fpm_fleet.host.pool import HostPool, Replica
+from fpm_fleet.remote.command import together
 from fpm_fleet.remote.group import Proven, as_failure
 from fpm_fleet.remote.runner import Runner, shielded
-from fpm_fleet.rollout import replica, surge
+from fpm_fleet.rollout import replica, retire, surge
 from fpm_fleet.web import apache, balancer
 
 
@@ -115,14 +116,22 @@ def preflight(at: HostPool, obs: Observer) -> list[str]:
     """Before any rollout of a pool: fail here, before anything changes, when balancer-manager
     cannot be read or lacks a member; and put back what an interrupted run left out of
     rotation (a replica that runs and passes its health gate, yet is drained or disabled).
-    Returns the replicas put back."""
-    bal = apache.read(at)
-    procs = at.ask(fpm.probe(at))
+    Returns the replicas put back.
+
+    First it waits for the old set of the pool's last surge to retire (retire.py). An old
+    set whose retirement was cut short (a reboot) is left out: its release is no longer
+    current, and the next surge stops it before it uses its slots."""
+    settle(at, obs)
+    bal, procs, current = at.ask(together(
+        f"read {at.pool.name} balancer, replicas and current.release",
+        [balancer.read(at), fpm.probe(at), fpm.current_release(at)]))
     healed = []
     for r in at.replicas():
         member, proc = balancer.member_of(bal, r), procs[r.n]
         if not member.out or "Stby" in member.flags or not proc.runs_master(at.layout):
             continue  # serving, parked on purpose (keep_previous), or not running
+        if at.pool.strategy == SURGE and proc.release != current:
+            continue  # an old set a cut-short retirement left drained
         try:
             replica.health_gate(r, proc.release or "", attempts=2)
         except RolloutError:
@@ -132,6 +141,16 @@ def preflight(at: HostPool, obs: Observer) -> list[str]:
         obs.event(Event("warn", at.host.name, "recover", r.name, "running and healthy but out "
                         f"of rotation (left by an interrupted run): put back, {status.status}"))
     return healed
+
+
+def settle(at: HostPool, obs: Observer) -> float:
+    """Wait until the old set of the pool's last surge has retired (retire.py); returns the
+    seconds waited, said when it is noticeable."""
+    waited = at.ask(retire.wait_retired(at))
+    if waited >= 0.1:
+        obs.event(Event("info", at.host.name, "settle", at.pool.name,
+                        f"waited {waited:.1f}s for the last rollout's old set to retire"))
+    return waited
 
 
 def current_or_fail(at: HostPool) -> str:
@@ -202,6 +221,7 @@ def stop_host(runner: Runner, host: Host, sel: Selection, obs: Observer, timeout
     """Drain, wait idle and stop; the guard keeps the last healthy replica unless --force."""
     done = []
     for pool in sel.pools:
+        settle(HostPool(runner, host, pool), obs)
         for r in HostPool(runner, host, pool).replicas(sel.replicas(pool)):
             if r.ask(fpm.running_master(r)) is None:
                 _stop_remains(r, obs, timeout)

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, replace
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from fpm_fleet.core.errors import RemoteError, RemoteResult, RolloutError
 from fpm_fleet.core.events import Event, Observer, step
 from fpm_fleet.host import fpm
-from fpm_fleet.host.fpm import FcgiResponse, Process, StopOutcome, Stopped
+from fpm_fleet.host.fpm import Process, StopOutcome, Stopped
 from fpm_fleet.host.pool import Replica
 from fpm_fleet.remote.command import Command, together
 from fpm_fleet.web import apache, balancer
@@ -149,27 +149,61 @@ def wait_idle(r: Replica, timeout: float) -> tuple[float, str]:
         time.sleep(POLL)
 
 
+def gates(replicas: list[Replica], release: str) -> Command[dict[int, Gate]]:
+    """Ping, the app's health script and the pinned release of every replica, over each
+    replica's own socket, in one round trip (a dry run assumes they came up as intended)."""
+    at = replicas[0].at
+    parts: list[Command[Any]] = [fpm.probe(at, [r.n for r in replicas])]
+    for r in replicas:
+        parts += [fpm.health(r), fpm.ping(r)]
+    both = together(f"gate {','.join(r.name for r in replicas)}", parts)
+
+    def read(result: RemoteResult) -> dict[int, Gate]:
+        procs, *answers = both.read(result)
+        found = {}
+        for i, r in enumerate(replicas):
+            resp, ping = answers[2 * i], answers[2 * i + 1]
+            proc = procs[r.n] if procs[r.n].runs_master(at.layout) else None
+            found[r.n] = Gate(ping=ping, health=resp.status if resp else None,
+                              release=proc.release if proc else None)
+        return found
+
+    return Command(both.text, both.what, read, check=False,
+                   assume=lambda: {r.n: Gate(True, 200, release) for r in replicas})
+
+
 def gate_once(r: Replica, release: str) -> Gate:
-    """Ping, the app's health script and the pinned release, over the replica's own socket
-    (a dry run assumes the replica came up as intended)."""
-    proc = r.ask(assuming(fpm.running_master(r), Process(r.n, 0, "S", 0, "", release)))
-    resp = r.ask(assuming(fpm.health(r), FcgiResponse(200, {}, "")))
-    return Gate(ping=r.ask(assuming(fpm.ping(r), True)),
-                health=resp.status if resp else None, release=proc.release if proc else None)
+    return r.ask(gates([r], release))[r.n]
 
 
 def health_gate(r: Replica, release: str, attempts: int = 20) -> Gate:
     """The gate, tried until it passes or cannot pass any more."""
-    gate = Gate(False, None, None)
+    return health_gate_set([r], release, attempts)[r.n]
+
+
+def health_gate_set(replicas: list[Replica], release: str,
+                    attempts: int = 20) -> dict[int, Gate]:
+    """Every replica's gate, one round trip per try, tried until all pass or one cannot
+    pass any more (it is up and answers, on `release`: a failing health script will not
+    heal); the error names the first replica that failed."""
+    passed: dict[int, Gate] = {}
+    pending = list(replicas)
+    found: dict[int, Gate] = {}
     for _ in range(attempts):
-        gate = gate_once(r, release)
-        if not gate.problems(release):
-            return gate
-        if gate.ping and gate.release == release:
-            break  # the replica is up and answers: a failing health script will not heal
+        found = pending[0].ask(gates(pending, release))
+        passed |= {n: g for n, g in found.items() if not g.problems(release)}
+        pending = [r for r in pending if r.n not in passed]
+        if not pending or any(found[r.n].ping and found[r.n].release == release
+                              for r in pending):
+            break
         time.sleep(0.1)
-    raise RolloutError(f"{r.host.name}: {r.name} failed its health gate on {release}: "
-                       + "; ".join(gate.problems(release)) + " (left out of rotation)")
+    if not pending:
+        return passed
+    failed = next((r for r in pending if found[r.n].ping and found[r.n].release == release),
+                  pending[0])
+    raise RolloutError(f"{failed.host.name}: {failed.name} failed its health gate on {release}: "
+                       + "; ".join(found[failed.n].problems(release))
+                       + " (left out of rotation)")
 
 
 def take_out(r: Replica, obs: Observer, timeout: float, check: bool = True) -> float:

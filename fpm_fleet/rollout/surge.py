@@ -19,10 +19,12 @@ from fpm_fleet.core.inventory import Pool
 from fpm_fleet.host import fpm
 from fpm_fleet.host.fpm import Process
 from fpm_fleet.host.pool import HostPool, Replica
+from fpm_fleet.remote.command import together
 from fpm_fleet.remote.group import as_failure
 from fpm_fleet.remote.runner import shielded
-from fpm_fleet.rollout import replica
+from fpm_fleet.rollout import replica, retire
 from fpm_fleet.web import apache, balancer
+from fpm_fleet.web.balancer import Balancer
 
 
 def pick_sets(pool: Pool, serving: set[int]) -> tuple[list[int], list[int]]:
@@ -48,10 +50,10 @@ def _names(replicas: list[Replica]) -> str:
 
 def surge_to(at: HostPool, release: str, obs: Observer, timeout: float,
              proven: Callable[[], None] | None = None, force: bool = False) -> list[str]:
-    """Serve `release` from this host's standby set and retire the old set; returns the
-    replicas now serving (none when the pool already served `release` and not `force`)."""
-    bal = apache.read(at)
-    procs = at.ask(fpm.probe(at))
+    """Serve `release` from this host's standby set and leave the old set to retire; returns
+    the replicas now serving (none when the pool already served `release` and not `force`)."""
+    bal, procs = at.ask(together(f"read {at.pool.name} balancer and replicas",
+                                 [balancer.read(at), fpm.probe(at)]))
     old_ns, new_ns = pick_sets(at.pool, serving(at, bal, procs))
     old, new = at.replicas(old_ns) if old_ns else [], at.replicas(new_ns)
     if not force and old and all(runs(procs[r.n], at, release) for r in old):
@@ -60,11 +62,13 @@ def surge_to(at: HostPool, release: str, obs: Observer, timeout: float,
         return []
     with _recovering(old + new, obs):
         _bring_up(at, new, release, procs, obs, timeout)
+        # the first rollout of a pool has no old set: the other slots go out for good
+        out = old or [r for r in at.replicas()
+                      if r not in new and not balancer.member_of(bal, r).out]
+        bal = _flip(at, new, out, obs, parked=bool(old) and at.pool.keep_previous,
+                    first=not old)
         _say_proven(proven)
-        if old:
-            _retire(at, old, obs, timeout)
-        else:
-            _quiet(at, bal, [r for r in at.replicas() if r not in new])
+        _retire(at, [] if at.pool.keep_previous else old, new, bal, obs)
     return [r.name for r in new]
 
 
@@ -75,14 +79,6 @@ def serving(at: HostPool, bal: balancer.Balancer, procs: dict[int, Process]) -> 
             if balancer.member_of(bal, r).enabled and procs[r.n].runs_master(at.layout)}
 
 
-def _quiet(at: HostPool, bal: balancer.Balancer, others: list[Replica]) -> None:
-    """On a pool's first rollout: the slots that do not serve are taken out of rotation
-    (a fresh member is enabled, and Apache would try a socket nobody listens on)."""
-    for r in others:
-        if not balancer.member_of(bal, r).out:
-            apache.disable(r)
-
-
 def _say_proven(proven: Callable[[], None] | None) -> None:
     if proven is not None:
         proven()
@@ -90,8 +86,8 @@ def _say_proven(proven: Callable[[], None] | None) -> None:
 
 def _bring_up(at: HostPool, new: list[Replica], release: str, procs: dict[int, Process],
               obs: Observer, timeout: float) -> None:
-    """Start the new set at once (unless it is a parked set already on `release`), gate
-    every replica, then put the set in rotation."""
+    """Start the new set at once (unless it is a parked set already on `release`), then
+    gate every replica."""
     host, label = at.host.name, _names(new)
     parked = all(runs(procs[r.n], at, release) for r in new)
     with step(obs, host, "start", label) as s:
@@ -102,13 +98,10 @@ def _bring_up(at: HostPool, new: list[Replica], release: str, procs: dict[int, P
             s.detail = f"pinned {release}"
     with step(obs, host, "health", label):
         try:
-            for r in new:
-                replica.health_gate(r, release)
+            replica.health_gate_set(new, release)
         except RolloutError:
             _abandon(at, new)
             raise
-    with step(obs, host, "enable", label) as s:
-        s.detail = ", ".join(apache.enable(r)[0].status for r in new)
 
 
 def _start_set(at: HostPool, new: list[Replica], release: str, procs: dict[int, Process],
@@ -119,13 +112,13 @@ def _start_set(at: HostPool, new: list[Replica], release: str, procs: dict[int, 
     takes the whole set away."""
     leftovers = [r for r in new if procs[r.n].alive or procs[r.n].strays]
     if leftovers:
-        for r in leftovers:
-            apache.drain(r)
+        apache.set_members(at, [(r, apache.DRAIN) for r in leftovers])
         for r in leftovers:
             replica.wait_idle(r, timeout)
-            apache.disable(r)
+        apache.disable_all(at, leftovers)
         at.ask(fpm.stop_set(at, [r.n for r in leftovers]))
-    started = at.ask(fpm.start_set(at, [r.n for r in new], release))
+    # enabled at boot later, by the host (retire.py): off the path to the new release
+    started = at.ask(fpm.start_set(at, [r.n for r in new], release, enable=False))
     failed = [at.pool.replica_name(n) for n, ok in started.items() if not ok]
     if failed:
         _abandon(at, new)
@@ -135,29 +128,36 @@ def _start_set(at: HostPool, new: list[Replica], release: str, procs: dict[int, 
 
 def _abandon(at: HostPool, new: list[Replica]) -> None:
     """The new set never served: out of rotation, stopped."""
-    for r in new:
-        apache.disable(r)
+    apache.disable_all(at, new)
     at.ask(fpm.stop_set(at, [r.n for r in new]))
 
 
-def _retire(at: HostPool, old: list[Replica], obs: Observer, timeout: float) -> None:
-    """The old set out of rotation at once; then parked (keep_previous), or waited on once
-    for its longest request and stopped at once."""
-    host, label = at.host.name, _names(old)
-    if at.pool.keep_previous:
-        with step(obs, host, "park", label) as s:
-            s.detail = ", ".join(apache.park(r).status for r in old)
-        return
-    with step(obs, host, "drain", label) as s:
-        s.detail = ", ".join(apache.drain(r).status for r in old)
-    with step(obs, host, "wait idle", label) as s:
-        waited = [replica.wait_idle(r, timeout)[0] for r in old]
-        s.detail = f"{max(waited):.2f}s"
-    with step(obs, host, "stop", label) as s:
-        stopped = at.ask(fpm.stop_set(at, [r.n for r in old]))
-        s.detail = ", ".join(str(v) for v in stopped.values())
-        for r in old:
-            apache.disable(r)
+def _flip(at: HostPool, new: list[Replica], out: list[Replica], obs: Observer,
+          parked: bool, first: bool) -> Balancer:
+    """The new set in rotation and `out` out of it, in one round trip (new first: capacity
+    never drops): the old set drained (parked with keep_previous), or on a pool's first
+    rollout the idle slots disabled. Returns the balancer read back."""
+    out_flags = apache.DISABLE if first else apache.PARK if parked else apache.DRAIN
+    with step(obs, at.host.name, "flip", _names(new)) as s:
+        bal, members, notes = apache.flip(at, new, out, out_flags)
+        s.detail = "; ".join(
+            [f"in: {', '.join(members[r.n].status + _note(notes, r) for r in new)}"]
+            + ([f"{'parked' if parked else 'out'}: {_names(out)}"] if out else []))
+    return bal
+
+
+def _note(notes: dict[int, str], r: Replica) -> str:
+    return f" ({notes[r.n]})" if r.n in notes else ""
+
+
+def _retire(at: HostPool, old: list[Replica], new: list[Replica], bal: Balancer,
+            obs: Observer) -> None:
+    """Leave the rest to the host (retire.py): the old set waited on for its longest
+    request and stopped, the new set enabled at boot."""
+    with step(obs, at.host.name, "retire" if old else "enable at boot",
+              _names(old or new)) as s:
+        at.ask(retire.retire(at, old, new, bal))
+        s.detail = "left to the host: drain, stop" if old else "left to the host"
 
 
 @contextmanager

@@ -10,6 +10,7 @@ tries the member again.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 
 from fpm_fleet.core.errors import RemoteError, RolloutError
 from fpm_fleet.host.pool import HostPool, Replica
@@ -26,30 +27,55 @@ def member(r: Replica) -> Member:
     return balancer.member_of(read(r.at), r)
 
 
-def set_member(r: Replica, flags: dict[str, int], attempts: int = 3) -> Member:
-    """Change a member's flags and confirm from the page read back that Apache applied them.
+ENABLE = {"D": 0, "N": 0, "S": 0, "H": 0}  # clear drain, disabled, stopped and standby
+DRAIN = {"N": 1}
+PARK = {"N": 1, "H": 1}
+DISABLE = {"D": 1, "N": 1}
+
+Flags = dict[str, int]
+
+
+def set_member(r: Replica, flags: Flags, attempts: int = 3) -> Member:
+    """Change a member's flags and confirm from the page read back (set_members)."""
+    return balancer.member_of(set_members(r.at, [(r, flags)], attempts), r)
+
+
+def set_members(at: HostPool, changes: Sequence[tuple[Replica, Flags]],
+                attempts: int = 3) -> Balancer:
+    """Change several members' flags in one round trip, in order, and confirm from the page
+    read back that Apache applied them; returns the balancer as read back.
 
     The first attempt posts even when the page already shows the flags: it costs one POST
     where the steps rarely ask for a state a member is already in, and a dry run (which
     reads the real balancer but only records the changes before) then shows every change
-    its step asks for. A retry first checks whether another run applied them meanwhile."""
-    found = read(r.at)
+    its step asks for. A retry posts only what is still missing, after a fresh read (the
+    nonce changes when Apache restarts; another run may have applied them meanwhile)."""
+    found, pending = read(at), list(changes)
     for attempt in range(attempts):
         if attempt:
             time.sleep(0.05)
-            found = read(r.at)
-            if balancer.applied(balancer.member_of(found, r), flags):
-                return balancer.member_of(found, r)
+            found = read(at)
+            pending = _missing(found, pending)
+            if not pending:
+                break
         try:
-            after = r.ask(balancer.set_flags(r, found, flags))
+            found = at.ask(balancer.set_many(at, found, pending))
         except RemoteError as exc:
-            raise RolloutError(f"{r.host.name}: balancer-manager refused the change: {exc}") \
+            raise RolloutError(f"{at.host.name}: balancer-manager refused the change: {exc}") \
                 from None
-        changed = balancer.member_of(after, r)
-        if balancer.applied(changed, flags):
-            return changed
-    raise RolloutError(f"{r.host.name}: balancer-manager ignored {flags} for {r.member} "
-                       f"(status {changed.status}); check Referer/nonce handling")
+        pending = _missing(found, pending)
+        if not pending:
+            break
+    if pending:
+        r, flags = pending[0]
+        raise RolloutError(f"{at.host.name}: balancer-manager ignored {flags} for {r.member} "
+                           f"(status {balancer.member_of(found, r).status}); check "
+                           "Referer/nonce handling")
+    return found
+
+
+def _missing(found: Balancer, changes: list[tuple[Replica, Flags]]) -> list[tuple[Replica, Flags]]:
+    return [(r, f) for r, f in changes if not balancer.applied(balancer.member_of(found, r), f)]
 
 
 def drain(r: Replica) -> Member:
@@ -59,33 +85,56 @@ def drain(r: Replica) -> Member:
     connects to a draining member, whereas a disabled one fails it at connect time (it is
     retried on another member, but the member is marked Err).
     """
-    return set_member(r, {"N": 1})
+    return set_member(r, DRAIN)
 
 
 def park(r: Replica) -> Member:
     """Out of rotation, still running (keep_previous): drained, and a hot standby, so that
     preflights never take it for a replica left out by an interrupted run, and Apache would
     still use it if every other member failed."""
-    return set_member(r, {"N": 1, "H": 1})
+    return set_member(r, PARK)
 
 
 def disable(r: Replica) -> Member:
     """Mark a stopped member disabled, so status shows it is out on purpose."""
-    return set_member(r, {"D": 1, "N": 1})
+    return set_member(r, DISABLE)
+
+
+def disable_all(at: HostPool, replicas: Sequence[Replica]) -> None:
+    """disable, for several members in one round trip."""
+    if replicas:
+        set_members(at, [(r, DISABLE) for r in replicas])
 
 
 def enable(r: Replica) -> tuple[Member, str]:
-    """Clear drain, disabled and stopped; then wait for `Ok`.
+    """Clear drain, disabled, stopped and standby; then wait for `Ok` (_err_cleared)."""
+    member, notes = _err_cleared(r.at, {r.n: set_member(r, ENABLE)})
+    return member[r.n], notes.get(r.n, "")
 
-    An `Err` left by an earlier failed connection is cleared by Apache itself, only when a
-    request tries the member after `retry` seconds: without traffic it stays displayed. The
-    note says so instead of failing a healthy replica.
-    """
-    found = set_member(r, {"D": 0, "N": 0, "S": 0, "H": 0})
-    deadline = time.monotonic() + r.pool.retry + 2
-    while "Err" in found.flags and time.monotonic() < deadline:
+
+def flip(at: HostPool, into: Sequence[Replica], out: Sequence[Replica],
+         out_flags: Flags = DRAIN) -> tuple[Balancer, dict[int, Member], dict[int, str]]:
+    """Put `into` in rotation and take `out` out (drained, or `out_flags`: parked, disabled)
+    in one round trip, `into` first: capacity never drops, and no new request reaches `out`
+    once this returns. Returns the balancer read back, then `into`'s members and notes as
+    _err_cleared leaves them."""
+    found = set_members(at, [*((r, ENABLE) for r in into), *((r, out_flags) for r in out)])
+    entered, notes = _err_cleared(at, {r.n: balancer.member_of(found, r) for r in into})
+    return found, entered, notes
+
+
+def _err_cleared(at: HostPool, members: dict[int, Member]) -> tuple[dict[int, Member],
+                                                                   dict[int, str]]:
+    """Members just enabled, once an `Err` left by an earlier failed connection is gone.
+
+    Apache clears it itself, only when a request tries the member after `retry` seconds:
+    without traffic it stays displayed. The note says so instead of failing a healthy
+    replica."""
+    deadline = time.monotonic() + at.pool.retry + 2
+    replicas = {n: at.replica(n) for n in members}
+    while any("Err" in m.flags for m in members.values()) and time.monotonic() < deadline:
         time.sleep(0.2)
-        found = member(r)
-    note = "" if "Err" not in found.flags else \
-        f"Err from an earlier failed connection; Apache retries it after retry={r.pool.retry}s"
-    return found, note
+        now = read(at)
+        members = {n: balancer.member_of(now, r) for n, r in replicas.items()}
+    note = f"Err from an earlier failed connection; Apache retries it after retry={at.pool.retry}s"
+    return members, {n: note for n, m in members.items() if "Err" in m.flags}

@@ -7,7 +7,7 @@ Status strings are flags run together ("Drn Ok"), so they are parsed as tokens.
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 
 from fpm_fleet.core.errors import RolloutError
@@ -27,15 +27,28 @@ def xml_command(url: str) -> str:
     return f"{MANAGER_CURL} -H {q('Referer: ' + url)} {q(url + '?xml=1')}"
 
 
-def set_command(url: str, balancer: str, worker: str, nonce: str,
-                flags: Mapping[str, int]) -> str:
-    """POST a member's status flags, then read the page back in the same round trip."""
+def post_command(url: str, balancer: str, worker: str, nonce: str,
+                 flags: Mapping[str, int]) -> str:
+    """POST one member's status flags (the form balancer-manager's page sends)."""
     form = [f"--data-urlencode {q(f'{k}={v}')}" for k, v in
             (("b", balancer), ("w", worker), ("nonce", nonce))]
     form += [f"--data {q(f'w_status_{flag}={value}')}" for flag, value in flags.items()]
-    post = (f"{MANAGER_CURL} -o /dev/null -H {q('Referer: ' + url)} "
+    return (f"{MANAGER_CURL} -o /dev/null -H {q('Referer: ' + url)} "
             f"{' '.join(form)} {q(url)}")
-    return f"{post} && {xml_command(url)}"
+
+
+def set_command(url: str, balancer: str, worker: str, nonce: str,
+                flags: Mapping[str, int]) -> str:
+    """POST a member's status flags, then read the page back in the same round trip."""
+    return set_many_command(url, balancer, nonce, [(worker, flags)])
+
+
+def set_many_command(url: str, balancer: str, nonce: str,
+                     changes: Sequence[tuple[str, Mapping[str, int]]]) -> str:
+    """POST several members' flags in the order given (a flip: the new set in before the old
+    one goes out), then read the page back, all in one round trip."""
+    posts = [post_command(url, balancer, worker, nonce, flags) for worker, flags in changes]
+    return " && ".join([*posts, xml_command(url)])
 
 
 NS = "{http://httpd.apache.org}"
@@ -132,12 +145,26 @@ def member_of(balancer: Balancer, r: Replica) -> Member:
 def set_flags(r: Replica, current: Balancer, flags: dict[str, int]) -> Command[Balancer]:
     """POST a member's flags with the balancer's current nonce; the answer is the page read
     back. A dry run goes on as if Apache applied them."""
-    member = member_of(current, r)
-    url = r.at.manager_url
-    return Command(set_command(url, r.pool.balancer, member.worker, current.nonce, flags),
-                   f"set {r.member} {flags} in balancer-manager",
-                   lambda res: pick(r.pool, res.stdout), changes=True,
-                   assume=lambda: with_flags(current, member, flags))
+    return set_many(r.at, current, [(r, flags)])
+
+
+def set_many(at: HostPool, current: Balancer,
+             changes: Sequence[tuple[Replica, dict[str, int]]]) -> Command[Balancer]:
+    """Several members' flags in one round trip, in order; the answer is the page read back.
+    A dry run goes on as if Apache applied them all."""
+    members = [(member_of(current, r), flags) for r, flags in changes]
+    text = set_many_command(at.manager_url, at.pool.balancer, current.nonce,
+                            [(m.worker, flags) for m, flags in members])
+    what = ", ".join(f"{r.member} {flags}" for r, flags in changes)
+
+    def assumed() -> Balancer:
+        after = current
+        for r, flags in changes:
+            after = with_flags(after, member_of(after, r), flags)
+        return after
+
+    return Command(text, f"set {what} in balancer-manager", lambda res: pick(at.pool, res.stdout),
+                   changes=True, assume=assumed)
 
 
 FLAG_TOKENS = {"D": "Dis", "N": "Drn", "S": "Stop", "I": "Ign", "H": "Stby", "R": "Spar"}

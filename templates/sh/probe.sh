@@ -5,6 +5,8 @@
 # MOUNT-ROOT (as mountinfo escapes it) in its mount namespace, the service's state
 # (systemctl is-active) and how many of the replica's workers run outside that master.
 # "-" stands for what is not there (no pid file, no such process, nothing mounted).
+# The caller sets FPM_FLEET_PS once (replica-lib.sh's processes) so that a pool's replicas
+# share one read of the process table.
 probe() {
   service=$(systemctl is-active "$4" 2>/dev/null); [ -n "$service" ] || service=-
   pid=$(head -n 1 -- "$2" 2>/dev/null)

@@ -3,11 +3,22 @@
 # Sent ahead of the commands that use it (the replica probe, the stop) and installed beside
 # the stop script, which sources it. Only function definitions: sourcing it runs nothing.
 
+# The process table as "pid ppid args" lines: the snapshot in FPM_FLEET_PS when a caller
+# took one (the probe reads it once for every replica of a pool, not once per replica),
+# else read now.
+processes() {
+    if [ -n "${FPM_FLEET_PS:-}" ]; then
+        printf '%s\n' "$FPM_FLEET_PS"
+    else
+        ps -eo pid=,ppid=,args=
+    fi
+}
+
 # Print the pid of every process titled exactly $2 (a replica's workers, "php-fpm: pool
 # www-1") whose parent is not $1, the replica's live master ("-" when it has none): workers
 # a dead master left serving. Titles are compared trimmed (ps pads, args may end in spaces).
 workers_outside() {
-    ps -eo pid=,ppid=,args= | awk -v m="$1" -v t="$2" '$2 != m { p = $1; $1 = ""; $2 = "";
+    processes | awk -v m="$1" -v t="$2" '$2 != m { p = $1; $1 = ""; $2 = "";
         sub(/^ +/, ""); sub(/ +$/, ""); if ($0 == t) print p }'
 }
 
@@ -16,10 +27,23 @@ count_workers_outside() {
     workers_outside "$1" "$2" | awk 'END {print NR}'
 }
 
-# How many connections to the listening unix socket $1 are open right now (accepted or
-# queued), from the kernel's table ($2, /proc/net/unix unless given): requests in flight,
-# even to workers whose master died.
+# How many connections to the listening unix socket $1 are open right now, from the
+# kernel's table ($2, /proc/net/unix unless given): requests in flight, even to workers
+# whose master died. Accepted ones read state 03 (connected); those still queued for
+# accept() read 02 (connecting), with the path but no inode; the listener itself reads 01.
 open_connections() {
-    p="$1" awk '$6 == "03" && $8 == ENVIRON["p"] {n++} END {print n + 0}' \
+    p="$1" awk '($6 == "02" || $6 == "03") && $8 == ENVIRON["p"] {n++} END {print n + 0}' \
         "${2:-/proc/net/unix}"
+}
+
+# Wait until the unix socket $1 has had no open connection for two readings in a row, 0.1 s
+# apart (a request Apache routed just before a drain connects a moment later), or $2 tenths
+# of a second have passed. Prints how many tenths it waited.
+wait_unused() {
+    i=0; quiet=0
+    while [ "$quiet" -lt 2 ] && [ "$i" -lt "$2" ]; do
+        if [ "$(open_connections "$1")" -gt 0 ]; then quiet=0; else quiet=$((quiet + 1)); fi
+        [ "$quiet" -ge 2 ] || { i=$((i + 1)); sleep 0.1; }
+    done
+    echo "$i"
 }

@@ -125,6 +125,17 @@ class Sandbox:
         rows: list[dict[str, Any]] = json.loads(proc.stdout)
         return rows
 
+    def settled(self, timeout: float = 30) -> list[dict[str, Any]]:
+        """Status once no host still retires a surge's old set (the hosts do it by themselves
+        after `fab deploy` returns); bounded."""
+        deadline = time.monotonic() + timeout
+        while True:
+            rows = self.status()
+            if not any(r["role"] == "retiring" for r in rows):
+                return rows
+            assert time.monotonic() < deadline, f"still retiring after {timeout}s: {rows}"
+            time.sleep(0.2)
+
     def build(self, release: str, unhealthy: bool = False, files: int = 0) -> None:
         args = ["sandbox.build", "--release", release, "--files", str(files)]
         ok(fab(*args, *(["--unhealthy"] if unhealthy else [])))

@@ -69,7 +69,7 @@ def test_failing_release_is_reverted_automatically_and_marked_bad(box: Sandbox) 
     assert "rollback on h1, as deploy:" in dry
     assert "sudo -n -- systemctl stop fpm-fleet-www@2.service" in dry
     assert "[idle probe www-2] (check, assumed to pass)" in dry
-    assert "[health www-2] (check, assumed to pass)" in dry
+    assert "[gate www-2] (check, assumed to pass)" in dry
     assert "  == guard www-1\n" in dry and "  == wait idle www-1\n" in dry
     assert "  == health www-1\n" in dry
 

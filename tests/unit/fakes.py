@@ -266,9 +266,14 @@ class FakePool:
                 ("read balancer-manager", lambda c: self.answer("read bm", self.page())),
                 ("set ", self.set_flags),
                 (f"probe {name}", lambda c: self.probe()),
-                ("ping ", lambda c: fcgi("pong") if self.pinned[self.n(c)] else (124, "")),
-                ("health ", self.health),
+                ("ping ", lambda c: self.ping(self.n(c))),
+                ("health ", lambda c: self.health_of(self.n(c))),
                 ("idle probe", lambda c: self.idle_probe(self.n(c))),
+                ("gate ", self.gate),
+                (f"read {name} balancer", self.snapshot),
+                (f"wait for {name} retirement", lambda c: "0\n"),
+                ("retire ", self.retire),
+                ("enable ", lambda c: ""),
                 ("status ", lambda c: self.fpm_answer(self.n(c))[::-1]),
                 ("connections to ", lambda c: f"{self.connections[self.n(c)]}\n"),
                 ("stop ", self.stop),
@@ -306,8 +311,7 @@ class FakePool:
     def probe(self) -> str:
         return "".join(probe_line(self.layout, n, rel) for n, rel in self.pinned.items())
 
-    def health(self, call: Call) -> Any:
-        n = self.n(call)
+    def health_of(self, n: int) -> Any:
         if not self.pinned[n]:
             return (124, "")
         ok = self.healthy[n] and self.pinned[n] not in self.unhealthy_releases
@@ -325,13 +329,44 @@ class FakePool:
         return sections_output([("0", self.answer("idle bm", self.page()), 0), ("1", status, code),
                                 ("2", str(self.connections[n]), 0)])
 
+    def ping(self, n: int) -> Any:
+        return fcgi("pong") if self.pinned[n] else (124, "")
+
+    def gate(self, call: Call) -> str:
+        """A set's gate in one round trip: the probe, then each replica's health and ping."""
+        parts = [("0", self.probe(), 0)]
+        for i, n in enumerate(self.ns(call)):
+            for j, answer in enumerate((self.health_of(n), self.ping(n))):
+                text, code = (answer[1], answer[0]) if isinstance(answer, tuple) else (answer, 0)
+                parts.append((str(1 + 2 * i + j), text, code))
+        return sections_output(parts)
+
+    def snapshot(self, call: Call) -> str:
+        """The balancer, the probe and (when asked) current.release in one round trip."""
+        parts = [("0", self.answer("read bm", self.page()), 0), ("1", self.probe(), 0)]
+        if call.what.endswith("current.release"):
+            current = self.read_current()
+            text, code = (current[1], current[0]) if isinstance(current, tuple) else (current, 0)
+            parts.append(("2", text, code))
+        return sections_output(parts)
+
+    def retire(self, call: Call) -> str:
+        """The host's retirement of an old set (retire.py), done at once: stopped, disabled."""
+        for n in self.ns(call):
+            self.pinned[n] = None
+            self.flags[n] |= {"Dis", "Drn"}
+        return ""
+
     def set_flags(self, call: Call) -> str:
-        n = self.n(call)
-        flags = ast.literal_eval(call.what[call.what.index("{"):call.what.index("}") + 1])
-        for flag, value in flags.items():
-            (self.flags[n].add if value else self.flags[n].discard)(FLAG_TOKENS[flag])
-        for hook in self.on_set:
-            hook(n, flags)
+        """One member's flags or several (`set fcgi://www-3 {...}, fcgi://www-4 {...}`), in
+        the order posted."""
+        pattern = rf"\b{re.escape(self.pool.name)}-(\d+) (\{{[^}}]*\}})"
+        for number, text in re.findall(pattern, call.what):
+            n, flags = int(number), ast.literal_eval(text)
+            for flag, value in flags.items():
+                (self.flags[n].add if value else self.flags[n].discard)(FLAG_TOKENS[flag])
+            for hook in self.on_set:
+                hook(n, flags)
         return self.answer("read bm", self.page())
 
     def ns(self, call: Call) -> list[int]:

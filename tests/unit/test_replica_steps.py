@@ -253,7 +253,7 @@ def test_a_dry_run_restart_records_its_changes_and_assumes_its_checks(sudo_fake)
                                "balancer-manager"]
     assert kinds["check"] == ["idle probe www-1", "idle probe www-1",
                               f"read balancer-manager {url}",  # still out before the stop
-                              "probe www-1", "health www-1", "ping www-1"]
+                              "gate www-1"]
     assert kinds["read"] == [f"read balancer-manager {url}", "ping www-2",  # the guard
                              f"read balancer-manager {url}",  # drain
                              f"read balancer-manager {url}"]  # enable

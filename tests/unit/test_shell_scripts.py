@@ -174,3 +174,41 @@ def test_the_stop_script_finds_its_library_from_another_directory(tmp_path, pool
                             cwd=tmp_path, capture_output=True, text=True, timeout=30,
                             check=False, env={**os.environ, "PATH": "/usr/bin:/bin"})
     assert (result.returncode, result.stderr) == (0, "")
+
+
+# --- wait_unused: the host's wait before it stops a retired set ----------------------------------
+
+def _wait_unused(sock: Path, ticks: int) -> subprocess.Popen[str]:
+    command = shell.with_replica_lib(f"wait_unused {shell.q(str(sock))} {ticks}")
+    return subprocess.Popen(["sh", "-c", command], stdout=subprocess.PIPE, text=True)
+
+
+def test_wait_unused_returns_once_the_last_connection_to_the_socket_closed(tmp_path):
+    path = tmp_path / "r.sock"
+    server = socket.socket(socket.AF_UNIX)
+    server.bind(str(path))
+    server.listen()
+    client = socket.socket(socket.AF_UNIX)
+    client.connect(str(path))
+    accepted, _ = server.accept()
+    waiting = _wait_unused(path, 100)
+    time.sleep(0.6)
+    assert waiting.poll() is None  # a request in flight: still waiting
+    client.close()
+    accepted.close()
+    out, _ = waiting.communicate(timeout=5)
+    assert 6 <= int(out) < 30
+    server.close()
+
+
+def test_wait_unused_gives_up_after_its_ticks(tmp_path):
+    path = tmp_path / "r.sock"
+    server = socket.socket(socket.AF_UNIX)
+    server.bind(str(path))
+    server.listen()
+    client = socket.socket(socket.AF_UNIX)
+    client.connect(str(path))  # queued, never accepted: counts as in flight
+    out, _ = _wait_unused(path, 3).communicate(timeout=5)
+    assert out.strip() == "3"
+    client.close()
+    server.close()

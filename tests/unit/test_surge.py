@@ -8,11 +8,13 @@ from __future__ import annotations
 import pytest
 from fakes import EventLog, FakePool
 
-from fpm_fleet.core.errors import RolloutError
+from fpm_fleet import status
+from fpm_fleet.core.errors import RemoteResult, RolloutError
 from fpm_fleet.host import fpm
 from fpm_fleet.host.fpm import StopOutcome
 from fpm_fleet.rollout import hosts as rollout
-from fpm_fleet.rollout import surge
+from fpm_fleet.rollout import retire, surge
+from fpm_fleet.web import balancer
 
 
 @pytest.fixture
@@ -60,9 +62,16 @@ def test_a_surge_starts_the_standby_set_at_once_then_retires_the_old_one(surge_p
     assert starts == ["start www-3, www-4 pinned to v2"]  # one command, both at once
     steps = [(e.step, e.target) for e in log.events if e.kind == "done"]
     assert steps == [("start", "www-3,www-4"), ("health", "www-3,www-4"),
-                     ("enable", "www-3,www-4"), ("drain", "www-1,www-2"),
-                     ("wait idle", "www-1,www-2"), ("stop", "www-1,www-2")]
+                     ("flip", "www-3,www-4"), ("retire", "www-1,www-2")]
     assert proven == [True]
+    # the flip is one round trip, the new set in before the old one goes out
+    flips = [c.what for c in fake.runner.calls if c.what.startswith("set ")]
+    assert flips == ["set fcgi://www-3 {'D': 0, 'N': 0, 'S': 0, 'H': 0}, fcgi://www-4 "
+                     "{'D': 0, 'N': 0, 'S': 0, 'H': 0}, fcgi://www-1 {'N': 1}, fcgi://www-2 "
+                     "{'N': 1} in balancer-manager"]
+    # the host retires the old set by itself, after the flip
+    whats = [c.what for c in fake.runner.calls]
+    assert whats.index("retire www-1,www-2 on the host") > whats.index(flips[0])
 
 
 def test_a_new_replica_failing_its_gate_takes_the_new_set_away_and_the_old_never_left(
@@ -138,6 +147,56 @@ def test_standby_replicas_found_in_rotation_are_drained_and_waited_on_before_the
     surge.surge_to(fake.at, "v2", EventLog(), 5)
     whats = [c.what for c in fake.runner.calls]
     stop = whats.index("stop www-3, www-4")
-    assert whats.index("set fcgi://www-3 {'N': 1} in balancer-manager") < stop
+    assert whats.index("set fcgi://www-3 {'N': 1}, fcgi://www-4 {'N': 1} in balancer-manager") \
+        < stop
     assert whats.index("idle probe www-3") < stop and whats.index("idle probe www-4") < stop
     assert fake.pinned == {1: None, 2: None, 3: "v2", 4: "v2"}
+
+
+def test_the_old_set_is_left_to_the_host_which_waits_for_its_sockets_then_stops_it(surge_pool):
+    fake = surge_pool()
+    at = fake.at
+    old, new = at.replicas([1, 2]), at.replicas([3, 4])
+    bal = balancer.pick(fake.pool, fake.page())
+    script = retire.job_script(at, old, new, bal)
+    # the new set enabled at boot; each old socket waited on, bounded by stop_timeout
+    assert script.index("systemctl enable --quiet fpm-fleet-www@3.service") \
+        < script.index(f"wait_unused {at.layout.sock(1)} {fake.pool.stop_timeout * 10}") \
+        < script.index("systemctl stop fpm-fleet-www@1.service") \
+        < script.index("w_status_D=1")
+    command = retire.retire(at, old, new, bal)
+    # the lock is taken before the command returns, and handed to the detached job
+    assert command.changes and command.text.index("flock -w") < command.text.index("setsid -f")
+    assert "retire.lock" in command.text and command.what == "retire www-1,www-2 on the host"
+
+
+def test_waiting_for_a_retirement_reads_the_seconds_and_names_a_job_that_outlasts_it(
+        surge_pool):
+    at = surge_pool().at
+    wait = retire.wait_retired(at)
+    assert wait.read(RemoteResult(wait.text, 0, "1500\n", "")) == 1.5
+    with pytest.raises(RolloutError, match=r"still retiring after .*retire\.log"):
+        wait.read(RemoteResult(wait.text, 75, "", ""))
+
+
+def test_a_preflight_leaves_out_an_old_set_whose_retirement_was_cut_short(surge_pool):
+    # a reboot killed the job: the old set runs v1 drained, the new one serves v2
+    fake = surge_pool()
+    for n in (3, 4):
+        fake.pinned[n], fake.flags[n] = "v2", {"Init", "Ok"}
+    for n in (1, 2):
+        fake.flags[n] = {"Init", "Drn", "Ok"}
+    fake.current = "v2"
+    assert rollout.preflight(fake.at, EventLog()) == []
+    assert sorted(fake.serving()) == [3, 4]
+
+
+def test_status_tells_a_retiring_set_from_a_parked_one(surge_pool):
+    fake = surge_pool(keep_previous=True)
+    for n in (3, 4):
+        fake.pinned[n], fake.flags[n] = "v2", {"Init", "Ok"}
+    fake.flags[1] = {"Init", "Drn", "Ok"}  # drained by a flip, until the host stops it
+    fake.flags[2] = {"Init", "Drn", "Stby", "Ok"}  # parked by keep_previous
+    fake.current = "v2"
+    rows = {row.replica: row for row in status.pool_status(fake.at, [1, 2, 3, 4])}
+    assert [rows[n].role for n in (1, 2, 3, 4)] == ["retiring", "parked", "serving", "serving"]
