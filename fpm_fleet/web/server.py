@@ -3,9 +3,9 @@ web/apache.py) or nginx (upstream files and graceful reloads, web/nginx.py) by t
 `web`. The rollout, status and check call these and never the drivers themselves.
 
 Both answer with a `balancer.Balancer` whose members carry the same flags (Drn drained,
-Dis disabled, Stby parked), so a replica reads in or out of rotation alike. The `*_all`
-operations change several replicas of one pool: Apache one member after another, nginx all
-in one reload (each nginx change is a rewrite, a test and a reload).
+Dis disabled, Stby parked), so a replica reads in or out of rotation alike. A change of
+several members of a pool is one round trip on Apache (form posts in order) and one reload
+on nginx (each nginx change is a rewrite, a test and a reload).
 """
 
 from __future__ import annotations
@@ -19,13 +19,18 @@ from fpm_fleet.remote.command import Command
 from fpm_fleet.web import apache, balancer, nginx, upstream
 from fpm_fleet.web.balancer import Balancer, Member
 
+# the states a rollout asks for, in nginx's words; Apache's flags for each
+UP, DRAIN, PARK, DISABLE = upstream.UP, upstream.DRAIN, upstream.PARK, upstream.DISABLE
+APACHE_FLAGS = {UP: apache.ENABLE, DRAIN: apache.DRAIN, PARK: apache.PARK,
+                DISABLE: apache.DISABLE}
+
 
 def is_nginx(host: Host) -> bool:
     return host.web == NGINX
 
 
 def name(host: Host) -> str:
-    """How status, list and check name the host's web server."""
+    """How status and list name the host's web server (as the inventory spells it)."""
     return host.web
 
 
@@ -57,16 +62,14 @@ def read(at: HostPool) -> Balancer:
     return at.ask(read_command(at))
 
 
-def ready(at: HostPool) -> Balancer:
-    """A rollout's preflight: the pool's members, read before anything changes; on nginx
-    also `nginx -t`, since every change there is a reload that a config broken by someone
-    else would refuse halfway through the rollout."""
-    found = read(at)
+def check_config(at: HostPool) -> None:
+    """A rollout's preflight, before anything changes: on nginx, `nginx -t` passes (every
+    change there is a reload, which a config broken by someone else would refuse halfway
+    through the rollout). Apache's changes need no reload: nothing to check."""
     if is_nginx(at.host):
         why = at.ask(upstream.config_test(at))
         if why:
             raise RolloutError(f"{at.host.name}: {why}; nothing was changed")
-    return found
 
 
 def member(r: Replica) -> Member:
@@ -89,34 +92,34 @@ def enable(r: Replica) -> tuple[Member, str]:
     return nginx.enable(r) if is_nginx(r.host) else apache.enable(r)
 
 
-def _all(replicas: Sequence[Replica], state: str) -> list[Member]:
-    if not replicas:
-        return []
-    at = replicas[0].at
+def set_all(at: HostPool, replicas: Sequence[Replica], state: str) -> Balancer:
+    """Several replicas of one pool in `state` at once; the members read back."""
     if is_nginx(at.host):
-        return nginx.set_many(at, replicas, state)
-    one = {upstream.DRAIN: apache.drain, upstream.PARK: apache.park,
-           upstream.DISABLE: apache.disable,
-           upstream.UP: _apache_enable}[state]
-    return [one(r) for r in replicas]
+        return nginx.apply(at, {r.n: state for r in replicas})
+    return apache.set_members(at, [(r, APACHE_FLAGS[state]) for r in replicas])
 
 
-def _apache_enable(r: Replica) -> Member:
-    return apache.enable(r)[0]
+def disable_all(at: HostPool, replicas: Sequence[Replica]) -> None:
+    if replicas:
+        set_all(at, replicas, DISABLE)
 
 
-def drain_all(replicas: Sequence[Replica]) -> list[Member]:
-    """Replicas of one pool out of rotation (nginx: one reload)."""
-    return _all(replicas, upstream.DRAIN)
+def flip(at: HostPool, into: Sequence[Replica], out: Sequence[Replica],
+         out_state: str = DRAIN) -> tuple[Balancer, dict[int, Member], dict[int, str]]:
+    """`into` in rotation and `out` out of it (drained, parked or disabled) at once, `into`
+    first on Apache; on nginx one reload makes both true together. Returns the members read
+    back, `into`'s members, and notes about them (Apache's lingering Err)."""
+    if not is_nginx(at.host):
+        return apache.flip(at, into, out, APACHE_FLAGS[out_state])
+    found = nginx.apply(at, {**{r.n: out_state for r in out}, **{r.n: UP for r in into}})
+    return found, {r.n: balancer.member_of(found, r) for r in into}, {}
 
 
-def park_all(replicas: Sequence[Replica]) -> list[Member]:
-    return _all(replicas, upstream.PARK)
-
-
-def disable_all(replicas: Sequence[Replica]) -> list[Member]:
-    return _all(replicas, upstream.DISABLE)
-
-
-def enable_all(replicas: Sequence[Replica]) -> list[Member]:
-    return _all(replicas, upstream.UP)
+def disable_command(at: HostPool, bal: Balancer, replicas: Sequence[Replica]) -> str:
+    """The shell text that marks `replicas` disabled, for a job the host runs by itself
+    (rollout/retire.py) once they stopped; `bal` is the members as read at the flip."""
+    if is_nginx(at.host):
+        wanted = {**upstream.states(bal, at.pool), **{r.n: DISABLE for r in replicas}}
+        return upstream.apply_command(at.pool, wanted, at.host.sudo)
+    members = [(balancer.member_of(bal, r).worker, apache.DISABLE) for r in replicas]
+    return balancer.set_many_command(at.manager_url, at.pool.balancer, bal.nonce, members)

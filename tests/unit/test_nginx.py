@@ -103,15 +103,27 @@ def test_a_fresh_pool_serves_from_its_first_set(inventory_data, build_fleet):
 
 # --- the driver -------------------------------------------------------------------------
 
-def test_set_many_changes_several_members_in_one_reload(inventory_data, build_fleet):
+def test_a_flip_is_one_reload_and_reads_both_sets_back(inventory_data, build_fleet):
     fleet = nginx_fleet(inventory_data, build_fleet, strategy="surge")
     runner = FakeRunner(fleet.hosts[0]).on("read nginx members", "pool=www 1=up 2=up 3=disable "
                                            "4=disable").on("set nginx members",
-                                                           "pool=www 1=up 2=up 3=up 4=up")
+                                                           "pool=www 1=drain 2=drain 3=up 4=up")
     at = pool_at(fleet, runner)
-    members = server.enable_all(at.replicas([3, 4]))
-    assert [m.status for m in members] == ["Ok", "Ok"]
-    assert runner.whats.count("set nginx members www-1 up, www-2 up, www-3 up, www-4 up") == 1
+    bal, members, notes = server.flip(at, at.replicas([3, 4]), at.replicas([1, 2]))
+    assert [members[n].status for n in (3, 4)] == ["Ok", "Ok"] and notes == {}
+    assert [m.status for m in bal.members[:2]] == ["Drn Ok", "Drn Ok"]
+    assert runner.whats.count("set nginx members www-1 drain, www-2 drain, www-3 up, "
+                              "www-4 up") == 1
+
+
+def test_the_retire_job_disables_the_old_set_through_the_helper(inventory_data, build_fleet):
+    inventory_data["defaults"]["user"] = "deploy"
+    fleet = nginx_fleet(inventory_data, build_fleet, strategy="surge")
+    at = pool_at(fleet)
+    bal = upstream.parse(at, "pool=www 1=drain 2=drain 3=up 4=up")
+    assert server.disable_command(at, bal, at.replicas([1, 2])) == (
+        "printf '%s\\n' '1 disable\n2 disable\n3 up\n4 up' | "
+        "sudo -n -- /usr/local/lib/fpm-fleet/nginx-members www")
 
 
 def test_a_change_the_running_nginx_does_not_show_fails(inventory_data, build_fleet):
