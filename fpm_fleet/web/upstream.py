@@ -36,9 +36,16 @@ def members_url(pool: Pool) -> str:
     return f"http://fpm-fleet/members (Host: {pool.name}, {NGINX_SOCKET})"
 
 
+READ_TRIES = 50  # 0.1 s apart: nginx being restarted by someone answers again within
+
+
 def read_command(pool: Pool) -> str:
-    return (f"curl -sS --fail --max-time 5 --unix-socket {q(NGINX_SOCKET)} "
+    """Ask the running nginx; while it does not answer (someone restarts it: its socket is
+    gone for a moment) ask again, for up to READ_TRIES / 10 seconds."""
+    curl = (f"curl -sS --fail --max-time 2 --unix-socket {q(NGINX_SOCKET)} "
             f"-H {q('Host: ' + pool.name)} http://fpm-fleet/members")
+    return (f"i=0; until {curl} 2>/dev/null; do i=$((i + 1)); "
+            f"[ $i -lt {READ_TRIES} ] || {{ {curl}; exit; }}; sleep 0.1; done")
 
 
 def read(at: HostPool) -> Command[Balancer]:
@@ -51,7 +58,10 @@ def parse(at: HostPool, text: str) -> Balancer:
     """`pool=www 1=up 2=drain` -> the pool's Balancer (ValueError: anything else)."""
     words = text.split()
     pool = at.pool
-    if not words or words[0] != f"pool={pool.name}":
+    if not words:
+        raise ValueError(f"nginx's members socket {NGINX_SOCKET} does not answer (is "
+                         "nginx.service running? `fab setup` starts it)")
+    if words[0] != f"pool={pool.name}":
         raise ValueError(f"nginx does not run the upstream of pool {pool.name} (answer "
                          f"{text.strip()[:80]!r}); run `fab setup`")
     members = []

@@ -89,7 +89,24 @@ fi
 if [ "$setup" = 1 ]; then
     rm -f "$old"; echo "$conf"; exit 0
 fi
-if ! out=$(systemctl reload nginx.service 2>&1); then
+# someone may be restarting or reloading nginx right now: its job makes ours fail, so wait
+# until the service has settled and try again (a restart reads the new file anyway)
+settled() {
+    i=0
+    while :; do
+        state=$(systemctl is-active nginx.service 2>/dev/null)
+        case $state in activating|deactivating|reloading) ;; *) break ;; esac
+        i=$((i + 1)); [ "$i" -lt 150 ] || break
+        sleep 0.1
+    done
+    [ "$state" = active ]
+}
+reloaded=0
+for _ in 1 2 3; do
+    if out=$(systemctl reload nginx.service 2>&1); then reloaded=1; break; fi
+    settled || break
+done
+if [ "$reloaded" = 0 ]; then
     restore
     printf 'nginx did not reload (is nginx.service running?): %s\n' "$out" >&2
     exit 4

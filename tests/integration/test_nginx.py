@@ -96,6 +96,7 @@ def test_a_mixed_fleet_deploys_under_load_in_one_command(box: Sandbox) -> None:
     box.build("v2")
     with old_generations(box) as draining, load(box) as stats:
         proc = ok(fab("deploy", "--release", "v2", "--plain"))
+        box.settled()  # the hosts retire the old sets by themselves
     assert_no_failures(stats)
     assert all_on(box, "v2")
     assert "v1 -> v2" in proc.stdout
@@ -110,6 +111,7 @@ def test_rollback_and_an_automatic_revert_on_nginx(box: Sandbox) -> None:
         ok(fab("rollback", "--plain"))
         box.build("v3", unhealthy=True)
         failed = fab("deploy", "--release", "v3", "--plain")
+        box.settled()
     assert failed.returncode != 0 and "reverted" in failed.stdout
     assert_no_failures(stats)
     assert all_on(box, "v1")
@@ -164,6 +166,7 @@ def test_keep_alive_connections_to_old_workers(box: Sandbox) -> None:
             t.start()
         time.sleep(0.5)
         ok(fab("restart", "--host", "h2", "--plain"))
+        box.settled()
         time.sleep(0.5)
         stop.set()
         for t in threads:
@@ -190,20 +193,25 @@ def test_a_reload_nginx_refuses_changes_nothing_and_says_why(box: Sandbox) -> No
     finally:
         broken.unlink()
     ok(fab("restart", "--host", "h2", "--plain"))
+    box.settled()
     assert members(box) != before and all(r["ok"] for r in box.status("--host", "h2"))
 
 
 def test_nginx_reloaded_by_someone_else_mid_rollout(box: Sandbox) -> None:
     """A reload by an operator re-reads the upstream files, which hold every change the
-    rollout made: nothing goes back into rotation, no request fails."""
+    rollout made: nothing goes back into rotation, no request fails. The reloads come after
+    the flip, while the host retires the old set (its requests finish, then the helper
+    disables its members: a reload of its own)."""
     with load(box, hosts=["h2"]) as stats:
         run = Background("restart", "--host", "h2", "--plain")
-        run.wait_for("wait idle")
+        run.wait_for("flip")
         for _ in range(3):
             assert box.run(NGINX_HOST, "systemctl", "reload", "nginx").returncode == 0
-            time.sleep(0.1)
+            time.sleep(0.3)
         code, out, err = run.finish()
+        box.settled()
     assert code == 0, out + err
+    assert "done" in box.on_host("/srv/fpm-fleet/www/state/retire.log", NGINX_HOST).read_text()
     assert_no_failures(stats)
     assert all(r["ok"] for r in box.status("--host", "h2"))
 
@@ -217,7 +225,8 @@ def test_nginx_restarted_by_someone_else_mid_rollout(box: Sandbox) -> None:
         run.wait_for("health")
         assert box.run(NGINX_HOST, "systemctl", "restart", "nginx").returncode == 0
         code, out, err = run.finish()
-    assert code == 0, out + err
+        assert code == 0, out + err
+        box.settled()
     assert not any("mixed" in reason for st in stats for reason in st.reasons)
     rows = box.status("--host", "h2")
     assert all(r["ok"] for r in rows), json.dumps(rows)

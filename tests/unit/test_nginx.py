@@ -79,11 +79,21 @@ def test_an_answer_for_another_pool_or_unreadable_is_refused(inventory_data, bui
         upstream.parse(at, answer)
 
 
-def test_the_read_asks_the_members_socket_with_the_pools_name(inventory_data, build_fleet):
+def test_the_read_asks_the_members_socket_with_the_pools_name_until_it_answers(
+        inventory_data, build_fleet, tmp_path):
     at = pool_at(nginx_fleet(inventory_data, build_fleet))
-    assert upstream.read(at).text == (
-        f"curl -sS --fail --max-time 5 --unix-socket {NGINX_SOCKET} -H 'Host: www' "
-        "http://fpm-fleet/members")
+    curl = (f"curl -sS --fail --max-time 2 --unix-socket {NGINX_SOCKET} -H 'Host: www' "
+            "http://fpm-fleet/members")
+    assert curl in upstream.read(at).text
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    # a curl that fails twice (nginx restarting), then answers
+    (fake / "curl").write_text(f"#!/bin/sh\nn=$(cat {tmp_path}/n 2>/dev/null || echo 0)\n"
+                               f"echo $((n + 1)) > {tmp_path}/n\n[ $n -ge 2 ] || exit 7\n"
+                               "echo 'pool=www 1=up 2=up'\n")
+    (fake / "curl").chmod(0o755)
+    done = run_sh(upstream.read(at).text, tmp_path, path_first=fake)
+    assert (done.returncode, done.stdout) == (0, "pool=www 1=up 2=up\n")
 
 
 def test_a_change_sends_every_state_to_the_helper_through_sudo(inventory_data, build_fleet):
