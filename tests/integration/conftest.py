@@ -172,6 +172,15 @@ def fleet3() -> Iterator[Sandbox]:
 
 
 @pytest.fixture(scope="module")
+def mixed3() -> Iterator[Sandbox]:
+    """Three rolling hosts, h2 served by nginx, h1 and h3 by Apache: a suite run on it runs
+    for both web servers at the cost of one fleet."""
+    box = bring_up(3, web="mixed")
+    yield box
+    assert tear_down() == []
+
+
+@pytest.fixture(scope="module")
 def surge3() -> Iterator[Sandbox]:
     box = bring_up(3, "surge")
     yield box

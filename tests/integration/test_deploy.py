@@ -24,8 +24,9 @@ def all_on(box: Sandbox, release: str) -> bool:
 
 
 @pytest.fixture(scope="module")
-def box(fleet3: Sandbox) -> Sandbox:
-    return fleet3
+def box(mixed3: Sandbox) -> Sandbox:
+    """h2 runs nginx: every test here runs for both web servers."""
+    return mixed3
 
 
 def test_deploy_v2_under_load_pins_every_replica_without_a_failed_request(box: Sandbox) -> None:
