@@ -75,12 +75,14 @@ def status_table(rows: list[status_mod.ReplicaStatus], drifts: list[status_mod.D
                   output.ok_text(r.service == "active" or r.role == "standby", r.service,
                                  r.service), r.lb_status,
                   "-" if r.busy is None else r.busy, output.ok_text(r.ping_ok, "pong", "no"),
-                  r.release or "-", r.current_release or "-", r.pid or "-",
+                  r.release or "-", r.commit[:10] if r.commit else "-",
+                  r.current_release or "-", r.pid or "-",
                   "-" if r.uptime is None else f"{r.uptime}s",
                   output.ok_text(r.ok, "OK", "; ".join(r.problems) or "FAIL")] for r in rows]
         output.show(output.table("status", ["host", "pool", "replica", "role", "web",
                                             "service", "balancer",
-                                            "busy", "ping", "pinned", "current", "pid",
+                                            "busy", "ping", "pinned", "commit", "current",
+                                            "pid",
                                             "uptime", "state"], table))
     for d in drifts:
         output.note(f"drift: {d.host}/{d.pool}: {d.message}", "bold yellow")

@@ -9,6 +9,7 @@ from fpm_fleet.core.events import Observer
 from fpm_fleet.core.inventory import SURGE, Host, Pool
 from fpm_fleet.host import fpm
 from fpm_fleet.host.pool import HostPool, Replica
+from fpm_fleet.releases import origin
 from fpm_fleet.remote.group import HostGroup
 from fpm_fleet.remote.runner import Runner
 from fpm_fleet.rollout import surge
@@ -36,6 +37,7 @@ class ReplicaStatus:
     role: str = SERVING  # SERVING, STANDBY (stopped), PARKED (kept running) or RETIRING
     ok: bool = False
     problems: list[str] = field(default_factory=list)
+    commit: str | None = None  # of the pinned release, when deploy --ref made it
 
 
 @dataclass(frozen=True)
@@ -55,8 +57,11 @@ def pool_status(at: HostPool, numbers: list[int]) -> list[ReplicaStatus]:
         bal, bal_error = None, str(exc)
     active = _active_slots(at, bal, procs if numbers == list(at.pool.replica_numbers)
                            else at.ask(fpm.probe(at)))
-    return [_row(r, procs[r.n], current, bal, bal_error, r.n in active)
+    origins = at.ask(origin.read_all(at.layout))
+    rows = [_row(r, procs[r.n], current, bal, bal_error, r.n in active)
             for r in at.replicas(numbers)]
+    return [replace(row, commit=origins[row.release].commit)
+            if row.release in origins else row for row in rows]
 
 
 def _active_slots(at: HostPool, bal: balancer.Balancer | None,

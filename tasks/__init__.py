@@ -23,5 +23,6 @@ def collection() -> Collection:
         ns.add_task(t)
     ns.add_collection(Collection("sandbox", cli_sandbox.up, cli_sandbox.down,
                                  cli_sandbox.build, cli_sandbox.demo))
-    ns.configure({"inventory": DEFAULT_INVENTORY})
+    # FABRIC_INVENTORY=path or FABRIC_STAGE=name (stages/<name>.toml): tasks/boundary.py
+    ns.configure({"inventory": DEFAULT_INVENTORY, "stage": ""})
     return ns

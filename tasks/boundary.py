@@ -14,7 +14,7 @@ from invoke.context import Context
 from invoke.exceptions import Exit
 
 from fpm_fleet import output
-from fpm_fleet.core import inventory
+from fpm_fleet.core import inventory, stages
 from fpm_fleet.core.errors import FleetError
 from fpm_fleet.core.inventory import Fleet
 
@@ -22,8 +22,11 @@ DEFAULT_INVENTORY = "hosts.toml"
 
 
 def inventory_path(c: Context) -> str:
-    """Config key `inventory` (fabric.yaml, or FABRIC_INVENTORY=path), default hosts.toml."""
-    return str(c.config.get("inventory", None) or DEFAULT_INVENTORY)
+    """Config key `stage` (FABRIC_STAGE=name, or `stage:` in fabric.yaml) chooses
+    stages/<name>.toml; else config key `inventory` (FABRIC_INVENTORY=path, or `inventory:`),
+    default hosts.toml."""
+    return stages.choose(str(c.config.get("inventory", None) or DEFAULT_INVENTORY),
+                         str(c.config.get("stage", None) or ""), DEFAULT_INVENTORY)
 
 
 def load_fleet(c: Context) -> Fleet:
@@ -31,6 +34,11 @@ def load_fleet(c: Context) -> Fleet:
         return inventory.load(inventory_path(c))
     except FleetError as exc:
         raise Exit(f"error: {exc}", code=exc.exit_code) from None
+
+
+def stage_line(fleet: Fleet) -> str:
+    """Which stage a run acts on, first and last thing it prints (production or staging?)."""
+    return f"stage: {stages.stage_name(fleet.path)} ({fleet.path})"
 
 
 def _terminate(signum: int, frame: FrameType | None) -> None:
@@ -53,6 +61,7 @@ def boundary(c: Context, command: str) -> Iterator[Session]:
     """
     fleet = load_fleet(c)
     log_path = output.start_log(fleet.log_dir, command)
+    output.note(stage_line(fleet), "bold")
     previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         yield Session(fleet, log_path)
@@ -64,6 +73,7 @@ def boundary(c: Context, command: str) -> Iterator[Session]:
         raise Exit(code=130) from None
     finally:
         signal.signal(signal.SIGTERM, previous)
+        output.note(stage_line(fleet), "bold")
         output.note(f"log: {log_path}", "dim")
 
 

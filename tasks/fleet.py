@@ -5,12 +5,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
+from typing import TYPE_CHECKING
 
 from invoke.context import Context
 from invoke.exceptions import Exit
 from invoke.tasks import task
 
-from fpm_fleet import output, provision, render, report
+from fpm_fleet import output, report
 from fpm_fleet import status as status_mod
 from fpm_fleet import stress as stress_mod
 from fpm_fleet.core.errors import UsageError
@@ -23,6 +24,12 @@ from fpm_fleet.rollout import hosts as rollout
 from fpm_fleet.rollout.hosts import Selection
 from fpm_fleet.web import server
 from tasks.boundary import boundary, command_line
+
+if TYPE_CHECKING:
+    from fpm_fleet import provision
+
+# provision and render (Jinja2, the templates) are imported by the tasks that use them:
+# every `fab` run imports this module, and start-up is on the path of every deploy.
 
 SELECT_HELP = {
     "host": "host name, or a comma list (default: every host)",
@@ -38,6 +45,8 @@ def setup(c: Context, host: str | None = None) -> None:
     Needs full root: logs in as setup_user (default: user)."""
     with boundary(c, command_line()) as s:
         sel = rollout.select(s.fleet, host)
+
+        from fpm_fleet import provision
 
         def work(runner: Runner, h: Host) -> provision.SetupReport:
             # every pool's lock: setup rewrites the configs a deploy or a restart relies on
@@ -66,6 +75,7 @@ def sudoers(c: Context, host: str | None = None) -> None:
     or to install it by hand): the replica services and Apache's configtest/graceful only."""
     with boundary(c, command_line()) as s:
         h = rollout.select(s.fleet, host).hosts[0]
+        from fpm_fleet import render
         rendered = render.sudoers(s.fleet, h)
         if rendered is None:
             output.note(f"{h.name}: the inventory logs in as root: no sudoers file is needed")
@@ -77,6 +87,7 @@ def sudoers(c: Context, host: str | None = None) -> None:
 def check(c: Context, host: str | None = None) -> None:
     """Preflight: ssh, root/sudo, tools, Apache modules and listen port, php-fpm, balancer
     members, and each pool answering 200 through Apache (its server_name, its health_path)."""
+    from fpm_fleet import provision
     with boundary(c, command_line()) as s:
         sel = rollout.select(s.fleet, host)
         results = HostGroup(output.PlainObserver(), stop_on_failure=False).run(

@@ -9,7 +9,8 @@ from invoke.context import Context
 from invoke.tasks import task
 
 from fpm_fleet import output, report
-from fpm_fleet.core.errors import FleetError, UsageError
+from fpm_fleet import source as source_mod
+from fpm_fleet.core.errors import FleetError
 from fpm_fleet.core.events import Observer
 from fpm_fleet.core.inventory import Host
 from fpm_fleet.host import lock
@@ -39,25 +40,31 @@ COMMON_HELP = {
 PoolWork = Callable[[Runner, Host, Observer, Proven | None], list[PoolOutcome]]
 
 
-@task(name="deploy", help={**COMMON_HELP, "release": "the release name (letters, digits, . _ -)",
+@task(name="deploy", help={**COMMON_HELP,
+            "release": "the release name (letters, digits, . _ -); with --ref, default: the "
+                       "UTC time and the short commit id",
             "source": "directory to upload (default: the pool's `source`)",
+            "ref": "deploy this branch, tag or commit of the pool's `repository`, exported "
+                   "on this machine",
             "force": "replace an existing release of that name whose content differs"})
-def deploy_(c: Context, release: str = "", source: str | None = None, host: str | None = None,
-            pool: str | None = None, canary: int = 1, parallel: int = DEFAULT_PARALLEL,
-            sequential: bool = False, force: bool = False, dry_run: bool = False,
-            timeout: float = 60, plain: bool = False) -> None:
-    """Upload a release to every host, activate it, health-gated rolling restart, auto-revert."""
+def deploy_(c: Context, release: str = "", source: str | None = None, ref: str | None = None,
+            host: str | None = None, pool: str | None = None, canary: int = 1,
+            parallel: int = DEFAULT_PARALLEL, sequential: bool = False, force: bool = False,
+            dry_run: bool = False, timeout: float = 60, plain: bool = False) -> None:
+    """Upload a release to every host, activate it, health-gated rolling restart, auto-revert.
+    The release is a directory, or a git revision (--ref); the pool's `build` runs first."""
     with boundary(c, command_line()) as s:
         order = roll_options(canary, parallel, sequential)
-        if not release:
-            raise UsageError("deploy needs --release NAME: the name of the new release "
-                             "(letters, digits, '.', '_' and '-'), e.g. --release v42")
-        name = store.validate_name(release)
+        if release:
+            store.validate_name(release)
         sel = rollout.select(s.fleet, host, pool)
-        plans = deploy.deploy_plans(sel, name, source, force, timeout, command_line())
-        _run_rollout(s, sel, "deploy", order, plain, dry_run,
-                     lambda runner, h, obs, proven: deploy.each_pool(runner, h, sel, plans, obs,
-                                                                     proven=proven))
+        request = source_mod.Request(release, ref, source)
+        # export and build before any host is touched; the scratch copies go at the end
+        with source_mod.prepared(sel.pools, request, output.PlainObserver()) as made:
+            plans = deploy.deploy_plans(sel, made, force, timeout, command_line())
+            _run_rollout(s, sel, "deploy", order, plain, dry_run,
+                         lambda runner, h, obs, proven: deploy.each_pool(
+                             runner, h, sel, plans, obs, proven=proven))
 
 
 def _run_rollout(s: Session, sel: Selection, title: str, order: tuple[int, int], plain: bool,
@@ -126,13 +133,14 @@ def releases(c: Context, host: str | None = None, pool: str | None = None) -> No
             [r.host, r.pool, r.info.name,
              datetime.datetime.fromtimestamp(r.info.created).strftime("%Y-%m-%d %H:%M:%S"),
              f"{r.info.size_kib / 1024:.1f} MiB", "yes" if r.current else "",
-             "yes" if r.previous else "", "BAD" if r.bad else "", ", ".join(r.pinned_by), ""]
+             "yes" if r.previous else "", "BAD" if r.bad else "", ", ".join(r.pinned_by),
+             r.origin.short if r.origin else "-", ""]
             for o in results for r in (o.value or [])]
-        rows += [[o.host, "-", "unreachable", "-", "-", "", "", "", "", str(o.error)]
+        rows += [[o.host, "-", "unreachable", "-", "-", "", "", "", "", "", str(o.error)]
                  for o in results.failed]
         output.show(output.table("releases", ["host", "pool", "release", "created", "size",
                                               "current", "previous", "bad", "pinned by",
-                                              "note"], rows))
+                                              "commit", "note"], rows))
 
 
 @task(help={"host": COMMON_HELP["host"], "pool": COMMON_HELP["pool"]})

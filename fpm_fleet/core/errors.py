@@ -72,3 +72,10 @@ class LockError(FleetError):
     """Another deploy holds the host's lock."""
 
     exit_code = 6
+
+
+class SourceError(FleetError):
+    """The release could not be made on the control machine (a ref that does not exist, a
+    repository out of reach, a failing build step); no host was touched."""
+
+    exit_code = 7

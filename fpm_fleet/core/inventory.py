@@ -11,12 +11,12 @@ import math
 import os
 import posixpath
 import re
-import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, TypeVar
 
+from fpm_fleet.core import stages
 from fpm_fleet.core.errors import ConfigError
 
 HOST_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
@@ -104,6 +104,10 @@ class Pool:
     front_controller: str | None = None
     strategy: str = "surge"
     keep_previous: bool = False
+    # Deploys from git (`fab deploy --ref`): the repository, a path or a URL (fpm_fleet/source)
+    repository: str | None = None
+    # Commands run on the control machine in a copy of the source before the upload
+    build: tuple[str, ...] = ()
 
     def replica_name(self, n: int) -> str:
         """Replica n as the operator names it (`www-2`): its sockets, config, FPM pool and
@@ -335,21 +339,41 @@ HOST_KEYS_DEFAULTS: dict[str, Any] = {
 
 
 def load(path: str | Path) -> Fleet:
-    """Read and validate an inventory file."""
+    """Read and validate an inventory file (with the files it extends: core/stages.py)."""
     path = str(path)
-    try:
-        with open(path, "rb") as fh:
-            data = tomllib.load(fh)
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: inventory file not found") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    data = stages.read(path, anchor_paths)
     fleet = parse(data, path)
     _check_files(data, path)
     return fleet
 
 
 FILE_KEYS = ("identity_file", "known_hosts")
+
+
+def anchor_paths(data: dict[str, Any], path: str) -> dict[str, Any]:
+    """The relative paths one inventory file writes, taken from its own directory: a file
+    extended by a stage in another directory means what it says. Values of a wrong type
+    are left for the validation to name."""
+    def fix(table: Any, keys: tuple[str, ...]) -> Any:
+        if not isinstance(table, dict):
+            return table
+        return {k: beside(path, v) if k in keys and isinstance(v, str) and v
+                and not (k == "repository" and is_url(v)) else v for k, v in table.items()}
+
+    out: dict[str, Any] = fix(data, ("log_dir",))
+    out["defaults"] = fix(out.get("defaults", {}), FILE_KEYS)
+    if isinstance(out.get("hosts"), list):
+        out["hosts"] = [fix(h, FILE_KEYS) for h in out["hosts"]]
+    if isinstance(out.get("pools"), dict):
+        out["pools"] = {n: fix(t, ("source", "repository")) for n, t in out["pools"].items()}
+    return out
+
+
+def is_url(repository: str) -> bool:
+    """A repository git reaches over a transport (`https://`, `ssh://`, `git@host:path`),
+    not a local path: git reads `host:path` as scp-like when the colon comes before any
+    slash."""
+    return "://" in repository or bool(re.match(r"[^/]+:", repository))
 
 
 def _check_files(data: Mapping[str, Any], path: str) -> None:
@@ -546,6 +570,15 @@ def _check_shared(r: _Reader, items: tuple[str, ...], written: tuple[str, ...]) 
                 raise r.fail("shared", f"{a!r} and {b!r} overlap: list each path once")
 
 
+def _repository(path: str, r: _Reader) -> str | None:
+    """A URL as written; a local path from the inventory's directory. Whether it can be
+    reached is found by `deploy --ref` only: other tasks do not need it."""
+    value = r.optional("repository", str)
+    r.check("repository", lambda v: bool(v.strip()) and not any(c in v for c in "\n\r\0"),
+            "must name a git repository: a path or a URL")
+    return value if value is None or is_url(value) else beside(path, value)
+
+
 def _pool(path: str, name: str, table: Any) -> Pool:
     if not POOL_NAME.fullmatch(name):
         raise ConfigError(f"{path}: pools.{name}: pool names are lower-case letters, digits "
@@ -576,6 +609,8 @@ def _pool(path: str, name: str, table: Any) -> Pool:
         front_controller=r.optional("front_controller", str),
         strategy=r.get("strategy", str, SURGE),
         keep_previous=r.get("keep_previous", bool, False),
+        repository=_repository(path, r),
+        build=r.strings("build"),
     )
     r.check("replicas", lambda v: v >= 2, "must be >= 2 (a pool needs a spare replica)")
     r.check("replicas", lambda v: v <= 64, "must be <= 64")

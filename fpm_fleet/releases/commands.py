@@ -90,6 +90,11 @@ def seal(layout: Layout, name: str) -> str:
             f"mv -f -- {q(sealed + '.tmp')} {q(sealed)}")
 
 
+def origin_path(layout: Layout, name: str) -> str:
+    """Where a release made from git records its commit (releases/origin.py)."""
+    return f"{manifest_path(layout, name)}.origin"
+
+
 def read_sealed(layout: Layout, name: str) -> str:
     return f"cat -- {q(sealed_path(layout, name))} 2>/dev/null; true"
 
@@ -219,7 +224,8 @@ def list_releases(layout: Layout) -> str:
 
 def remove_release(layout: Layout, name: str) -> str:
     return (f"rm -rf -- {q(layout.release(name))} {q(manifest_path(layout, name))} "
-            f"{q(sealed_path(layout, name))} {q(layout.state / 'bad' / name)}")
+            f"{q(sealed_path(layout, name))} {q(origin_path(layout, name))} "
+            f"{q(layout.state / 'bad' / name)}")
 
 
 def clear_incoming(layout: Layout) -> str:

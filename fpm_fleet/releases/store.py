@@ -354,9 +354,13 @@ def parse_history(text: str) -> list[Activation]:
     return out
 
 
+def history_read(at: HostPool) -> Command[list[Activation]]:
+    return Command(rs.read_history(at.layout), "read history",
+                   lambda res: parse_history(res.stdout))
+
+
 def history(at: HostPool) -> list[Activation]:
-    return at.ask(Command(rs.read_history(at.layout), "read history",
-                          lambda res: parse_history(res.stdout)))
+    return at.ask(history_read(at))
 
 
 def previous_of(current: str | None, hist: list[Activation]) -> str | None:
@@ -364,9 +368,13 @@ def previous_of(current: str | None, hist: list[Activation]) -> str | None:
     return next((a.previous for a in reversed(hist) if a.release == current), None)
 
 
+def bad_read(at: HostPool) -> Command[set[str]]:
+    return Command(rs.list_bad(at.layout), "list bad releases",
+                   lambda res: set(res.stdout.split()))
+
+
 def bad_releases(at: HostPool) -> set[str]:
-    return at.ask(Command(rs.list_bad(at.layout), "list bad releases",
-                          lambda res: set(res.stdout.split())))
+    return at.ask(bad_read(at))
 
 
 def mark_bad(at: HostPool, name: str) -> None:
@@ -382,9 +390,13 @@ class ReleaseInfo:
     size_kib: int
 
 
+def releases_read(at: HostPool) -> Command[list[ReleaseInfo]]:
+    return Command(rs.list_releases(at.layout), "list releases",
+                   lambda res: parse_releases(res.stdout))
+
+
 def list_releases(at: HostPool) -> list[ReleaseInfo]:
-    return at.ask(Command(rs.list_releases(at.layout), "list releases",
-                          lambda res: parse_releases(res.stdout)))
+    return at.ask(releases_read(at))
 
 
 def parse_releases(out: str) -> list[ReleaseInfo]:

@@ -11,21 +11,23 @@ from contextlib import ExitStack
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from fpm_fleet.core.errors import ConfigError, FleetError, RemoteError, RolloutError, UsageError
+from fpm_fleet.core.errors import FleetError, RemoteError, RolloutError
 from fpm_fleet.core.events import Event, Observer, step
 from fpm_fleet.core.inventory import SURGE, Host
 from fpm_fleet.core.redact import redact
 from fpm_fleet.host import fpm, lock
 from fpm_fleet.host.pool import HostPool
 from fpm_fleet.releases import commands as release_shell
-from fpm_fleet.releases import manifest
+from fpm_fleet.releases import manifest, origin
 from fpm_fleet.releases import store as release
 from fpm_fleet.releases.manifest import Manifest
-from fpm_fleet.remote.command import action
+from fpm_fleet.releases.origin import Origin
+from fpm_fleet.remote.command import action, together
 from fpm_fleet.remote.group import HostGroup, Proven
 from fpm_fleet.remote.runner import Runner
 from fpm_fleet.rollout import replica, surge
 from fpm_fleet.rollout.hosts import Selection, ordered, preflight, tracked
+from fpm_fleet.source import Source
 from fpm_fleet.web import balancer, server
 
 
@@ -39,6 +41,7 @@ class Plan:
     source: Path | None = None
     manifest: Manifest | None = None
     force: bool = False
+    origin: Origin | None = None  # the git commit it was made from (deploy --ref)
 
 
 @dataclass(frozen=True)
@@ -119,6 +122,9 @@ def deploy_pool(at: HostPool, plan: Plan, obs: Observer,
     def body(record: PoolOutcome) -> PoolOutcome:
         at.ask(action(release_shell.clear_incoming(at.layout), "clear interrupted uploads"))
         record = replace(record, upload=_upload(at, plan, record.before, obs))
+        if plan.origin is not None:
+            at.ask(action(origin.record(at.layout, plan.release, plan.origin),
+                          f"record the commit of {plan.release}"))
         try:
             if record.upload is not None and record.upload.prepared:
                 obs.event(Event("info", at.host.name, "shared links", at.pool.name,
@@ -240,16 +246,23 @@ def rollback_pool(at: HostPool, plan: Plan, obs: Observer,
 
 
 def rollback_target(at: HostPool, to: str | None) -> str:
-    """--to NAME, or the newest earlier release that is present and not marked bad."""
-    present = {r.name for r in release.list_releases(at)}
+    """--to NAME, or the newest earlier release that is present and not marked bad (what
+    decides it is read in one round trip)."""
+    listed: list[release.ReleaseInfo]
+    current: str | None
+    bad: set[str]
+    hist: list[release.Activation]
+    listed, current, bad, hist = at.ask(together(
+        f"read {at.pool.name} releases, current, bad and history",
+        [release.releases_read(at), fpm.current_release(at), release.bad_read(at),
+         release.history_read(at)]))
+    present = {r.name for r in listed}
     if to:
         if to not in present:
             raise FleetError(f"{at.host.name}: release {to} of pool {at.pool.name} is not on "
                              f"this host (present: {', '.join(sorted(present)) or 'none'})")
         return to
-    current = at.ask(fpm.current_release(at))
-    bad = release.bad_releases(at)
-    for act in reversed(release.history(at)):
+    for act in reversed(hist):
         for name in (act.previous, act.release):
             if name and name != current and name not in bad and name in present:
                 return name
@@ -258,13 +271,16 @@ def rollback_target(at: HostPool, to: str | None) -> str:
 
 
 def cleanup_pool(at: HostPool, obs: Observer) -> list[str]:
-    """Keep the newest `keep_releases`; never current, previous or a pinned release."""
-    current = at.ask(fpm.current_release(at))
-    previous = release.previous_of(current, release.history(at))
-    pinned = {p.release for p in at.ask(fpm.probe(at)).values() if p.alive and p.release}
+    """Keep the newest `keep_releases`; never current, previous or a pinned release (what
+    decides it is read in one round trip: it runs after every deploy)."""
+    current, hist, procs, present = at.ask(together(
+        f"read {at.pool.name} releases, history and pins",
+        [fpm.current_release(at), release.history_read(at), fpm.probe(at),
+         release.releases_read(at)]))
+    previous = release.previous_of(current, hist)
+    pinned = {p.release for p in procs.values() if p.alive and p.release}
     protected = {n for n in (current, previous, *pinned) if n}
-    doomed = release.cleanup_candidates(release.list_releases(at), at.host.keep_releases,
-                                        protected)
+    doomed = release.cleanup_candidates(present, at.host.keep_releases, protected)
     for name in doomed:
         with step(obs, at.host.name, "cleanup", at.pool.name) as s:
             release.remove(at, name)
@@ -293,28 +309,16 @@ def each_pool(runner: Runner, host: Host, sel: Selection, plans: dict[str, Plan]
     return done
 
 
-def sources(sel: Selection, source: str | None) -> dict[str, Path]:
-    """Each selected pool's source directory (--source, or the pool's `source`)."""
-    if source and len(sel.pools) > 1:
-        raise UsageError("--source applies to one pool: add --pool NAME")
-    out = {}
-    for pool in sel.pools:
-        path = Path(source or pool.source)
-        if not path.is_dir():
-            raise ConfigError(f"source directory {path} of pool {pool.name} does not exist")
-        out[pool.name] = path
-    return out
-
-
-def deploy_plans(sel: Selection, name: str, source: str | None, force: bool, timeout: float,
+def deploy_plans(sel: Selection, sources: dict[str, Source], force: bool, timeout: float,
                  command: str) -> dict[str, Plan]:
     """Per pool: the release, its scanned content (refused when it is hostile) and how."""
     plans = {}
-    for pool_name, path in sources(sel, source).items():
-        scanned = manifest.scan(path)
+    for pool_name, src in sources.items():
+        scanned = manifest.scan(src.path)
         manifest.check_shared(scanned, sel.pool(pool_name).shared, pool_name)
-        plans[pool_name] = Plan(release=name, command=command, timeout=timeout, source=path,
-                                manifest=scanned, force=force)
+        plans[pool_name] = Plan(release=src.release, command=command, timeout=timeout,
+                                source=src.path, manifest=scanned, force=force,
+                                origin=src.origin)
     return plans
 
 
@@ -343,6 +347,7 @@ class ReleaseRow:
     previous: bool
     bad: bool
     pinned_by: tuple[str, ...]
+    origin: Origin | None = None  # made by deploy --ref: its commit
 
 
 def listing(at: HostPool) -> list[ReleaseRow]:
@@ -357,6 +362,7 @@ def listing(at: HostPool) -> list[ReleaseRow]:
         if proc.alive and proc.release:
             parked = "Stby" in balancer.member_of(bal, r).flags
             pinned.setdefault(proc.release, []).append(r.name + (" (parked)" if parked else ""))
+    origins = at.ask(origin.read_all(at.layout))
     return [ReleaseRow(at.host.name, at.pool.name, r, r.name == current, r.name == previous,
-                       r.name in bad, tuple(pinned.get(r.name, [])))
+                       r.name in bad, tuple(pinned.get(r.name, [])), origins.get(r.name))
             for r in release.list_releases(at)]

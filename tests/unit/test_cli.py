@@ -161,8 +161,9 @@ def test_deploy_without_a_release_says_so_and_touches_no_host(tmp_path: Path) ->
         assert not accepted
     assert proc.returncode == 2
     (error,) = errors(proc.stderr)
-    assert error == ("error: deploy needs --release NAME: the name of the new release "
-                     "(letters, digits, '.', '_' and '-'), e.g. --release v42")
+    assert error == ("error: deploy needs --release NAME (the name of the new release: "
+                     "letters, digits, '.', '_' and '-', e.g. --release v42) or --ref REF (a "
+                     "git branch, tag or commit of the pool's `repository`)")
 
 
 @pytest.mark.parametrize("task", [["deploy", "--release", "v2"], ["rollback"], ["restart"]])

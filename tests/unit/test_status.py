@@ -6,6 +6,7 @@ from fakes import FakeRunner
 
 from fpm_fleet import status
 from fpm_fleet.host.pool import HostPool
+from fpm_fleet.releases import origin
 from fpm_fleet.status import ReplicaStatus
 
 
@@ -75,11 +76,13 @@ def xml(*statuses: str) -> str:
             "</httpd:manager>")
 
 
-def fake_host(host, probe: str, page: str, ping: str = "pong") -> FakeRunner:
-    """Answers current.release, the probe, balancer-manager and ping; nothing else."""
+def fake_host(host, probe: str, page: str, ping: str = "pong", origins: str = "") -> FakeRunner:
+    """Answers current.release, the probe, balancer-manager, ping and the recorded origins;
+    nothing else."""
     return FakeRunner(host, ("read www current.release", "releases/v2\n"), ("probe www", probe),
                       ("read balancer-manager", page),
-                      ("ping ", f"Content-type: text/plain\r\n\r\n{ping}"), default=None)
+                      ("ping ", f"Content-type: text/plain\r\n\r\n{ping}"),
+                      ("read release origins", origins), default=None)
 
 
 def pool_status(runner: FakeRunner, pool, numbers: list[int]) -> list[ReplicaStatus]:
@@ -105,6 +108,16 @@ def test_pool_status_of_a_healthy_pool_is_ok_and_consistent(web):
             for r in rows] == [(1, True, "v2", "v2", 101, "Init Ok", 1, "active", 0),
                                (2, True, "v2", "v2", 102, "Init Ok", 2, "active", 0)]
     assert status.drift(rows) == []
+    assert [r.commit for r in rows] == [None, None]
+
+
+def test_pool_status_shows_the_commit_of_the_release_each_replica_pins(web):
+    host, pool = web
+    origins = (f"{origin.MARK} v1\ncommit={'1' * 40}\nref=main\n"
+               f"{origin.MARK} v2\ncommit={'2' * 40}\nref=v2-tag\n")
+    ex = fake_host(host, probe_line(1, "v2") + probe_line(2, "v1"), xml("Init Ok", "Init Ok"),
+                   origins=origins)
+    assert [r.commit for r in pool_status(ex, pool, [1, 2])] == ["2" * 40, "1" * 40]
 
 
 def test_pool_status_flags_a_drained_member_and_a_stopped_replica(web):
