@@ -84,7 +84,9 @@ def together(what: str, parts: Sequence[Command[Any]]) -> Command[tuple[Any, ...
         answers = []
         for name, part in zip(names, parts, strict=True):
             out, code = found.get(name, ("", -1))
-            answers.append(part.read(RemoteResult(part.text, code, out, "")))
+            # stderr is not split by part: a failing part's reader gets all of it
+            answers.append(part.read(RemoteResult(part.text, code, out,
+                                                  result.stderr if code else "")))
         return tuple(answers)
 
     return Command(shell.sections(list(zip(names, (p.text for p in parts), strict=True))),

@@ -119,14 +119,16 @@ def preflight(at: HostPool, obs: Observer) -> list[str]:
     health gate, yet is drained or disabled).
     Returns the replicas put back.
 
-    First it waits for the old set of the pool's last surge to retire (retire.py). An old
+    First (in the same round trip) it waits for the old set of the pool's last surge to
+    retire (retire.py). An old
     set whose retirement was cut short (a reboot) is left out: its release is no longer
     current, and the next surge stops it before it uses its slots."""
-    settle(at, obs)
     server.check_config(at)
-    bal, procs, current = at.ask(together(
-        f"read {at.pool.name} balancer, replicas and current.release",
-        [server.read_command(at), fpm.probe(at), fpm.current_release(at)]))
+    waited, bal, procs, current = at.ask(together(
+        f"read {at.pool.name} retirement, balancer, replicas and current.release",
+        [retire.wait_retired(at), server.read_command(at), fpm.probe(at),
+         fpm.current_release(at)]))
+    _say_settled(at, obs, waited)
     healed = []
     for r in at.replicas():
         member, proc = balancer.member_of(bal, r), procs[r.n]
@@ -149,10 +151,14 @@ def settle(at: HostPool, obs: Observer) -> float:
     """Wait until the old set of the pool's last surge has retired (retire.py); returns the
     seconds waited, said when it is noticeable."""
     waited = at.ask(retire.wait_retired(at))
+    _say_settled(at, obs, waited)
+    return waited
+
+
+def _say_settled(at: HostPool, obs: Observer, waited: float) -> None:
     if waited >= 0.1:
         obs.event(Event("info", at.host.name, "settle", at.pool.name,
                         f"waited {waited:.1f}s for the last rollout's old set to retire"))
-    return waited
 
 
 def current_or_fail(at: HostPool) -> str:

@@ -73,11 +73,12 @@ def retire(at: HostPool, old: list[Replica], new: list[Replica],
 
 def wait_retired(at: HostPool) -> Command[float]:
     """Wait until no retire job of the pool runs; the answer is the seconds waited. Bounded:
-    a job still running then fails the command (RolloutError) naming its log."""
+    a job still running then fails the command (RolloutError) naming its log. No `exit` in
+    the text: it may share a round trip with other reads (`together`)."""
     lock, bound = q(lock_path(at.layout)), at.pool.stop_timeout + GRACE
-    text = (f"[ -e {lock} ] || {{ echo 0; exit 0; }}; s=$(date +%s%N); "
-            f"exec 9>>{lock} && flock -w {bound} 9 || exit 75; "
-            "echo $(( ($(date +%s%N) - s) / 1000000 ))")
+    text = (f"if [ -e {lock} ]; then s=$(date +%s%N); "
+            f"if flock -w {bound} {lock} true; then echo $(( ($(date +%s%N) - s) / 1000000 )); "
+            "else (exit 75); fi; else echo 0; fi")
 
     def read(res: RemoteResult) -> float:
         if res.exited == 75:

@@ -65,7 +65,7 @@ def surge_to(at: HostPool, release: str, obs: Observer, timeout: float,
         # the first rollout of a pool has no old set: the other slots go out for good
         out = old or [r for r in at.replicas()
                       if r not in new and not balancer.member_of(bal, r).out]
-        bal = _flip(at, new, out, obs, parked=bool(old) and at.pool.keep_previous,
+        bal = _flip(at, new, out, bal, obs, parked=bool(old) and at.pool.keep_previous,
                     first=not old)
         _say_proven(proven)
         _retire(at, [] if at.pool.keep_previous else old, new, bal, obs)
@@ -132,14 +132,15 @@ def _abandon(at: HostPool, new: list[Replica]) -> None:
     at.ask(fpm.stop_set(at, [r.n for r in new]))
 
 
-def _flip(at: HostPool, new: list[Replica], out: list[Replica], obs: Observer,
-          parked: bool, first: bool) -> Balancer:
+def _flip(at: HostPool, new: list[Replica], out: list[Replica], bal: Balancer,
+          obs: Observer, parked: bool, first: bool) -> Balancer:
     """The new set in rotation and `out` out of it, in one round trip (new first: capacity
     never drops): the old set drained (parked with keep_previous), or on a pool's first
     rollout the idle slots disabled. Returns the balancer read back."""
     out_state = server.DISABLE if first else server.PARK if parked else server.DRAIN
     with step(obs, at.host.name, "flip", _names(new)) as s:
-        bal, members, notes = server.flip(at, new, out, out_state)
+        # the balancer read at the start of the rollout: nothing changed its flags since
+        bal, members, notes = server.flip(at, new, out, out_state, current=bal)
         s.detail = "; ".join(
             [f"in: {', '.join(members[r.n].status + _note(notes, r) for r in new)}"]
             + ([f"{'parked' if parked else 'out'}: {_names(out)}"] if out else []))

@@ -41,7 +41,7 @@ def set_member(r: Replica, flags: Flags, attempts: int = 3) -> Member:
 
 
 def set_members(at: HostPool, changes: Sequence[tuple[Replica, Flags]],
-                attempts: int = 3) -> Balancer:
+                attempts: int = 3, current: Balancer | None = None) -> Balancer:
     """Change several members' flags in one round trip, in order, and confirm from the page
     read back that Apache applied them; returns the balancer as read back.
 
@@ -49,8 +49,10 @@ def set_members(at: HostPool, changes: Sequence[tuple[Replica, Flags]],
     where the steps rarely ask for a state a member is already in, and a dry run (which
     reads the real balancer but only records the changes before) then shows every change
     its step asks for. A retry posts only what is still missing, after a fresh read (the
-    nonce changes when Apache restarts; another run may have applied them meanwhile)."""
-    found, pending = read(at), list(changes)
+    nonce changes when Apache restarts; another run may have applied them meanwhile).
+    `current`: the balancer as the caller just read it (its nonce and members), which
+    saves a read; a stale one costs a retry."""
+    found, pending = current or read(at), list(changes)
     for attempt in range(attempts):
         if attempt:
             time.sleep(0.05)
@@ -113,12 +115,14 @@ def enable(r: Replica) -> tuple[Member, str]:
 
 
 def flip(at: HostPool, into: Sequence[Replica], out: Sequence[Replica],
-         out_flags: Flags = DRAIN) -> tuple[Balancer, dict[int, Member], dict[int, str]]:
+         out_flags: Flags = DRAIN, current: Balancer | None = None,
+         ) -> tuple[Balancer, dict[int, Member], dict[int, str]]:
     """Put `into` in rotation and take `out` out (drained, or `out_flags`: parked, disabled)
     in one round trip, `into` first: capacity never drops, and no new request reaches `out`
     once this returns. Returns the balancer read back, then `into`'s members and notes as
     _err_cleared leaves them."""
-    found = set_members(at, [*((r, ENABLE) for r in into), *((r, out_flags) for r in out)])
+    found = set_members(at, [*((r, ENABLE) for r in into), *((r, out_flags) for r in out)],
+                        current=current)
     entered, notes = _err_cleared(at, {r.n: balancer.member_of(found, r) for r in into})
     return found, entered, notes
 

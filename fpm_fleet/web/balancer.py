@@ -10,7 +10,7 @@ import xml.etree.ElementTree as ET
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 
-from fpm_fleet.core.errors import RolloutError
+from fpm_fleet.core.errors import RemoteResult, RolloutError
 from fpm_fleet.core.inventory import Pool
 from fpm_fleet.host.layout import MANAGER_NETRC
 from fpm_fleet.host.pool import HostPool, Replica
@@ -120,9 +120,17 @@ def _text(node: ET.Element, tag: str) -> str:
 
 
 def read(at: HostPool) -> Command[Balancer]:
-    """The pool's balancer as Apache sees it now."""
-    return Command(xml_command(at.manager_url), f"read balancer-manager {at.manager_url}",
-                   lambda res: pick(at.pool, res.stdout))
+    """The pool's balancer as Apache sees it now. When it shares a round trip (`together`),
+    a failed read is said with the URL and curl's own words, as a lone read's error is."""
+    url = at.manager_url
+
+    def parse(res: RemoteResult) -> Balancer:
+        if not res.ok:
+            cause = res.stderr.strip().splitlines()[-1:] or [f"exit {res.exited}"]
+            raise ValueError(f"balancer-manager {url} did not answer: {cause[0]}")
+        return pick(at.pool, res.stdout)
+
+    return Command(xml_command(url), f"read balancer-manager {url}", parse)
 
 
 def pick(pool: Pool, text: str) -> Balancer:

@@ -27,11 +27,13 @@ def member(r: Replica) -> Member:
     return balancer.member_of(read(r.at), r)
 
 
-def apply(at: HostPool, changes: Mapping[int, str]) -> Balancer:
+def apply(at: HostPool, changes: Mapping[int, str], current: Balancer | None = None,
+          ) -> Balancer:
     """Put the members numbered in `changes` in their states with one rewrite and one
-    reload; the others keep the state the running nginx has. Returns the members as the
-    running nginx has them afterwards (each change confirmed)."""
-    found = read(at)
+    reload; the others keep the state the running nginx has (`current`, when the caller
+    has just read it). Returns the members as the running nginx has them afterwards (each
+    change confirmed)."""
+    found = current or read(at)
     wanted = upstream.states(found, at.pool)
     missing = [at.pool.member(n) for n in changes if n not in wanted]
     if missing:

@@ -105,13 +105,16 @@ def disable_all(at: HostPool, replicas: Sequence[Replica]) -> None:
 
 
 def flip(at: HostPool, into: Sequence[Replica], out: Sequence[Replica],
-         out_state: str = DRAIN) -> tuple[Balancer, dict[int, Member], dict[int, str]]:
+         out_state: str = DRAIN, current: Balancer | None = None,
+         ) -> tuple[Balancer, dict[int, Member], dict[int, str]]:
     """`into` in rotation and `out` out of it (drained, parked or disabled) at once, `into`
-    first on Apache; on nginx one reload makes both true together. Returns the members read
-    back, `into`'s members, and notes about them (Apache's lingering Err)."""
+    first on Apache; on nginx one reload makes both true together. `current`: the members
+    as the caller read them (saves a read). Returns the members read back, `into`'s
+    members, and notes about them (Apache's lingering Err)."""
     if not is_nginx(at.host):
-        return apache.flip(at, into, out, APACHE_FLAGS[out_state])
-    found = nginx.apply(at, {**{r.n: out_state for r in out}, **{r.n: UP for r in into}})
+        return apache.flip(at, into, out, APACHE_FLAGS[out_state], current=current)
+    found = nginx.apply(at, {**{r.n: out_state for r in out}, **{r.n: UP for r in into}},
+                        current)
     return found, {r.n: balancer.member_of(found, r) for r in into}, {}
 
 

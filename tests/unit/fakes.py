@@ -271,6 +271,7 @@ class FakePool:
                 ("idle probe", lambda c: self.idle_probe(self.n(c))),
                 ("gate ", self.gate),
                 (f"read {name} balancer", self.snapshot),
+                (f"read {name} retirement", self.snapshot),
                 (f"wait for {name} retirement", lambda c: "0\n"),
                 ("retire ", self.retire),
                 ("enable ", lambda c: ""),
@@ -342,13 +343,16 @@ class FakePool:
         return sections_output(parts)
 
     def snapshot(self, call: Call) -> str:
-        """The balancer, the probe and (when asked) current.release in one round trip."""
-        parts = [("0", self.answer("read bm", self.page()), 0), ("1", self.probe(), 0)]
+        """The balancer, the probe and (when asked) current.release in one round trip, after
+        the wait for a retirement (none) when asked."""
+        reads = [self.answer("read bm", self.page()), self.probe()]
+        parts = [(text, 0) for text in reads]
+        if " retirement" in call.what:
+            parts.insert(0, ("0\n", 0))
         if call.what.endswith("current.release"):
             current = self.read_current()
-            text, code = (current[1], current[0]) if isinstance(current, tuple) else (current, 0)
-            parts.append(("2", text, code))
-        return sections_output(parts)
+            parts.append((current[1], current[0]) if isinstance(current, tuple) else (current, 0))
+        return sections_output([(str(i), text, code) for i, (text, code) in enumerate(parts)])
 
     def retire(self, call: Call) -> str:
         """The host's retirement of an old set (retire.py), done at once: stopped, disabled."""

@@ -4,10 +4,11 @@ flags with read-back."""
 from __future__ import annotations
 
 import pytest
-from fakes import FakeRunner, command_has, scripted
+from fakes import FakeRunner, command_has, scripted, sections_output
 
-from fpm_fleet.core.errors import AnswerError, RolloutError
+from fpm_fleet.core.errors import AnswerError, RemoteResult, RolloutError
 from fpm_fleet.host.pool import HostPool
+from fpm_fleet.remote.command import probe, together
 from fpm_fleet.web import apache, balancer
 
 NONCE = "4f1a2b3c-5d6e-7f80-9a1b-2c3d4e5f6a7b"
@@ -270,3 +271,15 @@ def test_a_refused_post_is_a_rollout_error_naming_the_host(web):
     with pytest.raises(RolloutError, match=r"^web1: balancer-manager refused the change"):
         apache.drain(www(runner, pool).replica(1))
     assert [c for c in runner.commands if "--data" in c], "the POST was tried"
+
+
+def test_a_read_sharing_a_round_trip_names_the_url_and_curls_words_when_it_fails(web):
+    # in a `together`, a failed read must still say which balancer-manager and why
+    host, pool = web
+    at = www(FakeRunner(host), pool)
+    both = together("read both", [balancer.read(at), probe("true", "other", lambda r: r.ok)])
+    out = sections_output([("0", "", 7), ("1", "", 0)])
+    err = "curl: (7) Failed to connect to 127.0.0.1 port 8081 after 0 ms: Couldn't connect\n"
+    with pytest.raises(ValueError, match=r"balancer-manager http://127\.0\.0\.1:8081/"
+                                         r"balancer-manager did not answer: curl: \(7\)"):
+        both.read(RemoteResult(both.text, 0, out, err))

@@ -5,6 +5,9 @@ keep_previous parks the old set and a rollback to it starts nothing."""
 
 from __future__ import annotations
 
+import subprocess
+import time
+
 import pytest
 from fakes import EventLog, FakePool
 
@@ -12,6 +15,7 @@ from fpm_fleet import status
 from fpm_fleet.core.errors import RemoteResult, RolloutError
 from fpm_fleet.host import fpm
 from fpm_fleet.host.fpm import StopOutcome
+from fpm_fleet.remote.command import together
 from fpm_fleet.rollout import hosts as rollout
 from fpm_fleet.rollout import retire, surge
 from fpm_fleet.web import balancer
@@ -200,3 +204,29 @@ def test_status_tells_a_retiring_set_from_a_parked_one(surge_pool):
     fake.current = "v2"
     rows = {row.replica: row for row in status.pool_status(fake.at, [1, 2, 3, 4])}
     assert [rows[n].role for n in (1, 2, 3, 4)] == ["retiring", "parked", "serving", "serving"]
+
+
+def test_the_wait_for_a_retirement_waits_on_the_job_s_lock_for_real(
+        inventory_data, build_fleet, tmp_path):
+    inventory_data["defaults"]["root"] = str(tmp_path)
+    inventory_data["pools"]["www"] = {"replicas": 2}
+    fleet = build_fleet(inventory_data)
+    at = FakePool(fleet.hosts[0], fleet.pool("www")).at
+    wait = retire.wait_retired(at)
+    state = tmp_path / "www" / "state"
+    state.mkdir(parents=True)
+
+    def run(command: str) -> RemoteResult:
+        done = subprocess.run(["sh", "-c", command], capture_output=True, text=True,
+                              timeout=30, check=False)
+        return RemoteResult(command, done.returncode, done.stdout, done.stderr)
+
+    assert wait.read(run(wait.text)) == 0  # no job ever ran
+    # a job holds the lock for 0.5 s; the wait, sharing a round trip with another read, ends
+    # once the job does
+    holder = subprocess.Popen(["flock", str(state / "retire.lock"), "sleep", "0.5"])
+    time.sleep(0.1)
+    both = together("wait and read", [wait, fpm.current_release(at)])
+    waited, _ = both.read(run(both.text))
+    holder.wait()
+    assert 0.2 <= waited < 5
