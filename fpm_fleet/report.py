@@ -7,6 +7,9 @@ from collections.abc import Sequence
 
 from fpm_fleet import output
 from fpm_fleet import status as status_mod
+from fpm_fleet.core.errors import AfterActivateError
+from fpm_fleet.notify import Delivery
+from fpm_fleet.releases.history import PoolHistory
 from fpm_fleet.remote import shell
 from fpm_fleet.remote.dryrun import Planned
 from fpm_fleet.remote.group import GroupResult
@@ -42,16 +45,56 @@ def rollout_recap(title: str, results: GroupResult[list[PoolOutcome]]) -> None:
     for o in results:
         if not o.reached:
             result = "not reached (untouched)" if o.ok else "unreachable (untouched)"
-            rows.append([o.label, "-", "-", "-", result, "-", "no", str(o.error or "")])
+            rows.append([o.label, "-", "-", "-", result, "-", "no", str(o.error or ""), "-"])
             continue
         for p in _pool_outcomes(o.value, o.error) or [PoolOutcome(o.host, "-")]:
             result = "reverted" if p.reverted else "ok" if o.ok else "FAILED"
             rows.append([o.label, p.pool, f"{p.before or '-'} -> {p.after or p.before or '-'}",
                          f"{o.seconds:.1f}s", output.ok_text(o.ok, result, result),
                          _upload_text(p), "yes" if p.passed_point_of_no_return else "no",
-                         str(o.error or "")])
-    output.show(output.table(title, ["host", "pool", "release", "duration", "result",
-                                     "upload", "point of no return", "error"], rows))
+                         str(o.error or ""), _hook_text(p)])
+    columns = ["host", "pool", "release", "duration", "result", "upload",
+               "point of no return", "error"]
+    if any(p.after_activate for o in results for p in _pool_outcomes(o.value, o.error)):
+        columns.append("after_activate")  # only for pools that have after_activate
+    output.show(output.table(title, columns, [r[:len(columns)] for r in rows]))
+
+
+def _hook_text(p: PoolOutcome) -> object:
+    hook = p.after_activate
+    return "-" if hook is None else output.ok_text(hook.ok, hook.text, hook.text)
+
+
+def _hook_failures(results: GroupResult[list[PoolOutcome]]) -> dict[str, str]:
+    """`host/pool` -> why its after_activate failed."""
+    return {f"{p.host}/{p.pool}": p.after_activate.failed
+            for o in results for p in _pool_outcomes(o.value, o.error)
+            if p.after_activate and p.after_activate.failed}
+
+
+def after_activate_failures(title: str, results: GroupResult[list[PoolOutcome]]) -> None:
+    """A rollout that went through, but whose after_activate failed somewhere: each failure
+    on its own line, then the error (exit 4). The release serves: nothing is undone."""
+    failures = _hook_failures(results)
+    for where, why in failures.items():
+        output.note(f"{where}: after_activate {why}", "bold red")
+    if failures:
+        raise AfterActivateError(
+            f"{title} done, but after_activate failed on {', '.join(failures)}; the release "
+            "serves (it is not undone): run the failed commands by hand, or deploy the same "
+            "release again to run after_activate again")
+
+
+def notifications(deliveries: Sequence[Delivery]) -> None:
+    """One line per webhook: what it received. A webhook never fails a run."""
+    for d in deliveries:
+        sent = d.delivered + d.failed + d.abandoned
+        if d.ok:
+            output.note(f"notify: {d.webhook}: {d.delivered} of {sent} delivered", "dim")
+            continue
+        abandoned = f", {d.abandoned} abandoned" if d.abandoned else ""
+        output.note(f"notify: {d.webhook}: {d.delivered} of {sent} delivered{abandoned} "
+                    f"({d.error}); the run does not depend on it", "bold yellow")
 
 
 def _upload_text(p: PoolOutcome) -> str:
@@ -62,6 +105,15 @@ def _upload_text(p: PoolOutcome) -> str:
         return "reused"
     return (f"{up.sent_files} sent/{up.linked_files} linked, {up.bytes_sent / 1024:.0f} KiB "
             f"in {up.seconds:.1f}s")
+
+
+def history_table(pools: Sequence[PoolHistory]) -> None:
+    """`fab history`: per host and pool, newest first."""
+    rows = [[r.host, r.pool, r.time, r.who, r.kind, f"{r.before or '-'} -> {r.after}",
+             output.ok_text(r.result == "ok", r.result, r.result), r.command]
+            for ph in pools for r in ph.rows]
+    output.show(output.table("history", ["host", "pool", "time", "who", "kind", "release",
+                                         "result", "command"], rows))
 
 
 def status_table(rows: list[status_mod.ReplicaStatus], drifts: list[status_mod.Drift],

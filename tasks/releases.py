@@ -15,9 +15,16 @@ from fpm_fleet.core.events import Observer
 from fpm_fleet.core.inventory import Host
 from fpm_fleet.host import lock
 from fpm_fleet.host.pool import HostPool
+from fpm_fleet.notify import Notifier
 from fpm_fleet.releases import store
 from fpm_fleet.remote.dryrun import Recorder, StepsInPlan
-from fpm_fleet.remote.group import DEFAULT_PARALLEL, HostGroup, Proven, roll_options
+from fpm_fleet.remote.group import (
+    DEFAULT_PARALLEL,
+    HostGroup,
+    KeptConnections,
+    Proven,
+    roll_options,
+)
 from fpm_fleet.remote.runner import Runner
 from fpm_fleet.remote.ssh import SSHRunner, connect
 from fpm_fleet.rollout import deploy
@@ -64,22 +71,38 @@ def deploy_(c: Context, release: str = "", source: str | None = None, ref: str |
             plans = deploy.deploy_plans(sel, made, force, timeout, command_line())
             _run_rollout(s, sel, "deploy", order, plain, dry_run,
                          lambda runner, h, obs, proven: deploy.each_pool(
-                             runner, h, sel, plans, obs, proven=proven))
+                             runner, h, sel, plans, obs, proven=proven),
+                         _same({p.release for p in plans.values()}))
+
+
+def _same(names: set[str]) -> str | None:
+    """The one release every pool goes to (None when they differ), for the webhooks."""
+    return next(iter(names)) if len(names) == 1 else None
 
 
 def _run_rollout(s: Session, sel: Selection, title: str, order: tuple[int, int], plain: bool,
-                 dry_run: bool, body: PoolWork) -> None:
-    """The canary stage, then the rest `parallel` at a time (ARCHITECTURE.md, Deploy)."""
+                 dry_run: bool, body: PoolWork, release: str | None = None,
+                 connector: Callable[[Host], Runner] | None = None) -> None:
+    """The canary stage, then the rest `parallel` at a time (ARCHITECTURE.md, Deploy);
+    webhooks told of it, never waited on beyond their timeout."""
     if dry_run:
         _dry_run(sel, title, body)
         return
     canary, parallel = order
-    with reporting_interrupts(sel), output.progress(plain) as obs:
-        results = HostGroup(obs).roll(
-            sel.hosts, lambda runner, h, proven: body(runner, h, obs, proven),
-            canary=canary, parallel=parallel)
-    report.rollout_recap(title, results)
+    notes = Notifier(s.fleet.notify, title, release)
+    notes.start(sel.hosts, s.fleet.path)
+    results = None
+    try:
+        with reporting_interrupts(sel), output.progress(plain) as obs:
+            results = HostGroup(obs, connector=connector).roll(
+                sel.hosts, notes.per_host(lambda runner, h, proven: body(runner, h, obs, proven)),
+                canary=canary, parallel=parallel)
+        report.rollout_recap(title, results)
+    finally:
+        notes.finish(results)
+        report.notifications(notes.close())
     results.raise_first_failure(title)
+    report.after_activate_failures(title, results)
 
 
 def _dry_run(sel: Selection, title: str, body: PoolWork) -> None:
@@ -109,16 +132,22 @@ def rollback(c: Context, to: str | None = None, host: str | None = None,
         if to:
             store.validate_name(to)
         sel = rollout.select(s.fleet, host, pool)
-        targets = deploy.rollback_targets(sel, to, output.PlainObserver())
-        command = command_line()
+        # the targets are read, then the hosts rolled, over one connection per host
+        kept = KeptConnections(output.PlainObserver())
+        try:
+            targets = deploy.rollback_targets(sel, to, output.PlainObserver(), kept.runner)
+            command = command_line()
 
-        def plans(h: Host) -> dict[str, Plan]:
-            return {p.name: Plan(release=targets[(h.name, p.name)], command=command,
-                                 timeout=timeout) for p in sel.pools}
+            def plans(h: Host) -> dict[str, Plan]:
+                return {p.name: Plan(release=targets[(h.name, p.name)], command=command,
+                                     timeout=timeout, kind="rollback") for p in sel.pools}
 
-        _run_rollout(s, sel, "rollback", order, plain, dry_run,
-                     lambda runner, h, obs, proven: deploy.each_pool(
-                         runner, h, sel, plans(h), obs, rollback=True, proven=proven))
+            _run_rollout(s, sel, "rollback", order, plain, dry_run,
+                         lambda runner, h, obs, proven: deploy.each_pool(
+                             runner, h, sel, plans(h), obs, rollback=True, proven=proven),
+                         _same(set(targets.values())), connector=kept.runner)
+        finally:
+            kept.close()
 
 
 @task(help={"host": COMMON_HELP["host"], "pool": COMMON_HELP["pool"]})

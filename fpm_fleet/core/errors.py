@@ -57,6 +57,12 @@ class RemoteError(FleetError):
         super().__init__(f"{host}: {what} failed (exit {result.exited}): {tail}")
 
 
+class AfterActivateError(FleetError):
+    """A pool's after_activate commands failed once its release served (never undone)."""
+
+    exit_code = 4
+
+
 class RolloutError(FleetError):
     """A rollout step failed: the affected replica is out of rotation, the rest serve."""
 

@@ -100,6 +100,7 @@ class Pool:
     source: str
     shared: tuple[str, ...]
     before_activate: tuple[str, ...]
+    after_activate: tuple[str, ...] = ()
     document_root: str = ""
     front_controller: str | None = None
     strategy: str = "surge"
@@ -175,6 +176,16 @@ class Host:
 
 
 @dataclass(frozen=True)
+class Notify:
+    """`[notify]`: webhooks told of every deploy and rollback (fpm_fleet/notify.py)."""
+
+    webhooks: tuple[str, ...] = ()
+    format: str = "json"  # or "slack": a Slack-compatible {"text": ...} payload
+    timeout: float = 5.0  # seconds per attempt, and the most a run waits for them at its end
+    retries: int = 2
+
+
+@dataclass(frozen=True)
 class Fleet:
     """The whole inventory: hosts in order, pools by name."""
 
@@ -182,6 +193,7 @@ class Fleet:
     hosts: tuple[Host, ...]
     pools: tuple[Pool, ...]
     log_dir: str
+    notify: Notify = Notify()
 
     def host(self, name: str) -> Host:
         for host in self.hosts:
@@ -395,6 +407,7 @@ def parse(data: Mapping[str, Any], path: str = "hosts.toml") -> Fleet:
     host_tables = top.get("hosts", list, required=True)
     pool_tables = top.get("pools", dict, required=True)
     log_dir = top.get("log_dir", str, "logs")
+    notify = read_notify(_Reader(path, "notify", top.get("notify", dict, {})))
     top.reject_unknown()
     if not host_tables:
         raise top.fail("hosts", "at least one host is required")
@@ -416,7 +429,8 @@ def parse(data: Mapping[str, Any], path: str = "hosts.toml") -> Fleet:
     _reject_duplicates(path, "pools", [p.root for p in pools], "root")
     for host in hosts:
         _reject_overlapping_pools(path, host, pools)
-    return Fleet(path=path, hosts=hosts, pools=pools, log_dir=beside(path, log_dir))
+    return Fleet(path=path, hosts=hosts, pools=pools, log_dir=beside(path, log_dir),
+                 notify=notify)
 
 
 def _inside(inner: PurePosixPath, outer: PurePosixPath) -> bool:
@@ -605,6 +619,7 @@ def _pool(path: str, name: str, table: Any) -> Pool:
         source=beside(path, r.get("source", str, f"build/{name}")),
         shared=tuple(normal(item) for item in r.strings("shared")),
         before_activate=r.strings("before_activate"),
+        after_activate=r.strings("after_activate"),
         document_root=r.get("document_root", str, "").rstrip("/"),
         front_controller=r.optional("front_controller", str),
         strategy=r.get("strategy", str, SURGE),
@@ -636,3 +651,24 @@ def _pool(path: str, name: str, table: Any) -> Pool:
     _check_shared(r, pool.shared, r.strings("shared"))
     r.reject_unknown()
     return pool
+
+
+NOTIFY_FORMATS = ("json", "slack")
+# printable ASCII only: http.client quotes a URL with a control character in its error
+WEBHOOK_URL = re.compile(r"https?://[!-.0-9:-~]+(?:[/?#][!-~]*)?")
+
+
+def read_notify(r: _Reader) -> Notify:
+    """[notify]: a webhook URL may hold a secret (a token in its path, a password), so an
+    error names the entry by its index, never by its text."""
+    notify = Notify(webhooks=r.strings("webhooks"), format=r.get("format", str, "json"),
+                    timeout=r.get("timeout", float, 5.0), retries=r.get("retries", int, 2))
+    for i, url in enumerate(notify.webhooks):
+        if not WEBHOOK_URL.fullmatch(url):
+            raise r.fail(f"webhooks[{i}]", "must be an http:// or https:// URL (not shown: "
+                         "it may hold a secret)")
+    r.check("format", lambda v: v in NOTIFY_FORMATS, f"must be one of {', '.join(NOTIFY_FORMATS)}")
+    r.check("timeout", lambda v: 0 < v <= 30, "must be > 0 and <= 30 seconds")
+    r.check("retries", lambda v: 0 <= v <= 5, "must be 0..5")
+    r.reject_unknown()
+    return notify

@@ -31,3 +31,14 @@ def redact(command: str) -> str:
     text = URL_PASSWORD.sub(rf"\g<1>{MASK}\g<3>", command)
     text = SECRET_OPTION.sub(rf"\g<1>\g<2>{MASK}", text)
     return ASSIGNMENT.sub(rf"\g<1>={MASK}", text)
+
+
+def url_origin(url: str) -> str:
+    """A webhook URL as it may be shown or logged: scheme, host and port only. Its user,
+    password, path and query are dropped whole, since services put their secret there
+    (`https://hooks.slack.com/services/T0/B0/<token>`, `?token=...`)."""
+    scheme, _, rest = url.partition("://")
+    authority = re.split(r"[/?#]", rest, maxsplit=1)[0]
+    host = authority.rpartition("@")[2]
+    tail = "/" + MASK if rest[len(authority):] not in ("", "/") else ""
+    return f"{scheme}://{host}{tail}"

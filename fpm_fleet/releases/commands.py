@@ -151,8 +151,12 @@ def own_copies(layout: Layout, name: str) -> str:
             f"-exec sh -c {q(OWN_COPY)} sh {{}} +")
 
 
-def before_activate(layout: Layout, name: str, command: str) -> str:
+def in_release(layout: Layout, name: str, command: str) -> str:
+    """A hook command (before_activate, after_activate) run by sh inside releases/NAME."""
     return f"cd -- {q(layout.release(name))} && sh -c {q(command)}"
+
+
+before_activate = in_release
 
 
 def escape_field(value: str) -> str:
@@ -179,9 +183,11 @@ def _keep_previous(layout: Layout, name: str) -> str:
             f"{{ {link}; }};; esac")
 
 
-def activate(layout: Layout, name: str, stamp: str, user: str, command: str) -> str:
+def activate(layout: Layout, name: str, stamp: str, user: str, command: str,
+             kind: str = "deploy") -> str:
     """Point current.release at releases/NAME atomically (temp symlink + rename(2)) and
-    record it in the history (time, release, previous, user, command), in one command.
+    record it in the history (time, release, previous, user, command, kind: deploy,
+    rollback or revert), in one command.
 
     Prints the previous target's name first. Whatever can fail (the missing release, writing
     the new history beside the old, previous.release) happens before current.release's
@@ -192,11 +198,11 @@ def activate(layout: Layout, name: str, stamp: str, user: str, command: str) -> 
     cur, hist = q(layout.current_release), q(layout.state / "history")
     new = q(f"{layout.state}/history.new")
     fields = " ".join(q(escape_field(f)) for f in (stamp, name))
-    record = " ".join(q(escape_field(f)) for f in (user, command))
+    record = " ".join(q(escape_field(f)) for f in (user, command, kind))
     return (f"[ -d {q(layout.release(name))} ] || {{ echo {q(f'release {name} is missing')} "
             f">&2; exit 3; }}; prev=$(basename -- \"$(readlink -- {cur} || true)\"); "
             f"printf '%s\\n' \"$prev\"; case $prev in ''|*[!A-Za-z0-9._-]*) prev=-;; esac; "
-            f"{{ cat -- {hist} 2>/dev/null; printf '%s\\t%s\\t%s\\t%s\\t%s\\n' {fields} "
+            f"{{ cat -- {hist} 2>/dev/null; printf '%s\\t%s\\t%s\\t%s\\t%s\\t%s\\n' {fields} "
             f"\"$prev\" {record}; }} > {new} && {_keep_previous(layout, name)} && "
             f"{_repoint(layout.current_release, q(f'releases/{name}'))} && "
             f"mv -f -- {new} {hist}")
@@ -214,12 +220,15 @@ def list_bad(layout: Layout) -> str:
     return f"ls -1 -- {q(layout.state / 'bad')} 2>/dev/null; true"
 
 
-def list_releases(layout: Layout) -> str:
-    """name, mtime (epoch), size in KiB, one TSV line per release."""
-    return (f"cd -- {q(layout.releases)} 2>/dev/null || exit 0; for d in */; do "
+def list_releases(layout: Layout, sizes: bool = True) -> str:
+    """name, mtime (epoch), size in KiB ("-" without `sizes`: du reads every file of every
+    release, too slow for the cleanup that follows each deploy), one TSV line per release.
+    No `exit`: it may share a round trip (`together`)."""
+    size = "$(du -sk -- \"$d\" | cut -f1)" if sizes else "-"
+    return (f"if cd -- {q(layout.releases)} 2>/dev/null; then for d in */; do "
             f"[ -d \"$d\" ] || continue; d=${{d%/}}; "
-            f"printf '%s\\t%s\\t%s\\n' \"$d\" \"$(stat -c %Y -- \"$d\")\" "
-            f"\"$(du -sk -- \"$d\" | cut -f1)\"; done")
+            f"printf '%s\\t%s\\t%s\\n' \"$d\" \"$(stat -c %Y -- \"$d\")\" \"{size}\"; "
+            "done; fi")
 
 
 def remove_release(layout: Layout, name: str) -> str:

@@ -21,7 +21,7 @@ from fpm_fleet.host.pool import HostPool
 from fpm_fleet.releases import commands as rs
 from fpm_fleet.releases.manifest import Entry, Manifest, parse_checksums, safe_mode
 from fpm_fleet.remote import shell
-from fpm_fleet.remote.command import Command, action, probe, stdout
+from fpm_fleet.remote.command import Command, action, probe, stdout, together
 from fpm_fleet.remote.runner import Runner
 
 NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,99}")
@@ -108,14 +108,19 @@ def upload(at: HostPool, source: Path, manifest: Manifest, name: str, base: str 
     """
     runner, host, pool, layout = at.runner, at.host, at.pool, at.layout
     started = time.monotonic()
-    existing = runner.ask(stored_manifest(layout, name))
+    delta_base = base if base and base != name else None
+    # both manifests in one round trip (the base one is not needed when NAME is reused)
+    existing, base_entries = runner.ask(together(
+        f"read manifests of {name} and {delta_base or '-'}",
+        [stored_manifest(layout, name), stored_manifest(layout, delta_base or name)]))
+    if delta_base is None:
+        base_entries = None
     if existing is not None:
         problem, sealed = _reuse_problem(runner, layout, pool, name, manifest, existing)
         if problem is None:
             return Upload(name, len(manifest.files), 0, 0, 0, time.monotonic() - started,
                           True, sealed)
         _refuse_replacing(host, name, problem, force, in_use)
-    base_entries = runner.ask(stored_manifest(layout, base)) if base and base != name else None
     if base_entries is not None:
         base_entries = without_shared(base_entries, pool.shared)
     try:
@@ -308,10 +313,11 @@ def _verify(runner: Runner, host: Host, layout: Layout, name: str, manifest: Man
 
 # --- activation, history, bad marks ------------------------------------------------------------
 
-def activate(at: HostPool, name: str, command: str) -> str | None:
-    """Repoint current.release; record release, previous, time and user. Returns previous."""
+def activate(at: HostPool, name: str, command: str, kind: str = "deploy") -> str | None:
+    """Repoint current.release; record release, previous, time, user and kind (deploy,
+    rollback, revert). Returns previous."""
     stamp = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-    return at.ask(Command(rs.activate(at.layout, name, stamp, operator(), command),
+    return at.ask(Command(rs.activate(at.layout, name, stamp, operator(), command, kind),
                           f"activate {name}",
                           lambda res: res.stdout.partition("\n")[0].strip() or None,
                           changes=True))
@@ -328,10 +334,12 @@ class Activation:
     previous: str | None
     user: str
     command: str
+    kind: str = "deploy"  # deploy, rollback or revert
 
 
 STAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d([+-]\d{4}|Z)?")
 UNESCAPE = re.compile(r"\\(.)")
+KINDS = ("deploy", "rollback", "revert")
 
 
 def unescape_field(value: str) -> str:
@@ -339,19 +347,42 @@ def unescape_field(value: str) -> str:
     return UNESCAPE.sub(lambda m: table.get(m.group(1), m.group(1)), value)
 
 
-def parse_history(text: str) -> list[Activation]:
-    """Only well-formed entries: five fields, a time, release names; anything else (a line
-    written by hand, a truncated write, an old unescaped entry) is skipped, never trusted."""
-    out = []
+def _legacy_kind(command: str) -> str:
+    """Entries written before the kind field: a revert said so in its command."""
+    return "revert" if command.startswith("revert of ") else (
+        "rollback" if "rollback" in command.split() else "deploy")
+
+
+def _entry(line: str) -> Activation | None:
+    """One history line, or None when it is not a well-formed entry."""
+    parts = line.split("\t")
+    if len(parts) not in (5, 6) or not STAMP.fullmatch(parts[0]) or not NAME.fullmatch(parts[1]):
+        return None
+    if parts[2] != "-" and not NAME.fullmatch(parts[2]):
+        return None
+    command = unescape_field(parts[4])
+    kind = parts[5] if len(parts) == 6 else _legacy_kind(command)
+    if kind not in KINDS:
+        return None
+    return Activation(parts[0], parts[1], None if parts[2] == "-" else parts[2],
+                      unescape_field(parts[3]), command, kind)
+
+
+def parse_history_counted(text: str) -> tuple[list[Activation], int]:
+    """The well-formed entries, and how many non-empty lines were not (a line written by
+    hand, a truncated write, an unknown kind): skipped, never trusted."""
+    out, skipped = [], 0
     for line in text.splitlines():
-        parts = line.split("\t")
-        if len(parts) != 5 or not STAMP.fullmatch(parts[0]) or not NAME.fullmatch(parts[1]):
-            continue
-        if parts[2] != "-" and not NAME.fullmatch(parts[2]):
-            continue
-        out.append(Activation(parts[0], parts[1], None if parts[2] == "-" else parts[2],
-                              unescape_field(parts[3]), unescape_field(parts[4])))
-    return out
+        entry = _entry(line)
+        if entry is not None:
+            out.append(entry)
+        elif line.strip():
+            skipped += 1
+    return out, skipped
+
+
+def parse_history(text: str) -> list[Activation]:
+    return parse_history_counted(text)[0]
 
 
 def history_read(at: HostPool) -> Command[list[Activation]]:
@@ -390,8 +421,9 @@ class ReleaseInfo:
     size_kib: int
 
 
-def releases_read(at: HostPool) -> Command[list[ReleaseInfo]]:
-    return Command(rs.list_releases(at.layout), "list releases",
+def releases_read(at: HostPool, sizes: bool = True) -> Command[list[ReleaseInfo]]:
+    """The releases on the host (`sizes`: with their size, which reads every file)."""
+    return Command(rs.list_releases(at.layout, sizes), "list releases",
                    lambda res: parse_releases(res.stdout))
 
 

@@ -20,11 +20,12 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field, replace
-from typing import Generic, TypeVar
+from typing import IO, Generic, TypeVar
 
-from fpm_fleet.core.errors import FleetError, RolloutError, UsageError
+from fpm_fleet.core.errors import FleetError, RemoteResult, RolloutError, UsageError
 from fpm_fleet.core.events import Event, Observer
 from fpm_fleet.core.inventory import Host
+from fpm_fleet.remote.command import Command
 from fpm_fleet.remote.runner import Interruptible, Runner
 from fpm_fleet.remote.ssh import SSHRunner, connect
 
@@ -169,11 +170,7 @@ class HostGroup:
         self._interrupt.set()  # the others stop at their next step
 
     def _connect(self, host: Host) -> Runner:
-        """An SSH runner; a new host key trusted on the way is said as a warning."""
-        def say(message: str) -> None:
-            self.obs.event(Event("warn", host.name, "host key", detail=message))
-
-        return SSHRunner(host, connect(host, say))
+        return ssh_runner(host, self.obs)
 
     def _one(self, host: Host, work: Callable[[Runner, Host], T], threaded: bool
              ) -> HostOutcome[T]:
@@ -199,6 +196,61 @@ class HostGroup:
                 self._stop.set()
             return HostOutcome(host.name, None, failure, reached, time.monotonic() - started)
         return HostOutcome(host.name, value, None, True, time.monotonic() - started)
+
+
+def ssh_runner(host: Host, obs: Observer) -> SSHRunner:
+    """An SSH runner; a new host key trusted on the way is said as a warning."""
+    def say(message: str) -> None:
+        obs.event(Event("warn", host.name, "host key", detail=message))
+
+    return SSHRunner(host, connect(host, say))
+
+
+class KeptConnections:
+    """One SSH connection per host for a whole task, lent to its HostGroups in turn (a
+    rollback reads its targets on every host, then rolls them: one handshake per host, not
+    two, and a handshake costs more than the round trips of a parked set's flip). A group
+    closes what it opened itself, never these: `close` does, once the task is done."""
+
+    def __init__(self, obs: Observer,
+                 opener: Callable[[Host, Observer], SSHRunner] | None = None) -> None:
+        self.obs = obs
+        self.opener = opener or ssh_runner
+        self._open: dict[str, SSHRunner] = {}
+        self._lock = threading.Lock()
+
+    def runner(self, host: Host) -> Runner:
+        with self._lock:
+            kept = self._open.get(host.name)
+        if kept is None:
+            kept = self.opener(host, self.obs)
+            with self._lock:
+                self._open[host.name] = kept
+        return _Lent(kept)
+
+    def close(self) -> None:
+        with self._lock:
+            kept, self._open = list(self._open.values()), {}
+        for runner in kept:
+            runner.close()
+
+
+class _Lent:
+    """A kept runner as a group sees it: everything but close."""
+
+    def __init__(self, inner: SSHRunner) -> None:
+        self.inner, self.host = inner, inner.host
+
+    def run(self, command: str, what: str, *, check: bool = True,
+            timeout: float | None = None) -> RemoteResult:
+        return self.inner.run(command, what, check=check, timeout=timeout)
+
+    def stream(self, command: str, what: str, source: IO[bytes], *,
+               timeout: float | None = None) -> tuple[RemoteResult, int]:
+        return self.inner.stream(command, what, source, timeout=timeout)
+
+    def ask(self, cmd: Command[T]) -> T:
+        return self.inner.ask(cmd)
 
 
 def as_failure(host: Host, exc: Exception) -> FleetError:

@@ -25,7 +25,7 @@ from fpm_fleet.releases.origin import Origin
 from fpm_fleet.remote.command import action, together
 from fpm_fleet.remote.group import HostGroup, Proven
 from fpm_fleet.remote.runner import Runner
-from fpm_fleet.rollout import replica, surge
+from fpm_fleet.rollout import hooks, replica, surge
 from fpm_fleet.rollout.hosts import Selection, ordered, preflight, tracked
 from fpm_fleet.source import Source
 from fpm_fleet.web import balancer, server
@@ -38,6 +38,7 @@ class Plan:
     release: str
     command: str
     timeout: float
+    kind: str = "deploy"  # or "rollback": the history records which
     source: Path | None = None
     manifest: Manifest | None = None
     force: bool = False
@@ -55,6 +56,7 @@ class PoolOutcome:
     passed_point_of_no_return: bool = False
     upload: release.Upload | None = None
     reverted: bool = False
+    after_activate: hooks.HookOutcome | None = None
 
 
 class PoolFailed(RolloutError):
@@ -97,8 +99,7 @@ def _under_lock(at: HostPool, plan: Plan, obs: Observer,
     record = PoolOutcome(at.host.name, at.pool.name)
     try:
         with ExitStack() as held:
-            _lock(at, plan, obs, held)
-            record = replace(record, before=at.ask(fpm.current_release(at)))
+            record = replace(record, before=_lock(at, plan, obs, held))
             return body(record)
     except PoolFailed:
         raise
@@ -156,14 +157,15 @@ def _prepare(at: HostPool, plan: Plan, obs: Observer) -> None:
     release.seal(at, plan.release)
 
 
-def _lock(at: HostPool, plan: Plan, obs: Observer, held: ExitStack) -> None:
+def _lock(at: HostPool, plan: Plan, obs: Observer, held: ExitStack) -> str | None:
     """Take the deploy lock (a stale one of a killed run is taken over), then the preflight:
-    put back replicas a killed run left out, and fail here if balancer-manager is unusable."""
+    put back replicas a killed run left out, and fail here if balancer-manager is unusable.
+    Returns the current release, as the preflight read it under the lock."""
     with step(obs, at.host.name, "lock", at.pool.name):
         held.enter_context(lock.locked(at, plan.command,
                                        *lock.reporters(obs, at.host.name, at.pool.name)))
     with step(obs, at.host.name, "preflight", at.pool.name):
-        preflight(at, obs)
+        return preflight(at, obs).current
 
 
 def _upload(at: HostPool, plan: Plan, before: str | None, obs: Observer) -> release.Upload:
@@ -200,7 +202,7 @@ def _activate_and_roll(at: HostPool, plan: Plan, record: PoolOutcome, obs: Obser
     before = record.before
     if before != plan.release:
         with step(obs, at.host.name, "activate", at.pool.name) as s:
-            release.activate(at, plan.release, plan.command)
+            release.activate(at, plan.release, plan.command, plan.kind)
             s.detail = f"{before or '-'} -> {plan.release}"
     record = replace(record, passed_point_of_no_return=True, after=plan.release)
     try:
@@ -209,10 +211,14 @@ def _activate_and_roll(at: HostPool, plan: Plan, record: PoolOutcome, obs: Obser
         if not before or before == plan.release:
             raise PoolFailed(exc, (record,)) from None
         serving = revert(at, plan, before, obs)
-        record = replace(record, after=before, reverted=True)
+        # only once every replica serves `before` again (else the hooks would run early)
+        hook = hooks.after_activate(at, before, obs) if serving == at.pool.replicas else None
+        record = replace(record, after=before, reverted=True, after_activate=hook)
         message = f"{exc}; {reverted(at, before, plan.release, serving)}"
+        if hook and hook.failed:
+            message += f"; after_activate {hook.failed}"
         raise PoolFailed(RolloutError(message), (record,)) from None
-    return record
+    return replace(record, after_activate=hooks.after_activate(at, plan.release, obs))
 
 
 def revert(at: HostPool, plan: Plan, previous: str, obs: Observer) -> int:
@@ -220,7 +226,7 @@ def revert(at: HostPool, plan: Plan, previous: str, obs: Observer) -> int:
     Returns how many of the pool's replicas are in rotation afterwards (read back, since
     the message to the operator says so)."""
     with step(obs, at.host.name, "revert", at.pool.name) as s:
-        release.activate(at, previous, f"revert of {plan.command}")
+        release.activate(at, previous, f"revert of {plan.command}", "revert")
         release.mark_bad(at, plan.release)
         s.detail = f"{plan.release} -> {previous}, {plan.release} marked bad"
     converge(at, previous, obs, plan.timeout)
@@ -254,7 +260,7 @@ def rollback_target(at: HostPool, to: str | None) -> str:
     hist: list[release.Activation]
     listed, current, bad, hist = at.ask(together(
         f"read {at.pool.name} releases, current, bad and history",
-        [release.releases_read(at), fpm.current_release(at), release.bad_read(at),
+        [release.releases_read(at, sizes=False), fpm.current_release(at), release.bad_read(at),
          release.history_read(at)]))
     present = {r.name for r in listed}
     if to:
@@ -276,7 +282,7 @@ def cleanup_pool(at: HostPool, obs: Observer) -> list[str]:
     current, hist, procs, present = at.ask(together(
         f"read {at.pool.name} releases, history and pins",
         [fpm.current_release(at), release.history_read(at), fpm.probe(at),
-         release.releases_read(at)]))
+         release.releases_read(at, sizes=False)]))
     previous = release.previous_of(current, hist)
     pinned = {p.release for p in procs.values() if p.alive and p.release}
     protected = {n for n in (current, previous, *pinned) if n}
@@ -322,13 +328,16 @@ def deploy_plans(sel: Selection, sources: dict[str, Source], force: bool, timeou
     return plans
 
 
-def rollback_targets(sel: Selection, to: str | None, obs: Observer
+def rollback_targets(sel: Selection, to: str | None, obs: Observer,
+                     connector: Callable[[Host], Runner] | None = None,
                      ) -> dict[tuple[str, str], str]:
-    """Checked on every host before anything changes: a missing target refuses the rollback."""
+    """Checked on every host before anything changes: a missing target refuses the rollback.
+    `connector`: the task's kept connections, which the rollout then reuses."""
     def work(runner: Runner, h: Host) -> dict[str, str]:
         return {p.name: rollback_target(HostPool(runner, h, p), to) for p in sel.pools}
 
-    results = HostGroup(obs, parallel=8, stop_on_failure=False).run(sel.hosts, work)
+    results = HostGroup(obs, parallel=8, stop_on_failure=False,
+                        connector=connector).run(sel.hosts, work)
     if not results.ok:
         raise FleetError("rollback refused, nothing changed: "
                          + "; ".join(str(o.error) for o in results.failed))

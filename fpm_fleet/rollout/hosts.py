@@ -112,17 +112,25 @@ def _recover(r: Replica, obs: Observer, what: str) -> None:
     obs.event(Event("warn", r.host.name, what, r.name, state))
 
 
-def preflight(at: HostPool, obs: Observer) -> list[str]:
+@dataclass(frozen=True)
+class Preflight:
+    """What a preflight found: the release current.release names, the replicas it put
+    back."""
+
+    current: str | None
+    healed: list[str]
+
+
+def preflight(at: HostPool, obs: Observer) -> Preflight:
     """Before any rollout of a pool: fail here, before anything changes, when the balancer
     cannot be read or lacks a member (or nginx's configuration fails `nginx -t`); and put
     back what an interrupted run left out of rotation (a replica that runs and passes its
     health gate, yet is drained or disabled).
-    Returns the replicas put back.
 
     First (in the same round trip) it waits for the old set of the pool's last surge to
-    retire (retire.py). An old
-    set whose retirement was cut short (a reboot) is left out: its release is no longer
-    current, and the next surge stops it before it uses its slots."""
+    retire (retire.py). An old set whose retirement was cut short (a reboot) is left out:
+    its release is no longer current, and the next surge stops it before it uses its
+    slots."""
     server.check_config(at)
     waited, bal, procs, current = at.ask(together(
         f"read {at.pool.name} retirement, balancer, replicas and current.release",
@@ -144,7 +152,7 @@ def preflight(at: HostPool, obs: Observer) -> list[str]:
         healed.append(r.name)
         obs.event(Event("warn", at.host.name, "recover", r.name, "running and healthy but out "
                         f"of rotation (left by an interrupted run): put back, {status.status}"))
-    return healed
+    return Preflight(current, healed)
 
 
 def settle(at: HostPool, obs: Observer) -> float:

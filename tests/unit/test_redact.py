@@ -62,6 +62,7 @@ def hooked_dry_run(inventory_data, build_fleet, tmp_path, monkeypatch):
     """The plan of a dry-run deploy of a pool whose hook holds a secret."""
     monkeypatch.setattr("fpm_fleet.rollout.replica.POLL", 0)
     inventory_data["pools"]["www"]["before_activate"] = ["APP_KEY=s3cr3t php warm.php"]
+    inventory_data["pools"]["www"]["after_activate"] = ["API_TOKEN=s3cr3t ./restart-workers"]
     fleet = build_fleet(inventory_data)
     source = tmp_path / "build"
     source.mkdir()
@@ -72,6 +73,14 @@ def hooked_dry_run(inventory_data, build_fleet, tmp_path, monkeypatch):
 def test_the_dry_run_names_hooks_without_their_secrets(hooked_dry_run):
     hooks = [p for p in hooked_dry_run if p.what.startswith("before_activate")]
     assert [p.what for p in hooks] == ["before_activate APP_KEY=*** php warm.php"]
+
+
+def test_the_dry_run_plans_after_activate_after_the_activation_masked(hooked_dry_run):
+    hooked = [p for p in hooked_dry_run if p.what.startswith("after_activate")]
+    assert [p.what for p in hooked] == ["after_activate API_TOKEN=*** ./restart-workers"]
+    assert "s3cr3t" not in hooked[0].command
+    changes = [p.what for p in hooked_dry_run if p.kind == "change"]
+    assert changes.index(hooked[0].what) > changes.index("activate v2")
 
 
 def test_the_dry_run_shows_hooks_without_their_secrets(hooked_dry_run, capsys):

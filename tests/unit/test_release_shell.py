@@ -52,8 +52,8 @@ def test_activate_command_writes_history_beside_then_renames_symlink_and_history
         "exit 3; }; prev=$(basename -- \"$(readlink -- /srv/fpm-fleet/www/current.release || "
         "true)\"); printf '%s\\n' \"$prev\"; case $prev in ''|*[!A-Za-z0-9._-]*) prev=-;; esac; "
         "{ cat -- /srv/fpm-fleet/www/state/history 2>/dev/null; "
-        "printf '%s\\t%s\\t%s\\t%s\\t%s\\n' 2026-01-01T00:00:00+0000 v2 \"$prev\" alice@box "
-        "'fab deploy --release v2'; } > /srv/fpm-fleet/www/state/history.new && "
+        "printf '%s\\t%s\\t%s\\t%s\\t%s\\t%s\\n' 2026-01-01T00:00:00+0000 v2 \"$prev\" "
+        "alice@box 'fab deploy --release v2' deploy; } > /srv/fpm-fleet/www/state/history.new && "
         "case $prev in -|.*|v2) ;; *) [ ! -d /srv/fpm-fleet/www/releases/\"$prev\" ] || "
         "{ rm -f -- /srv/fpm-fleet/www/previous.release.fpm-fleet-tmp && "
         "ln -s -- \"releases/$prev\" /srv/fpm-fleet/www/previous.release.fpm-fleet-tmp && "
@@ -366,9 +366,9 @@ def test_activation_records_history_fields_with_tabs_quotes_and_newlines_escaped
     assert sh(act(layout, "v2", commands[1])).returncode == 0
     lines = Path(layout.state, "history").read_text().splitlines()
     assert lines == [
-        "2026-01-01T00:00:00+0000\tv1\t-\talice@box\tfab deploy --release 'v1'\\tx",
+        "2026-01-01T00:00:00+0000\tv1\t-\talice@box\tfab deploy --release 'v1'\\tx\tdeploy",
         "2026-01-01T00:00:00+0000\tv2\tv1\talice@box\t"
-        "fab rollback \"$(x)\"\\n2026-01-01T00:00:00\\tv9"]
+        "fab rollback \"$(x)\"\\n2026-01-01T00:00:00\\tv9\tdeploy"]
     assert [a.command for a in release.parse_history(sh(rs.read_history(layout)).stdout)] == \
         commands
 

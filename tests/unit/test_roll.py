@@ -23,6 +23,7 @@ from fpm_fleet.remote.group import (
     HostGroup,
     HostOutcome,
     HostState,
+    KeptConnections,
     Proven,
     canary_stage,
     may_start,
@@ -423,3 +424,26 @@ def test_the_recaps_name_the_canary_and_the_hosts_it_left_untouched(capsys):
     shown = capsys.readouterr().out
     assert shown.count("web1 (canary)") == 2 and "reverted" in shown
     assert "not reached (untouched)" in shown and "untouched" in shown.split("restart")[-1]
+
+
+def test_kept_connections_open_one_per_host_for_several_groups_and_close_once(fleet):
+    # a rollback reads its targets on every host, then rolls them: one handshake each
+    opened: list[str] = []
+    closed: list[str] = []
+
+    class Opened(FakeRunner):
+        def close(self) -> None:
+            closed.append(self.host.name)
+
+    def opener(host: Host, obs: object) -> Any:
+        opened.append(host.name)
+        return Opened(host, default="ok")
+
+    kept = KeptConnections(EventLog(), opener=opener)
+    for parallel in (1, 2):
+        group = HostGroup(EventLog(), parallel=parallel, connector=kept.runner)
+        result = group.run(fleet.hosts, lambda runner, h: runner.run("true", "say ok").stdout)
+        assert result.ok and closed == []  # a group never closes a kept connection
+    assert sorted(opened) == sorted(h.name for h in fleet.hosts)
+    kept.close()
+    assert sorted(closed) == sorted(opened)

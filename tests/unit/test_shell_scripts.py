@@ -183,13 +183,20 @@ def _wait_unused(sock: Path, ticks: int) -> subprocess.Popen[str]:
     return subprocess.Popen(["sh", "-c", command], stdout=subprocess.PIPE, text=True)
 
 
-def test_wait_unused_returns_once_the_last_connection_to_the_socket_closed(tmp_path):
-    path = tmp_path / "r.sock"
+def _listening_with_a_client(path: Path) -> tuple[socket.socket, socket.socket]:
+    """A unix socket listening at `path` and a client connected to it (queued: not yet
+    accepted)."""
     server = socket.socket(socket.AF_UNIX)
     server.bind(str(path))
     server.listen()
     client = socket.socket(socket.AF_UNIX)
     client.connect(str(path))
+    return server, client
+
+
+def test_wait_unused_returns_once_the_last_connection_to_the_socket_closed(tmp_path):
+    path = tmp_path / "r.sock"
+    server, client = _listening_with_a_client(path)
     accepted, _ = server.accept()
     waiting = _wait_unused(path, 100)
     time.sleep(0.6)
@@ -203,11 +210,7 @@ def test_wait_unused_returns_once_the_last_connection_to_the_socket_closed(tmp_p
 
 def test_wait_unused_gives_up_after_its_ticks(tmp_path):
     path = tmp_path / "r.sock"
-    server = socket.socket(socket.AF_UNIX)
-    server.bind(str(path))
-    server.listen()
-    client = socket.socket(socket.AF_UNIX)
-    client.connect(str(path))  # queued, never accepted: counts as in flight
+    server, client = _listening_with_a_client(path)  # never accepted: counts as in flight
     out, _ = _wait_unused(path, 3).communicate(timeout=5)
     assert out.strip() == "3"
     client.close()

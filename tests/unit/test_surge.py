@@ -191,7 +191,7 @@ def test_a_preflight_leaves_out_an_old_set_whose_retirement_was_cut_short(surge_
     for n in (1, 2):
         fake.flags[n] = {"Init", "Drn", "Ok"}
     fake.current = "v2"
-    assert rollout.preflight(fake.at, EventLog()) == []
+    assert rollout.preflight(fake.at, EventLog()).healed == []
     assert sorted(fake.serving()) == [3, 4]
 
 
