@@ -34,8 +34,12 @@ SCENARIOS = {
     "deploy_surge": "fab deploy (fpm-fleet, surge)",
     "reload0": "kill -USR2, process_control_timeout=0 (PHP-FPM default)",
     "reload10": "kill -USR2, process_control_timeout=10s",
+    "steady_nginx": "steady state, nginx fleet (nothing happens)",
+    "restart_nginx": "fab restart (fpm-fleet, surge, nginx)",
+    "deploy_nginx": "fab deploy (fpm-fleet, surge, nginx)",
+    "reload0_nginx": "kill -USR2 under nginx, process_control_timeout=0",
 }
-TIMEOUTS = {"reload0": "0", "reload10": "10s"}
+TIMEOUTS = {"reload0": "0", "reload10": "10s", "reload0_nginx": "0"}
 
 
 @dataclass
@@ -84,27 +88,48 @@ def _add(result: Downtime, window: Window, n: int) -> None:
 
 
 def run_surge(fleet: Fleet, profile: Profile, say: Callable[[str], None],
-              windows: list[Window]) -> None:
+              windows: list[Window], flavour: str = "surge") -> None:
     """The surge strategy on its own fleet: the steady state, `fab restart` and `fab deploy`
-    of a new release, `profile.rounds` times each (windows fill in as they come)."""
+    of a new release, `profile.rounds` times each (windows fill in as they come). `flavour`
+    names the fleet's scenarios: `surge` (Apache hosts) or `nginx` (nginx hosts)."""
     for n in range(1, profile.rounds + 1):
-        for key in ("steady_surge", "restart_surge", "deploy_surge"):
-            say(f"surge {n}/{profile.rounds}: {SCENARIOS[key]}")
+        for key in (f"steady_{flavour}", f"restart_{flavour}", f"deploy_{flavour}"):
+            say(f"{flavour} {n}/{profile.rounds}: {SCENARIOS[key]}")
             window = _surge_window(key, n, fleet, profile)
             window.round = n
             windows.append(window)
             sandbox.healthy()
 
 
+def run_nginx_reload(fleet: Fleet, profile: Profile, say: Callable[[str], None],
+                     windows: list[Window]) -> None:
+    """The baseline every nginx shop has: `kill -USR2` of every master (PHP-FPM's default
+    process_control_timeout) behind nginx, on a rolling fleet (every slot runs a master);
+    the replica configs are put back afterwards, as in `run`."""
+    rendered = {path: path.read_text() for path in fpmconf.replica_configs(fleet)}
+    key = "reload0_nginx"
+    with fpmconf.global_setting(fleet, TIMEOUT_KEY, TIMEOUTS[key]):
+        sandbox.fab("restart", "--plain")
+        for n in range(1, profile.rounds + 1):
+            say(f"nginx {n}/{profile.rounds}: {SCENARIOS[key]}")
+            sandbox.healthy()
+            window = reload_window(SCENARIOS[key], fleet, profile)
+            window.round = n
+            windows.append(window)
+    sandbox.healthy()
+    restore(fleet, rendered)
+
+
 def _surge_window(key: str, n: int, fleet: Fleet, profile: Profile) -> Window:
-    if key == "steady_surge":
+    if key.startswith("steady"):
         window, _ = run_window(SCENARIOS[key], fleet, profile, lambda: None)
         window.action_detail = "-"
         return window
-    args = ("restart", "--plain") if key == "restart_surge" else (
-        "deploy", "--release", f"surge{n}", "--plain")
-    if key == "deploy_surge":
-        sandbox.fab("sandbox.build", "--release", f"surge{n}")
+    release = f"{key.split('_')[1]}{n}"
+    args = ("restart", "--plain") if key.startswith("restart") else (
+        "deploy", "--release", release, "--plain")
+    if key.startswith("deploy"):
+        sandbox.fab("sandbox.build", "--release", release)
     window, run = run_window(SCENARIOS[key], fleet, profile,
                              lambda: sandbox.fab(*args, check=False))
     window.action_ok = run.ok

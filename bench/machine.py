@@ -19,8 +19,8 @@ from fpm_fleet.sandbox.base import BASE_DIR
 
 from .sandbox import ROOT
 
-HOST_PACKAGES = {"apache": "apache2", "php_fpm": "php8.2-fpm", "openssh_server": "openssh-server",
-                 "systemd": "systemd"}
+HOST_PACKAGES = {"apache": "apache2", "nginx": "nginx", "php_fpm": "php8.2-fpm",
+                 "openssh_server": "openssh-server", "systemd": "systemd"}
 
 
 def _first_line(argv: list[str]) -> str:

@@ -24,14 +24,15 @@ from .errors import BenchError
 from .profile import FULL, QUICK, Profile
 from .results import RESULTS_DIR, Results, write
 
-SECTIONS = ("downtime", "surge", "upload", "peer", "scale")
+SECTIONS = ("downtime", "surge", "nginx", "upload", "peer", "scale")
 FAILURES = (BenchError, FleetError, OSError, subprocess.SubprocessError, KeyboardInterrupt)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="bench/run", description="fpm-fleet benchmarks on the local sandbox fleet: zero "
-        "downtime (rolling and surge restart vs reload), surge deploy, rollout cost, upload, "
+        "downtime (rolling and surge restart vs reload), surge deploy, the same on nginx hosts, "
+        "rollout cost, upload, "
         "the peer (Capistrano 3 vs fab deploy), fleet scale.")
     parser.add_argument("--quick", action="store_true",
                         help="short windows, 2,000-file upload, scale 1 and 3 hosts only")
@@ -58,6 +59,11 @@ def measure(results: Results, profile: Profile, sections: tuple[str, ...]) -> No
     if "surge" in sections:
         surge_fleet = sandbox.up(profile.downtime_hosts).fleet
         downtime.run_surge(surge_fleet, profile, render.say, results.downtime)
+    if "nginx" in sections:
+        nginx_fleet = sandbox.up(profile.downtime_hosts, web="nginx").fleet
+        downtime.run_surge(nginx_fleet, profile, render.say, results.downtime, "nginx")
+        rolling = sandbox.up(profile.downtime_hosts, strategy="rolling", web="nginx").fleet
+        downtime.run_nginx_reload(rolling, profile, render.say, results.downtime)
     if "peer" in sections:
         measure_peer(results, profile)
     if "scale" in sections:

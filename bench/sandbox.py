@@ -84,11 +84,11 @@ def reported_seconds(pattern: re.Pattern[str], stderr: str, group: int = 1) -> f
     return float(m.group(group)) if m else None
 
 
-def up(hosts: int, strategy: str = "surge") -> Up:
+def up(hosts: int, strategy: str = "surge", web: str = "apache") -> Up:
     """A fresh sandbox of `hosts` hosts (whatever was up before is removed first), its pool
-    on `strategy`."""
+    on `strategy`, its hosts' web server `web`."""
     down()
-    run = fab("sandbox.up", "--hosts", str(hosts), "--strategy", strategy)
+    run = fab("sandbox.up", "--hosts", str(hosts), "--strategy", strategy, "--web", web)
     return Up(inventory.load(INVENTORY), run.seconds, reported_seconds(BOOTED, run.stderr, 2),
               reported_seconds(BASE_BUILT, run.stderr))
 

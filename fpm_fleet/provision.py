@@ -29,12 +29,14 @@ from fpm_fleet.render import (
     RenderedFile,
     apache_files,
     fpm_files,
+    nginx_files,
+    nginx_templates,
     stop_script_files,
     sudo_commands,
     sudoers,
     unit_file,
 )
-from fpm_fleet.web import apache, apache_site
+from fpm_fleet.web import apache_site, nginx_site, server, upstream
 
 T = TypeVar("T")
 
@@ -196,12 +198,13 @@ def setup_host(login: Runner, fleet: Fleet, host: Host) -> SetupReport:
             report.changes.append(f"gave {len([g for g in given if g])} paths of "
                                   f"{pool.name} to {host.user}")
     if host.user != "root":
-        groups = sorted({host.apache.group, *(pool.group for pool in fleet.pools)})
+        groups = sorted({host.web_server.group, *(pool.group for pool in fleet.pools)})
         joined = runner.run(join_groups(host.user, groups), f"add {host.user} to groups")
         report.changes += [f"added {host.user} to group {g}" for g in joined.stdout.split()]
-    made = runner.run(manager_credential(host.user, host.apache.group),
-                  "balancer-manager credential")
-    report.changes += [f"wrote {f}" for f in made.stdout.split("\n") if f]
+    if not server.is_nginx(host):
+        made = runner.run(manager_credential(host.user, host.apache.group),
+                          "balancer-manager credential")
+        report.changes += [f"wrote {f}" for f in made.stdout.split("\n") if f]
     for pool in fleet.pools:
         for f in changed_files(runner, fpm_files(host, pool)):
             upload_text(runner, f"{f.path}{shell.STAGED}", f.text)
@@ -209,7 +212,10 @@ def setup_host(login: Runner, fleet: Fleet, host: Host) -> SetupReport:
             runner.run(shell.install_checked([f.path], test), f"install {f.path}")
             report.changes.append(f"wrote {f.path}")
     report.changes += _setup_services(runner, fleet, host)
-    report.changes += _setup_apache(runner, fleet, host)
+    if server.is_nginx(host):
+        report.changes += _setup_nginx(runner, fleet, host)
+    else:
+        report.changes += _setup_apache(runner, fleet, host)
     # Last: it may replace a broader rule of the same name that this very run relies on.
     report.changes += _setup_sudoers(runner, fleet, host)
     return report
@@ -248,7 +254,8 @@ def _setup_services(runner: Runner, fleet: Fleet, host: Host) -> list[str]:
 
 
 def _setup_apache(runner: Runner, fleet: Fleet, host: Host) -> list[str]:
-    changes = []
+    changes = [f"stopped and disabled {u}" for u in runner.run(
+        nginx_site.switch_off(nginx_site.NGINX_UNIT), "switch nginx off").stdout.split()]
     changed = changed_files(runner, apache_files(fleet, host))
     if changed:
         for f in changed:
@@ -274,6 +281,68 @@ def _setup_apache(runner: Runner, fleet: Fleet, host: Host) -> list[str]:
     return changes
 
 
+def _setup_nginx(runner: Runner, fleet: Fleet, host: Host) -> list[str]:
+    """The helper and the upstream templates, each pool's upstream (states kept from the
+    running nginx), the site (tested, put back on failure); Apache switched off (both want
+    the pools' port), nginx enabled, started or reloaded on change."""
+    changes = _install_files(runner, nginx_templates(fleet, host))
+    states = _running_states(runner, fleet, host)
+    for pool in fleet.pools:
+        out = runner.run(nginx_site.write_upstream(pool, states[pool.name]),
+                         f"write the upstream of {pool.name}")
+        changes += [f"wrote {f}" for f in out.stdout.split()]
+    changed = changed_files(runner, nginx_files(fleet, host))
+    if changed:
+        for f in changed:
+            upload_text(runner, f"{f.path}{shell.STAGED}", f.text)
+        enabled = runner.run(nginx_site.site_enabled(), "is the site enabled", check=False).ok
+        try:
+            runner.run(shell.install_checked([f.path for f in changed],
+                                             nginx_site.site_test(enabled)),
+                       "install nginx config")
+        except RemoteError as exc:
+            raise FleetError(f"{host.name}: the new nginx config fails its test and was not "
+                             f"installed: {exc.result.stderr.strip()}") from None
+        changes += [f"wrote {f.path}" for f in changed]
+    changes += [f"stopped and disabled {u}" for u in runner.run(
+        nginx_site.switch_off(nginx_site.APACHE_UNIT), "switch Apache off").stdout.split()]
+    unit = nginx_site.NGINX_UNIT
+    runner.run(nginx_site.service_ctl(unit, "enable"), f"enable {unit}")
+    if not runner.run(nginx_site.service_running(unit), "is nginx running", check=False).ok:
+        runner.run(nginx_site.service_ctl(unit, "start"), "start nginx")
+        changes.append("started nginx")
+    elif changes:
+        runner.run(nginx_site.service_ctl(unit, "reload"), "reload nginx")
+        changes.append("reloaded nginx (graceful)")
+    runner.run(nginx_site.wait_members(list(fleet.pools)), "read the running members back")
+    return changes
+
+
+def _install_files(runner: Runner, files: list[RenderedFile]) -> list[str]:
+    """Root-owned files nothing tests (templates, helpers): written when they changed."""
+    changed = changed_files(runner, files)
+    for d in sorted({str(f.path.parent) for f in changed}):
+        runner.run(f"mkdir -p -- {shell.q(d)}", f"create {d}")
+    for f in changed:
+        upload_text(runner, f.path, f.text, f.mode)
+    return [f"wrote {f.path}" for f in changed]
+
+
+def _running_states(runner: Runner, fleet: Fleet, host: Host) -> dict[str, dict[int, str]]:
+    """Each pool's member states to write: what the running nginx has for the slots it
+    knows (a rollout's work is never undone by a setup), the initial state for the others."""
+    out = {}
+    for pool in fleet.pools:
+        wanted = upstream.initial(pool)
+        try:
+            running = upstream.states(server.read(HostPool(runner, host, pool)), pool)
+        except FleetError:
+            running = {}
+        wanted.update({n: s for n, s in running.items() if n in wanted})
+        out[pool.name] = wanted
+    return out
+
+
 @dataclass(frozen=True)
 class Check:
     host: str
@@ -292,11 +361,24 @@ def check_host(runner: Runner, fleet: Fleet, host: Host) -> list[Check]:
     systemd = runner.run(shell.has_systemd(), "check for systemd", check=False).ok
     checks.append(Check(host.name, "systemd", systemd, "PID 1" if systemd else NO_SYSTEMD))
     checks.append(_check_sudo(runner, fleet, host))
-    tools = runner.run(shell.probe_tools(), "probe tools", check=False)
+    tools = runner.run(shell.probe_tools(server.binary(host)),
+                       "probe tools", check=False)
     for line in tools.stdout.splitlines():
         name, _, where = line.partition("\t")
         checks.append(Check(host.name, name, where != "-", where if where != "-" else "missing"))
-    checks += _check_apache(runner, fleet, host)
+    checks += _check_web(runner, fleet, host)
+    return checks
+
+
+def _check_web(runner: Runner, fleet: Fleet, host: Host) -> list[Check]:
+    """The web server, its port, and each pool through it."""
+    checks = _check_nginx(runner, host) if server.is_nginx(host) else _check_apache(runner, host)
+    checks.append(_check_listen(runner, host))
+    for pool in fleet.pools:
+        fpm = runner.run(f"test -x {shell.q(pool.php_fpm)}", "check php-fpm", check=False)
+        checks.append(Check(host.name, f"{pool.name}: php-fpm", fpm.ok, pool.php_fpm))
+        at = HostPool(runner, host, pool)
+        checks += [_check_owner(at), _check_members(at), _check_vhost(at)]
     return checks
 
 
@@ -327,39 +409,47 @@ def _check_owner(at: HostPool) -> Check:
     return Check(host.name, f"{pool.name}: owner", out.ok and not missing, detail)
 
 
-def _check_apache(runner: Runner, fleet: Fleet, host: Host) -> list[Check]:
+def _check_apache(runner: Runner, host: Host) -> list[Check]:
     mods = runner.run(apache_site.apache_modules_loaded(), "list Apache modules", check=False)
     missing = [m for m in REQUIRED_MODULES if m not in mods.stdout]
-    checks = [Check(host.name, "apache modules", not missing,
-                    "missing " + ", ".join(missing) if missing else "proxy, fcgi, balancer")]
-    checks.append(_check_listen(runner, host))
-    for pool in fleet.pools:
-        fpm = runner.run(f"test -x {shell.q(pool.php_fpm)}", "check php-fpm", check=False)
-        checks.append(Check(host.name, f"{pool.name}: php-fpm", fpm.ok, pool.php_fpm))
-        at = HostPool(runner, host, pool)
-        checks += [_check_owner(at), _check_members(at), _check_vhost(at)]
-    return checks
+    return [Check(host.name, "apache modules", not missing,
+                  "missing " + ", ".join(missing) if missing else "proxy, fcgi, balancer")]
+
+
+def _check_nginx(runner: Runner, host: Host) -> list[Check]:
+    """nginx's service runs, and Apache's does not take the pools' port from it."""
+    unit = nginx_site.NGINX_UNIT
+    active = runner.run(nginx_site.service_running(unit), "is nginx running", check=False).ok
+    apache_on = runner.run(nginx_site.service_running(nginx_site.APACHE_UNIT),
+                           "is Apache running", check=False).ok
+    return [Check(host.name, "nginx", active and not apache_on,
+                  f"{unit} active" if active and not apache_on else
+                  f"{unit} is not active; run fab setup" if not active else
+                  "apache2.service runs too (both want the pools' port); run fab setup")]
 
 
 def _check_listen(runner: Runner, host: Host) -> Check:
-    """`setup` succeeding does not prove Apache listens where the inventory says."""
-    port = host.apache.port
+    """`setup` succeeding does not prove the web server listens where the inventory says."""
+    web = host.web_server
+    port = web.port
     ok = runner.run(apache_site.tcp_listening(port), "check listen port", check=False).ok
-    detail = (f"port {port} ({host.apache.listen})" if ok else
-              f"nothing listens on port {port} (listen = {host.apache.listen}); run fab setup")
-    return Check(host.name, "apache listen", ok, detail)
+    detail = (f"port {port} ({web.listen})" if ok else
+              f"nothing listens on port {port} (listen = {web.listen}); run fab setup")
+    return Check(host.name, f"{server.name(host)} listen", ok, detail)
 
 
 def vhost_url(host: Host, pool: Pool) -> str:
-    apache = host.apache
-    return f"http://{apache.local_address}:{apache.port}{pool.health_path}"
+    web = host.web_server
+    return f"http://{web.local_address}:{web.port}{pool.health_path}"
 
 
 def _check_vhost(at: HostPool) -> Check:
-    """The pool answers through Apache, as a client would reach it (its server_name)."""
+    """The pool answers through the web server, as a client would reach it (its
+    server_name)."""
     url = vhost_url(at.host, at.pool)
     result = at.runner.run(apache_site.vhost_request(at.layout, url, at.pool.server_name),
-                           f"request {at.pool.name} through Apache", check=False)
+                           f"request {at.pool.name} through {server.label(at.host)}",
+                           check=False)
     return vhost_check(at.host.name, at.pool, url, result)
 
 
@@ -380,9 +470,9 @@ def vhost_check(host: str, pool: Pool, url: str, result: RemoteResult) -> Check:
 
 def _check_members(at: HostPool) -> Check:
     host, pool = at.host, at.pool
-    name = f"{pool.name}: balancer-manager"
+    name = f"{pool.name}: " + ("nginx members" if server.is_nginx(host) else "balancer-manager")
     try:
-        bal = apache.read(at)
+        bal = server.read(at)
     except FleetError as exc:
         return Check(host.name, name, False, str(exc).removeprefix(f"{host.name}: "))
     want = {pool.member(n) for n in pool.replica_numbers}
@@ -390,4 +480,6 @@ def _check_members(at: HostPool) -> Check:
     if want != have:
         return Check(host.name, name, False,
                      f"members {sorted(have)} differ from inventory {sorted(want)}")
-    return Check(host.name, name, True, f"balancer://{pool.balancer}: {len(have)} members")
+    where = (f"upstream fpm_fleet_{pool.balancer}" if server.is_nginx(host)
+             else f"balancer://{pool.balancer}")
+    return Check(host.name, name, True, f"{where}: {len(have)} members")

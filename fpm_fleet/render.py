@@ -8,15 +8,21 @@ from pathlib import PurePosixPath
 
 import jinja2
 
-from fpm_fleet.core.inventory import Fleet, Host, Pool
+from fpm_fleet.core.inventory import NGINX, Fleet, Host, Pool
 from fpm_fleet.core.resources import SHELL_SCRIPTS, SUDOERS_TEMPLATE, TEMPLATES
 from fpm_fleet.host.layout import (
     APACHE_SITE,
     MANAGER_HTPASSWD,
     MANAGER_LOGIN,
+    NGINX_MEMBERS,
+    NGINX_PARAMS,
+    NGINX_SITE,
+    NGINX_SOCKET,
     STOP_SCRIPT,
     SUDOERS,
     Layout,
+    nginx_template,
+    nginx_upstream,
 )
 from fpm_fleet.remote import shell
 
@@ -25,6 +31,16 @@ from fpm_fleet.remote import shell
 class Site:
     pool: Pool
     layout: Layout
+
+    @property
+    def upstream(self) -> PurePosixPath:
+        """nginx: the file holding the pool's upstream (written by the helper)."""
+        return nginx_upstream(self.pool.name)
+
+    @property
+    def upstream_name(self) -> str:
+        """nginx: the pool's `upstream` block, fastcgi_pass's target."""
+        return f"fpm_fleet_{self.pool.balancer}"
 
 
 @dataclass(frozen=True)
@@ -96,19 +112,51 @@ def apache_files(fleet: Fleet, host: Host) -> list[RenderedFile]:
     return [RenderedFile(APACHE_SITE, site)]
 
 
+def nginx_files(fleet: Fleet, host: Host) -> list[RenderedFile]:
+    """nginx's site (every pool's server block) and the FastCGI parameters it includes; each
+    pool's upstream is written by the helper from nginx_templates."""
+    sites = [Site(pool, Layout.of(host, pool)) for pool in fleet.pools]
+    site = _env().get_template("nginx-site.conf.j2").render(
+        host=host, sites=sites, listen=host.nginx.listen, params=NGINX_PARAMS,
+        upstream_dir=nginx_upstream("x").parent)
+    params = _env().get_template("nginx-fastcgi.conf.j2").render()
+    return [RenderedFile(NGINX_PARAMS, params), RenderedFile(NGINX_SITE, site)]
+
+
+def _fails(pool: Pool) -> str:
+    """A failed connect takes a member out for `retry` seconds (Apache's retry); 0: never."""
+    return f"max_fails=1 fail_timeout={pool.retry}s" if pool.retry else "max_fails=0"
+
+
+def nginx_templates(fleet: Fleet, host: Host) -> list[RenderedFile]:
+    """Per pool, the root-owned template of its upstream, and the helper that fills it in."""
+    template = _env().get_template("nginx-upstream.conf.j2")
+    files = [RenderedFile(nginx_template(pool.name), template.render(
+        pool=pool, layout=Layout.of(host, pool), upstream=nginx_upstream(pool.name),
+        upstream_name=Site(pool, Layout.of(host, pool)).upstream_name, fails=_fails(pool),
+        members_socket=NGINX_SOCKET)) for pool in fleet.pools]
+    helper = (SHELL_SCRIPTS / "nginx-members.sh").read_text()
+    return [*files, RenderedFile(NGINX_MEMBERS, helper, "0755")]
+
+
+def web_unit(host: Host) -> str:
+    """The systemd service of the host's web server."""
+    return "nginx.service" if host.web == NGINX else "apache2.service"
+
+
 def fpm_files(host: Host, pool: Pool) -> list[RenderedFile]:
     layout = Layout.of(host, pool)
     template = _env().get_template("fpm-replica.conf.j2")
     return [RenderedFile(layout.fpm_conf(n), template.render(pool=pool, layout=layout, n=n,
-                                                              apache=host.apache))
+                                                              web=host.web_server))
             for n in pool.replica_numbers]
 
 
 def unit_file(host: Host, pool: Pool) -> RenderedFile:
     """The pool's systemd template unit (one service per replica)."""
     layout = Layout.of(host, pool)
-    text = _env().get_template("fpm-replica.service.j2").render(pool=pool, layout=layout,
-                                                                 stop_script=STOP_SCRIPT)
+    text = _env().get_template("fpm-replica.service.j2").render(
+        pool=pool, layout=layout, stop_script=STOP_SCRIPT, web_unit=web_unit(host))
     return RenderedFile(layout.unit_file, text)
 
 
@@ -130,7 +178,10 @@ def sudo_commands(fleet: Fleet, host: Host) -> list[str]:
     argvs = [shell.replica_command(verb, Layout.of(host, pool).unit(n))
              for pool in fleet.pools for n in pool.replica_numbers
              for verb in shell.REPLICA_VERBS]
-    argvs += [shell.APACHE_CONFIGTEST, shell.APACHE_GRACEFUL]
+    if host.web == NGINX:
+        argvs += [shell.NGINX_CHECK, *(shell.nginx_members(pool.name) for pool in fleet.pools)]
+    else:
+        argvs += [shell.APACHE_CONFIGTEST, shell.APACHE_GRACEFUL]
     lines = [" ".join((shell.SUDO_PATHS[argv[0]], *argv[1:])) for argv in argvs]
     for line in lines:
         if SUDOERS_SPECIAL & set(line):

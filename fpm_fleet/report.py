@@ -123,7 +123,7 @@ def status_table(rows: list[status_mod.ReplicaStatus], drifts: list[status_mod.D
             name = f"{r.pool}-{r.replica}" if r.replica else r.pool
             output.out.print(f"{r.host} {name} {'OK' if r.ok else 'FAIL'}")
     else:
-        table = [[r.host, r.pool, r.replica or "-", r.role,
+        table = [[r.host, r.pool, r.replica or "-", r.role, r.web,
                   output.ok_text(r.service == "active" or r.role == "standby", r.service,
                                  r.service), r.lb_status,
                   "-" if r.busy is None else r.busy, output.ok_text(r.ping_ok, "pong", "no"),
@@ -131,8 +131,8 @@ def status_table(rows: list[status_mod.ReplicaStatus], drifts: list[status_mod.D
                   r.current_release or "-", r.pid or "-",
                   "-" if r.uptime is None else f"{r.uptime}s",
                   output.ok_text(r.ok, "OK", "; ".join(r.problems) or "FAIL")] for r in rows]
-        output.show(output.table("status", ["host", "pool", "replica", "role", "service",
-                                            "balancer",
+        output.show(output.table("status", ["host", "pool", "replica", "role", "web",
+                                            "service", "balancer",
                                             "busy", "ping", "pinned", "commit", "current",
                                             "pid",
                                             "uptime", "state"], table))

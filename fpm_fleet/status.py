@@ -14,7 +14,7 @@ from fpm_fleet.remote.group import HostGroup
 from fpm_fleet.remote.runner import Runner
 from fpm_fleet.rollout import surge
 from fpm_fleet.rollout.hosts import Selection
-from fpm_fleet.web import apache, balancer
+from fpm_fleet.web import balancer, server
 
 SERVING, STANDBY, PARKED, RETIRING = "serving", "standby", "parked", "retiring"
 
@@ -24,6 +24,7 @@ class ReplicaStatus:
     host: str
     pool: str
     replica: int | None
+    web: str = "apache"  # the web server that balances the pool on this host
     lb_status: str = "?"
     busy: int | None = None
     ping_ok: bool = False
@@ -50,7 +51,7 @@ def pool_status(at: HostPool, numbers: list[int]) -> list[ReplicaStatus]:
     current = at.ask(fpm.current_release(at))
     procs = at.ask(fpm.probe(at, numbers))
     try:
-        bal: balancer.Balancer | None = apache.read(at)
+        bal: balancer.Balancer | None = server.read(at)
         bal_error = ""
     except FleetError as exc:
         bal, bal_error = None, str(exc)
@@ -77,10 +78,12 @@ def _row(r: Replica, proc: fpm.Process, current: str | None, bal: balancer.Balan
          bal_error: str, active: bool) -> ReplicaStatus:
     member = bal.member(r.member) if bal else None
     master = proc.runs_master(r.at.layout)
-    row = ReplicaStatus(r.host.name, r.pool.name, r.n, current_release=current,
+    row = ReplicaStatus(r.host.name, r.pool.name, r.n, web=server.name(r.host),
+                        current_release=current,
                         lb_status=member.status if member else
                         ("unreachable" if bal is None else "absent"),
-                        busy=member.busy if member else None,
+                        # nginx counts no request per member: the replica's FPM status does
+                        busy=member.busy if member and not server.is_nginx(r.host) else None,
                         ping_ok=master and r.ask(fpm.ping(r)),
                         release=proc.release if master else None,
                         pid=proc.pid if master else None,
@@ -160,7 +163,7 @@ def drift(rows: list[ReplicaStatus]) -> list[Drift]:
 
 
 def unreachable(host: Host, pools: tuple[Pool, ...], error: str) -> list[ReplicaStatus]:
-    return [ReplicaStatus(host.name, p.name, None, lb_status="unreachable",
+    return [ReplicaStatus(host.name, p.name, None, web=host.web, lb_status="unreachable",
                           problems=[error]) for p in pools]
 
 

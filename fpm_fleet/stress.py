@@ -122,7 +122,7 @@ def targets(hosts: Iterable[Host], pool: Pool | None = None) -> list[Target]:
     """One load target per host: its address and the port of its public virtual hosts; with
     a pool, requests name its server_name, as a browser would."""
     name = pool.server_name if pool else None
-    return [Target(h.name, h.address, h.apache.port, name) for h in hosts]
+    return [Target(h.name, h.address, h.web_server.port, name) for h in hosts]
 
 
 def demo_loops(fast: int = 2, slow: int = 2, slow_ms: int = 2000, atomic: int = 1

@@ -22,6 +22,7 @@ from fpm_fleet.remote.group import DEFAULT_PARALLEL, HostGroup, Proven, roll_opt
 from fpm_fleet.remote.runner import Runner
 from fpm_fleet.rollout import hosts as rollout
 from fpm_fleet.rollout.hosts import Selection
+from fpm_fleet.web import server
 from tasks.boundary import boundary, command_line
 
 if TYPE_CHECKING:
@@ -106,12 +107,12 @@ def list_(c: Context, q: bool = False) -> None:
         if q:
             output.out.print("\n".join(p.name for p in s.fleet.pools))
             return
-        rows = [[h.name, p.name, p.replicas, f"balancer://{p.balancer}", "bybusyness",
-                 h.manager_url(p), ", ".join(p.member(n) for n in p.replica_numbers),
-                 str(h.pool_dir(p))]
+        rows = [[h.name, p.name, p.replicas, server.name(h), *server.describe(h, p),
+                 ", ".join(p.member(n) for n in p.replica_numbers), str(h.pool_dir(p))]
                 for h in s.fleet.hosts for p in s.fleet.pools]
-        output.show(output.table("pools", ["host", "pool", "replicas", "balancer", "lbmethod",
-                                           "manager", "members", "root"], rows))
+        output.show(output.table("pools", ["host", "pool", "replicas", "web", "balancer",
+                                           "lbmethod", "members read at", "members", "root"],
+                                 rows))
 
 
 @task(help={**SELECT_HELP, "json_": "print a JSON list on stdout", "q": "terse"})

@@ -23,9 +23,10 @@ DEFAULT_DIR = "sandbox"
             "dir": "sandbox directory",
             "release": "name of the demo release deployed first",
             "bare": "only boot the hosts (fresh Debian servers): no setup, no deploy",
-            "strategy": "the pool's strategy: surge (default) or rolling"})
+            "strategy": "the pool's strategy: surge (default) or rolling",
+            "web": "the hosts' web server: apache (default), nginx, or mixed (in turn)"})
 def up(c: Context, hosts: int = 3, dir: str = DEFAULT_DIR, release: str = "v1",
-       bare: bool = False, strategy: str = "surge") -> None:
+       bare: bool = False, strategy: str = "surge", web: str = "apache") -> None:
     """Boot N Debian 12 hosts (systemd), provision them, deploy the demo app."""
     from fpm_fleet.sandbox import fleet as local_fleet
     from fpm_fleet.sandbox import hosts as sandbox
@@ -33,7 +34,7 @@ def up(c: Context, hosts: int = 3, dir: str = DEFAULT_DIR, release: str = "v1",
     try:
         with sandbox.exclusive():
             fleet = local_fleet.bring_up(Path(dir).resolve(), hosts, None if bare else release,
-                                         strategy)
+                                         strategy, web)
     except FleetError as exc:
         raise Exit(f"error: {exc}", code=exc.exit_code) from None
     output.note(f"sandbox up: {len(fleet.hosts)} hosts in {time.monotonic() - started:.1f}s; "
@@ -81,14 +82,15 @@ def build(c: Context, release: str = "v2", dest: str | None = None, unhealthy: b
                 + (f" with /{demo_app.asset_path(release)}" if asset else ""))
 
 
-@task(help={"hosts": "how many hosts", "dir": "sandbox directory"})
-def demo(c: Context, hosts: int = 3, dir: str = DEFAULT_DIR) -> None:
+@task(help={"hosts": "how many hosts", "dir": "sandbox directory",
+            "web": "the hosts' web server: apache (default), nginx, or mixed"})
+def demo(c: Context, hosts: int = 3, dir: str = DEFAULT_DIR, web: str = "apache") -> None:
     """Bring up the sandbox, then deploy release v2 under load and show 0 failed requests."""
     from fpm_fleet.sandbox import fleet as local_fleet
     from fpm_fleet.sandbox import hosts as sandbox
     try:
         with sandbox.exclusive():
-            local_fleet.demo(Path(dir).resolve(), hosts)
+            local_fleet.demo(Path(dir).resolve(), hosts, web)
     except FleetError as exc:
         raise Exit(f"error: {exc}", code=exc.exit_code) from None
 

@@ -27,17 +27,18 @@ ACCOUNT = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
 # segments only (no '.' or '..', no dot-directory, which the vhost refuses anyway).
 RELEASE_PATH = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*(/[A-Za-z0-9_-][A-Za-z0-9._-]*)*")
 APACHE_MODES = ("system",)
+APACHE, NGINX = "apache", "nginx"
+WEB_SERVERS = (APACHE, NGINX)
 
 T = TypeVar("T")
 
 
 @dataclass(frozen=True)
-class Apache:
-    """How Debian's Apache serves the pools on a host (`mode` has one value left: `system`)."""
+class WebServer:
+    """What both web servers share: where the pools' public virtual hosts listen, and the
+    account its workers run as (the replica sockets are made for it)."""
 
-    mode: str = "system"
     listen: str = "*:80"
-    manager_port: int = 8081
     user: str = "www-data"
     group: str = "www-data"
 
@@ -54,6 +55,19 @@ class Apache:
         if not colon or address in ("*", "0.0.0.0"):
             return "127.0.0.1"
         return "[::1]" if address == "[::]" else address
+
+
+@dataclass(frozen=True)
+class Apache(WebServer):
+    """How Debian's Apache serves the pools on a host (`mode` has one value left: `system`)."""
+
+    mode: str = "system"
+    manager_port: int = 8081
+
+
+@dataclass(frozen=True)
+class Nginx(WebServer):
+    """How Debian's nginx serves the pools on a host (`web = "nginx"`)."""
 
 
 def replica_name(pool: str, n: int) -> str:
@@ -140,9 +154,16 @@ class Host:
     trust_new_host_keys: bool
     keep_releases: int
     apache: Apache
+    nginx: Nginx = Nginx()
+    web: str = APACHE  # which web server balances the replicas: APACHE or NGINX
     # Who `fab setup` logs in as: it needs full root (root, or sudo for everything), and
     # provisions the host for `user`, which needs only fpm-fleet's sudoers lines afterwards.
     setup_user: str = "root"
+
+    @property
+    def web_server(self) -> WebServer:
+        """The settings of the web server this host runs (its `web`)."""
+        return self.nginx if self.web == NGINX else self.apache
 
     def pool_dir(self, pool: Pool) -> PurePosixPath:
         """`<root>/<pool>` on this host (an absolute pool root wins)."""
@@ -325,6 +346,7 @@ HOST_KEYS_DEFAULTS: dict[str, Any] = {
     "command_timeout": 300.0,
     "trust_new_host_keys": False,
     "keep_releases": 5,
+    "web": APACHE,
 }
 
 
@@ -394,9 +416,12 @@ def parse(data: Mapping[str, Any], path: str = "hosts.toml") -> Fleet:
     defaults_reader = _Reader(path, "defaults", defaults)
     base_apache = _apache(_Reader(path, "defaults.apache",
                                   defaults_reader.get("apache", dict, {})), Apache())
+    base_nginx = _nginx(_Reader(path, "defaults.nginx",
+                                defaults_reader.get("nginx", dict, {})), Nginx())
     base = _host_settings(defaults_reader, HOST_KEYS_DEFAULTS)
     defaults_reader.reject_unknown()
-    hosts = tuple(_host(path, i, table, base, base_apache) for i, table in enumerate(host_tables))
+    hosts = tuple(_host(path, i, table, base, (base_apache, base_nginx))
+                  for i, table in enumerate(host_tables))
     _reject_duplicates(path, "hosts", [h.name for h in hosts], "name")
     _reject_duplicates(path, "hosts", [f"{h.address}:{h.port}" for h in hosts], "address")
     pools = tuple(_pool(path, name, table) for name, table in pool_tables.items())
@@ -449,6 +474,9 @@ def _host_settings(reader: _Reader, base: Mapping[str, Any]) -> dict[str, Any]:
     out["trust_new_host_keys"] = reader.get("trust_new_host_keys", bool,
                                             base["trust_new_host_keys"])
     out["keep_releases"] = reader.get("keep_releases", int, base["keep_releases"])
+    out["web"] = reader.get("web", str, base["web"])
+    reader.check("web", lambda v: v in WEB_SERVERS,
+                 f"must be {APACHE!r} or {NGINX!r} (the web server that balances the replicas)")
     reader.check("port", lambda v: 0 < v < 65536, "must be a TCP port (1-65535)")
     reader.check("root", _absolute_path,
                  f"must be an absolute path without '..'; {CONFIG_PATH_RULE}")
@@ -464,28 +492,41 @@ def _host_settings(reader: _Reader, base: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _web_server(reader: _Reader, base: WebServer) -> dict[str, str]:
+    """The keys both web servers' tables share, checked."""
+    shared = {"listen": reader.get("listen", str, base.listen),
+              "user": reader.get("user", str, base.user),
+              "group": reader.get("group", str, base.group)}
+    reader.check("listen", lambda v: bool(re.fullmatch(r"^[\w.*:\[\]-]+$", v)),
+                 "must look like ADDRESS:PORT or *:PORT")
+    for key in ("user", "group"):
+        reader.check(key, lambda v: bool(ACCOUNT.fullmatch(v)), "must be a user/group name")
+    return shared
+
+
 def _apache(reader: _Reader, base: Apache) -> Apache:
     apache = Apache(
         mode=reader.get("mode", str, base.mode),
-        listen=reader.get("listen", str, base.listen),
         manager_port=reader.get("manager_port", int, base.manager_port),
-        user=reader.get("user", str, base.user),
-        group=reader.get("group", str, base.group),
+        **_web_server(reader, base),
     )
     reader.check("mode", lambda v: v in APACHE_MODES, f"must be one of {', '.join(APACHE_MODES)}")
-    reader.check("listen", lambda v: bool(re.fullmatch(r"^[\w.*:\[\]-]+$", v)),
-                 "must look like ADDRESS:PORT or *:PORT")
     reader.check("manager_port", lambda v: 0 < v < 65536, "must be a TCP port (1-65535)")
     if apache.port == apache.manager_port:
         # both would be rendered as `Listen`, and Apache refuses a second bind of one port
         raise reader.fail("listen", f"port {apache.port} is also the manager_port")
-    for key in ("user", "group"):
-        reader.check(key, lambda v: bool(ACCOUNT.fullmatch(v)), "must be a user/group name")
     reader.reject_unknown()
     return apache
 
 
-def _host(path: str, index: int, table: Any, base: Mapping[str, Any], apache: Apache) -> Host:
+def _nginx(reader: _Reader, base: Nginx) -> Nginx:
+    nginx = Nginx(**_web_server(reader, base))
+    reader.reject_unknown()
+    return nginx
+
+
+def _host(path: str, index: int, table: Any, base: Mapping[str, Any],
+          servers: tuple[Apache, Nginx]) -> Host:
     if not isinstance(table, dict):
         raise ConfigError(f"{path}: hosts[{index}]: must be a table")
     named = isinstance(table.get("name"), str)
@@ -499,7 +540,9 @@ def _host(path: str, index: int, table: Any, base: Mapping[str, Any], apache: Ap
                  "must be a host name or an IP address")
     settings = _host_settings(reader, base)
     host_apache = _apache(_Reader(path, f"{label}.apache", reader.get("apache", dict, {})),
-                          apache)
+                          servers[0])
+    host_nginx = _nginx(_Reader(path, f"{label}.nginx", reader.get("nginx", dict, {})),
+                        servers[1])
     reader.reject_unknown()
     sudo = settings["sudo"] if settings["sudo"] is not None else settings["user"] != "root"
     return Host(name=name, address=address, port=settings["port"], user=settings["user"],
@@ -509,6 +552,7 @@ def _host(path: str, index: int, table: Any, base: Mapping[str, Any], apache: Ap
                 command_timeout=settings["command_timeout"],
                 trust_new_host_keys=settings["trust_new_host_keys"],
                 keep_releases=settings["keep_releases"], apache=host_apache,
+                nginx=host_nginx, web=settings["web"],
                 setup_user=settings["setup_user"] or settings["user"])
 
 

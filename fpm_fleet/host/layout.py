@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import PurePosixPath
 
 from fpm_fleet.core.inventory import Host, Pool, replica_name
+from fpm_fleet.remote import shell
 
 
 @dataclass(frozen=True)
@@ -132,3 +133,24 @@ MANAGER_LOGIN = "fpm-fleet"
 SUDOERS = PurePosixPath("/etc/sudoers.d/fpm-fleet")
 # The ExecStop of every replica service (one copy per host, shared by the pools).
 STOP_SCRIPT = PurePosixPath("/usr/local/lib/fpm-fleet/replica-stop")
+
+# nginx (`web = "nginx"`): the site, the FastCGI parameters it includes, each pool's upstream
+# (written by the nginx-members helper from its root-owned template) and the unix socket on
+# which the running nginx answers each pool's member states.
+NGINX_SITE = PurePosixPath("/etc/nginx/sites-available/fpm-fleet.conf")
+NGINX_SITE_LINK = PurePosixPath("/etc/nginx/sites-enabled/fpm-fleet.conf")
+NGINX_PARAMS = PurePosixPath("/etc/nginx/snippets/fpm-fleet-fastcgi.conf")
+NGINX_UPSTREAMS = PurePosixPath("/etc/nginx/fpm-fleet")
+NGINX_TEMPLATES = PurePosixPath("/etc/fpm-fleet/nginx")
+NGINX_MEMBERS = PurePosixPath(shell.NGINX_MEMBERS)
+NGINX_SOCKET = PurePosixPath("/run/fpm-fleet-nginx.sock")
+
+
+def nginx_upstream(pool: str) -> PurePosixPath:
+    """The pool's upstream as nginx includes it (the helper writes it)."""
+    return NGINX_UPSTREAMS / f"{pool}.conf"
+
+
+def nginx_template(pool: str) -> PurePosixPath:
+    """The root-owned template the helper writes the pool's upstream from."""
+    return NGINX_TEMPLATES / f"{pool}.upstream.in"

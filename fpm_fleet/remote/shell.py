@@ -44,8 +44,12 @@ def as_root(command: str, sudo: bool) -> str:
 # same tuples): fixed arguments only, one line per replica service, no wildcard (a `*` in
 # sudoers also matches spaces, so `fpm-fleet-*@*.service` would allow extra units and options).
 
+# nginx's only root command: the helper that rewrites a pool's upstream from the states it
+# reads on stdin, tests and reloads nginx (templates/sh/nginx-members.sh; `fab setup`
+# installs it). One line per pool: its argument is the pool's name.
+NGINX_MEMBERS = "/usr/local/lib/fpm-fleet/nginx-members"
 SUDO_PATHS = {"systemctl": "/usr/bin/systemctl", "journalctl": "/usr/bin/journalctl",
-              "apache2ctl": "/usr/sbin/apache2ctl"}
+              "apache2ctl": "/usr/sbin/apache2ctl", NGINX_MEMBERS: NGINX_MEMBERS}
 REPLICA_VERBS = ("start", "stop", "enable", "disable", "reset-failed", "journal")
 APACHE_CONFIGTEST = ("apache2ctl", "configtest")
 APACHE_GRACEFUL = ("systemctl", "reload", "apache2.service")
@@ -62,6 +66,14 @@ def replica_command(verb: str, unit: str) -> tuple[str, ...]:
         "journal": ("journalctl", "--no-pager", "-o", "cat", "-n", "5", "-u", unit),
     }
     return commands[verb]
+
+
+def nginx_members(pool: str) -> tuple[str, ...]:
+    """The exact argv that changes a pool's nginx upstream (the states go on stdin)."""
+    return (NGINX_MEMBERS, pool)
+
+
+NGINX_CHECK = (NGINX_MEMBERS, "--check")  # `nginx -t` as root, before a rollout changes anything
 
 
 def privileged(argv: Sequence[str], sudo: bool) -> str:
@@ -203,10 +215,11 @@ def enable_units(units: Iterable[str]) -> str:
             f"{{ systemctl enable --quiet \"$u\" && printf '%s\\n' \"$u\"; }}; done")
 
 
-def probe_tools() -> str:
-    """Preflight: which of the commands fpm-fleet relies on are present on the host."""
+def probe_tools(web_binary: str = "apache2") -> str:
+    """Preflight: which of the commands fpm-fleet relies on are present on the host (with
+    the web server's binary: apache2 or nginx)."""
     tools = ("systemctl", "cgi-fcgi", "curl", "awk", "ps", "tar", "sha256sum", "flock",
-             "apache2")
+             web_binary)
     # sbin is not on a non-root user's PATH on Debian (apache2 lives in /usr/sbin)
     return "PATH=\"$PATH:/usr/local/sbin:/usr/sbin:/sbin\"; " + "; ".join(
         f"printf '%s\\t%s\\n' {t} \"$(command -v {t} || echo -)\"" for t in tools)

@@ -28,7 +28,7 @@ from fpm_fleet.remote.runner import Runner
 from fpm_fleet.rollout import hooks, replica, surge
 from fpm_fleet.rollout.hosts import Selection, ordered, preflight, tracked
 from fpm_fleet.source import Source
-from fpm_fleet.web import apache, balancer
+from fpm_fleet.web import balancer, server
 
 
 @dataclass(frozen=True)
@@ -73,7 +73,7 @@ def roll_to(at: HostPool, target: str, obs: Observer, timeout: float) -> list[st
     """Restart every replica not already pinned to `target`, each health-gated. One already
     on `target` but out of rotation (its gate failed before) is gated and put back."""
     procs = at.ask(fpm.probe(at))
-    bal = apache.read(at)
+    bal = server.read(at)
     done = []
     for r in ordered(at, list(at.pool.replica_numbers)):
         proc = procs[r.n]
@@ -230,7 +230,7 @@ def revert(at: HostPool, plan: Plan, previous: str, obs: Observer) -> int:
         release.mark_bad(at, plan.release)
         s.detail = f"{plan.release} -> {previous}, {plan.release} marked bad"
     converge(at, previous, obs, plan.timeout)
-    bal = apache.read(at)
+    bal = server.read(at)
     return sum(balancer.member_of(bal, r).enabled for r in at.replicas())
 
 
@@ -364,7 +364,7 @@ def listing(at: HostPool) -> list[ReleaseRow]:
     previous = release.previous_of(current, release.history(at))
     bad = release.bad_releases(at)
     pinned: dict[str, list[str]] = {}
-    bal = apache.read(at)
+    bal = server.read(at)
     procs = at.ask(fpm.probe(at))
     for r in at.replicas():
         proc = procs[r.n]

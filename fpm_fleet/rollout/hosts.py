@@ -21,7 +21,7 @@ from fpm_fleet.remote.command import together
 from fpm_fleet.remote.group import Proven, as_failure
 from fpm_fleet.remote.runner import Runner, shielded
 from fpm_fleet.rollout import replica, retire, surge
-from fpm_fleet.web import apache, balancer
+from fpm_fleet.web import balancer, server
 
 
 @dataclass(frozen=True)
@@ -74,7 +74,7 @@ def _replica_number(replica: int | str | None, pools: tuple[Pool, ...]) -> int |
 
 def ordered(at: HostPool, numbers: list[int]) -> list[Replica]:
     """Replicas that are not serving go first: restarting them costs no capacity."""
-    bal = apache.read(at)
+    bal = server.read(at)
     replicas = at.replicas(numbers)
     serving = [r for r in replicas if balancer.member_of(bal, r).enabled]
     return [r for r in replicas if r not in serving] + serving
@@ -122,17 +122,20 @@ class Preflight:
 
 
 def preflight(at: HostPool, obs: Observer) -> Preflight:
-    """Before any rollout of a pool: fail here, before anything changes, when balancer-manager
-    cannot be read or lacks a member; and put back what an interrupted run left out of
-    rotation (a replica that runs and passes its health gate, yet is drained or disabled).
+    """Before any rollout of a pool: fail here, before anything changes, when the balancer
+    cannot be read or lacks a member (or nginx's configuration fails `nginx -t`); and put
+    back what an interrupted run left out of rotation (a replica that runs and passes its
+    health gate, yet is drained or disabled).
 
     First (in the same round trip) it waits for the old set of the pool's last surge to
     retire (retire.py). An old set whose retirement was cut short (a reboot) is left out:
     its release is no longer current, and the next surge stops it before it uses its
     slots."""
+    server.check_config(at)
     waited, bal, procs, current = at.ask(together(
         f"read {at.pool.name} retirement, balancer, replicas and current.release",
-        [retire.wait_retired(at), balancer.read(at), fpm.probe(at), fpm.current_release(at)]))
+        [retire.wait_retired(at), server.read_command(at), fpm.probe(at),
+         fpm.current_release(at)]))
     _say_settled(at, obs, waited)
     healed = []
     for r in at.replicas():
@@ -145,7 +148,7 @@ def preflight(at: HostPool, obs: Observer) -> Preflight:
             replica.health_gate(r, proc.release or "", attempts=2)
         except RolloutError:
             continue
-        status, _ = apache.enable(r)
+        status, _ = server.enable(r)
         healed.append(r.name)
         obs.event(Event("warn", at.host.name, "recover", r.name, "running and healthy but out "
                         f"of rotation (left by an interrupted run): put back, {status.status}"))
@@ -223,7 +226,7 @@ def _to_start(at: HostPool, sel: Selection) -> list[int]:
     --replica, the set in rotation (the first set when none serves), never the standby."""
     if at.pool.strategy != SURGE or sel.replica is not None:
         return sel.replicas(at.pool)
-    bal = apache.read(at)
+    bal = server.read(at)
     enabled = {r.n for r in at.replicas() if balancer.member_of(bal, r).enabled}
     active, standby = surge.pick_sets(at.pool, enabled)  # what ran (all may be stopped)
     return active or standby
@@ -242,7 +245,7 @@ def stop_host(runner: Runner, host: Host, sel: Selection, obs: Observer, timeout
             replica.take_out(r, obs, timeout, check=not force)
             replica.stop(r, obs)
             r.ask(fpm.disable(r))
-            apache.disable(r)
+            server.disable(r)
             done.append(r.label)
     return done
 
@@ -250,7 +253,7 @@ def stop_host(runner: Runner, host: Host, sel: Selection, obs: Observer, timeout
 def _stop_remains(r: Replica, obs: Observer, timeout: float) -> None:
     """A replica whose master is gone: out of rotation, its orphaned workers finish, and its
     service is stopped and disabled all the same."""
-    apache.disable(r)
+    server.disable(r)
     replica.wait_idle(r, timeout)  # workers of a dead master may still work
     stopped = r.ask(fpm.stop(r))
     r.ask(fpm.disable(r))

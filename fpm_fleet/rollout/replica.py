@@ -18,7 +18,7 @@ from fpm_fleet.host import fpm
 from fpm_fleet.host.fpm import Process, StopOutcome, Stopped
 from fpm_fleet.host.pool import Replica
 from fpm_fleet.remote.command import Command, together
-from fpm_fleet.web import apache, balancer
+from fpm_fleet.web import balancer, server
 from fpm_fleet.web.balancer import Balancer
 
 POLL = 0.1
@@ -57,7 +57,7 @@ def guard(r: Replica) -> Replica:
     A member in `Err` counts only once its retry interval has passed (Apache then tries it
     again); taking the last other member out inside that window would answer 503.
     """
-    bal = apache.read(r.at)
+    bal = server.read(r.at)
     for other in r.at.replicas():
         if other.n == r.n:
             continue
@@ -66,7 +66,7 @@ def guard(r: Replica) -> Replica:
             continue
         if "Err" in member.flags:
             time.sleep(r.pool.retry + 0.5)
-            if apache.member(other).out:
+            if server.member(other).out:
                 continue
         return other
     raise RolloutError(f"{r.host.name}: refusing to take {r.name} out: no other replica of "
@@ -96,7 +96,7 @@ IDLE = Activity(0, None, 0)
 def activity(r: Replica) -> Command[Activity]:
     """Busy, FPM status and open connections, in one round trip."""
     both = together(f"idle probe {r.name}",
-                    [balancer.read(r.at), fpm.fpm_status(r), fpm.connections(r)])
+                    [server.read_command(r.at), fpm.fpm_status(r), fpm.connections(r)])
 
     def read(result: RemoteResult) -> Activity:
         bal, status, conns = both.read(result)
@@ -127,7 +127,7 @@ def wait_idle(r: Replica, timeout: float) -> tuple[float, str]:
             if time.monotonic() - started > timeout:
                 raise RolloutError(f"{r.host.name}: {r.name}: the balancer keeps losing its "
                                    "drain flag")
-            apache.drain(r)
+            server.drain(r)
             quiet, idle_since = 0, None
             continue
         now = time.monotonic()
@@ -217,13 +217,13 @@ def take_out(r: Replica, obs: Observer, timeout: float, check: bool = True) -> f
             s.detail = f"{guard(r).name} keeps serving"
     for _ in range(3):
         with step(obs, host, "drain", target) as s:
-            s.detail = apache.drain(r).status
+            s.detail = server.drain(r).status
         with step(obs, host, "wait idle", target) as s:
             try:
                 waited, note = wait_idle(r, timeout)
                 s.detail = f"{waited:.2f}s" + (f" ({note})" if note else "")
             except RolloutError:
-                apache.enable(r)
+                server.enable(r)
                 raise
         if still_out(r):
             return waited
@@ -234,7 +234,7 @@ def take_out(r: Replica, obs: Observer, timeout: float, check: bool = True) -> f
 
 def still_out(r: Replica) -> bool:
     """Re-read the member just before stopping: an Apache restart may have reset its flags."""
-    bal = r.ask(assuming(balancer.read(r.at), _drained(r)))
+    bal = r.ask(assuming(server.read_command(r.at), _drained(r)))
     return balancer.member_of(bal, r).out
 
 
@@ -276,10 +276,10 @@ def start(r: Replica, release: str, obs: Observer) -> Gate:
         try:
             gate = health_gate(r, release)
         except RolloutError:
-            apache.disable(r)
+            server.disable(r)
             raise
     with step(obs, r.host.name, "enable", r.name) as s:
-        member, note = apache.enable(r)
+        member, note = server.enable(r)
         s.detail = member.status + (f" ({note})" if note else "")
     return gate
 
@@ -326,5 +326,5 @@ def recover(r: Replica, start_stopped: bool = False) -> str:
         health_gate(r, release, attempts=3)
     except RolloutError as exc:
         return f"running but unhealthy, out of rotation ({exc})"
-    member, _ = apache.enable(r)
+    member, _ = server.enable(r)
     return f"running {release}, {member.status}"

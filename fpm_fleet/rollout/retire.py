@@ -25,7 +25,7 @@ from fpm_fleet.host.layout import Layout
 from fpm_fleet.host.pool import HostPool, Replica
 from fpm_fleet.remote.command import Command, action
 from fpm_fleet.remote.shell import q, with_replica_lib
-from fpm_fleet.web import apache, balancer
+from fpm_fleet.web import server
 from fpm_fleet.web.balancer import Balancer
 
 GRACE = 30  # seconds beyond stop_timeout the job and its waiters are given
@@ -42,8 +42,9 @@ def log_path(layout: Layout) -> PurePosixPath:
 def job_script(at: HostPool, old: list[Replica], new: list[Replica], bal: Balancer) -> str:
     """What the job runs (pure): enable the new set at boot, wait until no connection is
     open on each old replica's socket, stop the old set (graceful, disabled at boot), then
-    mark its members disabled (with the nonce read at the flip: should Apache restart
-    meanwhile, the members come back from its config and fail over at connect)."""
+    mark its members disabled (Apache: with the nonce read at the flip: should Apache
+    restart meanwhile, the members come back from its config and fail over at connect;
+    nginx: the states read back at the flip, the old set's now disabled)."""
     layout, sudo = at.layout, at.host.sudo
     ticks = at.pool.stop_timeout * 10
     lines = [f"echo \"$(date -Is) retiring {_names(old)}; {_names(new)} serve\""]
@@ -52,9 +53,7 @@ def job_script(at: HostPool, old: list[Replica], new: list[Replica], bal: Balanc
               for r in old]
     if old:
         lines.append(fpm.stop_set_command(layout, [r.n for r in old], sudo))
-        members = [(balancer.member_of(bal, r).worker, apache.DISABLE) for r in old]
-        lines.append(balancer.set_many_command(at.manager_url, at.pool.balancer, bal.nonce,
-                                               members) + " >/dev/null")
+        lines.append(server.disable_command(at, bal, old) + " >/dev/null")
     lines.append("echo \"$(date -Is) done\"")
     return with_replica_lib("\n".join(lines))
 

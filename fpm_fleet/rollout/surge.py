@@ -23,7 +23,7 @@ from fpm_fleet.remote.command import together
 from fpm_fleet.remote.group import as_failure
 from fpm_fleet.remote.runner import shielded
 from fpm_fleet.rollout import replica, retire
-from fpm_fleet.web import apache, balancer
+from fpm_fleet.web import balancer, server
 from fpm_fleet.web.balancer import Balancer
 
 
@@ -53,7 +53,7 @@ def surge_to(at: HostPool, release: str, obs: Observer, timeout: float,
     """Serve `release` from this host's standby set and leave the old set to retire; returns
     the replicas now serving (none when the pool already served `release` and not `force`)."""
     bal, procs = at.ask(together(f"read {at.pool.name} balancer and replicas",
-                                 [balancer.read(at), fpm.probe(at)]))
+                                 [server.read_command(at), fpm.probe(at)]))
     old_ns, new_ns = pick_sets(at.pool, serving(at, bal, procs))
     old, new = at.replicas(old_ns) if old_ns else [], at.replicas(new_ns)
     if not force and old and all(runs(procs[r.n], at, release) for r in old):
@@ -112,10 +112,10 @@ def _start_set(at: HostPool, new: list[Replica], release: str, procs: dict[int, 
     takes the whole set away."""
     leftovers = [r for r in new if procs[r.n].alive or procs[r.n].strays]
     if leftovers:
-        apache.set_members(at, [(r, apache.DRAIN) for r in leftovers])
+        server.set_all(at, leftovers, server.DRAIN)
         for r in leftovers:
             replica.wait_idle(r, timeout)
-        apache.disable_all(at, leftovers)
+        server.disable_all(at, leftovers)
         at.ask(fpm.stop_set(at, [r.n for r in leftovers]))
     # enabled at boot later, by the host (retire.py): off the path to the new release
     started = at.ask(fpm.start_set(at, [r.n for r in new], release, enable=False))
@@ -128,7 +128,7 @@ def _start_set(at: HostPool, new: list[Replica], release: str, procs: dict[int, 
 
 def _abandon(at: HostPool, new: list[Replica]) -> None:
     """The new set never served: out of rotation, stopped."""
-    apache.disable_all(at, new)
+    server.disable_all(at, new)
     at.ask(fpm.stop_set(at, [r.n for r in new]))
 
 
@@ -137,10 +137,10 @@ def _flip(at: HostPool, new: list[Replica], out: list[Replica], bal: Balancer,
     """The new set in rotation and `out` out of it, in one round trip (new first: capacity
     never drops): the old set drained (parked with keep_previous), or on a pool's first
     rollout the idle slots disabled. Returns the balancer read back."""
-    out_flags = apache.DISABLE if first else apache.PARK if parked else apache.DRAIN
+    out_state = server.DISABLE if first else server.PARK if parked else server.DRAIN
     with step(obs, at.host.name, "flip", _names(new)) as s:
         # the balancer read at the start of the rollout: nothing changed its flags since
-        bal, members, notes = apache.flip(at, new, out, out_flags, current=bal)
+        bal, members, notes = server.flip(at, new, out, out_state, current=bal)
         s.detail = "; ".join(
             [f"in: {', '.join(members[r.n].status + _note(notes, r) for r in new)}"]
             + ([f"{'parked' if parked else 'out'}: {_names(out)}"] if out else []))

@@ -27,10 +27,12 @@ T = TypeVar("T")
 
 
 def bring_up(base: Path, count: int, release: str | None,
-             strategy: str = "surge") -> inventory.Fleet:
+             strategy: str = "surge", web: str = "apache") -> inventory.Fleet:
     """Boot `count` hosts (reusing those already up), then provision them and deploy
-    `release` of the demo app (with no release: hosts as a fresh server is)."""
+    `release` of the demo app (with no release: hosts as a fresh server is). `web`: apache,
+    nginx, or mixed (Apache and nginx hosts in turn)."""
     sandbox.require_root()
+    sandbox.web_of(web, 0)
     if not 1 <= count <= 50:
         raise FleetError("sandbox: --hosts must be 1..50")
     base.mkdir(parents=True, exist_ok=True)
@@ -52,7 +54,7 @@ def bring_up(base: Path, count: int, release: str | None,
                 + ", ".join(f"{n} {s}" for n, s in states.items()))
     (base / "known_hosts").write_text("".join(sandbox.known_hosts_line(h) for h in hosts))
     path = base / "hosts.toml"
-    path.write_text(sandbox.inventory(hosts, base, strategy=strategy))
+    path.write_text(sandbox.inventory(hosts, base, strategy=strategy, web=web))
     fleet = inventory.load(path)
     if release is not None:
         provision_and_deploy(fleet, base, release)
@@ -82,11 +84,11 @@ def _check(results: GroupResult[T]) -> None:
         raise FleetError("sandbox: " + "; ".join(str(r.error) for r in results.failed))
 
 
-def demo(base: Path, hosts: int) -> None:
+def demo(base: Path, hosts: int, web: str = "apache") -> None:
     """Bring up the fleet on v1, then deploy v2 with `fab deploy` under load; show the
     requests (0 failed) and the fleet's status."""
     started = time.monotonic()
-    fleet = bring_up(base, hosts, "v1")
+    fleet = bring_up(base, hosts, "v1", web=web)
     output.note(f"sandbox up: {len(fleet.hosts)} hosts in {time.monotonic() - started:.1f}s",
                 "bold green")
     demo_app.build(Path(fleet.pools[0].source), "v2")

@@ -404,8 +404,20 @@ def _remove_cgroups(host: SandboxHost) -> None:
 
 # --- inventory ---------------------------------------------------------------------------------
 
+WEB_CHOICES = ("apache", "nginx", "mixed")
+
+
+def web_of(web: str, index: int) -> str:
+    """The web server of the index-th host (from 0): `mixed` alternates, Apache first."""
+    if web not in WEB_CHOICES:
+        raise FleetError(f"sandbox: --web must be one of {', '.join(WEB_CHOICES)}")
+    if web == "mixed":
+        return ("apache", "nginx")[index % 2]
+    return web
+
+
 def inventory(hosts: list[SandboxHost], base: Path, replicas: int = 2,
-              strategy: str = "surge") -> str:
+              strategy: str = "surge", web: str = "apache") -> str:
     lines = [
         "# Written by `fab sandbox.up`: the local test fleet (Debian 12 hosts with systemd).",
         "# Use it with: FABRIC_INVENTORY=sandbox/hosts.toml fab <task>",
@@ -420,8 +432,9 @@ def inventory(hosts: list[SandboxHost], base: Path, replicas: int = 2,
         "connect_timeout = 5",
         "",
     ]
-    for h in hosts:
-        lines += ["[[hosts]]", f'name = "{h.name}"', f'address = "{h.address}"', ""]
+    for i, h in enumerate(hosts):
+        lines += ["[[hosts]]", f'name = "{h.name}"', f'address = "{h.address}"']
+        lines += [f'web = "{web_of(web, i)}"', ""] if web_of(web, i) != "apache" else [""]
     lines += ["[pools.www]", f"replicas = {replicas}", f'strategy = "{strategy}"',
               "max_children = 8",
               f"source = {_toml(base / 'build' / 'www')}", 'shared = ["storage"]', ""]

@@ -141,11 +141,13 @@ class Sandbox:
         ok(fab(*args, *(["--unhealthy"] if unhealthy else [])))
 
 
-def bring_up(hosts: int, strategy: str = "rolling") -> Sandbox:
+def bring_up(hosts: int, strategy: str = "rolling", web: str = "apache") -> Sandbox:
     """A fresh fleet of `hosts`; rolling unless said (most tests were written for it; the
-    surge strategy has its own module)."""
+    surge strategy has its own module); Apache unless said (`nginx`, or `mixed`: Apache and
+    nginx hosts in turn)."""
     fab("sandbox.down", inventory_path=None)
-    ok(fab("sandbox.up", "--hosts", str(hosts), "--strategy", strategy, inventory_path=None))
+    ok(fab("sandbox.up", "--hosts", str(hosts), "--strategy", strategy, "--web", web,
+           inventory_path=None))
     path = SANDBOX / "hosts.toml"
     return Sandbox(inventory.load(path), path)
 
@@ -165,6 +167,15 @@ def fleet2() -> Iterator[Sandbox]:
 @pytest.fixture(scope="module")
 def fleet3() -> Iterator[Sandbox]:
     box = bring_up(3)
+    yield box
+    assert tear_down() == []
+
+
+@pytest.fixture(scope="module")
+def mixed3() -> Iterator[Sandbox]:
+    """Three rolling hosts, h2 served by nginx, h1 and h3 by Apache: a suite run on it runs
+    for both web servers at the cost of one fleet."""
+    box = bring_up(3, web="mixed")
     yield box
     assert tear_down() == []
 

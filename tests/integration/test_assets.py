@@ -31,9 +31,10 @@ front_controller = "index.php"
 """
 
 
-@pytest.fixture(scope="module")
-def box() -> Iterator[Sandbox]:
-    box = bring_up(1)
+@pytest.fixture(scope="module", params=["apache", "nginx"])
+def box(request: pytest.FixtureRequest) -> Iterator[Sandbox]:
+    """One host, once with each web server: the rules are each server's own."""
+    box = bring_up(1, web=request.param)
     yield box
     assert tear_down() == []
 

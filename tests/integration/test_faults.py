@@ -15,8 +15,9 @@ from .conftest import Background, Sandbox, assert_no_failures, fab, get, load, o
 
 
 @pytest.fixture(scope="module")
-def box(fleet3: Sandbox) -> Sandbox:
-    return fleet3
+def box(mixed3: Sandbox) -> Sandbox:
+    """h2 runs nginx: every test here runs for both web servers."""
+    return mixed3
 
 
 def healthy(box: Sandbox) -> bool:

@@ -73,7 +73,7 @@ def apache_checks(host, fleet, **answers: RemoteResult) -> dict[str, provision.C
     base = {"list Apache modules": result(MODULES),
             "check listen port": result(), "request www through Apache": result("200")}
     ex = by_purpose(host, {**base, **{k.replace("_", " "): v for k, v in answers.items()}})
-    return {c.name: c for c in provision._check_apache(ex, fleet, host)}
+    return {c.name: c for c in provision._check_web(ex, fleet, host)}
 
 
 def test_check_requests_each_pool_through_apache_and_checks_the_listen_port(
@@ -83,7 +83,7 @@ def test_check_requests_each_pool_through_apache_and_checks_the_listen_port(
     host = fleet.hosts[0]
     ex = by_purpose(host, {"list Apache modules": result(MODULES),
                           "request www through Apache": result("200")})
-    provision._check_apache(ex, fleet, host)
+    provision._check_web(ex, fleet, host)
     assert apache_site.tcp_listening(8088) in ex.commands
     assert any(c.startswith("if [ -e /srv/fpm-fleet/www/current.release ]; then curl")
                and "'Host: www'" in c and "http://127.0.0.1:8088/health.php" in c

@@ -30,7 +30,7 @@ def scripted(monkeypatch, web):
         feed = iter(activities)
         monkeypatch.setattr(replica, "activity", lambda r: Command(
             "idle-probe", f"idle probe {r.name}", lambda res: next(feed), check=False))
-        monkeypatch.setattr(replica.apache, "drain", lambda r: drains.append(r.n))
+        monkeypatch.setattr(replica.server, "drain", lambda r: drains.append(r.n))
         monkeypatch.setattr(replica, "POLL", 0)
         return replica.wait_idle(replica_of(runner, pool, 1), timeout)
 
