@@ -65,8 +65,12 @@ def surge_to(at: HostPool, release: str, obs: Observer, timeout: float,
         # the first rollout of a pool has no old set: the other slots go out for good
         out = old or [r for r in at.replicas()
                       if r not in new and not balancer.member_of(bal, r).out]
-        bal = _flip(at, new, out, bal, obs, parked=bool(old) and at.pool.keep_previous,
-                    first=not old)
+        try:
+            bal = _flip(at, new, out, bal, obs, parked=bool(old) and at.pool.keep_previous,
+                        first=not old)
+        except RolloutError:
+            _unflip(at, old, new, obs)
+            raise
         _say_proven(proven)
         _retire(at, [] if at.pool.keep_previous else old, new, bal, obs)
     return [r.name for r in new]
@@ -124,6 +128,19 @@ def _start_set(at: HostPool, new: list[Replica], release: str, procs: dict[int, 
         _abandon(at, new)
         raise RolloutError(f"{at.host.name}: {', '.join(failed)} did not start on {release}; "
                            "the new set was stopped, the serving set never left rotation")
+
+
+def _unflip(at: HostPool, old: list[Replica], new: list[Replica], obs: Observer) -> None:
+    """A flip that failed, maybe half way (a member refused, a reload nginx failed): the old
+    set back in rotation first, then the new set taken away, as after a failed gate; the
+    caller reverts to the release the old set runs. Should that fail too, every healthy
+    replica of both sets is put back: the host keeps serving, from both if need be."""
+    try:
+        if old:
+            server.set_all(at, old, server.UP)
+        _abandon(at, new)
+    except FleetError:
+        _recover_all(old + new, obs)
 
 
 def _abandon(at: HostPool, new: list[Replica]) -> None:

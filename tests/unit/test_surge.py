@@ -230,3 +230,17 @@ def test_the_wait_for_a_retirement_waits_on_the_job_s_lock_for_real(
     waited, _ = both.read(run(both.text))
     holder.wait()
     assert 0.2 <= waited < 5
+
+
+def test_a_flip_the_balancer_refuses_brings_the_old_set_back_and_takes_the_new_one_away(
+        surge_pool):
+    fake = surge_pool()
+    fake.current = "v2"
+    # the flip's round trip fails (balancer-manager refuses the POSTs); the old set's
+    # re-enable and the new set's removal, round trips of their own, go through
+    fake.runner.first(lambda call: "fcgi://www-1 {'N': 1}" in call.what,
+                      (22, "curl: (22) The requested URL returned error: 403"))
+    with pytest.raises(RolloutError, match="refused the change"):
+        surge.surge_to(fake.at, "v2", EventLog(), 5)
+    assert sorted(fake.serving()) == [1, 2]
+    assert fake.pinned == {1: "v1", 2: "v1", 3: None, 4: None}
