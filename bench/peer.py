@@ -75,16 +75,27 @@ class Peer:
 class CapSite:
     """One pool on one host as Capistrano deploys it, and what its replicas need to follow."""
 
-    units: tuple[str, ...]
+    units: tuple[str, ...]  # every slot of the pool: all are stopped on a switch
     current: PurePosixPath  # the pool's current/, where Apache sends PHP requests
     deploy_to: PurePosixPath
     dropin: PurePosixPath
+    # the services that run, for both tools: those serving when Capistrano's setup began
+    # (a surge pool's set in rotation), so that each tool has the same replicas, and
+    # fpm-fleet's rounds start from its own state (the standby set stopped), not from a
+    # standby set Capistrano left running in rotation
+    serving: tuple[str, ...] = ()
+
+    @property
+    def started(self) -> tuple[str, ...]:
+        """The services both tools run (all of them unless `serving` says)."""
+        return self.serving or self.units
 
     @classmethod
-    def of(cls, host: Host, pool: Pool) -> CapSite:
+    def of(cls, host: Host, pool: Pool, serving: tuple[str, ...] = ()) -> CapSite:
         layout = Layout.of(host, pool)
-        return cls(tuple(layout.unit(n) for n in pool.replica_numbers), layout.current,
-                   DEPLOY_ROOT / pool.name, PurePosixPath(f"{layout.unit_file}.d") / DROPIN)
+        units = tuple(layout.unit(n) for n in pool.replica_numbers)
+        return cls(units, layout.current, DEPLOY_ROOT / pool.name,
+                   PurePosixPath(f"{layout.unit_file}.d") / DROPIN, serving)
 
 
 def order(rounds: int) -> list[tuple[int, str]]:
@@ -121,7 +132,7 @@ def leave_script(site: CapSite, owner: str, mode: str) -> str:
         f"mkdir -p {q(str(site.current))}",
         f"chown {q(owner)} {q(str(site.current))}",
         f"chmod {q(mode)} {q(str(site.current))}",
-        f"systemctl start {units}",
+        f"systemctl start {' '.join(map(q, site.started))}",
     ])
 
 
@@ -133,7 +144,7 @@ def cap_env(host: Host, site: CapSite, source: Path, release: str, log: Path
     return {**os.environ, "CAP_HOST": host.address, "CAP_SSH_KEY": host.identity_file,
             "CAP_KNOWN_HOSTS": host.known_hosts, "CAP_SOURCE": str(source),
             "CAP_RELEASE": release, "CAP_DEPLOY_TO": str(site.deploy_to),
-            "CAP_FPM_UNITS": " ".join(site.units), "CAP_LOG": str(log)}
+            "CAP_FPM_UNITS": " ".join(site.started), "CAP_LOG": str(log)}
 
 
 def cap(env: dict[str, str], timeout: float = 300) -> Run:
@@ -214,13 +225,18 @@ class Bench:
         lock = retire.lock_path(Layout.of(self.host, self.pool))
         in_host(self.box, f"[ ! -e {q(str(lock))} ] || flock -w 120 {q(str(lock))} true",
                 timeout=130)
+        states = in_host(self.box, "systemctl is-active "
+                         + " ".join(map(q, self.site.units)) + "; true").split()
+        self.site = CapSite.of(self.host, self.pool, tuple(
+            unit for unit, state in zip(self.site.units, states, strict=False)
+            if state == "active"))
         self.capistrano = True  # first: leave_script undoes a half-done switch too
         in_host(self.box, enter_script(self.site), timeout=120)
         self.build(serving)
         seed = self.deploy_cap(serving)
         if not seed.ok:
             raise BenchError(f"cap deploy (seed) exited {seed.code}:\n{seed.tail(20)}")
-        in_host(self.box, "systemctl start " + " ".join(map(q, self.site.units)), timeout=60)
+        in_host(self.box, "systemctl start " + " ".join(map(q, self.site.started)), timeout=60)
         wait_serving(self.fleet, serving)
 
     def deploy_cap(self, release: str) -> Run:

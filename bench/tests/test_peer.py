@@ -100,6 +100,13 @@ def test_capsite_follows_the_inventory(tmp_path: Path) -> None:
     # every slot the pool has (a surge pool's standby set too: Apache routes only to the
     # members in rotation, and Capistrano's USR2 reaches every master)
     assert site.units == tuple(f"fpm-fleet-www@{n}.service" for n in (1, 2, 3, 4))
+    assert site.started == site.units  # unless told which serve
+    serving = peer.CapSite.of(fleet.hosts[0], fleet.pools[0], site.units[2:])
+    # both tools run the set that served: the switch back starts only it, and stops all
+    leave = peer.leave_script(serving, "deploy:deploy", "755")
+    assert leave.splitlines()[-1] == ("systemctl start fpm-fleet-www@3.service "
+                                      "fpm-fleet-www@4.service")
+    assert "systemctl stop fpm-fleet-www@1.service" in leave
     assert site.deploy_to == PurePosixPath("/srv/capistrano/www")
     assert str(site.dropin).startswith("/etc/systemd/system/fpm-fleet-www@.service.d/")
     assert site.current.name == "current"
