@@ -50,9 +50,34 @@ class Gate:
         return out
 
 
+GUARD_READS = 5
+
+
 def guard(r: Replica) -> Replica:
     """Refuse unless another replica of the pool is in rotation and answers ping; returns
     the one that keeps serving.
+
+    Before refusing it reads again, a few times 0.2 s apart: a replica enabled a moment
+    ago can still read as out (seen once on nginx right after the reload that enabled it),
+    and refusing fails the host. Only a refusal waits; going ahead needs a fresh yes.
+    """
+    for _ in range(GUARD_READS - 1):
+        other = _serving_other(r)
+        if other is not None:
+            return other
+        time.sleep(GUARD_WAIT)
+    other = _serving_other(r)
+    if other is not None:
+        return other
+    raise RolloutError(f"{r.host.name}: refusing to take {r.name} out: no other replica of "
+                       f"pool {r.pool.name} is enabled and healthy")
+
+
+GUARD_WAIT = 0.2
+
+
+def _serving_other(r: Replica) -> Replica | None:
+    """Another replica of the pool in rotation that answers ping, if any.
 
     A member in `Err` counts only once its retry interval has passed (Apache then tries it
     again); taking the last other member out inside that window would answer 503.
@@ -69,8 +94,7 @@ def guard(r: Replica) -> Replica:
             if server.member(other).out:
                 continue
         return other
-    raise RolloutError(f"{r.host.name}: refusing to take {r.name} out: no other replica of "
-                       f"pool {r.pool.name} is enabled and healthy")
+    return None
 
 
 @dataclass(frozen=True)

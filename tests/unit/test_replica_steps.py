@@ -92,7 +92,21 @@ def test_the_guard_refuses_an_err_member_taken_out_while_it_waited(fake, clock):
     clock.then = operator_drains_it
     with pytest.raises(RolloutError, match="no other replica of pool www"):
         replica.guard(fake.replica(1))
-    assert clock.slept == [fake.pool.retry + 0.5]
+    # the Err wait, then the re-reads before a refusal
+    assert clock.slept == [fake.pool.retry + 0.5] + [replica.GUARD_WAIT] * 4
+
+
+def test_the_guard_reads_again_before_refusing_and_goes_ahead_once_the_other_is_in(
+        fake, clock):
+    # just enabled, the other replica still reads out once (seen on nginx after a reload)
+    fake.flags[2] = {"Init", "Drn", "Ok"}
+
+    def enabled_meanwhile() -> None:
+        fake.flags[2] = {"Init", "Ok"}
+
+    clock.then = enabled_meanwhile
+    assert replica.guard(fake.replica(1)).n == 2
+    assert clock.slept == [replica.GUARD_WAIT]
 
 
 # --- wait idle ----------------------------------------------------------------------------------
