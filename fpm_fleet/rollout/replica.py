@@ -51,6 +51,7 @@ class Gate:
 
 
 GUARD_READS = 5
+GUARD_WAIT = 0.2
 
 
 def guard(r: Replica) -> Replica:
@@ -61,19 +62,14 @@ def guard(r: Replica) -> Replica:
     ago can still read as out (seen once on nginx right after the reload that enabled it),
     and refusing fails the host. Only a refusal waits; going ahead needs a fresh yes.
     """
-    for _ in range(GUARD_READS - 1):
+    for attempt in range(GUARD_READS):
+        if attempt:
+            time.sleep(GUARD_WAIT)
         other = _serving_other(r)
         if other is not None:
             return other
-        time.sleep(GUARD_WAIT)
-    other = _serving_other(r)
-    if other is not None:
-        return other
     raise RolloutError(f"{r.host.name}: refusing to take {r.name} out: no other replica of "
                        f"pool {r.pool.name} is enabled and healthy")
-
-
-GUARD_WAIT = 0.2
 
 
 def _serving_other(r: Replica) -> Replica | None:
