@@ -93,8 +93,7 @@ def fpm_fleet_uploads(host: Host, pool: Pool, sources: list[Path],
                 second = release.upload(at, sources[1], manifests[1], NAMES[1],
                                         base=NAMES[0])
             finally:
-                for name in NAMES:
-                    release.remove(at, name)
+                release.remove(at, NAMES)
     return [_transfer("fpm-fleet, first deploy", first),
             _transfer("fpm-fleet, one file changed", second)]
 

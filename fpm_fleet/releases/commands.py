@@ -5,6 +5,7 @@ with shell.q.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import PurePosixPath
 
 from fpm_fleet.host.layout import Layout
@@ -231,12 +232,26 @@ def list_releases(layout: Layout, sizes: bool = True) -> str:
             "done; fi")
 
 
-def remove_release(layout: Layout, name: str) -> str:
-    return (f"rm -rf -- {q(layout.release(name))} {q(manifest_path(layout, name))} "
-            f"{q(sealed_path(layout, name))} {q(origin_path(layout, name))} "
-            f"{q(layout.state / 'bad' / name)}")
+# incoming/ entries a removal's background job deletes: a release name never starts with "."
+REMOVED = ".removed-"
+
+
+def remove_releases(layout: Layout, names: Sequence[str]) -> str:
+    """Each release renamed into incoming/ (one rename: it is gone from releases/ at once,
+    however many files it holds) with its state files removed; then its files are deleted by
+    a job detached from the session, so a deploy does not wait on them. A job cut short (a
+    reboot) leaves `.removed-*` in incoming/: the next removal's job deletes those too."""
+    gone = [f"{{ [ ! -e {q(layout.release(n))} ] || "
+            f"mv -T -- {q(layout.release(n))} {q(layout.incoming / (REMOVED + n))}.$$; }} "
+            f"&& rm -f -- {q(manifest_path(layout, n))} {q(sealed_path(layout, n))} "
+            f"{q(origin_path(layout, n))} {q(layout.state / 'bad' / n)}" for n in names]
+    job = (f"setsid -f rm -rf -- {q(layout.incoming)}/{REMOVED}* "
+           ">/dev/null 2>&1 </dev/null")
+    return " && ".join([*gone, job])
 
 
 def clear_incoming(layout: Layout) -> str:
     """Leftovers of interrupted uploads (only ever called while holding the lock)."""
-    return f"find {q(layout.incoming)} -mindepth 1 -maxdepth 1 -exec rm -rf -- {{}} +"
+    # not what a removal's background job is deleting (remove_releases)
+    return (f"find {q(layout.incoming)} -mindepth 1 -maxdepth 1 ! -name '{REMOVED}*' "
+            "-exec rm -rf -- {} +")

@@ -11,6 +11,7 @@ import socket
 import tarfile
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -449,5 +450,6 @@ def cleanup_candidates(releases: list[ReleaseInfo], keep: int, protected: set[st
     return [r.name for r in reversed(ordered) if r.name not in kept]
 
 
-def remove(at: HostPool, name: str) -> None:
-    at.ask(action(rs.remove_release(at.layout, name), f"remove release {name}"))
+def remove(at: HostPool, names: Sequence[str]) -> None:
+    """Gone from the host's releases at once; their files are deleted in the background."""
+    at.ask(action(rs.remove_releases(at.layout, names), f"remove {', '.join(names)}"))

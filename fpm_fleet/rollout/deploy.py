@@ -26,7 +26,7 @@ from fpm_fleet.remote.command import action, together
 from fpm_fleet.remote.group import HostGroup, Proven
 from fpm_fleet.remote.runner import Runner
 from fpm_fleet.rollout import hooks, replica, surge
-from fpm_fleet.rollout.hosts import Selection, ordered, preflight, tracked
+from fpm_fleet.rollout.hosts import Preflight, Selection, ordered, preflight, tracked
 from fpm_fleet.source import Source
 from fpm_fleet.web import balancer, server
 
@@ -93,14 +93,14 @@ def roll_to(at: HostPool, target: str, obs: Observer, timeout: float) -> list[st
 
 
 def _under_lock(at: HostPool, plan: Plan, obs: Observer,
-                body: Callable[[PoolOutcome], PoolOutcome]) -> PoolOutcome:
-    """Lock the pool, run the preflight, read the current release, then `body`; any failure
-    becomes a PoolFailed carrying the pool's record so far."""
+                body: Callable[[PoolOutcome, Preflight], PoolOutcome]) -> PoolOutcome:
+    """Lock the pool, run the preflight (which reads the current release), then `body`; any
+    failure becomes a PoolFailed carrying the pool's record so far."""
     record = PoolOutcome(at.host.name, at.pool.name)
     try:
         with ExitStack() as held:
-            record = replace(record, before=_lock(at, plan, obs, held))
-            return body(record)
+            pf = _lock(at, plan, obs, held)
+            return body(replace(record, before=pf.current), pf)
     except PoolFailed:
         raise
     except FleetError as exc:
@@ -108,10 +108,12 @@ def _under_lock(at: HostPool, plan: Plan, obs: Observer,
 
 
 def converge(at: HostPool, target: str, obs: Observer, timeout: float,
-             proven: Callable[[], None] | None = None) -> list[str]:
-    """Every serving replica of the pool on `target`, by the pool's strategy."""
+             proven: Callable[[], None] | None = None,
+             seen: surge.Reading | None = None) -> list[str]:
+    """Every serving replica of the pool on `target`, by the pool's strategy (`seen`: the
+    balancer and replicas as the preflight read them, see surge_to)."""
     if at.pool.strategy == SURGE:
-        return surge.surge_to(at, target, obs, timeout, proven)
+        return surge.surge_to(at, target, obs, timeout, proven, seen=seen)
     done = roll_to(at, target, obs, timeout)
     if proven is not None:
         proven()
@@ -120,7 +122,7 @@ def converge(at: HostPool, target: str, obs: Observer, timeout: float,
 
 def deploy_pool(at: HostPool, plan: Plan, obs: Observer,
                 proven: Callable[[], None] | None = None) -> PoolOutcome:
-    def body(record: PoolOutcome) -> PoolOutcome:
+    def body(record: PoolOutcome, pf: Preflight) -> PoolOutcome:
         at.ask(action(release_shell.clear_incoming(at.layout), "clear interrupted uploads"))
         record = replace(record, upload=_upload(at, plan, record.before, obs))
         if plan.origin is not None:
@@ -134,7 +136,9 @@ def deploy_pool(at: HostPool, plan: Plan, obs: Observer,
                 _prepare(at, plan, obs)
         except FleetError as exc:
             raise PoolFailed(exc, (record,)) from None
-        return _activate_and_roll(at, plan, record, obs, proven)
+        record = _activate_and_roll(at, plan, record, obs, proven, pf.reading())
+        _cleanup_after(at, plan, pf, obs)
+        return record
 
     return _under_lock(at, plan, obs, body)
 
@@ -157,15 +161,15 @@ def _prepare(at: HostPool, plan: Plan, obs: Observer) -> None:
     release.seal(at, plan.release)
 
 
-def _lock(at: HostPool, plan: Plan, obs: Observer, held: ExitStack) -> str | None:
+def _lock(at: HostPool, plan: Plan, obs: Observer, held: ExitStack) -> Preflight:
     """Take the deploy lock (a stale one of a killed run is taken over), then the preflight:
     put back replicas a killed run left out, and fail here if balancer-manager is unusable.
-    Returns the current release, as the preflight read it under the lock."""
+    Returns what the preflight read under the lock (the current release among it)."""
     with step(obs, at.host.name, "lock", at.pool.name):
         held.enter_context(lock.locked(at, plan.command,
                                        *lock.reporters(obs, at.host.name, at.pool.name)))
     with step(obs, at.host.name, "preflight", at.pool.name):
-        return preflight(at, obs).current
+        return preflight(at, obs)
 
 
 def _upload(at: HostPool, plan: Plan, before: str | None, obs: Observer) -> release.Upload:
@@ -198,7 +202,8 @@ def _before_activate(at: HostPool, name: str, command: str) -> None:
 
 
 def _activate_and_roll(at: HostPool, plan: Plan, record: PoolOutcome, obs: Observer,
-                       proven: Callable[[], None] | None = None) -> PoolOutcome:
+                       proven: Callable[[], None] | None = None,
+                       seen: surge.Reading | None = None) -> PoolOutcome:
     before = record.before
     if before != plan.release:
         with step(obs, at.host.name, "activate", at.pool.name) as s:
@@ -206,7 +211,7 @@ def _activate_and_roll(at: HostPool, plan: Plan, record: PoolOutcome, obs: Obser
             s.detail = f"{before or '-'} -> {plan.release}"
     record = replace(record, passed_point_of_no_return=True, after=plan.release)
     try:
-        converge(at, plan.release, obs, plan.timeout, proven)
+        converge(at, plan.release, obs, plan.timeout, proven, seen)
     except RolloutError as exc:
         if not before or before == plan.release:
             raise PoolFailed(exc, (record,)) from None
@@ -247,8 +252,8 @@ def reverted(at: HostPool, previous: str, failed: str, serving: int) -> str:
 
 def rollback_pool(at: HostPool, plan: Plan, obs: Observer,
                   proven: Callable[[], None] | None = None) -> PoolOutcome:
-    return _under_lock(at, plan, obs,
-                       lambda record: _activate_and_roll(at, plan, record, obs, proven))
+    return _under_lock(at, plan, obs, lambda record, pf: _activate_and_roll(
+        at, plan, record, obs, proven, pf.reading()))
 
 
 def rollback_target(at: HostPool, to: str | None) -> str:
@@ -278,7 +283,7 @@ def rollback_target(at: HostPool, to: str | None) -> str:
 
 def cleanup_pool(at: HostPool, obs: Observer) -> list[str]:
     """Keep the newest `keep_releases`; never current, previous or a pinned release (what
-    decides it is read in one round trip: it runs after every deploy)."""
+    decides it is read in one round trip)."""
     current, hist, procs, present = at.ask(together(
         f"read {at.pool.name} releases, history and pins",
         [fpm.current_release(at), release.history_read(at), fpm.probe(at),
@@ -286,20 +291,42 @@ def cleanup_pool(at: HostPool, obs: Observer) -> list[str]:
     previous = release.previous_of(current, hist)
     pinned = {p.release for p in procs.values() if p.alive and p.release}
     protected = {n for n in (current, previous, *pinned) if n}
-    doomed = release.cleanup_candidates(present, at.host.keep_releases, protected)
-    for name in doomed:
+    return _remove(at, release.cleanup_candidates(present, at.host.keep_releases, protected),
+                   obs)
+
+
+def _cleanup_after(at: HostPool, plan: Plan, pf: Preflight, obs: Observer) -> list[str]:
+    """The cleanup after a deploy, decided from what its preflight read under the lock: it
+    reads nothing itself, being on every deploy's path."""
+    return _remove(at, superseded(pf, plan.release, at.host.keep_releases), obs)
+
+
+def superseded(pf: Preflight, deployed: str, keep: int) -> list[str]:
+    """The releases beyond the newest `keep` once `deployed` serves (pure): it is now current
+    and the newest, the release the preflight found current is now previous, and a release
+    a master ran then is kept too (a parked set the surge replaced is so kept one deploy
+    longer than needed, never shorter)."""
+    present = pf.releases
+    if all(r.name != deployed for r in present):
+        present = [*present, release.ReleaseInfo(deployed, float("inf"), 0)]
+    protected = {n for n in (deployed, pf.current, *pf.pinned()) if n}
+    return release.cleanup_candidates(present, keep, protected)
+
+
+def _remove(at: HostPool, doomed: list[str], obs: Observer) -> list[str]:
+    if doomed:
         with step(obs, at.host.name, "cleanup", at.pool.name) as s:
-            release.remove(at, name)
-            s.detail = f"removed {name}"
+            release.remove(at, doomed)
+            s.detail = f"removed {', '.join(doomed)}"
     return doomed
 
 
 def each_pool(runner: Runner, host: Host, sel: Selection, plans: dict[str, Plan],
               obs: Observer, rollback: bool = False,
               proven: Proven | None = None) -> list[PoolOutcome]:
-    """Deploy (or roll back) every selected pool on one host, each with its own plan; after a
-    deploy, old releases are cleaned up. `proven` is said once the last pool serves its new
-    release (a canary stage waits for it)."""
+    """Deploy (or roll back) every selected pool on one host, each with its own plan (a
+    deploy cleans up old releases under its lock). `proven` is said once the last pool
+    serves its new release (a canary stage waits for it)."""
     done: list[PoolOutcome] = []
     for i, pool in enumerate(sel.pools):
         at = HostPool(runner, host, pool)
@@ -309,7 +336,6 @@ def each_pool(runner: Runner, host: Host, sel: Selection, plans: dict[str, Plan]
                 done.append(rollback_pool(at, plans[pool.name], obs, last))
             else:
                 done.append(deploy_pool(at, plans[pool.name], obs, last))
-                cleanup_pool(at, obs)
         except PoolFailed as exc:
             raise PoolFailed(exc, (*done, *exc.outcomes)) from None
     return done

@@ -15,13 +15,15 @@ from fpm_fleet.core.errors import AnswerError, RolloutError, UsageError
 from fpm_fleet.core.events import Event, Observer
 from fpm_fleet.core.inventory import SURGE, Fleet, Host, Pool
 from fpm_fleet.host import fpm
-from fpm_fleet.host.fpm import StopOutcome
+from fpm_fleet.host.fpm import Process, StopOutcome
 from fpm_fleet.host.pool import HostPool, Replica
+from fpm_fleet.releases import store
 from fpm_fleet.remote.command import together
 from fpm_fleet.remote.group import Proven, as_failure
 from fpm_fleet.remote.runner import Runner, shielded
 from fpm_fleet.rollout import replica, retire, surge
 from fpm_fleet.web import balancer, server
+from fpm_fleet.web.balancer import Balancer
 
 
 @dataclass(frozen=True)
@@ -114,11 +116,25 @@ def _recover(r: Replica, obs: Observer, what: str) -> None:
 
 @dataclass(frozen=True)
 class Preflight:
-    """What a preflight found: the release current.release names, the replicas it put
-    back."""
+    """What a preflight found, under the lock: the release current.release names, the
+    replicas it put back, and what it read to decide (the rollout starts from it instead of
+    reading the host again, and the deploy's cleanup is decided from it)."""
 
     current: str | None
     healed: list[str]
+    bal: Balancer
+    procs: dict[int, Process]
+    releases: list[store.ReleaseInfo]
+    history: list[store.Activation]
+
+    def reading(self) -> surge.Reading | None:
+        """The balancer and replicas as read; None once the preflight changed them (it put
+        replicas back), so the rollout reads them again."""
+        return None if self.healed else (self.bal, self.procs)
+
+    def pinned(self) -> set[str]:
+        """The releases a live master ran at the preflight."""
+        return {p.release for p in self.procs.values() if p.alive and p.release}
 
 
 def preflight(at: HostPool, obs: Observer) -> Preflight:
@@ -132,10 +148,18 @@ def preflight(at: HostPool, obs: Observer) -> Preflight:
     its release is no longer current, and the next surge stops it before it uses its
     slots."""
     server.check_config(at)
-    waited, bal, procs, current = at.ask(together(
-        f"read {at.pool.name} retirement, balancer, replicas and current.release",
+    waited: float
+    bal: Balancer
+    procs: dict[int, Process]
+    current: str | None
+    listed: list[store.ReleaseInfo]
+    hist: list[store.Activation]
+    waited, bal, procs, current, listed, hist = at.ask(together(
+        f"read {at.pool.name} retirement, balancer, replicas, current.release, releases "
+        "and history",
         [retire.wait_retired(at), server.read_command(at), fpm.probe(at),
-         fpm.current_release(at)]))
+         fpm.current_release(at), store.releases_read(at, sizes=False),
+         store.history_read(at)]))
     _say_settled(at, obs, waited)
     healed = []
     for r in at.replicas():
@@ -152,7 +176,7 @@ def preflight(at: HostPool, obs: Observer) -> Preflight:
         healed.append(r.name)
         obs.event(Event("warn", at.host.name, "recover", r.name, "running and healthy but out "
                         f"of rotation (left by an interrupted run): put back, {status.status}"))
-    return Preflight(current, healed)
+    return Preflight(current, healed, bal, procs, listed, hist)
 
 
 def settle(at: HostPool, obs: Observer) -> float:

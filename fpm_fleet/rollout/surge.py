@@ -26,6 +26,9 @@ from fpm_fleet.rollout import replica, retire
 from fpm_fleet.web import balancer, server
 from fpm_fleet.web.balancer import Balancer
 
+# The balancer and the replicas as read on the host, in one round trip.
+Reading = tuple[Balancer, dict[int, Process]]
+
 
 def pick_sets(pool: Pool, serving: set[int]) -> tuple[list[int], list[int]]:
     """(the set in rotation, the set a new release starts in), by slot number (pure). The
@@ -49,11 +52,14 @@ def _names(replicas: list[Replica]) -> str:
 
 
 def surge_to(at: HostPool, release: str, obs: Observer, timeout: float,
-             proven: Callable[[], None] | None = None, force: bool = False) -> list[str]:
+             proven: Callable[[], None] | None = None, force: bool = False,
+             seen: Reading | None = None) -> list[str]:
     """Serve `release` from this host's standby set and leave the old set to retire; returns
-    the replicas now serving (none when the pool already served `release` and not `force`)."""
-    bal, procs = at.ask(together(f"read {at.pool.name} balancer and replicas",
-                                 [server.read_command(at), fpm.probe(at)]))
+    the replicas now serving (none when the pool already served `release` and not `force`).
+    `seen`: the balancer and replicas as the preflight read them under the same lock, when
+    nothing changed them since (else they are read here)."""
+    bal, procs = seen or at.ask(together(f"read {at.pool.name} balancer and replicas",
+                                         [server.read_command(at), fpm.probe(at)]))
     old_ns, new_ns = pick_sets(at.pool, serving(at, bal, procs))
     old, new = at.replicas(old_ns) if old_ns else [], at.replicas(new_ns)
     if not force and old and all(runs(procs[r.n], at, release) for r in old):

@@ -42,7 +42,7 @@ def test_no_manifests_directory_reads_as_no_origins(tmp_path: Path, sh) -> None:
 def test_removing_a_release_removes_its_origin(at: HostPool) -> None:
     Path(at.layout.release("r1")).mkdir()
     at.ask(action(origin.record(at.layout, "r1", Origin(A, "main")), "record"))
-    at.runner.run(rs.remove_release(at.layout, "r1"), "remove")
+    at.runner.run(rs.remove_releases(at.layout, ["r1"]), "remove")
     assert at.ask(origin.read_all(at.layout)) == {}
 
 

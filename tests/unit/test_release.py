@@ -339,5 +339,5 @@ def test_list_releases_orders_by_creation_and_feeds_cleanup(target):
     rels = release.list_releases(HostPool(ex, host, pool))
     assert [r.name for r in rels] == ["v3", "v1", "v2", "v4"]
     assert release.cleanup_candidates(rels, 2, {"v3"}) == ["v1"]
-    release.remove(HostPool(ex, host, pool), "v1")
+    release.remove(HostPool(ex, host, pool), ["v1"])
     assert [r.name for r in release.list_releases(HostPool(ex, host, pool))] == ["v3", "v2", "v4"]

@@ -7,6 +7,8 @@ import io
 import os
 import tarfile
 import threading
+import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path, PurePosixPath
 
@@ -428,12 +430,36 @@ def test_remove_release_removes_tree_manifest_and_bad_mark_only(sh, layout):
     Path(rs.manifest_path(layout, "v1")).write_text("m")
     Path(rs.manifest_path(layout, "v2")).write_text("m")
     sh(rs.mark_bad(layout, "v1"))
-    assert sh(rs.remove_release(layout, "v1")).returncode == 0
+    assert sh(rs.remove_releases(layout, ["v1"])).returncode == 0
     assert not Path(layout.release("v1")).exists()
     assert not Path(rs.manifest_path(layout, "v1")).exists()
     assert not Path(layout.state, "bad", "v1").exists()
     assert Path(layout.release("v2")).is_dir()
     assert Path(rs.manifest_path(layout, "v2")).exists()
+    # the files themselves go in the background, and a leftover of an earlier cut-short
+    # job goes with them; an upload in progress stays
+    assert _gone_soon(lambda: os.listdir(layout.incoming) == [])
+
+
+def test_removal_takes_leftovers_of_a_cut_short_job_and_spares_uploads(sh, layout):
+    make_release(layout, "v1")
+    leftover = Path(layout.incoming, rs.REMOVED + "v0.123")
+    (leftover / "deep").mkdir(parents=True)
+    partial = Path(rs.staging(layout, "v2"))
+    partial.mkdir()
+    assert sh(rs.clear_incoming(layout)).returncode == 0
+    assert leftover.exists() and not partial.exists()  # clear_incoming leaves the job's
+    partial.mkdir()
+    assert sh(rs.remove_releases(layout, ["v1", "gone-already"])).returncode == 0
+    assert _gone_soon(lambda: sorted(os.listdir(layout.incoming)) == [partial.name])
+
+
+def _gone_soon(done: Callable[[], bool]) -> bool:
+    for _ in range(50):
+        if done():
+            return True
+        time.sleep(0.05)
+    return False
 
 
 def test_before_activate_runs_the_command_inside_the_release(sh, layout):
@@ -468,7 +494,7 @@ def test_release_builders_never_execute_metacharacters_in_paths_names_or_notes(
         rs.list_bad(lay),
         rs.list_releases(lay),
         rs.commit_release(lay, name, replace=True),
-        rs.remove_release(lay, name),
+        rs.remove_releases(lay, [name]),
         rs.clear_incoming(lay),
     ]
     for cmd in commands:

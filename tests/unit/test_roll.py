@@ -18,6 +18,8 @@ from fakes import EventLog, FakePool, FakeRunner
 from fpm_fleet import report
 from fpm_fleet.core.errors import RolloutError, UsageError
 from fpm_fleet.core.inventory import Fleet, Host
+from fpm_fleet.host.fpm import Process
+from fpm_fleet.releases.store import ReleaseInfo
 from fpm_fleet.remote.group import (
     GroupResult,
     HostGroup,
@@ -33,6 +35,7 @@ from fpm_fleet.remote.runner import Interruptible, Runner
 from fpm_fleet.rollout import deploy
 from fpm_fleet.rollout import hosts as rollout
 from fpm_fleet.rollout.deploy import Plan, PoolFailed, PoolOutcome
+from fpm_fleet.web.balancer import Balancer
 
 W, R, P, D, F = (HostState.WAITING, HostState.RUNNING, HostState.PROVEN, HostState.DONE,
                  HostState.FAILED)
@@ -388,15 +391,14 @@ def two_pools(inventory_data, build_fleet, monkeypatch) -> TwoPools:
     inventory_data["pools"]["api"] = {"replicas": 2}
     fleet = build_fleet(inventory_data)
     fake = TwoPools(fleet.hosts[0], rollout.Selection(fleet.hosts[:1], fleet.pools))
-    for what in ("deploy", "rollback", "cleanup"):
+    for what in ("deploy", "rollback"):
         monkeypatch.setattr(deploy, f"{what}_pool", fake.step(what))
     return fake
 
 
-def test_a_deployed_host_is_proven_once_every_pool_serves_before_the_last_cleanup(two_pools):
+def test_a_deployed_host_is_proven_once_every_pool_serves(two_pools):
     two_pools.each_pool()
-    assert two_pools.calls == ["deploy www", "cleanup www", "deploy api", "proven",
-                               "cleanup api"]
+    assert two_pools.calls == ["deploy www", "deploy api", "proven"]
 
 
 def test_a_rolled_back_host_is_proven_once_every_pool_rolled_back(two_pools):
@@ -408,7 +410,7 @@ def test_a_host_whose_last_pool_fails_is_never_proven(two_pools):
     two_pools.failing.add("api")
     with pytest.raises(PoolFailed):
         two_pools.each_pool()
-    assert two_pools.calls == ["deploy www", "cleanup www"]
+    assert two_pools.calls == ["deploy www"]
 
 
 def test_the_recaps_name_the_canary_and_the_hosts_it_left_untouched(capsys):
@@ -447,3 +449,25 @@ def test_kept_connections_open_one_per_host_for_several_groups_and_close_once(fl
     assert sorted(opened) == sorted(h.name for h in fleet.hosts)
     kept.close()
     assert sorted(closed) == sorted(opened)
+
+
+# --- the cleanup a deploy decides from its preflight --------------------------------------------
+
+def _preflight(current: str, names: list[str], pinned: dict[int, str]) -> rollout.Preflight:
+    procs = {n: Process(n, 100 + n, "S", 5, "php-fpm: master", f"/srv/x/releases/{rel}")
+             for n, rel in pinned.items()}
+    return rollout.Preflight(current, [], Balancer("www", "nonce", ()), procs,
+                             [ReleaseInfo(n, 1_700_000_000 + i, 0) for i, n in enumerate(names)],
+                             [])
+
+
+def test_a_deploy_keeps_the_newest_counting_itself_and_what_ran_before():
+    pf = _preflight("v4", ["v1", "v2", "v3", "v4", "v5"], {1: "v4", 3: "v2"})
+    # v6 and v5 are the newest two; v4 was current (now previous), v2 still ran (parked)
+    assert deploy.superseded(pf, "v6", 2) == ["v1", "v3"]
+
+
+def test_redeploying_a_present_release_counts_it_once():
+    pf = _preflight("v3", ["v1", "v2", "v3"], {})
+    assert deploy.superseded(pf, "v1", 1) == ["v2"]
+    assert deploy.superseded(pf, "v3", 1) == ["v1", "v2"]
