@@ -193,8 +193,9 @@ def _say_settled(at: HostPool, obs: Observer, waited: float) -> None:
                         f"waited {waited:.1f}s for the last rollout's old set to retire"))
 
 
-def current_or_fail(at: HostPool) -> str:
-    target = at.ask(fpm.current_release(at))
+def current_or_fail(at: HostPool, pf: Preflight) -> str:
+    """The release current.release named at the preflight (under the same lock)."""
+    target = pf.current
     if not target:
         raise RolloutError(f"{at.host.name}: pool {at.pool.name} has no current.release; "
                            "deploy a release first")
@@ -210,10 +211,11 @@ def restart_host(runner: Runner, host: Host, sel: Selection, obs: Observer,
     for i, pool in enumerate(sel.pools):
         at = HostPool(runner, host, pool)
         last = proven if i == len(sel.pools) - 1 else None
-        preflight(at, obs)
-        target = current_or_fail(at)
+        pf = preflight(at, obs)
+        target = current_or_fail(at, pf)
         if pool.strategy == SURGE and sel.replica is None:
-            done += surge.surge_to(at, target, obs, timeout, proven=last, force=True)
+            done += surge.surge_to(at, target, obs, timeout, proven=last, force=True,
+                                   seen=pf.reading())
             continue
         for r in ordered(at, sel.replicas(pool)):
             with tracked(r, obs):
@@ -229,7 +231,7 @@ def start_host(runner: Runner, host: Host, sel: Selection, obs: Observer) -> lis
     done = []
     for pool in sel.pools:
         at = HostPool(runner, host, pool)
-        preflight(at, obs)
+        pf = preflight(at, obs)
         numbers = _to_start(at, sel)
         procs = at.ask(fpm.probe(at, numbers))
         for r in at.replicas(numbers):
@@ -238,7 +240,7 @@ def start_host(runner: Runner, host: Host, sel: Selection, obs: Observer) -> lis
                 obs.event(Event("info", host.name, "start", r.name,
                                 f"already running (pid {proc.pid}, {proc.release}): no-op"))
                 continue
-            target = current_or_fail(at)
+            target = current_or_fail(at, pf)
             with tracked(r, obs):
                 replica.start(r, target, obs)
             done.append(r.label)
