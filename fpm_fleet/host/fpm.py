@@ -54,11 +54,16 @@ def probe_command(layout: Layout, numbers: Iterable[int]) -> str:
     """One TSV line per replica: n, pid, state, elapsed s, process title, pinned mount root,
     the service's state (systemctl is-active) and how many of its workers run outside its
     live master (a master that died leaves them serving until they finish)."""
-    calls = [f"probe {n} {q(layout.pid(n))} {q(mountinfo_escape(layout.current))} "
-             f"{q(layout.unit(n))} {q(layout.replica(n))}" for n in numbers]
-    # one read of the process table for every replica (a `ps -e` costs tens of ms)
+    nums = list(numbers)
+    # one read of the process table, and one systemctl (each costs tens of ms), for every
+    # replica; is-active prints one line per unit, in order
     snapshot = "FPM_FLEET_PS=$(ps -eo pid=,ppid=,args=)"
-    return PROBE_FUNCTION + "\n" + snapshot + "\n" + "; ".join(calls)
+    states = ("{ " + " ".join(f"read -r fpm_fleet_s{n};" for n in nums) + " } <<UNITS\n"
+              "$(systemctl is-active " + " ".join(q(layout.unit(n)) for n in nums)
+              + " 2>/dev/null)\nUNITS")
+    calls = [f"probe {n} {q(layout.pid(n))} {q(mountinfo_escape(layout.current))} "
+             f"{q(layout.replica(n))} \"$fpm_fleet_s{n}\"" for n in nums]
+    return "\n".join([PROBE_FUNCTION, snapshot, states, "; ".join(calls)])
 
 
 def connections_command(sock: PathLike) -> str:

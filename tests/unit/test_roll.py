@@ -16,7 +16,7 @@ import pytest
 from fakes import EventLog, FakePool, FakeRunner
 
 from fpm_fleet import report
-from fpm_fleet.core.errors import RolloutError, UsageError
+from fpm_fleet.core.errors import ConnectError, RolloutError, UsageError
 from fpm_fleet.core.inventory import Fleet, Host
 from fpm_fleet.host.fpm import Process
 from fpm_fleet.releases.store import ReleaseInfo
@@ -449,6 +449,81 @@ def test_kept_connections_open_one_per_host_for_several_groups_and_close_once(fl
     assert sorted(opened) == sorted(h.name for h in fleet.hosts)
     kept.close()
     assert sorted(closed) == sorted(opened)
+
+
+class Connections:
+    """A connector that records which hosts it connected, and which runners were closed;
+    `failing` hosts refuse the connection."""
+
+    def __init__(self, failing: tuple[str, ...] = ()) -> None:
+        self.lock = threading.Lock()
+        self.opened: list[str] = []
+        self.closed: list[str] = []
+        self.failing = failing
+
+    def __call__(self, host: Host) -> Runner:
+        if host.name in self.failing:
+            raise ConnectError(f"{host.name}: connection refused")
+        with self.lock:
+            self.opened.append(host.name)
+        closed = self.closed
+
+        class Closable(FakeRunner):
+            def close(self) -> None:
+                closed.append(self.host.name)
+
+        return Closable(host, default="ok")
+
+
+def test_the_wave_is_connected_while_the_canary_rolls_and_each_runner_used_once(fleet):
+    conns = Connections()
+    group = HostGroup(EventLog(), connector=conns)
+    seen_by_canary: list[str] = []
+    runners: dict[str, Runner] = {}
+
+    def body(runner: Runner, host: Host, proven: Proven) -> None:
+        runners[host.name] = runner
+        if host.name == "web1":
+            time.sleep(SLOW)  # the wave's handshakes happen meanwhile
+            with conns.lock:
+                seen_by_canary.extend(conns.opened)
+
+    result = group.roll(fleet.hosts[:4], body, canary=1, parallel=3)
+    assert result.ok
+    assert sorted(seen_by_canary) == names(fleet, 1, 2, 3, 4)
+    assert sorted(conns.opened) == names(fleet, 1, 2, 3, 4), "one connection per host"
+    assert sorted(conns.closed) == names(fleet, 1, 2, 3, 4)
+
+
+def test_a_failing_canary_closes_the_waves_connections_unused(fleet):
+    conns = Connections()
+    group = HostGroup(EventLog(), connector=conns)
+    ran: list[str] = []
+
+    def body(runner: Runner, host: Host, proven: Proven) -> None:
+        ran.append(host.name)
+        time.sleep(SLOW)
+        raise RolloutError(f"{host.name}: health gate failed; reverted")
+
+    result = group.roll(fleet.hosts[:4], body, canary=1, parallel=3)
+    assert ran == ["web1"]
+    assert all(not o.reached for o in result.outcomes[1:])
+    for _ in range(50):  # a handshake still under way is closed once it ends
+        if sorted(conns.closed) == sorted(conns.opened):
+            break
+        time.sleep(0.02)
+    assert sorted(conns.closed) == sorted(conns.opened)
+
+
+def test_a_wave_host_whose_early_connection_failed_fails_at_its_turn(fleet):
+    conns = Connections(failing=("web3",))
+    group = HostGroup(EventLog(), connector=conns, stop_on_failure=False)
+    ran: list[str] = []
+    result = group.roll(fleet.hosts[:3], lambda runner, h, proven: ran.append(h.name),
+                        canary=1, parallel=3)
+    assert ran == ["web1", "web2"]
+    third = result.outcomes[2]
+    assert not third.ok and not third.reached and "connection refused" in str(third.error)
 
 
 # --- the cleanup a deploy decides from its preflight --------------------------------------------
