@@ -89,9 +89,14 @@ printf 'systemctl %s\n' "$*" >> "$state/calls"
 for unit; do :; done
 case $1 in
   is-active)
-    s=$(cat -- "$state/$unit.state" 2>/dev/null || echo inactive)
-    [ "$2" = --quiet ] || printf '%s\n' "$s"
-    [ "$s" = active ] || [ "$s" = reloading ];;
+    shift; quiet=; [ "$1" != --quiet ] || { quiet=1; shift; }
+    all=0  # one line per unit, in order; exit 0 only if every unit is active
+    for u; do
+      s=$(cat -- "$state/$u.state" 2>/dev/null || echo inactive)
+      [ -n "$quiet" ] || printf '%s\n' "$s"
+      [ "$s" = active ] || [ "$s" = reloading ] || all=3
+    done
+    exit $all;;
   is-enabled) [ -e "$state/$unit.enabled" ];;
   enable) : > "$state/$unit.enabled";;
   disable) rm -f -- "$state/$unit.enabled";;
@@ -118,6 +123,11 @@ state=@STATE@
 case "$*" in
   "-eo pid=,ppid=,args=") cat -- "$state/ps" 2>/dev/null;;
   "-o etimes= -p "*) cat -- "$state/etimes.$4" 2>/dev/null || exit 1;;
+  "-o stat=,etimes= -p "*)
+    # the state of the real process (the tests start stand-in masters), the age from $state
+    s=$(sed -n 's/^State:[[:space:]]*\(.\).*/\1/p' "/proc/$4/status" 2>/dev/null)
+    [ -n "$s" ] || exit 1
+    printf '%ss %s\n' "$s" "$(tr -d ' ' < "$state/etimes.$4" 2>/dev/null)";;
   *) echo "fake ps: unexpected arguments: $*" >&2; exit 2;;
 esac
 """

@@ -459,6 +459,8 @@ def test_probe_of_a_replica_without_master_prints_dashes_and_the_service_state(
     assert result.stdout.splitlines() == ["2\t-\t-\t-\t-\t-\tinactive\t0",
                                           "3\t-\t-\t-\t-\t-\tactivating\t0"]
     assert not any(p.alive for p in fpm.parse_probe(result.stdout).values())
+    # one systemctl for the whole pool: each costs a D-Bus round trip on the host
+    assert fake_systemd.calls() == [f"systemctl is-active {layout.unit(2)} {layout.unit(3)}"]
 
 
 def test_probe_counts_the_replicas_workers_outside_its_live_master_as_strays(
