@@ -106,28 +106,42 @@ def _names_release(layout: Layout, release: str) -> str:
 
 
 def start_set_command(layout: Layout, numbers: Iterable[int], release: str, sudo: bool,
-                      enable: bool = True) -> str:
+                      enable: bool = True, reset: Iterable[int] | None = None) -> str:
     """Start several replicas at once (each `systemctl start` waits for its own FPM to
     listen, so they run side by side); prints `N ok` or `N failed` per replica, a failed
     one's last log lines on stderr. Without `enable` the services are not enabled at boot
     here: `systemctl enable` reloads systemd's unit files (over 0.1 s a service), so a surge
-    rollout leaves it to the host once the new set serves (rollout/retire.py)."""
+    rollout leaves it to the host once the new set serves (rollout/retire.py). `reset`: the
+    replicas whose failed state is cleared first (default all; a caller that knows which
+    units failed saves a sudo each on the path)."""
+    to_reset = set(numbers if reset is None else reset)
+
     def one(n: int) -> str:
         def root(verb: str) -> str:
             return _as_root(layout, n, verb, sudo)
         start = f"{root('enable')} && {root('start')}" if enable else root("start")
-        return (f"{{ {root('reset-failed')} 2>/dev/null; {start} "
+        clear = f"{root('reset-failed')} 2>/dev/null; " if n in to_reset else ""
+        return (f"{{ {clear}{start} "
                 f"&& echo '{n} ok' || {{ echo '{n} failed'; {root('journal')} >&2; }}; }} &")
 
     return f"{_names_release(layout, release)}; " + " ".join(one(n) for n in numbers) + " wait"
 
 
-def stop_set_command(layout: Layout, numbers: Iterable[int], sudo: bool) -> str:
-    """Stop several replicas at once, each gracefully (stop_command) and disabled at boot;
-    each line of a replica's answer is prefixed with its number."""
+def unused_command(socks: Iterable[PathLike], ticks: int) -> str:
+    """Wait until each socket has had no connection open for two readings 0.1 s apart (at
+    most `ticks` tenths of a second each: replica-lib.sh's wait_unused); prints the tenths
+    waited per socket."""
+    return with_replica_lib("; ".join(f"wait_unused {q(s)} {ticks}" for s in socks))
+
+
+def stop_set_command(layout: Layout, numbers: Iterable[int], sudo: bool,
+                     disable: bool = True) -> str:
+    """Stop several replicas at once, each gracefully (stop_command) and, with `disable`,
+    disabled at boot (a unit-file reload each: left out when the same units start again
+    next); each line of a replica's answer is prefixed with its number."""
     def one(n: int) -> str:
-        disable = disable_command(layout, n, sudo)
-        return f"{{ ( {stop_command(layout, n, sudo)} ) && {disable}; }} | sed 's/^/{n} /' &"
+        then = f" && {disable_command(layout, n, sudo)}" if disable else ""
+        return f"{{ ( {stop_command(layout, n, sudo)} ){then}; }} | sed 's/^/{n} /' &"
 
     return " ".join(one(n) for n in numbers) + " wait"
 
@@ -339,9 +353,9 @@ def parse_started(output: str, numbers: Iterable[int]) -> dict[int, bool]:
     return {n: said.get(n, False) for n in numbers}
 
 
-def start_set(at: HostPool, numbers: list[int], release: str,
-              enable: bool = True) -> Command[dict[int, bool]]:
-    return Command(start_set_command(at.layout, numbers, release, at.host.sudo, enable),
+def start_set(at: HostPool, numbers: list[int], release: str, enable: bool = True,
+              reset: Iterable[int] | None = None) -> Command[dict[int, bool]]:
+    return Command(start_set_command(at.layout, numbers, release, at.host.sudo, enable, reset),
                    f"start {', '.join(at.pool.replica_name(n) for n in numbers)} pinned to "
                    f"{release}", lambda res: parse_started(res.stdout, numbers), changes=True,
                    timeout=at.host.command_timeout,
@@ -393,8 +407,9 @@ def parse_stopped_set(output: str, numbers: Iterable[int]) -> dict[int, Stopped]
     return {n: parse_stop("\n".join(words.get(n, []))) for n in numbers}
 
 
-def stop_set(at: HostPool, numbers: list[int]) -> Command[dict[int, Stopped]]:
-    return Command(stop_set_command(at.layout, numbers, at.host.sudo),
+def stop_set(at: HostPool, numbers: list[int],
+             disable: bool = True) -> Command[dict[int, Stopped]]:
+    return Command(stop_set_command(at.layout, numbers, at.host.sudo, disable),
                    f"stop {', '.join(at.pool.replica_name(n) for n in numbers)}",
                    lambda res: parse_stopped_set(res.stdout, numbers), changes=True,
                    timeout=at.pool.stop_timeout + 30,

@@ -16,7 +16,7 @@ from fpm_fleet.core.errors import RemoteError, RemoteResult, RolloutError
 from fpm_fleet.core.events import Event, Observer, step
 from fpm_fleet.host import fpm
 from fpm_fleet.host.fpm import Process, StopOutcome, Stopped
-from fpm_fleet.host.pool import Replica
+from fpm_fleet.host.pool import HostPool, Replica
 from fpm_fleet.remote.command import Command, together
 from fpm_fleet.web import balancer, server
 from fpm_fleet.web.balancer import Balancer
@@ -167,6 +167,30 @@ def wait_idle(r: Replica, timeout: float) -> tuple[float, str]:
                                f"(Busy={act.busy}, active={active}, "
                                f"connections={act.connections})")
         time.sleep(POLL)
+
+
+def wait_unused(at: HostPool, replicas: list[Replica], timeout: float) -> None:
+    """Wait, on the host and in one round trip, until no connection is open on any of the
+    replicas' sockets (out of rotation already): two readings 0.1 s apart per socket, as
+    the host's retire job does (a request Apache routed just before a drain connects a
+    moment later). RolloutError when one is still in use after `timeout`."""
+    ticks = max(1, int(timeout * 10))
+
+    def read(res: RemoteResult) -> list[int]:
+        waited = [int(w) for w in res.stdout.split() if w.isdigit()]
+        if len(waited) != len(replicas):
+            raise ValueError(f"expected {len(replicas)} counts, got {res.stdout!r}")
+        return waited
+
+    names = ", ".join(r.name for r in replicas)
+    waited = at.ask(Command(fpm.unused_command([r.sock for r in replicas], ticks),
+                            f"wait until {names} are unused", read,
+                            timeout=timeout * len(replicas) + 10,
+                            assume=lambda: [0] * len(replicas)))
+    busy = [r.name for r, w in zip(replicas, waited, strict=True) if w >= ticks]
+    if busy:
+        raise RolloutError(f"{at.host.name}: {', '.join(busy)} still in use after "
+                           f"{timeout:g}s out of rotation")
 
 
 def gates(replicas: list[Replica], release: str) -> Command[dict[int, Gate]]:

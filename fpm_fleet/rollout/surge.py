@@ -123,12 +123,16 @@ def _start_set(at: HostPool, new: list[Replica], release: str, procs: dict[int, 
     leftovers = [r for r in new if procs[r.n].alive or procs[r.n].strays]
     if leftovers:
         server.set_all(at, leftovers, server.DRAIN)
-        for r in leftovers:
-            replica.wait_idle(r, timeout)
+        replica.wait_unused(at, leftovers, timeout)
         server.disable_all(at, leftovers)
-        at.ask(fpm.stop_set(at, [r.n for r in leftovers]))
+        # the same units start right below: not disabled at boot in between
+        at.ask(fpm.stop_set(at, [r.n for r in leftovers], disable=False))
+    # a failed unit must be reset before it starts: those the probe saw failed, and those
+    # just stopped (a stop that escalated leaves the unit failed)
+    reset = {r.n for r in new if procs[r.n].service == "failed"} | {r.n for r in leftovers}
     # enabled at boot later, by the host (retire.py): off the path to the new release
-    started = at.ask(fpm.start_set(at, [r.n for r in new], release, enable=False))
+    started = at.ask(fpm.start_set(at, [r.n for r in new], release, enable=False,
+                                   reset=reset))
     failed = [at.pool.replica_name(n) for n, ok in started.items() if not ok]
     if failed:
         _abandon(at, new)

@@ -277,6 +277,7 @@ class FakePool:
                 ("enable ", lambda c: ""),
                 ("status ", lambda c: self.fpm_answer(self.n(c))[::-1]),
                 ("connections to ", lambda c: f"{self.connections[self.n(c)]}\n"),
+                ("wait until ", self.unused),
                 ("stop ", self.stop),
                 ("start ", self.start),
                 (f"read {name} current.release", lambda c: self.read_current()),
@@ -356,6 +357,12 @@ class FakePool:
         if call.what.endswith("releases and history"):
             parts += [("", 0), ("", 0)]
         return sections_output([(str(i), text, code) for i, (text, code) in enumerate(parts)])
+
+    def unused(self, call: Call) -> str:
+        """replica.wait_unused's host-side wait: at once for a socket without connections,
+        every tick (its bound) for one that keeps some."""
+        ticks = int(call.command.split()[-1])
+        return "".join(f"{ticks if self.connections[n] else 0}\n" for n in self.ns(call))
 
     def retire(self, call: Call) -> str:
         """The host's retirement of an old set (retire.py), done at once: stopped, disabled."""

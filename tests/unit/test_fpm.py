@@ -271,3 +271,14 @@ def test_probe_fills_in_replicas_the_host_did_not_report(web):
     assert sorted(procs) == [1, 2]
     assert procs[1].pid == 4242
     assert procs[2].pid is None and not procs[2].alive
+
+
+def test_a_set_starts_resetting_only_the_units_said_failed_and_stops_without_disable_if_told():
+    layout = Layout(dir=PurePosixPath("/srv/fpm-fleet/www"), pool="www")
+    start = fpm.start_set_command(layout, [3, 4], "v2", sudo=False, enable=False, reset={4})
+    assert "reset-failed fpm-fleet-www@4.service" in start
+    assert "reset-failed fpm-fleet-www@3.service" not in start
+    assert "reset-failed fpm-fleet-www@3.service" in fpm.start_set_command(layout, [3, 4], "v2",
+                                                                           sudo=False)
+    assert "disable" in fpm.stop_set_command(layout, [3], sudo=False)
+    assert "disable" not in fpm.stop_set_command(layout, [3], sudo=False, disable=False)

@@ -153,8 +153,20 @@ def test_standby_replicas_found_in_rotation_are_drained_and_waited_on_before_the
     stop = whats.index("stop www-3, www-4")
     assert whats.index("set fcgi://www-3 {'N': 1}, fcgi://www-4 {'N': 1} in balancer-manager") \
         < stop
-    assert whats.index("idle probe www-3") < stop and whats.index("idle probe www-4") < stop
+    assert whats.index("wait until www-3, www-4 are unused") < stop
     assert fake.pinned == {1: None, 2: None, 3: "v2", 4: "v2"}
+
+
+def test_standby_replicas_still_in_use_are_never_stopped(surge_pool):
+    fake = surge_pool()
+    for n in (3, 4):
+        fake.pinned[n], fake.flags[n] = "v1", {"Init", "Ok"}
+    fake.connections[4] = 1  # a request that never ends
+    fake.current = "v2"
+    with pytest.raises(RolloutError, match="www-4 still in use after 5s out of rotation"):
+        surge.surge_to(fake.at, "v2", EventLog(), 5)
+    assert not any(c.what.startswith("stop www-3") for c in fake.runner.calls)
+    assert fake.pinned[3] == fake.pinned[4] == "v1"
 
 
 def test_the_old_set_is_left_to_the_host_which_waits_for_its_sockets_then_stops_it(surge_pool):
