@@ -129,9 +129,11 @@ def start_set_command(layout: Layout, numbers: Iterable[int], release: str, sudo
 
 def unused_command(socks: Iterable[PathLike], ticks: int) -> str:
     """Wait until each socket has had no connection open for two readings 0.1 s apart (at
-    most `ticks` tenths of a second each: replica-lib.sh's wait_unused); prints the tenths
-    waited per socket."""
-    return with_replica_lib("; ".join(f"wait_unused {q(s)} {ticks}" for s in socks))
+    most `ticks` tenths of a second: replica-lib.sh's wait_unused), the sockets side by
+    side; prints `I TENTHS` per socket, I its index in `socks`."""
+    waits = " ".join(f"echo \"{i} $(wait_unused {q(s)} {ticks})\" &"
+                     for i, s in enumerate(socks))
+    return with_replica_lib(f"{waits} wait")
 
 
 def stop_set_command(layout: Layout, numbers: Iterable[int], sudo: bool,

@@ -177,10 +177,10 @@ def wait_unused(at: HostPool, replicas: list[Replica], timeout: float) -> None:
     ticks = max(1, int(timeout * 10))
 
     def read(res: RemoteResult) -> list[int]:
-        waited = [int(w) for w in res.stdout.split() if w.isdigit()]
-        if len(waited) != len(replicas):
-            raise ValueError(f"expected {len(replicas)} counts, got {res.stdout!r}")
-        return waited
+        found = dict(line.split() for line in res.stdout.splitlines() if len(line.split()) == 2)
+        if sorted(found) != [str(i) for i in range(len(replicas))]:
+            raise ValueError(f"expected one count per socket, got {res.stdout!r}")
+        return [int(found[str(i)]) for i in range(len(replicas))]
 
     names = ", ".join(r.name for r in replicas)
     waited = at.ask(Command(fpm.unused_command([r.sock for r in replicas], ticks),

@@ -361,8 +361,9 @@ class FakePool:
     def unused(self, call: Call) -> str:
         """replica.wait_unused's host-side wait: at once for a socket without connections,
         every tick (its bound) for one that keeps some."""
-        ticks = int(call.command.split()[-1])
-        return "".join(f"{ticks if self.connections[n] else 0}\n" for n in self.ns(call))
+        ticks = int(re.findall(r"wait_unused \S+ (\d+)", call.command)[0])
+        return "".join(f"{i} {ticks if self.connections[n] else 0}\n"
+                       for i, n in enumerate(self.ns(call)))
 
     def retire(self, call: Call) -> str:
         """The host's retirement of an old set (retire.py), done at once: stopped, disabled."""

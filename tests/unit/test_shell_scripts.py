@@ -215,3 +215,22 @@ def test_wait_unused_gives_up_after_its_ticks(tmp_path):
     assert out.strip() == "3"
     client.close()
     server.close()
+
+
+def test_a_set_of_sockets_is_waited_on_side_by_side_each_with_its_own_count(tmp_path):
+    busy_path, idle_path = tmp_path / "busy.sock", tmp_path / "idle.sock"
+    busy, client = _listening_with_a_client(busy_path)
+    idle = socket.socket(socket.AF_UNIX)
+    idle.bind(str(idle_path))
+    idle.listen()
+    started = time.monotonic()
+    command = fpm.unused_command([busy_path, idle_path], 5)
+    out = subprocess.run(["sh", "-c", command], capture_output=True, text=True, timeout=10,
+                         check=True).stdout
+    # the busy socket used its 5 ticks, the idle one 1 (two quiet readings); side by side,
+    # so the whole wait is the longest one, not the sum
+    assert sorted(out.split("\n")[:-1]) == ["0 5", "1 1"]
+    assert time.monotonic() - started < 0.9
+    client.close()
+    busy.close()
+    idle.close()
