@@ -130,9 +130,13 @@ def test_the_deploy_user_may_run_only_fpm_fleets_own_commands_as_root(
                "sh -c id", "apache2ctl -k stop", "systemctl reload nginx.service",
                "systemctl stop nginx.service", "/usr/sbin/nginx -s stop",
                "/usr/local/lib/fpm-fleet/nginx-members --setup www", *other]
-    for command in allowed + refused:
-        listed = ssh(address, "deploy", "sudo", "-n", "-l", *command.split())
-        assert (listed.returncode == 0) is (command in allowed), (command, listed.stderr)
+    # sudo -l asks the policy without running anything; all of them over one login
+    commands = allowed + refused
+    asked = ssh(address, "deploy", "sh", "-c", "; ".join(
+        f"sudo -n -l {command} >/dev/null 2>&1 && echo allowed || echo refused"
+        for command in commands))
+    assert asked.stdout.split() == ["allowed"] * len(allowed) + ["refused"] * len(refused), \
+        list(zip(commands, asked.stdout.split(), strict=False))
 
 
 def test_uploads_and_hooks_run_as_the_deploy_user_not_root(box: Sandbox, tmp_path: Path) -> None:
@@ -232,9 +236,6 @@ def test_a_php_script_of_a_release_cannot_drain_the_balancer_members(
     assert all(in_rotation(r) for r in rows), rows
     assert [(r["lb_status"], r["pid"]) for r in rows] == [
         (r["lb_status"], r["pid"]) for r in before], "the members or replicas changed"
-    # the members still change for fpm-fleet itself, at once
-    ok(fab("restart", "--host", web_host.name))
-    assert all(in_rotation(r) and r["ok"] for r in box.status("--host", web_host.name))
 
 
 def test_setup_as_the_deploy_user_says_it_needs_full_root(box: Sandbox, tmp_path: Path) -> None:
