@@ -10,6 +10,7 @@ from fpm_fleet.core.inventory import SURGE, Host, Pool
 from fpm_fleet.host import fpm
 from fpm_fleet.host.pool import HostPool, Replica
 from fpm_fleet.releases import origin
+from fpm_fleet.remote.command import together
 from fpm_fleet.remote.group import HostGroup
 from fpm_fleet.remote.runner import Runner
 from fpm_fleet.rollout import surge
@@ -49,7 +50,7 @@ class Drift:
 
 def pool_status(at: HostPool, numbers: list[int]) -> list[ReplicaStatus]:
     current = at.ask(fpm.current_release(at))
-    procs = at.ask(fpm.probe(at, numbers))
+    procs, conns = _probe(at, numbers)
     try:
         bal: balancer.Balancer | None = server.read(at)
         bal_error = ""
@@ -58,10 +59,23 @@ def pool_status(at: HostPool, numbers: list[int]) -> list[ReplicaStatus]:
     active = _active_slots(at, bal, procs if numbers == list(at.pool.replica_numbers)
                            else at.ask(fpm.probe(at)))
     origins = at.ask(origin.read_all(at.layout))
-    rows = [_row(r, procs[r.n], current, bal, bal_error, r.n in active)
+    rows = [_row(r, procs[r.n], current, bal, bal_error, r.n in active, conns.get(r.n))
             for r in at.replicas(numbers)]
     return [replace(row, commit=origins[row.release].commit)
             if row.release in origins else row for row in rows]
+
+
+def _probe(at: HostPool, numbers: list[int]) -> tuple[dict[int, fpm.Process], dict[int, int]]:
+    """The replicas' masters and, on an nginx host, the connections open on each replica's
+    socket, in one round trip: nginx counts no request per member, and it keeps no idle
+    connection to a replica (no fastcgi_keep_conn), so the count is the member's requests in
+    flight or queued, what Apache's Busy is."""
+    if not server.is_nginx(at.host):
+        return at.ask(fpm.probe(at, numbers)), {}
+    procs, conns = at.ask(together(f"probe {at.pool.name} replicas and their connections",
+                                   [fpm.probe(at, numbers),
+                                    fpm.connections_by_replica(at, numbers)]))
+    return procs, conns
 
 
 def _active_slots(at: HostPool, bal: balancer.Balancer | None,
@@ -75,15 +89,15 @@ def _active_slots(at: HostPool, bal: balancer.Balancer | None,
 
 
 def _row(r: Replica, proc: fpm.Process, current: str | None, bal: balancer.Balancer | None,
-         bal_error: str, active: bool) -> ReplicaStatus:
+         bal_error: str, active: bool, connections: int | None) -> ReplicaStatus:
     member = bal.member(r.member) if bal else None
     master = proc.runs_master(r.at.layout)
     row = ReplicaStatus(r.host.name, r.pool.name, r.n, web=server.name(r.host),
                         current_release=current,
                         lb_status=member.status if member else
                         ("unreachable" if bal is None else "absent"),
-                        # nginx counts no request per member: the replica's FPM status does
-                        busy=member.busy if member and not server.is_nginx(r.host) else None,
+                        busy=connections if server.is_nginx(r.host) else
+                        member.busy if member else None,
                         ping_ok=master and r.ask(fpm.ping(r)),
                         release=proc.release if master else None,
                         pid=proc.pid if master else None,

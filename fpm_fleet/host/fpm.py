@@ -72,6 +72,13 @@ def connections_command(sock: PathLike) -> str:
     return with_replica_lib(f"open_connections {q(sock)}")
 
 
+def connections_by_replica_command(layout: Layout, numbers: Iterable[int]) -> str:
+    """One `N COUNT` line per replica: the connections open on its socket now
+    (connections_command's count, for each replica of a pool at once)."""
+    return with_replica_lib("; ".join(
+        f"printf '%s %s\\n' {n} \"$(open_connections {q(layout.sock(n))})\"" for n in numbers))
+
+
 def current_release_command(layout: Layout) -> str:
     return f"readlink -- {q(layout.current_release)}"
 
@@ -182,6 +189,17 @@ class FcgiResponse:
     status: int
     headers: dict[str, str]
     body: str
+
+
+def parse_connections(output: str) -> dict[int, int]:
+    """connections_by_replica_command's `N COUNT` lines -> count per replica (a replica
+    without its line is left out: its count is unknown)."""
+    counts: dict[int, int] = {}
+    for line in output.splitlines():
+        words = line.split()
+        if len(words) == 2 and words[0].isdigit() and words[1].isdigit():
+            counts[int(words[0])] = int(words[1])
+    return counts
 
 
 def parse_fcgi(output: str) -> FcgiResponse:
@@ -340,6 +358,14 @@ def connections(r: Replica) -> Command[int]:
     a master that died)."""
     return Command(connections_command(r.sock), f"connections to {r.name}",
                    lambda res: int(res.stdout.strip() or 0))
+
+
+def connections_by_replica(at: HostPool, numbers: list[int]) -> Command[dict[int, int]]:
+    """Connections open on each replica's socket now: its requests in flight, queued ones
+    too (a stopped replica's socket is gone: 0)."""
+    return Command(connections_by_replica_command(at.layout, numbers),
+                   f"connections to {at.pool.name} replicas",
+                   lambda res: parse_connections(res.stdout))
 
 
 def start(r: Replica, release: str) -> Command[RemoteResult]:

@@ -58,8 +58,14 @@ running() {
         http://fpm-fleet/members 2>/dev/null
 }
 
-# one change of nginx's configuration at a time on this host (pools change concurrently)
-exec 9>/run/fpm-fleet-nginx.lock
+# one change of nginx's configuration at a time on this host (pools change concurrently).
+# The lock file is root's alone: whoever can open a file can flock it, and a PHP script
+# (www-data) holding this lock would stop every change of the host's members.
+lock=/run/fpm-fleet-nginx.lock
+if ! { (umask 077 && : >> "$lock") && chmod 0600 "$lock"; }; then
+    echo "nginx-members: cannot make its lock $lock" >&2; exit 1
+fi
+exec 9>"$lock"
 flock 9
 
 new=$conf.fpm-fleet-new

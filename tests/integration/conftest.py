@@ -141,6 +141,36 @@ class Sandbox:
         ok(fab(*args, *(["--unhealthy"] if unhealthy else [])))
 
 
+@dataclass(frozen=True)
+class WebHost:
+    """One host of a mixed fleet, picked by its web server."""
+
+    web: str  # "apache" or "nginx", as the inventory and `fab status` name it
+    index: int  # for the Sandbox methods that take a host
+    name: str
+    address: str
+
+
+# What `fab status` shows for a member in rotation: Apache's balancer-manager says Init Ok,
+# nginx's upstream (web/upstream.py) just Ok
+IN_ROTATION = {"apache": "Init Ok", "nginx": "Ok"}
+
+
+def in_rotation(row: dict[str, Any]) -> bool:
+    return bool(row["lb_status"] == IN_ROTATION[row["web"]])
+
+
+@pytest.fixture(params=sorted(IN_ROTATION))
+def web_host(request: pytest.FixtureRequest, box: Sandbox) -> WebHost:
+    """The first host of the module's fleet (`box`, a mixed one) that runs the parameter's
+    web server: a test that addresses one host runs once on each web server, without a
+    copy, on one fleet."""
+    for i, h in enumerate(box.fleet.hosts):
+        if h.web == request.param:
+            return WebHost(h.web, i, h.name, h.address)
+    raise AssertionError(f"the fleet has no {request.param} host: bring it up with web=mixed")
+
+
 def bring_up(hosts: int, strategy: str = "rolling", web: str = "apache") -> Sandbox:
     """A fresh fleet of `hosts`; rolling unless said (most tests were written for it; the
     surge strategy has its own module); Apache unless said (`nginx`, or `mixed`: Apache and
@@ -167,6 +197,14 @@ def fleet2() -> Iterator[Sandbox]:
 @pytest.fixture(scope="module")
 def fleet3() -> Iterator[Sandbox]:
     box = bring_up(3)
+    yield box
+    assert tear_down() == []
+
+
+@pytest.fixture(scope="module")
+def mixed2() -> Iterator[Sandbox]:
+    """Two rolling hosts, h1 served by Apache, h2 by nginx (see `web_host`)."""
+    box = bring_up(2, web="mixed")
     yield box
     assert tear_down() == []
 

@@ -1,5 +1,7 @@
 """A framework application (etc/framework-app: Symfony components, web root public/, every
-route through index.php) deployed beside the demo pool on a real 2-host sandbox.
+route through index.php) deployed beside the demo pool on a real mixed 2-host sandbox (h1
+Apache, h2 nginx): the tests that address one host run on a host of each web server
+(`web_host`), the others on both hosts at once.
 
 The fleet's base tree carries Debian's php-symfony-routing, php-symfony-http-foundation and
 php-symfony-dotenv, which the example is built on.
@@ -21,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import ROOT, Sandbox, fab, ok, with_pool
+from .conftest import ROOT, Sandbox, WebHost, fab, ok, with_pool
 
 APP = ROOT / "etc" / "framework-app"
 SERVER_NAME = "app.test"
@@ -40,8 +42,8 @@ before_activate = ["php bin/console cache:warm", "chgrp www-data storage/ && chm
 
 
 @pytest.fixture(scope="module")
-def box(fleet2: Sandbox) -> Sandbox:
-    return fleet2
+def box(mixed2: Sandbox) -> Sandbox:
+    return mixed2
 
 
 @pytest.fixture(scope="module")
@@ -138,9 +140,9 @@ def test_first_deploy_serves_the_routes_through_the_front_controller(box: Sandbo
         assert get(address, "/nope")[0] == 404  # the app's own 404, through index.php
 
 
-def test_front_controller_gets_the_original_request_uri_and_path_info(box: Sandbox,
-                                                                      inv: Path) -> None:
-    status, _, body = get(box.addresses()[0], "/request/a/b%20c?x=1&y=two")
+def test_front_controller_gets_the_original_request_uri_and_path_info(
+        inv: Path, web_host: WebHost) -> None:
+    status, _, body = get(web_host.address, "/request/a/b%20c?x=1&y=two")
     assert status == 200
     seen = json.loads(body)
     assert seen["REQUEST_URI"] == "/request/a/b%20c?x=1&y=two"
@@ -151,12 +153,13 @@ def test_front_controller_gets_the_original_request_uri_and_path_info(box: Sandb
     assert re.fullmatch(r"/.+/app/current/public/index\.php", seen["SCRIPT_FILENAME"])
 
 
-def test_static_files_are_served_and_nothing_outside_public_or_hidden_is(box: Sandbox,
-                                                                         inv: Path) -> None:
-    address = box.addresses()[0]
+def test_static_files_are_served_and_nothing_outside_public_or_hidden_is(
+        inv: Path, web_host: WebHost) -> None:
+    address = web_host.address
     status, headers, body = get(address, "/robots.txt")
     assert (status, body) == (200, (APP / "public" / "robots.txt").read_text())
-    assert "X-Release" not in headers  # Apache served it, PHP never ran
+    assert "X-Release" not in headers  # the web server served it, PHP never ran
+    assert headers["Server"].lower().startswith(web_host.web)
     assert get(address, "/assets/app.css")[0] == 200
     for path in ("/.env", "/.git/config", "/.git/", "/%2eenv", "/x/../.env", "/public/.env",
                  "/../.env"):
@@ -187,22 +190,23 @@ def test_second_deploy_under_load_fails_no_request_and_every_route_answers_v2(
         assert visits(address) == before[address] + 1
 
 
-def test_check_requests_the_pool_through_apache_and_fails_naming_it(inv: Path,
-                                                                    tmp_path: Path) -> None:
+def test_check_requests_the_pool_through_the_web_server_and_fails_naming_it(
+        inv: Path, tmp_path: Path) -> None:
     proc = ok(fab("check", inventory_path=inv))
-    assert ":80/health.php (Host: app.test): 200" in proc.stdout, proc.stdout
+    assert proc.stdout.count(":80/health.php (Host: app.test): 200") == 2, proc.stdout
     broken = tmp_path / "hosts.toml"
     broken.write_text(inv.read_text().replace('health_path = "/health.php"',
                                               'health_path = "/missing.php"'))
     proc = fab("check", inventory_path=broken)
     assert proc.returncode == 1
-    assert "/missing.php (Host: app.test): HTTP 404" in proc.stdout, proc.stdout
+    assert proc.stdout.count("/missing.php (Host: app.test): HTTP 404") == 2, proc.stdout
 
 
 def test_a_listen_port_other_than_80_is_listened_on_and_checked(box: Sandbox, inv: Path,
                                                                 tmp_path: Path) -> None:
     text = inv.read_text()
-    moved = text.replace("[[hosts]]", '[defaults.apache]\nlisten = "*:8088"\n\n[[hosts]]', 1)
+    moved = text.replace("[[hosts]]", '[defaults.apache]\nlisten = "*:8088"\n\n'
+                         '[defaults.nginx]\nlisten = "*:8088"\n\n[[hosts]]', 1)
     other = tmp_path / "hosts-8088.toml"
     other.write_text(moved)
     try:
@@ -211,11 +215,12 @@ def test_a_listen_port_other_than_80_is_listened_on_and_checked(box: Sandbox, in
             status, _, body = get(address, "/release", port=8088)
             assert (status, body) == (200, "v2\n")
         proc = ok(fab("check", inventory_path=other))
-        assert "port 8088" in proc.stdout
-        assert ":8088/health.php (Host: app.test): 200" in proc.stdout, proc.stdout
+        assert proc.stdout.count("port 8088") >= 2, proc.stdout
+        assert proc.stdout.count(":8088/health.php (Host: app.test): 200") == 2, proc.stdout
     finally:
         ok(fab("setup", inventory_path=inv))
-    assert get(box.addresses()[0], "/release")[2] == "v2\n"
+    for address in box.addresses():
+        assert get(address, "/release")[2] == "v2\n"
 
 
 def test_fab_stress_loads_a_non_demo_app_through_its_server_name(box: Sandbox,

@@ -246,6 +246,17 @@ def test_helper_writes_tests_reloads_and_prints_the_running_states(helper):
     assert (tmp / "calls").read_text().count("reload") == 1  # unchanged: no second reload
 
 
+def test_helpers_lock_is_roots_alone_even_when_an_older_helper_left_it_readable(helper):
+    """Anyone who can open the lock file can flock it: a PHP script (www-data) holding it
+    would stop every change of the members (the security suite tries, on nginx)."""
+    run, tmp = helper
+    assert run("1 up\n2 up\n").returncode == 0
+    assert (tmp / "lock").stat().st_mode & 0o777 == 0o600
+    (tmp / "lock").chmod(0o644)
+    assert run("1 up\n2 drain\n").returncode == 0
+    assert (tmp / "lock").stat().st_mode & 0o777 == 0o600
+
+
 @pytest.mark.parametrize("stdin", ["1 up\n", "1 up\n2 up\n3 up\n", "1 up\n2 down\n",
                                    "1 up\n1 drain\n2 up\n", "1 up\n2 up; reboot\n",
                                    "1 up\n2 up\nx\n"])

@@ -631,6 +631,38 @@ def test_open_connections_counts_connected_entries_of_that_socket_only(sh, tmp_p
     assert out.strip() == "2"
 
 
+def test_connections_by_replica_counts_each_replicas_socket_from_the_kernels_table(
+        sh, tmp_path):
+    """Run for real against this machine's /proc/net/unix: replica 1's socket listens with
+    one connection accepted and one queued, replica 2's listens idle, replica 3's is gone
+    (stopped)."""
+    lay = Layout(dir=PurePosixPath(tmp_path), pool="www")
+    Path(lay.sock(1)).parent.mkdir(parents=True)
+    listeners, clients = [], []
+    for n in (1, 2):
+        server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        server.bind(str(lay.sock(n)))
+        server.listen(4)
+        listeners.append(server)
+    try:
+        for _ in range(2):
+            client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            client.connect(str(lay.sock(1)))
+            clients.append(client)
+        accepted, _ = listeners[0].accept()
+        clients.append(accepted)
+        out = sh(fpm.connections_by_replica_command(lay, [1, 2, 3])).stdout
+    finally:
+        for s in listeners + clients:
+            s.close()
+    assert out == "1 2\n2 0\n3 0\n"
+    assert fpm.parse_connections(out) == {1: 2, 2: 0, 3: 0}
+
+
+def test_connection_counts_leave_out_a_replica_without_a_readable_line():
+    assert fpm.parse_connections("1 3\n2 \nnoise\n3 x\n4 0\n") == {1: 3, 4: 0}
+
+
 def test_system_apache_enables_every_module_the_site_uses_rewrite_included():
     assert apache_site.apache_enable_site() == (
         "a2enmod -q proxy proxy_fcgi proxy_balancer lbmethod_bybusyness lbmethod_byrequests "

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fakes import FakeRunner
+from fakes import FakeRunner, sections_output
 
 from fpm_fleet import status
 from fpm_fleet.host.pool import HostPool
@@ -174,3 +174,32 @@ def test_pool_status_flags_a_master_that_pins_no_release(web):
     ex = fake_host(host, f"1\t101\tS\t60\t{title}\t-\tactive\t0\n", xml("Init Ok"))
     (one,) = pool_status(ex, pool, [1])
     assert one.problems == ["not pinned to a release (current/ is not its bind mount)"]
+
+
+def test_on_nginx_busy_is_the_connections_open_on_each_replicas_socket(inventory_data,
+                                                                       build_fleet):
+    """nginx counts no request per member: the probe's round trip brings each replica's open
+    connections along (one command), and they are its busy figure."""
+    inventory_data["defaults"]["web"] = "nginx"
+    fleet = build_fleet(inventory_data)
+    host, pool = fleet.hosts[0], fleet.pool("www")
+    both = sections_output([("0", probe_line(1, "v2") + probe_line(2, "v2"), 0),
+                            ("1", "1 3\n2 0\n", 0)])
+    ex = FakeRunner(host, ("read www current.release", "releases/v2\n"),
+                    ("probe www replicas and their connections", both),
+                    ("read nginx members", "pool=www 1=up 2=drain\n"),
+                    ("ping ", "Content-type: text/plain\r\n\r\npong"),
+                    ("read release origins", ""), default=None)
+    rows = pool_status(ex, pool, [1, 2])
+    assert [(r.web, r.replica, r.lb_status, r.busy) for r in rows] == [
+        ("nginx", 1, "Ok", 3), ("nginx", 2, "Drn Ok", 0)]
+    assert rows[0].ok and rows[1].problems == ["not in rotation (Drn Ok)"]
+    assert sum("probe" in what for what in ex.whats) == 1
+
+
+def test_on_apache_busy_stays_balancer_managers_and_no_connection_is_counted(web):
+    host, pool = web
+    ex = fake_host(host, probe_line(1, "v2"), xml("Init Ok"))
+    (one,) = pool_status(ex, pool, [1])
+    assert one.busy == 1
+    assert not any("connections" in what for what in ex.whats)
