@@ -19,22 +19,27 @@ from fpm_fleet.remote.shell import q
 
 # balancer-manager wants fpm-fleet's credential; curl reads it from a file readable only by
 # root and the deploy user, so it never shows on a command line (ps, /proc/PID/cmdline).
-MANAGER_CURL = f"curl -sS --fail --max-time 5 --netrc-file {q(MANAGER_NETRC)}"
+# The options of each request (curl's `--next` starts a request with none).
+PER_REQUEST = f"--fail --max-time 5 --netrc-file {q(MANAGER_NETRC)}"
+MANAGER_CURL = f"curl -sS {PER_REQUEST}"
 
 
 def xml_command(url: str) -> str:
     """Read balancer-manager as XML (it answers with HTML without a same-host Referer)."""
-    return f"{MANAGER_CURL} -H {q('Referer: ' + url)} {q(url + '?xml=1')}"
+    return f"curl -sS {_xml_request(url)}"
 
 
-def post_command(url: str, balancer: str, worker: str, nonce: str,
-                 flags: Mapping[str, int]) -> str:
+def _xml_request(url: str) -> str:
+    return f"{PER_REQUEST} -H {q('Referer: ' + url)} {q(url + '?xml=1')}"
+
+
+def _post_request(url: str, balancer: str, worker: str, nonce: str,
+                  flags: Mapping[str, int]) -> str:
     """POST one member's status flags (the form balancer-manager's page sends)."""
     form = [f"--data-urlencode {q(f'{k}={v}')}" for k, v in
             (("b", balancer), ("w", worker), ("nonce", nonce))]
     form += [f"--data {q(f'w_status_{flag}={value}')}" for flag, value in flags.items()]
-    return (f"{MANAGER_CURL} -o /dev/null -H {q('Referer: ' + url)} "
-            f"{' '.join(form)} {q(url)}")
+    return f"{PER_REQUEST} -o /dev/null -H {q('Referer: ' + url)} {' '.join(form)} {q(url)}"
 
 
 def set_command(url: str, balancer: str, worker: str, nonce: str,
@@ -46,9 +51,11 @@ def set_command(url: str, balancer: str, worker: str, nonce: str,
 def set_many_command(url: str, balancer: str, nonce: str,
                      changes: Sequence[tuple[str, Mapping[str, int]]]) -> str:
     """POST several members' flags in the order given (a flip: the new set in before the old
-    one goes out), then read the page back, all in one round trip."""
-    posts = [post_command(url, balancer, worker, nonce, flags) for worker, flags in changes]
-    return " && ".join([*posts, xml_command(url)])
+    one goes out), then read the page back, all in one round trip and one curl: its
+    requests go one after another over one connection (a process and a connection each
+    cost more than the request), and --fail-early stops at the first refused one."""
+    posts = [_post_request(url, balancer, worker, nonce, flags) for worker, flags in changes]
+    return "curl -sS --fail-early " + " --next ".join([*posts, _xml_request(url)])
 
 
 NS = "{http://httpd.apache.org}"

@@ -4,6 +4,7 @@ dir."""
 from __future__ import annotations
 
 import hashlib
+import http.server
 import os
 import shlex
 import shutil
@@ -13,8 +14,10 @@ import subprocess
 import tempfile
 import threading
 import time
+import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
+from typing import ClassVar
 
 import pytest
 
@@ -44,16 +47,69 @@ def test_balancer_set_posts_form_with_referer_nonce_and_reads_xml_back():
     url = "http://127.0.0.1:8081/balancer-manager"
     cmd = balancer.set_command(url, "www", "unix:/srv/fpm-fleet/www/run/www-1.sock|fcgi://www-1",
                              "3f2a-11", {"D": 1})
+    # one curl, its requests in order (`--next`), each with its own options
     assert cmd == (
-        "curl -sS --fail --max-time 5 --netrc-file /etc/fpm-fleet/balancer-manager.netrc "
+        "curl -sS --fail-early "
+        "--fail --max-time 5 --netrc-file /etc/fpm-fleet/balancer-manager.netrc "
         "-o /dev/null -H 'Referer: http://127.0.0.1:8081/balancer-manager' "
         "--data-urlencode b=www "
         "--data-urlencode 'w=unix:/srv/fpm-fleet/www/run/www-1.sock|fcgi://www-1' "
         "--data-urlencode nonce=3f2a-11 --data w_status_D=1 "
-        "http://127.0.0.1:8081/balancer-manager && "
-        "curl -sS --fail --max-time 5 --netrc-file /etc/fpm-fleet/balancer-manager.netrc "
+        "http://127.0.0.1:8081/balancer-manager --next "
+        "--fail --max-time 5 --netrc-file /etc/fpm-fleet/balancer-manager.netrc "
         "-H 'Referer: http://127.0.0.1:8081/balancer-manager' "
         "'http://127.0.0.1:8081/balancer-manager?xml=1'")
+
+
+class _Manager(http.server.BaseHTTPRequestHandler):
+    """A stand-in balancer-manager: records each request; refuses POSTs whose form names a
+    member in `refused`; answers a GET with a page."""
+
+    seen: ClassVar[list[str]] = []
+    refused: ClassVar[tuple[str, ...]] = ()
+
+    def do_POST(self) -> None:
+        form = self.rfile.read(int(self.headers["Content-Length"])).decode()
+        self.seen.append(f"POST {urllib.parse.unquote(form)}")
+        bad = any(f"w={m}&" in urllib.parse.unquote(form) for m in self.refused)
+        self._answer(403 if bad else 200, b"ok")
+
+    def do_GET(self) -> None:
+        self.seen.append(f"GET {self.path}")
+        self._answer(200, b"<page/>")
+
+    def _answer(self, code: int, body: bytes) -> None:
+        self.send_response(code)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.mark.parametrize("refused", [(), ("b",)])
+def test_balancer_posts_go_in_order_over_one_curl_and_stop_at_the_first_refused(
+        tmp_path, refused):
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Manager)
+    _Manager.seen, _Manager.refused = [], refused
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    netrc = tmp_path / "netrc"
+    netrc.write_text("machine 127.0.0.1 login u password p\n")
+    url = f"http://127.0.0.1:{server.server_address[1]}/balancer-manager"
+    cmd = balancer.set_many_command(url, "www", "n1", [("a", {"D": 0}), ("b", {"N": 1}),
+                                                       ("c", {"N": 1})])
+    cmd = cmd.replace(shell.q(balancer.MANAGER_NETRC), shell.q(str(netrc)))
+    proc = subprocess.run(["sh", "-c", cmd], capture_output=True, text=True, timeout=20,
+                          check=False)
+    server.shutdown()
+    members = [line.split("w=")[1].split("&")[0] for line in _Manager.seen if "w=" in line]
+    if refused:
+        assert proc.returncode == 22 and members == ["a", "b"], _Manager.seen
+        assert not any(line.startswith("GET") for line in _Manager.seen)
+    else:
+        assert proc.returncode == 0 and proc.stdout == "<page/>", proc.stderr
+        assert members == ["a", "b", "c"] and _Manager.seen[-1].startswith("GET")
 
 
 def test_balancer_set_sends_one_data_field_per_flag_in_order():
