@@ -55,15 +55,28 @@ def probe_command(layout: Layout, numbers: Iterable[int]) -> str:
     the service's state (systemctl is-active) and how many of its workers run outside its
     live master (a master that died leaves them serving until they finish)."""
     nums = list(numbers)
-    # one read of the process table, and one systemctl (each costs tens of ms), for every
-    # replica; is-active prints one line per unit, in order
-    snapshot = "FPM_FLEET_PS=$(ps -eo pid=,ppid=,args=)"
-    states = ("{ " + " ".join(f"read -r fpm_fleet_s{n};" for n in nums) + " } <<UNITS\n"
-              "$(systemctl is-active " + " ".join(q(layout.unit(n)) for n in nums)
-              + " 2>/dev/null)\nUNITS")
-    calls = [f"probe {n} {q(layout.pid(n))} {q(mountinfo_escape(layout.current))} "
-             f"{q(layout.replica(n))} \"$fpm_fleet_s{n}\"" for n in nums]
-    return "\n".join([PROBE_FUNCTION, snapshot, states, "; ".join(calls)])
+    # what is read for every replica at once: the process table, the services' states
+    # (one systemctl: is-active prints one line per unit, in order), the pid files (the
+    # shell's own read) and the strays (one awk); a process costs a few ms on the host
+    pids = [f"_pid{n}=; read -r _pid{n} 2>/dev/null <{q(layout.pid(n))}; "
+            f"case $_pid{n} in ''|*[!0-9]*) _pid{n}=-;; esac" for n in nums]
+    strays = " ".join(f"\"$_pid{n} \"{q(f'php-fpm: pool {layout.replica(n)}')}"
+                      for n in nums)
+    lines = [
+        PROBE_FUNCTION, "FPM_FLEET_PS=$(ps -eo pid=,ppid=,args=)", *pids,
+        _read_lines([f"_unit{n}" for n in nums],
+                    "systemctl is-active " + " ".join(q(layout.unit(n)) for n in nums)
+                    + " 2>/dev/null"),
+        _read_lines([f"_strays{n}" for n in nums], f"count_strays {strays}"),
+        "; ".join(f"probe {n} \"$_pid{n}\" {q(mountinfo_escape(layout.current))} "
+                  f"\"$_unit{n}\" \"$_strays{n}\"" for n in nums)]
+    return "\n".join(lines)
+
+
+def _read_lines(names: list[str], command: str) -> str:
+    """Shell text that sets one variable per line of `command`'s output, in order."""
+    reads = " ".join(f"read -r {name};" for name in names)
+    return f"{{ {reads} }} <<LINES\n$({command})\nLINES"
 
 
 def connections_command(sock: PathLike) -> str:

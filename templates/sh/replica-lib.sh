@@ -27,6 +27,18 @@ count_workers_outside() {
     workers_outside "$1" "$2" | awk 'END {print NR}'
 }
 
+# count_workers_outside for several replicas in one pass over the process table: each
+# argument is "MASTER-PID TITLE"; prints one count per argument, in order.
+count_strays() {
+    processes | specs="$(printf '%s\n' "$@")" awk '
+        BEGIN { n = split(ENVIRON["specs"], s, "\n")
+                for (i = 1; i <= n; i++) { cut = index(s[i], " ")
+                    m[i] = substr(s[i], 1, cut - 1); t[i] = substr(s[i], cut + 1); c[i] = 0 } }
+        { ppid = $2; $1 = ""; $2 = ""; sub(/^ +/, ""); sub(/ +$/, "")
+          for (i = 1; i <= n; i++) if ($0 == t[i] && ppid != m[i]) c[i]++ }
+        END { for (i = 1; i <= n; i++) print c[i] }'
+}
+
 # How many connections to the listening unix socket $1 are open right now, from the
 # kernel's table ($2, /proc/net/unix unless given): requests in flight, even to workers
 # whose master died. Accepted ones read state 03 (connected); those still queued for

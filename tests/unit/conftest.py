@@ -123,6 +123,14 @@ state=@STATE@
 case "$*" in
   "-eo pid=,ppid=,args=") cat -- "$state/ps" 2>/dev/null;;
   "-o etimes= -p "*) cat -- "$state/etimes.$4" 2>/dev/null || exit 1;;
+  "-o stat=,etimes=,args= -p "*)
+    # the state and title of the real process (the tests start stand-in masters), the age
+    # from $state. PHP-FPM writes its title over its whole command line, so ps shows the
+    # title alone; a stand-in (`exec -a TITLE sleep N`) keeps its argument: its first field
+    s=$(sed -n 's/^State:[[:space:]]*\(.\).*/\1/p' "/proc/$4/status" 2>/dev/null)
+    [ -n "$s" ] || exit 1
+    printf '%ss %s %s\n' "$s" "$(tr -d ' ' < "$state/etimes.$4" 2>/dev/null || echo -)" \
+      "$(tr '\0' '\n' < "/proc/$4/cmdline" | head -n 1)";;
   "-o stat=,etimes= -p "*)
     # the state of the real process (the tests start stand-in masters), the age from $state
     s=$(sed -n 's/^State:[[:space:]]*\(.\).*/\1/p' "/proc/$4/status" 2>/dev/null)

@@ -234,3 +234,20 @@ def test_a_set_of_sockets_is_waited_on_side_by_side_each_with_its_own_count(tmp_
     client.close()
     busy.close()
     idle.close()
+
+
+def test_count_strays_counts_each_replicas_workers_outside_its_master_in_one_pass():
+    table = "\n".join([
+        "   10     1 php-fpm: master process (/x/www-1.conf)",
+        "   11    10 php-fpm: pool www-1",  # a child of its live master: not a stray
+        "   12     1 php-fpm: pool www-1   ",  # left by a dead master (ps pads titles)
+        "   13     1 php-fpm: pool www-2",  # www-2 has no master: every worker is a stray
+        "   14     1 php-fpm: pool www-2",
+        "   15     1 php-fpm: pool www-22",  # another replica's title, not www-2's
+    ])
+    command = shell.with_replica_lib(
+        "count_strays '10 php-fpm: pool www-1' '- php-fpm: pool www-2' "
+        "'- php-fpm: pool www-3'")
+    out = subprocess.run(["sh", "-c", command], capture_output=True, text=True, check=True,
+                         env={**os.environ, "FPM_FLEET_PS": table}).stdout
+    assert out.split() == ["1", "2", "0"]
