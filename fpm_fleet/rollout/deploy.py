@@ -297,8 +297,15 @@ def cleanup_pool(at: HostPool, obs: Observer) -> list[str]:
 
 def _cleanup_after(at: HostPool, plan: Plan, pf: Preflight, obs: Observer) -> list[str]:
     """The cleanup after a deploy, decided from what its preflight read under the lock: it
-    reads nothing itself, being on every deploy's path."""
-    return _remove(at, superseded(pf, plan.release, at.host.keep_releases), obs)
+    reads nothing itself, being on every deploy's path. The release already serves, so a
+    failure here is said, not raised: `fab cleanup` can finish it."""
+    doomed = superseded(pf, plan.release, at.host.keep_releases)
+    try:
+        return _remove(at, doomed, obs)
+    except FleetError as exc:
+        obs.event(Event("warn", at.host.name, "cleanup", at.pool.name,
+                        f"{exc}; {plan.release} serves; `fab cleanup` removes the rest"))
+        return []
 
 
 def superseded(pf: Preflight, deployed: str, keep: int) -> list[str]:

@@ -5,6 +5,7 @@ proven(). Hosts here are fakes: the work functions stand for a host's rollout.""
 from __future__ import annotations
 
 import _thread
+import dataclasses
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -19,6 +20,7 @@ from fpm_fleet import report
 from fpm_fleet.core.errors import ConnectError, RolloutError, UsageError
 from fpm_fleet.core.inventory import Fleet, Host
 from fpm_fleet.host.fpm import Process
+from fpm_fleet.host.pool import HostPool
 from fpm_fleet.releases.store import ReleaseInfo
 from fpm_fleet.remote.group import (
     GroupResult,
@@ -546,3 +548,16 @@ def test_redeploying_a_present_release_counts_it_once():
     pf = _preflight("v3", ["v1", "v2", "v3"], {})
     assert deploy.superseded(pf, "v1", 1) == ["v2"]
     assert deploy.superseded(pf, "v3", 1) == ["v1", "v2"]
+
+
+def test_a_cleanup_that_fails_after_a_deploy_is_said_and_the_deploy_stands(web):
+    host, pool = web
+    runner = FakeRunner(host, ("remove ", (1, "", "mv: Permission denied")))
+    obs = EventLog()
+    pf = _preflight("v4", ["v1", "v2", "v3", "v4"], {})
+    plan = Plan("v5", "fab deploy", 5)
+    at = HostPool(runner, dataclasses.replace(host, keep_releases=3), pool)
+    assert deploy._cleanup_after(at, plan, pf, obs) == []
+    assert runner.whats == ["remove v1, v2"]  # keep_releases 3: v5, v4, v3 stay
+    warned = [e for e in obs.events if e.kind == "warn" and e.step == "cleanup"]
+    assert warned and "Permission denied" in warned[0].detail and "v5 serves" in warned[0].detail
