@@ -245,13 +245,21 @@ def remove_releases(layout: Layout, names: Sequence[str]) -> str:
             f"mv -T -- {q(layout.release(n))} {q(layout.incoming / (REMOVED + n))}.$$; }} "
             f"&& rm -f -- {q(manifest_path(layout, n))} {q(sealed_path(layout, n))} "
             f"{q(origin_path(layout, n))} {q(layout.state / 'bad' / n)}" for n in names]
-    job = (f"setsid -f rm -rf -- {q(layout.incoming)}/{REMOVED}* "
-           ">/dev/null 2>&1 </dev/null")
-    return " && ".join([*gone, job])
+    return " && ".join([*gone, _delete_removed(layout)])
+
+
+def _delete_removed(layout: Layout) -> str:
+    """A job detached from the session that deletes every `.removed-*` in incoming/."""
+    return (f"setsid -f rm -rf -- {q(layout.incoming)}/{REMOVED}* "
+            ">/dev/null 2>&1 </dev/null")
 
 
 def clear_incoming(layout: Layout) -> str:
-    """Leftovers of interrupted uploads (only ever called while holding the lock)."""
-    # not what a removal's background job is deleting (remove_releases)
+    """Leftovers of interrupted uploads (only ever called while holding the lock). What a
+    removal's job deletes (remove_releases) is left to such a job: one is started again
+    when some is left, in case the last was cut short (a reboot)."""
+    removed = (f"find {q(layout.incoming)} -mindepth 1 -maxdepth 1 -name '{REMOVED}*' "
+               "-print -quit")
     return (f"find {q(layout.incoming)} -mindepth 1 -maxdepth 1 ! -name '{REMOVED}*' "
-            "-exec rm -rf -- {} +")
+            f"-exec rm -rf -- {{}} + && {{ [ -z \"$({removed})\" ] || "
+            f"{_delete_removed(layout)}; }}")

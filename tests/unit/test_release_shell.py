@@ -447,11 +447,20 @@ def test_removal_takes_leftovers_of_a_cut_short_job_and_spares_uploads(sh, layou
     (leftover / "deep").mkdir(parents=True)
     partial = Path(rs.staging(layout, "v2"))
     partial.mkdir()
-    assert sh(rs.clear_incoming(layout)).returncode == 0
-    assert leftover.exists() and not partial.exists()  # clear_incoming leaves the job's
-    partial.mkdir()
     assert sh(rs.remove_releases(layout, ["v1", "gone-already"])).returncode == 0
-    assert _gone_soon(lambda: sorted(os.listdir(layout.incoming)) == [partial.name])
+    assert _gone_soon(lambda: os.listdir(layout.incoming) == [partial.name])
+
+
+def test_clearing_incoming_removes_uploads_and_restarts_the_deletion_of_removed_releases(
+        sh, layout):
+    leftover = Path(layout.incoming, rs.REMOVED + "v0.123")  # a job cut short left it
+    (leftover / "deep").mkdir(parents=True)
+    partial = Path(rs.staging(layout, "v2"))
+    partial.mkdir()
+    assert sh(rs.clear_incoming(layout)).returncode == 0
+    assert not partial.exists()
+    assert _gone_soon(lambda: os.listdir(layout.incoming) == [])
+    assert sh(rs.clear_incoming(layout)).returncode == 0  # nothing left: nothing to start
 
 
 def _gone_soon(done: Callable[[], bool]) -> bool:
