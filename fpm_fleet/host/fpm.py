@@ -186,8 +186,11 @@ def stop_command(layout: Layout, n: int, sudo: bool) -> str:
 
 
 def enable_command(layout: Layout, n: int, sudo: bool) -> str:
-    """Start replica n's service at boot."""
-    return _as_root(layout, n, "enable", sudo)
+    """Start replica n's service at boot. A unit enabled already is left alone: an enable
+    reloads systemd's unit files (about 0.1 s of the host's CPU), and a rollback to a
+    parked set, or a deploy into its slots, finds its units enabled."""
+    return (f"systemctl is-enabled --quiet {q(layout.unit(n))} || "
+            f"{_as_root(layout, n, 'enable', sudo)}")
 
 
 def disable_command(layout: Layout, n: int, sudo: bool) -> str:

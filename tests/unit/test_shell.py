@@ -803,3 +803,13 @@ def test_tcp_listening_is_true_only_while_a_socket_listens_on_the_port(sh, famil
         s.listen()
         assert sh(apache_site.tcp_listening(port)).returncode == 0
     assert sh(apache_site.tcp_listening(port)).returncode == 1
+
+
+def test_enabling_at_boot_leaves_an_enabled_unit_alone(fake_systemd, layout):
+    fake_systemd.unit(layout.unit(1), enabled=True)
+    fake_systemd.unit(layout.unit(2))
+    for n in (1, 2):
+        assert fake_systemd.run(fpm.enable_command(layout, n, sudo=False)).returncode == 0
+    assert f"systemctl enable --quiet {layout.unit(1)}" not in fake_systemd.calls()
+    assert f"systemctl enable --quiet {layout.unit(2)}" in fake_systemd.calls()
+    assert fake_systemd.enabled(layout.unit(2))
