@@ -105,7 +105,8 @@ def ssh_server() -> Iterator[SSHServer]:
             t = paramiko.Transport(conn)
             t.add_server_key(key)
             transports.append(t)
-            with contextlib.suppress(paramiko.SSHException):  # the client hung up first
+            # the client hung up first, or the teardown closed the transport mid-read
+            with contextlib.suppress(paramiko.SSHException, OSError, EOFError):
                 t.start_server(server=RefuseEveryLogin())
 
     threading.Thread(target=serve, daemon=True).start()
