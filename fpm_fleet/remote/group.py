@@ -19,7 +19,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
-from contextlib import contextmanager
+from contextlib import closing
 from dataclasses import dataclass, field, replace
 from typing import IO, Generic, TypeVar
 
@@ -151,7 +151,7 @@ class HostGroup:
             rolling.reports.put((i, self._one(hosts[i], with_proof, threaded, warm.take)))
 
         futures: list[Future[None]] = []
-        with ThreadPoolExecutor(max_workers=max(1, parallel)) as pool, _closing(warm):
+        with ThreadPoolExecutor(max_workers=max(1, parallel)) as pool, closing(warm):
             try:
                 while True:
                     for i in may_start(rolling.states, stage, parallel):
@@ -235,14 +235,6 @@ def _close_unused(opening: Future[Runner]) -> None:
         close = getattr(opening.result(), "close", None)
         if close:
             close()
-
-
-@contextmanager
-def _closing(warm: _Warm) -> Iterator[None]:
-    try:
-        yield
-    finally:
-        warm.close()
 
 
 def ssh_runner(host: Host, obs: Observer) -> SSHRunner:

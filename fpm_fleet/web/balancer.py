@@ -21,7 +21,6 @@ from fpm_fleet.remote.shell import q
 # root and the deploy user, so it never shows on a command line (ps, /proc/PID/cmdline).
 # The options of each request (curl's `--next` starts a request with none).
 PER_REQUEST = f"--fail --max-time 5 --netrc-file {q(MANAGER_NETRC)}"
-MANAGER_CURL = f"curl -sS {PER_REQUEST}"
 
 
 def xml_command(url: str) -> str:
