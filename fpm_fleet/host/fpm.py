@@ -315,6 +315,11 @@ def parse_probe(output: str) -> dict[int, Process]:
 NOT_RUNNING = Process(0, None, "-", None, "", None)
 
 
+def pinned_releases(procs: dict[int, Process]) -> set[str]:
+    """The releases the live masters among `procs` run (pure): never removed or replaced."""
+    return {p.release for p in procs.values() if p.alive and p.release}
+
+
 def probe(at: HostPool, numbers: list[int] | None = None) -> Command[dict[int, Process]]:
     """Each replica's master as the host sees it (one line per replica: probe_command)."""
     nums = numbers or list(at.pool.replica_numbers)

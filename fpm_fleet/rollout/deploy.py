@@ -186,8 +186,7 @@ def _upload(at: HostPool, plan: Plan, before: str | None, obs: Observer) -> rele
 
 def _in_use(at: HostPool, current: str | None) -> frozenset[str]:
     """The current release and every release a live master pins: never replaced."""
-    pinned = {p.release for p in at.ask(fpm.probe(at)).values() if p.alive and p.release}
-    return frozenset(n for n in (current, *pinned) if n)
+    return frozenset(n for n in (current, *fpm.pinned_releases(at.ask(fpm.probe(at)))) if n)
 
 
 def _before_activate(at: HostPool, name: str, command: str) -> None:
@@ -289,8 +288,7 @@ def cleanup_pool(at: HostPool, obs: Observer) -> list[str]:
         [fpm.current_release(at), release.history_read(at), fpm.probe(at),
          release.releases_read(at, sizes=False)]))
     previous = release.previous_of(current, hist)
-    pinned = {p.release for p in procs.values() if p.alive and p.release}
-    protected = {n for n in (current, previous, *pinned) if n}
+    protected = {n for n in (current, previous, *fpm.pinned_releases(procs)) if n}
     return _remove(at, release.cleanup_candidates(present, at.host.keep_releases, protected),
                    obs)
 
@@ -316,7 +314,7 @@ def superseded(pf: Preflight, deployed: str, keep: int) -> list[str]:
     present = pf.releases
     if all(r.name != deployed for r in present):
         present = [*present, release.ReleaseInfo(deployed, float("inf"), 0)]
-    protected = {n for n in (deployed, pf.current, *pf.pinned()) if n}
+    protected = {n for n in (deployed, pf.current, *fpm.pinned_releases(pf.procs)) if n}
     return release.cleanup_candidates(present, keep, protected)
 
 

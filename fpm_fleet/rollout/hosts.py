@@ -132,10 +132,6 @@ class Preflight:
         replicas back), so the rollout reads them again."""
         return None if self.healed else (self.bal, self.procs)
 
-    def pinned(self) -> set[str]:
-        """The releases a live master ran at the preflight."""
-        return {p.release for p in self.procs.values() if p.alive and p.release}
-
 
 def preflight(at: HostPool, obs: Observer) -> Preflight:
     """Before any rollout of a pool: fail here, before anything changes, when the balancer
