@@ -22,13 +22,9 @@ workers_outside() {
         sub(/^ +/, ""); sub(/ +$/, ""); if ($0 == t) print p }'
 }
 
-# How many processes workers_outside prints.
-count_workers_outside() {
-    workers_outside "$1" "$2" | awk 'END {print NR}'
-}
-
-# count_workers_outside for several replicas in one pass over the process table: each
-# argument is "MASTER-PID TITLE"; prints one count per argument, in order.
+# How many processes workers_outside prints, for several replicas in one pass over the
+# process table: each argument is "MASTER-PID TITLE"; prints one count per argument, in
+# order. The match is workers_outside's.
 count_strays() {
     processes | specs="$(printf '%s\n' "$@")" awk '
         BEGIN { n = split(ENVIRON["specs"], s, "\n")
@@ -37,6 +33,11 @@ count_strays() {
         { ppid = $2; $1 = ""; $2 = ""; sub(/^ +/, ""); sub(/ +$/, "")
           for (i = 1; i <= n; i++) if ($0 == t[i] && ppid != m[i]) c[i]++ }
         END { for (i = 1; i <= n; i++) print c[i] }'
+}
+
+# count_strays for one replica: $1 its master ("-" for none), $2 its workers' title.
+count_workers_outside() {
+    count_strays "$1 $2"
 }
 
 # How many connections to the listening unix socket $1 are open right now, from the
