@@ -207,9 +207,9 @@ class FcgiResponse:
     body: str
 
 
-def parse_connections(output: str) -> dict[int, int]:
-    """connections_by_replica_command's `N COUNT` lines -> count per replica (a replica
-    without its line is left out: its count is unknown)."""
+def parse_counts(output: str) -> dict[int, int]:
+    """`N COUNT` lines (connections_by_replica_command's per replica, unused_command's per
+    socket) -> COUNT per N; an N without its line is left out: its count is unknown."""
     counts: dict[int, int] = {}
     for line in output.splitlines():
         words = line.split()
@@ -386,7 +386,7 @@ def connections_by_replica(at: HostPool, numbers: list[int]) -> Command[dict[int
     too (a stopped replica's socket is gone: 0)."""
     return Command(connections_by_replica_command(at.layout, numbers),
                    f"connections to {at.pool.name} replicas",
-                   lambda res: parse_connections(res.stdout))
+                   lambda res: parse_counts(res.stdout))
 
 
 def start(r: Replica, release: str) -> Command[RemoteResult]:

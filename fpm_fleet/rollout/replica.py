@@ -177,15 +177,15 @@ def wait_unused(at: HostPool, replicas: list[Replica], timeout: float) -> None:
     ticks = max(1, int(timeout * 10))
 
     def read(res: RemoteResult) -> list[int]:
-        found = dict(line.split() for line in res.stdout.splitlines() if len(line.split()) == 2)
-        if sorted(found) != [str(i) for i in range(len(replicas))]:
+        found = fpm.parse_counts(res.stdout)
+        if sorted(found) != list(range(len(replicas))):
             raise ValueError(f"expected one count per socket, got {res.stdout!r}")
-        return [int(found[str(i)]) for i in range(len(replicas))]
+        return [found[i] for i in range(len(replicas))]
 
     names = ", ".join(r.name for r in replicas)
+    # the sockets are waited on side by side: the longest wait bounds the command
     waited = at.ask(Command(fpm.unused_command([r.sock for r in replicas], ticks),
-                            f"wait until {names} are unused", read,
-                            timeout=timeout * len(replicas) + 10,
+                            f"wait until {names} are unused", read, timeout=timeout + 10,
                             assume=lambda: [0] * len(replicas)))
     busy = [r.name for r, w in zip(replicas, waited, strict=True) if w >= ticks]
     if busy:

@@ -712,11 +712,11 @@ def test_connections_by_replica_counts_each_replicas_socket_from_the_kernels_tab
         for s in listeners + clients:
             s.close()
     assert out == "1 2\n2 0\n3 0\n"
-    assert fpm.parse_connections(out) == {1: 2, 2: 0, 3: 0}
+    assert fpm.parse_counts(out) == {1: 2, 2: 0, 3: 0}
 
 
 def test_connection_counts_leave_out_a_replica_without_a_readable_line():
-    assert fpm.parse_connections("1 3\n2 \nnoise\n3 x\n4 0\n") == {1: 3, 4: 0}
+    assert fpm.parse_counts("1 3\n2 \nnoise\n3 x\n4 0\n") == {1: 3, 4: 0}
 
 
 def test_system_apache_enables_every_module_the_site_uses_rewrite_included():
