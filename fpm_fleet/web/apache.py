@@ -22,13 +22,11 @@ def read(at: HostPool) -> Balancer:
     return at.ask(balancer.read(at))
 
 
-def member(r: Replica) -> Member:
-    """The replica's member as Apache sees it now."""
-    return balancer.member_of(read(r.at), r)
-
-
 ENABLE = {"D": 0, "N": 0, "S": 0, "H": 0}  # clear drain, disabled, stopped and standby
 DRAIN = {"N": 1}
+# parked (keep_previous): drained, and a hot standby, so that preflights never take it for a
+# replica left out by an interrupted run, and Apache would still use it if every other
+# member failed
 PARK = {"N": 1, "H": 1}
 DISABLE = {"D": 1, "N": 1}
 
@@ -90,22 +88,9 @@ def drain(r: Replica) -> Member:
     return set_member(r, DRAIN)
 
 
-def park(r: Replica) -> Member:
-    """Out of rotation, still running (keep_previous): drained, and a hot standby, so that
-    preflights never take it for a replica left out by an interrupted run, and Apache would
-    still use it if every other member failed."""
-    return set_member(r, PARK)
-
-
 def disable(r: Replica) -> Member:
     """Mark a stopped member disabled, so status shows it is out on purpose."""
     return set_member(r, DISABLE)
-
-
-def disable_all(at: HostPool, replicas: Sequence[Replica]) -> None:
-    """disable, for several members in one round trip."""
-    if replicas:
-        set_members(at, [(r, DISABLE) for r in replicas])
 
 
 def enable(r: Replica) -> tuple[Member, str]:

@@ -22,11 +22,6 @@ def read(at: HostPool) -> Balancer:
     return at.ask(upstream.read(at))
 
 
-def member(r: Replica) -> Member:
-    """The replica's member as the running nginx has it."""
-    return balancer.member_of(read(r.at), r)
-
-
 def apply(at: HostPool, changes: Mapping[int, str], current: Balancer | None = None,
           ) -> Balancer:
     """Put the members numbered in `changes` in their states with one rewrite and one
@@ -61,12 +56,6 @@ def drain(r: Replica) -> Member:
     """Out of rotation (`down`): new requests go to the other members; requests in flight,
     and those old workers still hold, finish where they are."""
     return _one(r, upstream.DRAIN)
-
-
-def park(r: Replica) -> Member:
-    """Out of rotation, still running (keep_previous): a `backup` server, which nginx uses
-    only if every other member failed (Apache's hot standby)."""
-    return _one(r, upstream.PARK)
 
 
 def disable(r: Replica) -> Member:

@@ -80,10 +80,6 @@ def drain(r: Replica) -> Member:
     return nginx.drain(r) if is_nginx(r.host) else apache.drain(r)
 
 
-def park(r: Replica) -> Member:
-    return nginx.park(r) if is_nginx(r.host) else apache.park(r)
-
-
 def disable(r: Replica) -> Member:
     return nginx.disable(r) if is_nginx(r.host) else apache.disable(r)
 
