@@ -177,7 +177,7 @@ def drift(rows: list[ReplicaStatus]) -> list[Drift]:
 
 
 def unreachable(host: Host, pools: tuple[Pool, ...], error: str) -> list[ReplicaStatus]:
-    return [ReplicaStatus(host.name, p.name, None, web=host.web, lb_status="unreachable",
+    return [ReplicaStatus(host.name, p.name, None, web=server.name(host), lb_status="unreachable",
                           problems=[error]) for p in pools]
 
 
