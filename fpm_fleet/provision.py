@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import io
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import IO, TypeVar
@@ -256,26 +257,15 @@ def _setup_services(runner: Runner, fleet: Fleet, host: Host) -> list[str]:
 def _setup_apache(runner: Runner, fleet: Fleet, host: Host) -> list[str]:
     changes = [f"stopped and disabled {u}" for u in runner.run(
         nginx_site.switch_off(nginx_site.NGINX_UNIT), "switch nginx off").stdout.split()]
-    changed = changed_files(runner, apache_files(fleet, host))
-    if changed:
-        for f in changed:
-            upload_text(runner, f"{f.path}{shell.STAGED}", f.text)
-        enabled = runner.run(apache_site.apache_site_enabled(), "is the site enabled",
-                             check=False).ok
-        test = apache_site.apache_site_test(enabled)
-        try:
-            runner.run(shell.install_checked([f.path for f in changed], test),
-                   "install Apache config")
-        except RemoteError as exc:
-            raise FleetError(f"{host.name}: the new Apache config fails its test and was not "
-                             f"installed: {exc.result.stderr.strip()}") from None
-        changes += [f"wrote {f.path}" for f in changed]
+    written = _install_site(runner, host, apache_files(fleet, host), "Apache",
+                            apache_site.apache_site_enabled(), apache_site.apache_site_test)
+    changes += written
     runner.run(apache_site.apache_ctl("enable"), "enable apache2.service")
     running = runner.run(apache_site.apache_running(), "is Apache running", check=False).ok
     if not running:
         runner.run(apache_site.apache_ctl("start"), "start Apache")
         changes.append("started Apache")
-    elif changed:
+    elif written:
         runner.run(apache_site.apache_ctl("reload"), "reload Apache")
         changes.append("reloaded Apache (graceful)")
     return changes
@@ -291,19 +281,8 @@ def _setup_nginx(runner: Runner, fleet: Fleet, host: Host) -> list[str]:
         out = runner.run(nginx_site.write_upstream(pool, states[pool.name]),
                          f"write the upstream of {pool.name}")
         changes += [f"wrote {f}" for f in out.stdout.split()]
-    changed = changed_files(runner, nginx_files(fleet, host))
-    if changed:
-        for f in changed:
-            upload_text(runner, f"{f.path}{shell.STAGED}", f.text)
-        enabled = runner.run(nginx_site.site_enabled(), "is the site enabled", check=False).ok
-        try:
-            runner.run(shell.install_checked([f.path for f in changed],
-                                             nginx_site.site_test(enabled)),
-                       "install nginx config")
-        except RemoteError as exc:
-            raise FleetError(f"{host.name}: the new nginx config fails its test and was not "
-                             f"installed: {exc.result.stderr.strip()}") from None
-        changes += [f"wrote {f.path}" for f in changed]
+    changes += _install_site(runner, host, nginx_files(fleet, host), "nginx",
+                             nginx_site.site_enabled(), nginx_site.site_test)
     changes += [f"stopped and disabled {u}" for u in runner.run(
         nginx_site.switch_off(nginx_site.APACHE_UNIT), "switch Apache off").stdout.split()]
     unit = nginx_site.NGINX_UNIT
@@ -316,6 +295,26 @@ def _setup_nginx(runner: Runner, fleet: Fleet, host: Host) -> list[str]:
         changes.append("reloaded nginx (graceful)")
     runner.run(nginx_site.wait_members(list(fleet.pools)), "read the running members back")
     return changes
+
+
+def _install_site(runner: Runner, host: Host, files: list[RenderedFile], label: str,
+                  enabled: str, test: Callable[[bool], str]) -> list[str]:
+    """The web server's config files that changed: staged, then installed only if the
+    server's own test (`test`, told whether the site is enabled: `enabled` says) passes
+    with them, else put back and refused. Returns what was written."""
+    changed = changed_files(runner, files)
+    if not changed:
+        return []
+    for f in changed:
+        upload_text(runner, f"{f.path}{shell.STAGED}", f.text)
+    on = runner.run(enabled, "is the site enabled", check=False).ok
+    try:
+        runner.run(shell.install_checked([f.path for f in changed], test(on)),
+                   f"install {label} config")
+    except RemoteError as exc:
+        raise FleetError(f"{host.name}: the new {label} config fails its test and was not "
+                         f"installed: {exc.result.stderr.strip()}") from None
+    return [f"wrote {f.path}" for f in changed]
 
 
 def _install_files(runner: Runner, files: list[RenderedFile]) -> list[str]:
