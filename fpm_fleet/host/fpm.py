@@ -130,8 +130,8 @@ def start_set_command(layout: Layout, numbers: Iterable[int], release: str, sudo
     """Start several replicas at once (each `systemctl start` waits for its own FPM to
     listen, so they run side by side); prints `N ok` or `N failed` per replica, a failed
     one's last log lines on stderr. Without `enable` the services are not enabled at boot
-    here: `systemctl enable` reloads systemd's unit files (over 0.1 s a service), so a surge
-    rollout leaves it to the host once the new set serves (rollout/retire.py). `reset`: the
+    here: a surge rollout leaves that to the host once the new set serves
+    (rollout/retire.py), off the path to the flip. `reset`: the
     replicas whose failed state is cleared first (default all; a caller that knows which
     units failed saves a sudo each on the path)."""
     to_reset = set(numbers if reset is None else reset)
@@ -186,9 +186,9 @@ def stop_command(layout: Layout, n: int, sudo: bool) -> str:
 
 
 def enable_command(layout: Layout, n: int, sudo: bool) -> str:
-    """Start replica n's service at boot. A unit enabled already is left alone: an enable
-    reloads systemd's unit files (about 0.1 s of the host's CPU), and a rollback to a
-    parked set, or a deploy into its slots, finds its units enabled."""
+    """Start replica n's service at boot. A unit enabled already is left alone (a sudo
+    saved): a rollback to a parked set, or a deploy into its slots, finds its units
+    enabled."""
     return (f"systemctl is-enabled --quiet {q(layout.unit(n))} || "
             f"{_as_root(layout, n, 'enable', sudo)}")
 

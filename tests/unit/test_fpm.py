@@ -247,7 +247,7 @@ def test_disable_keeps_the_replica_stopped_at_the_next_boot(web):
     host, pool = web
     runner = scripted(host, (0, ""))
     runner.ask(fpm.disable(replica(runner, pool, 2)))
-    assert runner.commands == ["systemctl disable --quiet fpm-fleet-www@2.service"]
+    assert runner.commands == ["systemctl disable --no-reload --quiet fpm-fleet-www@2.service"]
 
 
 def test_a_failing_stop_command_is_a_rollout_error(web):

@@ -172,7 +172,7 @@ def test_daemon_reload_and_disable_are_plain_systemctl_calls():
     layout = Layout(dir=PurePosixPath("/srv/fpm-fleet/www"), pool="www")
     assert shell.daemon_reload() == "systemctl daemon-reload"
     assert fpm.disable_command(layout, 2, sudo=False) == (
-        "systemctl disable --quiet fpm-fleet-www@2.service")
+        "systemctl disable --no-reload --quiet fpm-fleet-www@2.service")
 
 
 def test_read_current_release_reads_the_symlink():
@@ -587,7 +587,7 @@ def test_start_enables_and_starts_the_service_current_release_names(fake_systemd
     assert result.returncode == 0, result.stderr
     unit = layout.unit(1)
     assert fake_systemd.calls() == [f"systemctl reset-failed {unit}",
-                                    f"systemctl enable --quiet {unit}",
+                                    f"systemctl enable --no-reload --quiet {unit}",
                                     f"systemctl start {unit}"]
     assert fake_systemd.state_of(unit) == "active"
     assert fake_systemd.enabled(unit)
@@ -810,6 +810,6 @@ def test_enabling_at_boot_leaves_an_enabled_unit_alone(fake_systemd, layout):
     fake_systemd.unit(layout.unit(2))
     for n in (1, 2):
         assert fake_systemd.run(fpm.enable_command(layout, n, sudo=False)).returncode == 0
-    assert f"systemctl enable --quiet {layout.unit(1)}" not in fake_systemd.calls()
-    assert f"systemctl enable --quiet {layout.unit(2)}" in fake_systemd.calls()
+    assert f"systemctl enable --no-reload --quiet {layout.unit(1)}" not in fake_systemd.calls()
+    assert f"systemctl enable --no-reload --quiet {layout.unit(2)}" in fake_systemd.calls()
     assert fake_systemd.enabled(layout.unit(2))

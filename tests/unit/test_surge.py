@@ -176,7 +176,7 @@ def test_the_old_set_is_left_to_the_host_which_waits_for_its_sockets_then_stops_
     bal = balancer.pick(fake.pool, fake.page())
     script = retire.job_script(at, old, new, bal)
     # the new set enabled at boot; each old socket waited on, bounded by stop_timeout
-    assert script.index("systemctl enable --quiet fpm-fleet-www@3.service") \
+    assert script.index("systemctl enable --no-reload --quiet fpm-fleet-www@3.service") \
         < script.index(f"wait_unused {at.layout.sock(1)} {fake.pool.stop_timeout * 10}") \
         < script.index("systemctl stop fpm-fleet-www@1.service") \
         < script.index("w_status_D=1")
