@@ -130,9 +130,11 @@ def upload(at: HostPool, source: Path, manifest: Manifest, name: str, base: str 
         except DeltaMismatch:
             # the base release was changed after its upload: send everything instead
             send, sent = _stage(runner, host, layout, name, source, manifest, None, None)
-        runner.stream(shell.write_stdin(rs.manifest_path(layout, name)),
-                      f"store manifest of {name}", io.BytesIO(serialize(manifest).encode()))
-        runner.run(rs.commit_release(layout, name, replace=existing is not None), f"commit {name}")
+        # one round trip: the manifest is stored only for a verified upload, and committed
+        runner.stream(shell.then(shell.write_stdin(rs.manifest_path(layout, name)),
+                                 rs.commit_release(layout, name, replace=existing is not None)),
+                      f"store the manifest of {name}, commit {name}",
+                      io.BytesIO(serialize(manifest).encode()))
     except RemoteError as exc:
         runner.run(rs.drop_staging(layout, name), "remove the failed upload", check=False)
         raise RolloutError(f"{host.name}: upload of {name} failed, nothing was installed or "
@@ -181,12 +183,17 @@ def _stage(runner: Runner, host: Host, layout: Layout, name: str, source: Path,
            ) -> tuple[list[Entry], int]:
     """Fill incoming/NAME.partial (hard links from the base + a tar of the rest), verify it."""
     send, keep = plan_delta(manifest, base_entries)
-    runner.run(rs.prepare_staging(layout, name, base if base_entries is not None else None),
-           f"stage {name}")
+    # the staging dir is made in the round trip of what comes next: with a base, the prune
+    # of its hard-linked copy (which reads the paths to keep); else the tar's extraction
     if base_entries is not None:
-        runner.stream(rs.prune_staging(layout, name), "prune the hard-linked copy",
-                  io.BytesIO(b"".join(p.encode() + b"\0" for p in keep)))
-    sent = _send_tar(runner, layout, name, source, send)
+        runner.stream(shell.then(rs.prepare_staging(layout, name, base),
+                                 rs.prune_staging(layout, name)),
+                      f"stage {name}: hard links from {base}, pruned",
+                      io.BytesIO(b"".join(p.encode() + b"\0" for p in keep)))
+        sent = _send_tar(runner, layout, name, source, send)
+    else:
+        sent = _send_tar(runner, layout, name, source, send,
+                         staging=rs.prepare_staging(layout, name, None))
     _verify(runner, host, layout, name, manifest, delta=base_entries is not None)
     return send, sent
 
@@ -202,8 +209,10 @@ def _cause_line(text: str) -> str:
                 lines[0] if lines else "")
 
 
-def _send_tar(runner: Runner, layout: Layout, name: str, source: Path, entries: list[Entry]) -> int:
-    """Stream a gzip tar of `entries` into the host's tar over one raw SSH channel."""
+def _send_tar(runner: Runner, layout: Layout, name: str, source: Path, entries: list[Entry],
+              staging: str | None = None) -> int:
+    """Stream a gzip tar of `entries` into the host's tar over one raw SSH channel (after
+    `staging`, the command that makes the staging dir, when it is not made yet)."""
     read_fd, write_fd = os.pipe()
     failure: list[BaseException] = []
 
@@ -223,7 +232,9 @@ def _send_tar(runner: Runner, layout: Layout, name: str, source: Path, entries: 
     producer.start()
     reader = os.fdopen(read_fd, "rb")
     try:
-        _, sent = runner.stream(rs.extract(layout, name), f"upload {name}", reader)
+        extract = rs.extract(layout, name)
+        _, sent = runner.stream(shell.then(staging, extract) if staging else extract,
+                                f"upload {name}", reader)
     finally:
         reader.close()
         producer.join(timeout=30)
@@ -291,10 +302,6 @@ def tree_changes(before: str, after: str) -> str:
                    | {p for p in sums_a.keys() | sums_b.keys() if sums_a.get(p) != sums_b.get(p)})
     more = f" and {len(paths) - 5} more" if len(paths) > 5 else ""
     return ", ".join(paths[:5]) + more
-
-
-def seal(at: HostPool, name: str) -> None:
-    at.ask(action(rs.seal(at.layout, name), f"seal {name}"))
 
 
 def verify(layout: Layout, name: str, manifest: Manifest) -> Command[list[str]]:

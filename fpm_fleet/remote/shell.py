@@ -117,6 +117,12 @@ def bounded(command: str, seconds: float) -> str:
     return f"timeout -k {KILL_AFTER} {seconds:g} sh -c {q(command)}"
 
 
+def then(first: str, second: str) -> str:
+    """`second` only once `first` succeeded, in one round trip (each in braces: a `;` or
+    `exit` inside either stays inside it)."""
+    return f"{{ {first}\n}} && {{ {second}\n}}"
+
+
 def sections(parts: Sequence[tuple[str, str]]) -> str:
     """Run several commands in one round trip; `split_sections` separates their outputs and
     exit statuses (each command runs in its own braces, so an `exit` in one ends them all:

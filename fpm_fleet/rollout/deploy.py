@@ -22,6 +22,7 @@ from fpm_fleet.releases import manifest, origin
 from fpm_fleet.releases import store as release
 from fpm_fleet.releases.manifest import Manifest
 from fpm_fleet.releases.origin import Origin
+from fpm_fleet.remote import shell
 from fpm_fleet.remote.command import action, together
 from fpm_fleet.remote.group import HostGroup, Proven
 from fpm_fleet.remote.runner import Runner
@@ -147,18 +148,21 @@ def _prepare(at: HostPool, plan: Plan, obs: Observer) -> None:
     """Shared links, then the before_activate hooks, then the seal that lets a later deploy
     of the same name reuse the release only while it stays exactly as prepared."""
     host, pool, layout = at.host, at.pool, at.layout
+    links = release_shell.link_shared(layout, plan.release, pool.shared)
+    seal = release_shell.seal(layout, plan.release)
     with step(obs, host.name, "shared links", pool.name) as s:
-        at.ask(action(release_shell.link_shared(layout, plan.release, pool.shared),
-                      "link shared"))
         s.detail = ", ".join(pool.shared) or "none"
-    if pool.before_activate:
-        # hooks may rewrite files in place: none may share an inode with another release
-        at.ask(action(release_shell.own_copies(layout, plan.release), "unshare hard links"))
+        if not pool.before_activate:  # nothing runs in between: sealed in the same trip
+            at.ask(action(shell.then(links, seal), f"link shared, seal {plan.release}"))
+            return
+        at.ask(action(links, "link shared"))
+    # hooks may rewrite files in place: none may share an inode with another release
+    at.ask(action(release_shell.own_copies(layout, plan.release), "unshare hard links"))
     for command in pool.before_activate:
         with step(obs, host.name, "before_activate", pool.name) as s:
             s.detail = redact(command)
             _before_activate(at, plan.release, command)
-    release.seal(at, plan.release)
+    at.ask(action(seal, f"seal {plan.release}"))
 
 
 def _lock(at: HostPool, plan: Plan, obs: Observer, held: ExitStack) -> Preflight:

@@ -213,7 +213,7 @@ def test_a_prepared_release_is_reused_while_it_stays_as_sealed(target, build):
     release.upload(HostPool(ex, host, pool), build, m, "v1", base=None)
     ex.run(rs.link_shared(layout, "v1", ("storage",)), "link shared")
     (Path(layout.release("v1")) / "cache.php").write_text("written by a hook\n")
-    release.seal(HostPool(ex, host, pool), "v1")
+    ex.run(rs.seal(layout, "v1"), "seal v1")
     up = release.upload(HostPool(ex, host, pool), build, m, "v1", base=None)
     assert (up.reused, up.prepared) == (True, True)
     (Path(layout.release("v1")) / "cache.php").write_text("edited later\n")

@@ -813,3 +813,13 @@ def test_enabling_at_boot_leaves_an_enabled_unit_alone(fake_systemd, layout):
     assert f"systemctl enable --no-reload --quiet {layout.unit(1)}" not in fake_systemd.calls()
     assert f"systemctl enable --no-reload --quiet {layout.unit(2)}" in fake_systemd.calls()
     assert fake_systemd.enabled(layout.unit(2))
+
+
+def test_then_runs_the_second_only_after_the_first_succeeded_whatever_either_holds() -> None:
+    # each side may hold its own `;` and `exit`: neither leaks into the other
+    ok = subprocess.run(["sh", "-c", shell.then("true; echo a", "echo b; exit 3")],
+                        capture_output=True, text=True)
+    assert (ok.stdout, ok.returncode) == ("a\nb\n", 3)
+    failed = subprocess.run(["sh", "-c", shell.then("false; rc=$?; exit $rc", "echo b")],
+                            capture_output=True, text=True)
+    assert (failed.stdout, failed.returncode) == ("", 1)
