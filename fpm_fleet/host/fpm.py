@@ -55,15 +55,21 @@ def probe_command(layout: Layout, numbers: Iterable[int]) -> str:
     the service's state (systemctl is-active) and how many of its workers run outside its
     live master (a master that died leaves them serving until they finish)."""
     nums = list(numbers)
-    # what is read for every replica at once: the process table, the services' states
-    # (one systemctl: is-active prints one line per unit, in order), the pid files (the
-    # shell's own read) and the strays (one awk); a process costs a few ms on the host
+    # what is read for every replica at once: the process table, the masters (one ps), the
+    # services' states (one systemctl: is-active prints one line per unit, in order), the
+    # pid files (the shell's own read) and the strays (one awk); a process costs a few ms
+    # on the host, and this runs in every preflight and gate
     pids = [f"_pid{n}=; read -r _pid{n} 2>/dev/null <{q(layout.pid(n))}; "
             f"case $_pid{n} in ''|*[!0-9]*) _pid{n}=-;; esac" for n in nums]
     strays = " ".join(f"\"$_pid{n} \"{q(f'php-fpm: pool {layout.replica(n)}')}"
                       for n in nums)
     lines = [
         PROBE_FUNCTION, "FPM_FLEET_PS=$(ps -eo pid=,ppid=,args=)", *pids,
+        # every master's state, age and title in one ps (none when no pid file names one)
+        "_masters=; for _p in " + " ".join(f"$_pid{n}" for n in nums)
+        + '; do [ "$_p" = - ] || _masters="$_masters,$_p"; done; FPM_FLEET_MASTERS=; '
+        '[ -z "$_masters" ] || FPM_FLEET_MASTERS=$(ps -o pid=,stat=,etimes=,args= '
+        '-p "${_masters#,}" 2>/dev/null)',
         _read_lines([f"_unit{n}" for n in nums],
                     "systemctl is-active " + " ".join(q(layout.unit(n)) for n in nums)
                     + " 2>/dev/null"),

@@ -4,20 +4,27 @@
 # none). Prints one TSV line of 8 fields: N, the master's pid, its state, its age in
 # seconds, its process title, the release mounted on MOUNT-ROOT (as mountinfo escapes it)
 # in its mount namespace, the service's state and how many of the replica's workers run
-# outside that master. The caller reads the last two for every replica at once (one
-# systemctl, one pass over the process table: replica-lib.sh's count_strays).
-# "-" stands for what is not there (no pid file, no such process, nothing mounted).
-# It runs for every replica of a pool in each rollout's preflight and gate: two processes.
+# outside that master. "-" stands for what is not there (no pid file, no such process,
+# nothing mounted).
+# It runs for every replica of a pool in each rollout's preflight and gate, so it starts no
+# process of its own: the caller read every master's state, age and title with one ps
+# (FPM_FLEET_MASTERS, "PID STAT ETIMES ARGS" lines), the services' states with one
+# systemctl and the strays with one pass over the process table (replica-lib.sh's
+# count_strays); the mount is read here by the shell itself.
 probe() {
-  pid=$2
-  # state (the first letter of ps's STAT is /proc's State), age and title in one ps; the
-  # title is the rest of the line (read trims the padding ps adds)
-  read -r state etimes title <<PS
-$(ps -o stat=,etimes=,args= -p "$pid" 2>/dev/null)
+  pid=$2 state='' etimes='' title='' pinned=''
+  # the title is the rest of the line (read trims the padding ps adds)
+  while read -r p s e t; do
+    [ "$p" = "$pid" ] && { state=$s etimes=$e title=$t; }
+  done <<PS
+${FPM_FLEET_MASTERS:-}
 PS
-  state=${state%"${state#?}"}
-  pinned=$(mp="$3" awk '$5 == ENVIRON["mp"] {m = $4} END {if (m != "") print m}' \
-    "/proc/$pid/mountinfo" 2>/dev/null)
+  state=${state%"${state#?}"}  # the first letter of ps's STAT is /proc's State
+  # fields 4 and 5 of a mountinfo line: the mount's root and its mount point; the last
+  # mount on the point is the one seen (no such file: the master is gone)
+  { while read -r _ _ _ root point _; do
+      [ "$point" = "$3" ] && pinned=$root
+    done <"/proc/$pid/mountinfo"; } 2>/dev/null
   printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$1" "$pid" "${state:--}" "${etimes:--}" \
     "${title:--}" "${pinned:--}" "${4:--}" "${5:-0}"
 }

@@ -122,20 +122,20 @@ FAKE_PS = r"""#!/bin/sh
 state=@STATE@
 case "$*" in
   "-eo pid=,ppid=,args=") cat -- "$state/ps" 2>/dev/null;;
-  "-o etimes= -p "*) cat -- "$state/etimes.$4" 2>/dev/null || exit 1;;
-  "-o stat=,etimes=,args= -p "*)
-    # the state and title of the real process (the tests start stand-in masters), the age
-    # from $state. PHP-FPM writes its title over its whole command line, so ps shows the
-    # title alone; a stand-in (`exec -a TITLE sleep N`) keeps its argument: its first field
-    s=$(sed -n 's/^State:[[:space:]]*\(.\).*/\1/p' "/proc/$4/status" 2>/dev/null)
-    [ -n "$s" ] || exit 1
-    printf '%ss %s %s\n' "$s" "$(tr -d ' ' < "$state/etimes.$4" 2>/dev/null || echo -)" \
-      "$(tr '\0' '\n' < "/proc/$4/cmdline" | head -n 1)";;
-  "-o stat=,etimes= -p "*)
-    # the state of the real process (the tests start stand-in masters), the age from $state
-    s=$(sed -n 's/^State:[[:space:]]*\(.\).*/\1/p' "/proc/$4/status" 2>/dev/null)
-    [ -n "$s" ] || exit 1
-    printf '%ss %s\n' "$s" "$(tr -d ' ' < "$state/etimes.$4" 2>/dev/null)";;
+  "-o pid=,stat=,etimes=,args= -p "*)
+    # per pid of the comma list: the state and title of the real process (the tests start
+    # stand-in masters), the age from $state; exit 1 when one is gone, as ps does. PHP-FPM
+    # writes its title over its whole command line, so ps shows the title alone; a
+    # stand-in (`exec -a TITLE sleep N`) keeps its argument: its first field
+    rc=0
+    for pid in $(echo "$4" | tr , ' '); do
+      s=$(sed -n 's/^State:[[:space:]]*\(.\).*/\1/p' "/proc/$pid/status" 2>/dev/null)
+      [ -n "$s" ] || { rc=1; continue; }
+      printf '%7s %ss %s %s\n' "$pid" "$s" \
+        "$(tr -d ' ' < "$state/etimes.$pid" 2>/dev/null || echo -)" \
+        "$(tr '\0' '\n' < "/proc/$pid/cmdline" | head -n 1)"
+    done
+    exit $rc;;
   *) echo "fake ps: unexpected arguments: $*" >&2; exit 2;;
 esac
 """
