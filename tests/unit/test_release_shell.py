@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import os
+import shutil
 import tarfile
 import threading
 import time
@@ -408,6 +409,19 @@ def test_list_releases_prints_name_mtime_and_size_per_release(sh, layout):
     assert int(rows[0][2]) > int(rows[1][2])
 
 
+def test_list_releases_without_sizes_lists_the_same_releases_with_one_stat(sh, layout):
+    make_release(layout, "v1")
+    make_release(layout, "v2 b")
+    Path(layout.releases, "stray-file").write_text("not a release")
+    rows = [line.split("\t") for line in sh(rs.list_releases(layout, sizes=False))
+            .stdout.splitlines()]
+    assert rows == [[n, str(int(Path(layout.release(n)).stat().st_mtime)), "-"]
+                    for n in ("v1", "v2 b")]
+    for r in ("v1", "v2 b"):
+        shutil.rmtree(layout.release(r))
+    assert sh(rs.list_releases(layout, sizes=False)).stdout == ""  # no `*/` match: nothing
+
+
 def test_list_releases_shows_every_name_validate_name_accepts(sh, layout):
     with pytest.raises(ConfigError):
         validate_name(".v1")  # hidden from the `*/` glob, so refused up front
@@ -419,8 +433,9 @@ def test_list_releases_shows_every_name_validate_name_accepts(sh, layout):
 
 def test_list_releases_without_releases_dir_prints_nothing(sh, tmp_path):
     lay = Layout(dir=PurePosixPath(tmp_path / "nowhere"), pool="www")
-    result = sh(rs.list_releases(lay))
-    assert (result.returncode, result.stdout) == (0, "")
+    for sizes in (True, False):
+        result = sh(rs.list_releases(lay, sizes))
+        assert (result.returncode, result.stdout) == (0, "")
 
 
 def test_remove_release_removes_tree_manifest_and_bad_mark_only(sh, layout):
