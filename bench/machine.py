@@ -57,6 +57,15 @@ def host_package(package: str, base: Path = BASE_DIR) -> str:
                         "-f=${Version}", package])
 
 
+def cpu_seconds() -> float:
+    """CPU time this machine has spent so far, all processes (user, nice, system, irq,
+    softirq, steal; not idle or iowait), from /proc/stat: the fleet's hosts are this
+    machine's processes, so a difference of two readings is what a command cost them all."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    busy = sum(fields) - fields[3] - fields[4]
+    return busy / os.sysconf("SC_CLK_TCK")
+
+
 def facts() -> dict[str, str]:
     return {
         "date": time.strftime("%Y-%m-%d %H:%M %Z"),

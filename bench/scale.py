@@ -9,6 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from . import sandbox
+from .machine import cpu_seconds
 
 
 @dataclass
@@ -22,6 +23,10 @@ class ScaleRow:
     status_s: float
     base_build_s: float | None = None
     rollback_kept_s: float | None = None  # `fab rollback` to a parked set (keep_previous)
+    # the machine's CPU time during the default deploy and the rollback (fab and every host
+    # share its CPUs: divided by their number, a floor for the wall time here)
+    deploy_parallel_cpu_s: float | None = None
+    rollback_kept_cpu_s: float | None = None
 
 
 def run(counts: tuple[int, ...], status_runs: int, say: Callable[[str], None]) -> list[ScaleRow]:
@@ -41,22 +46,31 @@ def one(hosts: int, status_runs: int) -> ScaleRow:
     sequential = sandbox.fab("deploy", "--release", "s2", "--sequential", "--plain")
     status = [sandbox.fab("status").seconds for _ in range(status_runs)]
     sandbox.fab("sandbox.build", "--release", "s3")
-    parallel = sandbox.fab("deploy", "--release", "s3", "--parallel", str(hosts), "--plain")
+    parallel, parallel_cpu = with_cpu("deploy", "--release", "s3", "--parallel", str(hosts),
+                                      "--plain")
     sandbox.fab("status")
     replicas = sum(p.replicas for p in fleet.pools) * len(fleet.hosts)
+    rollback, rollback_cpu = rollback_kept()
     return ScaleRow(hosts, replicas, round(fresh.seconds, 2), fresh.boot_s,
                     round(sequential.seconds, 2),
                     round(parallel.seconds, 2), round(statistics.median(status), 2),
-                    fresh.base_build_s, rollback_kept())
+                    fresh.base_build_s, round(rollback.seconds, 2), parallel_cpu, rollback_cpu)
 
 
-def rollback_kept() -> float:
+def with_cpu(*args: str) -> tuple[sandbox.Run, float]:
+    """`fab ARGS`, and the machine's CPU seconds while it ran."""
+    before = cpu_seconds()
+    run = sandbox.fab(*args)
+    return run, round(cpu_seconds() - before, 2)
+
+
+def rollback_kept() -> tuple[sandbox.Run, float]:
     """With keep_previous: deploy s4 (s3's set parks), then time the rollback to s3, a flip
     of balancer flags on every host."""
     sandbox.keep_previous(True)
     try:
         sandbox.fab("sandbox.build", "--release", "s4")
         sandbox.fab("deploy", "--release", "s4", "--plain")
-        return round(sandbox.fab("rollback", "--plain").seconds, 2)
+        return with_cpu("rollback", "--plain")
     finally:
         sandbox.keep_previous(False)

@@ -151,8 +151,10 @@ def scale(results: Results) -> Table:
     rows = [[str(r.hosts), str(r.replicas), f"{r.up_s:.1f}",
              "?" if r.boot_s is None else f"{r.boot_s:.1f}", f"{r.deploy_s:.2f}",
              f"{r.deploy_parallel_s:.2f}", f"{r.status_s:.2f}",
-             "-" if r.rollback_kept_s is None else f"{r.rollback_kept_s:.2f}"]
+             "-" if r.rollback_kept_s is None else f"{r.rollback_kept_s:.2f}",
+             _cpu(r.deploy_parallel_cpu_s), _cpu(r.rollback_kept_cpu_s)]
             for r in results.scale]
+    cpus = results.machine.get("cpus", "?")
     note = ("Wall time of the `fab` command, no load; each fleet brought up fresh. "
             "sandbox.up boots the hosts (systemd-nspawn, as `sandbox.up` reports it: 'boot "
             "s'), runs `fab setup` on them and deploys the demo app. Deploys upload the small "
@@ -161,10 +163,18 @@ def scale(results: Results) -> Table:
             "--parallel N s': the default order (a canary host, then the others in parallel). "
             "The pool uses the surge strategy; 'rollback kept s': `fab rollback` to the "
             "previous release while keep_previous keeps its replicas parked (a flip of "
-            "balancer flags, no process started).")
+            "balancer flags, no process started). 'CPU s': the machine's CPU time while "
+            "the command ran (/proc/stat), `fab` and every host together: they share this "
+            f"machine's {cpus} CPUs, so CPU s / {cpus} is a floor for the wall time here, "
+            "whatever the order.")
     return Table("Fleet scale", ["hosts", "replicas", "sandbox.up s", "boot s", "deploy s",
-                                 "deploy --parallel N s", "status s", "rollback kept s"],
+                                 "deploy --parallel N s", "status s", "rollback kept s",
+                                 "deploy --parallel N CPU s", "rollback kept CPU s"],
                  rows, note)
+
+
+def _cpu(seconds: float | None) -> str:
+    return "-" if seconds is None else f"{seconds:.2f}"
 
 
 def per_round(values: list[float | None]) -> str:

@@ -189,3 +189,27 @@ def test_load_is_sampled_at_once_and_stops_with_the_block() -> None:
     assert count >= 1
     time.sleep(0.05)
     assert len(samples) == count
+
+
+def test_the_scale_table_shows_the_machines_cpu_time_beside_the_wall_time() -> None:
+    from bench.results import Results
+    from bench.scale import ScaleRow
+    from bench.tables import scale
+
+    rows = [ScaleRow(1, 2, 9.0, 1.0, 0.98, 1.02, 0.5, None, 0.87, 1.41, 1.2),
+            ScaleRow(6, 12, 20.0, 2.0, 4.6, 2.89, 0.9, None, None, None, None)]
+    table = scale(Results("full", machine={"cpus": "2"}, scale=rows))
+    assert table.rows[0][-3:] == ["0.87", "1.41", "1.20"]
+    assert table.rows[1][-3:] == ["-", "-", "-"]
+    assert "share this machine's 2 CPUs, so CPU s / 2 is a floor" in table.note
+
+
+def test_the_machines_cpu_time_grows_with_work_done() -> None:
+    import time
+
+    from bench.machine import cpu_seconds
+
+    before, until = cpu_seconds(), time.monotonic() + 0.3
+    while time.monotonic() < until:  # 0.3 s of this process's own CPU, at least
+        pass
+    assert cpu_seconds() - before >= 0.2  # the counters tick every 10 ms
