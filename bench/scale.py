@@ -4,12 +4,21 @@ fresh with `fab sandbox.up --hosts N`."""
 
 from __future__ import annotations
 
+import resource
 import statistics
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from . import sandbox
 from .machine import cpu_seconds
+
+
+@dataclass(frozen=True)
+class Cpu:
+    """CPU seconds one command cost: the whole machine's, and of them the `fab` process's."""
+
+    machine_s: float
+    fab_s: float
 
 
 @dataclass
@@ -25,8 +34,8 @@ class ScaleRow:
     rollback_kept_s: float | None = None  # `fab rollback` to a parked set (keep_previous)
     # the machine's CPU time during the default deploy and the rollback (fab and every host
     # share its CPUs: divided by their number, a floor for the wall time here)
-    deploy_parallel_cpu_s: float | None = None
-    rollback_kept_cpu_s: float | None = None
+    deploy_parallel_cpu: Cpu | None = None
+    rollback_kept_cpu: Cpu | None = None
 
 
 def run(counts: tuple[int, ...], status_runs: int, say: Callable[[str], None]) -> list[ScaleRow]:
@@ -57,14 +66,20 @@ def one(hosts: int, status_runs: int) -> ScaleRow:
                     fresh.base_build_s, round(rollback.seconds, 2), parallel_cpu, rollback_cpu)
 
 
-def with_cpu(*args: str) -> tuple[sandbox.Run, float]:
-    """`fab ARGS`, and the machine's CPU seconds while it ran."""
-    before = cpu_seconds()
+def with_cpu(*args: str) -> tuple[sandbox.Run, Cpu]:
+    """`fab ARGS`, and the CPU seconds it cost: the machine's while it ran, and fab's own
+    (this process's children are the fab commands it waited for)."""
+    before, fab_before = cpu_seconds(), _children_cpu()
     run = sandbox.fab(*args)
-    return run, round(cpu_seconds() - before, 2)
+    return run, Cpu(round(cpu_seconds() - before, 2), round(_children_cpu() - fab_before, 2))
 
 
-def rollback_kept() -> tuple[sandbox.Run, float]:
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def rollback_kept() -> tuple[sandbox.Run, Cpu]:
     """With keep_previous: deploy s4 (s3's set parks), then time the rollback to s3, a flip
     of balancer flags on every host."""
     sandbox.keep_previous(True)

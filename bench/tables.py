@@ -9,6 +9,7 @@ from .peer import TOOLS, Peer, PeerRun
 from .profile import Profile
 from .render import Table
 from .results import Results
+from .scale import Cpu
 from .steps import STEPS, Cost
 from .upload import UploadBench
 
@@ -152,7 +153,7 @@ def scale(results: Results) -> Table:
              "?" if r.boot_s is None else f"{r.boot_s:.1f}", f"{r.deploy_s:.2f}",
              f"{r.deploy_parallel_s:.2f}", f"{r.status_s:.2f}",
              "-" if r.rollback_kept_s is None else f"{r.rollback_kept_s:.2f}",
-             _cpu(r.deploy_parallel_cpu_s), _cpu(r.rollback_kept_cpu_s)]
+             _cpu(r.deploy_parallel_cpu), _cpu(r.rollback_kept_cpu)]
             for r in results.scale]
     cpus = results.machine.get("cpus", "?")
     note = ("Wall time of the `fab` command, no load; each fleet brought up fresh. "
@@ -164,17 +165,17 @@ def scale(results: Results) -> Table:
             "The pool uses the surge strategy; 'rollback kept s': `fab rollback` to the "
             "previous release while keep_previous keeps its replicas parked (a flip of "
             "balancer flags, no process started). 'CPU s': the machine's CPU time while "
-            "the command ran (/proc/stat), `fab` and every host together: they share this "
-            f"machine's {cpus} CPUs, so CPU s / {cpus} is a floor for the wall time here, "
-            "whatever the order.")
+            "the command ran (/proc/stat), `fab` and every host together (in brackets, "
+            f"`fab`'s own): they share this machine's {cpus} CPUs, so CPU s / {cpus} is a "
+            "floor for the wall time here, whatever the order.")
     return Table("Fleet scale", ["hosts", "replicas", "sandbox.up s", "boot s", "deploy s",
                                  "deploy --parallel N s", "status s", "rollback kept s",
                                  "deploy --parallel N CPU s", "rollback kept CPU s"],
                  rows, note)
 
 
-def _cpu(seconds: float | None) -> str:
-    return "-" if seconds is None else f"{seconds:.2f}"
+def _cpu(cpu: Cpu | None) -> str:
+    return "-" if cpu is None else f"{cpu.machine_s:.2f} ({cpu.fab_s:.2f})"
 
 
 def per_round(values: list[float | None]) -> str:

@@ -193,13 +193,14 @@ def test_load_is_sampled_at_once_and_stops_with_the_block() -> None:
 
 def test_the_scale_table_shows_the_machines_cpu_time_beside_the_wall_time() -> None:
     from bench.results import Results
-    from bench.scale import ScaleRow
+    from bench.scale import Cpu, ScaleRow
     from bench.tables import scale
 
-    rows = [ScaleRow(1, 2, 9.0, 1.0, 0.98, 1.02, 0.5, None, 0.87, 1.41, 1.2),
+    rows = [ScaleRow(1, 2, 9.0, 1.0, 0.98, 1.02, 0.5, None, 0.87, Cpu(1.41, 0.6),
+                     Cpu(1.2, 0.55)),
             ScaleRow(6, 12, 20.0, 2.0, 4.6, 2.89, 0.9, None, None, None, None)]
     table = scale(Results("full", machine={"cpus": "2"}, scale=rows))
-    assert table.rows[0][-3:] == ["0.87", "1.41", "1.20"]
+    assert table.rows[0][-3:] == ["0.87", "1.41 (0.60)", "1.20 (0.55)"]
     assert table.rows[1][-3:] == ["-", "-", "-"]
     assert "share this machine's 2 CPUs, so CPU s / 2 is a floor" in table.note
 
