@@ -12,27 +12,24 @@ still in flight, then gives up. What each webhook received is returned for the r
 is shown and logged only as its scheme, host and port (`redact.url_origin`): its path, query
 and password may be a secret.
 
-Message builders are pure; `Webhook` and `Notifier` do the sending.
+Message builders are pure; `Webhook` and `Notifier` do the sending, webhook_http.py the
+POST itself.
 """
 
 from __future__ import annotations
 
-import base64
 import json
 import logging
 import queue
 import threading
 import time
-import urllib.error
-import urllib.parse
-import urllib.request
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from fpm_fleet.core.errors import FleetError
 from fpm_fleet.core.inventory import Host, Notify
-from fpm_fleet.core.redact import MASK, url_origin
+from fpm_fleet.core.redact import url_origin
 from fpm_fleet.releases.store import operator
 from fpm_fleet.remote.group import GroupResult, Proven
 from fpm_fleet.remote.runner import Runner
@@ -40,6 +37,7 @@ from fpm_fleet.rollout.deploy import PoolFailed, PoolOutcome
 
 log = logging.getLogger("fpm_fleet.notify")
 BACKOFF = 0.5  # seconds before the first retry, doubled for each next one
+Send = Callable[[str, bytes, float], None]  # one POST of (url, body, timeout); raises if not 2xx
 
 
 @dataclass(frozen=True)
@@ -121,49 +119,6 @@ def finished(action: str, release: str | None, results: GroupResult[list[PoolOut
 
 # --- sending -------------------------------------------------------------------------------
 
-def _request(url: str, data: bytes) -> urllib.request.Request:
-    """A POST of `data`; a user and password in the URL become basic auth (urllib would take
-    `user:pw@host` for the host's name)."""
-    parts = urllib.parse.urlsplit(url)
-    headers = {"Content-Type": "application/json", "User-Agent": "fpm-fleet"}
-    if parts.username is not None:
-        user, password = (urllib.parse.unquote(v or "") for v in (parts.username,
-                                                                  parts.password))
-        token = base64.b64encode(f"{user}:{password}".encode()).decode()
-        headers["Authorization"] = f"Basic {token}"
-        url = urllib.parse.urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
-    return urllib.request.Request(url, data=data, method="POST", headers=headers)
-
-
-def post(url: str, data: bytes, timeout: float) -> None:
-    """One POST; any answer but 2xx raises (urllib's errors never carry the URL's path)."""
-    request = _request(url, data)
-    # the inventory admits http:// and https:// URLs only (no file:, no ftp:)
-    with urllib.request.urlopen(request, timeout=timeout) as answer:
-        answer.read(65536)
-
-
-def _retryable(exc: Exception) -> bool:
-    if isinstance(exc, urllib.error.HTTPError):
-        return exc.code == 429 or exc.code >= 500
-    return True  # refused, reset, timed out, unreachable: the next try may get through
-
-
-def _why(exc: Exception, url: str, timeout: float) -> str:
-    """Why an attempt failed, in words that never hold the URL's secret parts: an error
-    from deep in http.client may quote the URL, so its path, query and password are cut."""
-    if isinstance(exc, urllib.error.HTTPError):
-        return f"HTTP {exc.code}"
-    if isinstance(exc, TimeoutError) or "timed out" in str(exc):
-        return f"no answer within {timeout:g}s"
-    text = str(exc.reason if isinstance(exc, urllib.error.URLError) else exc)
-    parts = urllib.parse.urlsplit(url)
-    for secret in (url, parts.path, parts.query, parts.password):
-        if secret and len(secret) > 1:
-            text = text.replace(secret, MASK)
-    return text or type(exc).__name__
-
-
 @dataclass(frozen=True)
 class Delivery:
     """What one webhook received in a run (for the recap)."""
@@ -187,7 +142,7 @@ class Webhook:
     fmt: str
     timeout: float
     retries: int
-    send: Callable[[str, bytes, float], None] = post
+    send: Send | None = None  # None: a real POST (webhook_http.post)
     delivered: int = 0
     failed: int = 0
     error: str = ""
@@ -222,17 +177,22 @@ class Webhook:
                 self.failed += not ok
 
     def _deliver(self, data: bytes) -> bool:
+        # urllib and http.client (5 ms) are loaded only by a run that posts, never when `fab`
+        # starts: start-up is on the path of every deploy (ARCHITECTURE.md, Start-up)
+        from fpm_fleet import webhook_http
+
+        send = self.send or webhook_http.post
         for attempt in range(self.retries + 1):
             if attempt:
                 time.sleep(BACKOFF * 2 ** (attempt - 1))
             try:
-                self.send(self.url, data, self.timeout)
+                send(self.url, data, self.timeout)
                 return True
             except Exception as exc:  # any failure of a webhook is reported, never raised
-                self.error = _why(exc, self.url, self.timeout)
+                self.error = webhook_http.why(exc, self.url, self.timeout)
                 log.info("notify %s: attempt %d failed: %s", self.label, attempt + 1,
                          self.error)
-                if not _retryable(exc):
+                if not webhook_http.retryable(exc):
                     break
         return False
 
@@ -246,7 +206,7 @@ class Notifier:
     goes to the same one). Without `[notify]` every method does nothing."""
 
     def __init__(self, config: Notify, action: str, release: str | None = None,
-                 send: Callable[[str, bytes, float], None] = post) -> None:
+                 send: Send | None = None) -> None:
         self.action, self.release = action, release
         self.timeout = config.timeout
         self.who = operator()

@@ -12,16 +12,17 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, is_dataclass
+from dataclasses import asdict, is_dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console, Group
-from rich.live import Live
-from rich.table import Table
 from rich.text import Text
 
 from fpm_fleet.core.events import Event, Observer
+
+if TYPE_CHECKING:
+    from rich.table import Table
 
 # Wide enough for the status table when output goes to a pipe or a CI log.
 err = Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() else 160)
@@ -57,7 +58,7 @@ def start_log(log_dir: str, command: str) -> Path:
     return path
 
 
-def _line(ev: Event) -> Text:
+def line(ev: Event) -> Text:
     where = f"[{ev.host}]" + (f" {ev.target}" if ev.target else "")
     text = Text(f"{where} {ev.step} ")
     text.append(MARK[ev.kind], style=STYLE[ev.kind])
@@ -68,7 +69,7 @@ def _line(ev: Event) -> Text:
     return text
 
 
-def _log_event(ev: Event) -> None:
+def log_event(ev: Event) -> None:
     log.info("event %s %s %s %s %.3f %s", ev.kind, ev.host, ev.target, ev.step, ev.elapsed,
              ev.detail)
 
@@ -81,65 +82,11 @@ class PlainObserver:
         self.lock = threading.Lock()
 
     def event(self, ev: Event) -> None:
-        _log_event(ev)
+        log_event(ev)
         if ev.kind == "start":
             return
         with self.lock:
-            self.console.print(_line(ev))
-
-
-@dataclass
-class _Row:
-    step: str
-    kind: str
-    since: float
-    detail: str = ""
-    elapsed: float = 0.0
-    steps: int = 0
-
-
-class LiveObserver:
-    """A live table: one row per host / replica with its current step and elapsed time."""
-
-    def __init__(self, console: Console = err) -> None:
-        self.console = console
-        self.rows: dict[tuple[str, str], _Row] = {}
-        self.lock = threading.Lock()
-        self.live = Live(console=console, refresh_per_second=8, transient=False,
-                         get_renderable=self.render)
-
-    def event(self, ev: Event) -> None:
-        _log_event(ev)
-        with self.lock:
-            key = (ev.host, ev.target or "-")
-            row = self.rows.setdefault(key, _Row(ev.step, ev.kind, time.monotonic()))
-            if ev.kind == "start":
-                row.step, row.kind, row.since = ev.step, "start", time.monotonic()
-            else:
-                row.step, row.kind, row.detail, row.elapsed = ev.step, ev.kind, ev.detail, \
-                    ev.elapsed
-                row.steps += ev.kind == "done"
-            if ev.kind in ("fail", "warn"):
-                self.console.print(_line(ev))
-
-    def render(self) -> Table:
-        table = Table(expand=False, box=None, pad_edge=False)
-        for col in ("host", "replica", "steps done", "step", "state", "time", "detail"):
-            table.add_column(col)
-        with self.lock:
-            for (host, target), row in self.rows.items():
-                running = time.monotonic() - row.since if row.kind == "start" else row.elapsed
-                table.add_row(Text(host), Text(target), str(row.steps), Text(row.step),
-                              Text(MARK[row.kind], style=STYLE[row.kind]),
-                              f"{running:.2f}s", Text(row.detail[:60]))
-        return table
-
-    def __enter__(self) -> LiveObserver:
-        self.live.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.live.stop()
+            self.console.print(line(ev))
 
 
 @contextmanager
@@ -148,11 +95,15 @@ def progress(plain: bool = False) -> Iterator[Observer]:
     if plain or not err.is_terminal or os.environ.get("CI"):
         yield PlainObserver()
         return
+    # rich.live and rich.table (11 ms) only for a live display: a plain run (CI, a pipe,
+    # --plain) reaches its first host without them (start-up: ARCHITECTURE.md)
+    from fpm_fleet.live import LiveObserver
     with LiveObserver() as live:
         yield live
 
 
 def table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> Table:
+    from rich.table import Table  # recaps come after the rollout: not at start-up
     t = Table(title=title, title_justify="left")
     for col in columns:
         t.add_column(col)

@@ -4,17 +4,22 @@ a dry run's plan. Rows are built from returned results; output.py draws them."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from fpm_fleet import output
-from fpm_fleet import status as status_mod
 from fpm_fleet.core.errors import AfterActivateError
 from fpm_fleet.notify import Delivery
-from fpm_fleet.releases.history import PoolHistory
 from fpm_fleet.remote import shell
-from fpm_fleet.remote.dryrun import Planned
 from fpm_fleet.remote.group import GroupResult
 from fpm_fleet.rollout.deploy import PoolFailed, PoolOutcome
-from fpm_fleet.stress import HostStats
+
+if TYPE_CHECKING:
+    # only named in annotations: importing status, stress, history and dryrun here would
+    # load them on every `fab` run (start-up is on the path of every deploy)
+    from fpm_fleet import status as status_mod
+    from fpm_fleet.releases.history import PoolHistory
+    from fpm_fleet.remote.dryrun import Planned
+    from fpm_fleet.stress import HostStats
 
 
 def lifecycle_recap(title: str, results: GroupResult[list[str]]) -> None:

@@ -12,8 +12,6 @@ from invoke.exceptions import Exit
 from invoke.tasks import task
 
 from fpm_fleet import output, report
-from fpm_fleet import status as status_mod
-from fpm_fleet import stress as stress_mod
 from fpm_fleet.core.errors import UsageError
 from fpm_fleet.core.events import Observer, step
 from fpm_fleet.core.inventory import Host, Pool
@@ -28,8 +26,9 @@ from tasks.boundary import boundary, command_line
 if TYPE_CHECKING:
     from fpm_fleet import provision
 
-# provision and render (Jinja2, the templates) are imported by the tasks that use them:
-# every `fab` run imports this module, and start-up is on the path of every deploy.
+# provision and render (Jinja2, the templates), status and stress are imported by the tasks
+# that use them: every `fab` run imports this module, and start-up is on the path of every
+# deploy (status and stress: 10 ms, ARCHITECTURE.md, Start-up).
 
 SELECT_HELP = {
     "host": "host name, or a comma list (default: every host)",
@@ -119,6 +118,7 @@ def list_(c: Context, q: bool = False) -> None:
 def status(c: Context, host: str | None = None, pool: str | None = None,
            replica: str | None = None, json_: bool = False, q: bool = False) -> None:
     """Every replica: balancer state, Busy, ping, pinned release, pid, uptime; drift."""
+    from fpm_fleet import status as status_mod
     with boundary(c, command_line()) as s:
         sel = rollout.select(s.fleet, host, pool, replica)
         rows = status_mod.collect(sel, output.PlainObserver())
@@ -157,6 +157,7 @@ def reporting_interrupts(sel: Selection) -> Iterator[None]:
     try:
         yield
     except KeyboardInterrupt:
+        from fpm_fleet import status as status_mod
         output.note("interrupted: the state of every selected replica now", "bold yellow")
         rows = status_mod.collect(sel, output.PlainObserver())
         drifts = status_mod.drift(rows)
@@ -234,6 +235,7 @@ def stress(c: Context, host: str | None = None, pool: str | None = None,
            path: list[str] | None = None, workers: int = 2, atomic: bool = False,
            duration: float = 10, max_requests: int = 200_000, json_: bool = False) -> None:
     """Bounded load on a pool's virtual host on every host; failures (with reasons), latency."""
+    from fpm_fleet import stress as stress_mod
     with boundary(c, command_line()) as s:
         sel = rollout.select(s.fleet, host, pool)
         loops = stress_mod.path_loops(path or [], workers, atomic)

@@ -17,7 +17,6 @@ from fpm_fleet.host import lock
 from fpm_fleet.host.pool import HostPool
 from fpm_fleet.notify import Notifier
 from fpm_fleet.releases import store
-from fpm_fleet.remote.dryrun import Recorder, StepsInPlan
 from fpm_fleet.remote.group import (
     DEFAULT_PARALLEL,
     HostGroup,
@@ -108,6 +107,7 @@ def _run_rollout(s: Session, sel: Selection, title: str, order: tuple[int, int],
 def _dry_run(sel: Selection, title: str, body: PoolWork) -> None:
     """The real rollout, host after host, with a Recorder for a runner: it reads the hosts'
     state over SSH and records every command that would change them."""
+    from fpm_fleet.remote.dryrun import Recorder, StepsInPlan  # dry runs only: start-up time
     with output.progress(plain=True) as plain:
         obs = StepsInPlan(plain)
 

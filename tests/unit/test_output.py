@@ -9,6 +9,7 @@ from rich.console import Console
 
 from fpm_fleet import output
 from fpm_fleet.core.events import Event
+from fpm_fleet.live import LiveObserver
 
 
 def test_a_long_note_stays_one_line_in_a_pipe(capsys):
@@ -32,7 +33,7 @@ def test_remote_text_in_a_table_is_shown_as_is_never_read_as_markup():
 
 
 def test_remote_text_in_the_live_display_is_shown_as_is():
-    live = output.LiveObserver(Console(file=io.StringIO()))
+    live = LiveObserver(Console(file=io.StringIO()))
     live.event(Event("fail", "web1", "stop [/x]", "www-1", REMOTE, 1.0))
     assert REMOTE[:60] in render(live.render()).replace("\n", "")
 

@@ -1,0 +1,36 @@
+"""Start-up: every `fab` run imports the task modules before it does anything, so what they
+import is on the path of every deploy (ARCHITECTURE.md, Start-up). What only some tasks,
+the live display, the recaps or a webhook need is imported where it is used."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+# each of them is imported by the task or the step that uses it, never at start-up
+NOT_AT_START = (
+    "jinja2", "fpm_fleet.provision", "fpm_fleet.render",  # setup, sudoers, check
+    "fpm_fleet.status", "fpm_fleet.stress",  # status, stress, an interrupted rollout
+    "fpm_fleet.live", "rich.live", "rich.table",  # the live display, the recap tables
+    "fpm_fleet.webhook_http", "urllib.request", "http.client",  # a webhook that posts
+)
+
+
+def loaded_by(code: str) -> set[str]:
+    """The modules of NOT_AT_START a fresh interpreter has loaded after `code`."""
+    probe = f"{code}\nimport json, sys\nprint(json.dumps(sorted(sys.modules)))"
+    proc = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True,
+                          text=True, timeout=60, check=True)
+    return set(json.loads(proc.stdout)) & set(NOT_AT_START)
+
+
+def test_fab_loads_the_tasks_without_what_only_some_tasks_need():
+    assert loaded_by("import fabric.main, fabfile") == set()
+
+
+def test_the_probe_sees_a_module_the_tasks_do_import():
+    assert loaded_by("import fabfile\nimport fpm_fleet.status") == {"fpm_fleet.status"}
