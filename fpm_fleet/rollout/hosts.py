@@ -125,7 +125,6 @@ class Preflight:
     bal: Balancer
     procs: dict[int, Process]
     releases: list[store.ReleaseInfo]
-    history: list[store.Activation]
 
     def reading(self) -> surge.Reading | None:
         """The balancer and replicas as read; None once the preflight changed them (it put
@@ -149,13 +148,10 @@ def preflight(at: HostPool, obs: Observer) -> Preflight:
     procs: dict[int, Process]
     current: str | None
     listed: list[store.ReleaseInfo]
-    hist: list[store.Activation]
-    waited, bal, procs, current, listed, hist = at.ask(together(
-        f"read {at.pool.name} retirement, balancer, replicas, current.release, releases "
-        "and history",
+    waited, bal, procs, current, listed = at.ask(together(
+        f"read {at.pool.name} retirement, balancer, replicas, current.release and releases",
         [retire.wait_retired(at), server.read_command(at), fpm.probe(at),
-         fpm.current_release(at), store.releases_read(at, sizes=False),
-         store.history_read(at)]))
+         fpm.current_release(at), store.releases_read(at, sizes=False)]))
     _say_settled(at, obs, waited)
     healed = []
     for r in at.replicas():
@@ -172,7 +168,7 @@ def preflight(at: HostPool, obs: Observer) -> Preflight:
         healed.append(r.name)
         obs.event(Event("warn", at.host.name, "recover", r.name, "running and healthy but out "
                         f"of rotation (left by an interrupted run): put back, {status.status}"))
-    return Preflight(current, healed, bal, procs, listed, hist)
+    return Preflight(current, healed, bal, procs, listed)
 
 
 def settle(at: HostPool, obs: Observer) -> float:

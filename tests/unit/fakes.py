@@ -344,9 +344,8 @@ class FakePool:
         return sections_output(parts)
 
     def snapshot(self, call: Call) -> str:
-        """The balancer, the probe and (when asked) current.release, the releases (none
-        listed) and the history (empty) in one round trip, after the wait for a retirement
-        (none) when asked."""
+        """The balancer, the probe and (when asked) current.release and the releases (none
+        listed) in one round trip, after the wait for a retirement (none) when asked."""
         reads = [self.answer("read bm", self.page()), self.probe()]
         parts = [(text, 0) for text in reads]
         if " retirement" in call.what:
@@ -354,8 +353,8 @@ class FakePool:
         if "current.release" in call.what:
             current = self.read_current()
             parts.append((current[1], current[0]) if isinstance(current, tuple) else (current, 0))
-        if call.what.endswith("releases and history"):
-            parts += [("", 0), ("", 0)]
+        if call.what.endswith("and releases"):
+            parts.append(("", 0))
         return sections_output([(str(i), text, code) for i, (text, code) in enumerate(parts)])
 
     def unused(self, call: Call) -> str:

@@ -534,8 +534,7 @@ def _preflight(current: str, names: list[str], pinned: dict[int, str]) -> rollou
     procs = {n: Process(n, 100 + n, "S", 5, "php-fpm: master", f"/srv/x/releases/{rel}")
              for n, rel in pinned.items()}
     return rollout.Preflight(current, [], Balancer("www", "nonce", ()), procs,
-                             [ReleaseInfo(n, 1_700_000_000 + i, 0) for i, n in enumerate(names)],
-                             [])
+                             [ReleaseInfo(n, 1_700_000_000 + i, 0) for i, n in enumerate(names)])
 
 
 def test_a_deploy_keeps_the_newest_counting_itself_and_what_ran_before():
