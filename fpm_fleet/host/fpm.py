@@ -165,8 +165,8 @@ def unused_command(socks: Iterable[PathLike], ticks: int) -> str:
 def stop_set_command(layout: Layout, numbers: Iterable[int], sudo: bool,
                      disable: bool = True) -> str:
     """Stop several replicas at once, each gracefully (stop_command) and, with `disable`,
-    disabled at boot (a unit-file reload each: left out when the same units start again
-    next); each line of a replica's answer is prefixed with its number."""
+    disabled at boot (a sudo each: left out when the same units start again next); each
+    line of a replica's answer is prefixed with its number."""
     def one(n: int) -> str:
         then = f" && {disable_command(layout, n, sudo)}" if disable else ""
         return f"{{ ( {stop_command(layout, n, sudo)} ){then}; }} | sed 's/^/{n} /' &"
