@@ -7,6 +7,7 @@ from dataclasses import dataclass, field, replace
 from fpm_fleet.core.errors import FleetError
 from fpm_fleet.core.events import Observer
 from fpm_fleet.core.inventory import SURGE, Host, Pool
+from fpm_fleet.core.selection import Selection
 from fpm_fleet.host import fpm
 from fpm_fleet.host.pool import HostPool, Replica
 from fpm_fleet.releases import origin
@@ -14,7 +15,6 @@ from fpm_fleet.remote.command import together
 from fpm_fleet.remote.group import HostGroup
 from fpm_fleet.remote.runner import Runner
 from fpm_fleet.rollout import surge
-from fpm_fleet.rollout.hosts import Selection
 from fpm_fleet.web import balancer, server
 
 SERVING, STANDBY, PARKED, RETIRING = "serving", "standby", "parked", "retiring"

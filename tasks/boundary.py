@@ -1,10 +1,15 @@
-"""What every task shares: the inventory from the config, the error boundary, signals."""
+"""What every task shares: the inventory from the config, the error boundary, signals.
+
+Every `fab` run imports the task modules before it runs one, so they import only what
+parses options and reads the inventory; a task imports the rest of fpm-fleet in its body,
+once its first hosts are connecting (ARCHITECTURE.md, Start-up).
+"""
 
 from __future__ import annotations
 
 import signal
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,10 +18,16 @@ from types import FrameType
 from invoke.context import Context
 from invoke.exceptions import Exit
 
-from fpm_fleet import output
 from fpm_fleet.core import inventory, stages
 from fpm_fleet.core.errors import FleetError
-from fpm_fleet.core.inventory import Fleet
+from fpm_fleet.core.inventory import Fleet, Host
+from fpm_fleet.remote import ssh
+from fpm_fleet.remote.ahead import Ahead
+
+# The hosts a task reaches first, from its inventory and options (none: it connects as it
+# goes). An error is left for the task to raise, where its errors are reported.
+FirstHosts = Callable[[Fleet], tuple[Host, ...]]
+EARLY_AT_ONCE = 8  # handshakes at once (a rollback reads every host first, 8 at a time)
 
 DEFAULT_INVENTORY = "hosts.toml"
 
@@ -49,22 +60,47 @@ def _terminate(signum: int, frame: FrameType | None) -> None:
 class Session:
     fleet: Fleet
     log_path: Path
+    # connections to the first hosts, opened while the task loaded (None: it connects)
+    early: Ahead[ssh.SSHRunner] | None = None
+
+
+def connect_early(fleet: Fleet, first: FirstHosts | None) -> Ahead[ssh.SSHRunner] | None:
+    """Start connecting to the task's first hosts, each in a thread, and return at once."""
+    try:
+        hosts = first(fleet) if first else ()
+    except FleetError:
+        return None
+    return Ahead(hosts, ssh.early_runner, min(len(hosts), EARLY_AT_ONCE)) if hosts else None
 
 
 @contextmanager
-def boundary(c: Context, command: str) -> Iterator[Session]:
+def boundary(c: Context, command: str, first: FirstHosts | None = None) -> Iterator[Session]:
     """Load the inventory, open the log, turn errors and interrupts into exit codes.
 
     Once the log exists its path is the last line of every exit: success, a FleetError, an
     interrupt, a task's own Exit (check, status) or a bug, since that is where to look next.
     SIGTERM is handled like Ctrl-C, so a rollout can put its replica back before exiting.
+    `first` names the hosts to start connecting to at once (Session.early).
     """
     fleet = load_fleet(c)
+    early = connect_early(fleet, first)
+    try:
+        with _logged(fleet, command) as log_path:
+            yield Session(fleet, log_path, early)
+    finally:
+        if early:
+            early.close()
+
+
+@contextmanager
+def _logged(fleet: Fleet, command: str) -> Iterator[Path]:
+    from fpm_fleet import output  # rich: loaded while the first hosts connect
+
     log_path = output.start_log(fleet.log_dir, command)
     output.note(stage_line(fleet), "bold")
     previous = signal.signal(signal.SIGTERM, _terminate)
     try:
-        yield Session(fleet, log_path)
+        yield log_path
     except FleetError as exc:
         output.note(f"error: {exc}", "bold red")
         raise Exit(code=exc.exit_code) from None

@@ -11,24 +11,28 @@ from invoke.context import Context
 from invoke.exceptions import Exit
 from invoke.tasks import task
 
-from fpm_fleet import output, report
 from fpm_fleet.core.errors import UsageError
-from fpm_fleet.core.events import Observer, step
-from fpm_fleet.core.inventory import Host, Pool
-from fpm_fleet.host import lock
-from fpm_fleet.remote.group import DEFAULT_PARALLEL, HostGroup, Proven, roll_options
-from fpm_fleet.remote.runner import Runner
-from fpm_fleet.rollout import hosts as rollout
-from fpm_fleet.rollout.hosts import Selection
-from fpm_fleet.web import server
+from fpm_fleet.core.inventory import Fleet, Host, Pool
+from fpm_fleet.core.selection import (
+    DEFAULT_PARALLEL,
+    Selection,
+    first_hosts,
+    roll_options,
+    select,
+)
 from tasks.boundary import boundary, command_line
 
 if TYPE_CHECKING:
     from fpm_fleet import provision
+    from fpm_fleet.core.events import Observer
+    from fpm_fleet.remote.group import Proven
+    from fpm_fleet.remote.runner import Runner
 
-# provision and render (Jinja2, the templates), status and stress are imported by the tasks
-# that use them: every `fab` run imports this module, and start-up is on the path of every
-# deploy (status and stress: 10 ms, ARCHITECTURE.md, Start-up).
+    HostWork = Callable[[Runner, Host, Selection, Observer, Proven], list[str]]
+
+# Everything else is imported in the task bodies, once the first hosts are connecting:
+# every `fab` run imports this module, and start-up is on the path of every deploy
+# (tasks/boundary.py; ARCHITECTURE.md, Start-up).
 
 SELECT_HELP = {
     "host": "host name, or a comma list (default: every host)",
@@ -43,9 +47,11 @@ def setup(c: Context, host: str | None = None) -> None:
     file, balancer-manager's credential, replica configs and services, the Apache site.
     Needs full root: logs in as setup_user (default: user)."""
     with boundary(c, command_line()) as s:
-        sel = rollout.select(s.fleet, host)
+        from fpm_fleet import output, provision
+        from fpm_fleet.host import lock
+        from fpm_fleet.remote.group import HostGroup
 
-        from fpm_fleet import provision
+        sel = select(s.fleet, host)
 
         def work(runner: Runner, h: Host) -> provision.SetupReport:
             # every pool's lock: setup rewrites the configs a deploy or a restart relies on
@@ -73,8 +79,9 @@ def sudoers(c: Context, host: str | None = None) -> None:
     """Print the sudoers file `fab setup` installs for the inventory's user (to review it,
     or to install it by hand): the replica services and Apache's configtest/graceful only."""
     with boundary(c, command_line()) as s:
-        h = rollout.select(s.fleet, host).hosts[0]
-        from fpm_fleet import render
+        from fpm_fleet import output, render
+
+        h = select(s.fleet, host).hosts[0]
         rendered = render.sudoers(s.fleet, h)
         if rendered is None:
             output.note(f"{h.name}: the inventory logs in as root: no sudoers file is needed")
@@ -86,9 +93,11 @@ def sudoers(c: Context, host: str | None = None) -> None:
 def check(c: Context, host: str | None = None) -> None:
     """Preflight: ssh, root/sudo, tools, Apache modules and listen port, php-fpm, balancer
     members, and each pool answering 200 through Apache (its server_name, its health_path)."""
-    from fpm_fleet import provision
     with boundary(c, command_line()) as s:
-        sel = rollout.select(s.fleet, host)
+        from fpm_fleet import output, provision
+        from fpm_fleet.remote.group import HostGroup
+
+        sel = select(s.fleet, host)
         results = HostGroup(output.PlainObserver(), stop_on_failure=False).run(
             sel.hosts, lambda runner, h: provision.check_host(runner, s.fleet, h))
         checks = [ch for r in results for ch in (r.value or [])]
@@ -103,6 +112,9 @@ def check(c: Context, host: str | None = None) -> None:
 def list_(c: Context, q: bool = False) -> None:
     """Pools, replica counts and balancer settings, per host."""
     with boundary(c, command_line()) as s:
+        from fpm_fleet import output
+        from fpm_fleet.web import server
+
         if q:
             output.out.print("\n".join(p.name for p in s.fleet.pools))
             return
@@ -118,9 +130,11 @@ def list_(c: Context, q: bool = False) -> None:
 def status(c: Context, host: str | None = None, pool: str | None = None,
            replica: str | None = None, json_: bool = False, q: bool = False) -> None:
     """Every replica: balancer state, Busy, ping, pinned release, pid, uptime; drift."""
-    from fpm_fleet import status as status_mod
     with boundary(c, command_line()) as s:
-        sel = rollout.select(s.fleet, host, pool, replica)
+        from fpm_fleet import output, report
+        from fpm_fleet import status as status_mod
+
+        sel = select(s.fleet, host, pool, replica)
         rows = status_mod.collect(sel, output.PlainObserver())
         drifts = status_mod.drift(rows)
         if json_:
@@ -129,9 +143,6 @@ def status(c: Context, host: str | None = None, pool: str | None = None,
             report.status_table(rows, drifts, q)
         if not all(r.ok for r in rows) or drifts:
             raise Exit(code=1)
-
-
-HostWork = Callable[[Runner, Host, Selection, Observer, Proven], list[str]]
 
 
 # The rollout order's options (HostGroup.roll), shared by deploy, rollback and restart.
@@ -157,7 +168,9 @@ def reporting_interrupts(sel: Selection) -> Iterator[None]:
     try:
         yield
     except KeyboardInterrupt:
+        from fpm_fleet import output, report
         from fpm_fleet import status as status_mod
+
         output.note("interrupted: the state of every selected replica now", "bold yellow")
         rows = status_mod.collect(sel, output.PlainObserver())
         drifts = status_mod.drift(rows)
@@ -168,14 +181,24 @@ def reporting_interrupts(sel: Selection) -> Iterator[None]:
 
 
 def _lifecycle(c: Context, title: str, host: str | None, pool: str | None,
-               replica: str | None, plain: bool, body: HostWork,
+               replica: str | None, plain: bool, work_of: Callable[[], HostWork],
                order: tuple[int, int, bool] = (1, 1, True)) -> None:
-    """`body` on every selected host, its pools locked, in the order the options
-    (--canary, --parallel, --sequential) give: by default one host after another."""
-    with boundary(c, command_line()) as s:
+    """The work `work_of` makes (once the machinery may load) on every selected host, its
+    pools locked, in the order the options (--canary, --parallel, --sequential) give: by
+    default one host after another."""
+    def first(fleet: Fleet) -> tuple[Host, ...]:
+        return first_hosts(select(fleet, host, pool, replica).hosts, *roll_options(*order))
+
+    with boundary(c, command_line(), first) as s:
+        from fpm_fleet import output, report
+        from fpm_fleet.core.events import step
+        from fpm_fleet.host import lock
+        from fpm_fleet.remote.group import HostGroup
+
         canary, parallel = roll_options(*order)
-        sel = rollout.select(s.fleet, host, pool, replica)
+        sel = select(s.fleet, host, pool, replica)
         command = command_line()
+        body = work_of()
 
         def work(runner: Runner, h: Host, obs: Observer, proven: Proven) -> list[str]:
             with ExitStack() as held:
@@ -185,7 +208,7 @@ def _lifecycle(c: Context, title: str, host: str | None, pool: str | None,
                 return body(runner, h, sel, obs, proven)
 
         with reporting_interrupts(sel), output.progress(plain) as obs:
-            results = HostGroup(obs).roll(
+            results = HostGroup(obs, early=s.early).roll(
                 sel.hosts, lambda runner, h, proven: work(runner, h, obs, proven),
                 canary=canary, parallel=parallel)
         report.lifecycle_recap(title, results)
@@ -197,17 +220,23 @@ def restart(c: Context, host: str | None = None, pool: str | None = None,
             replica: str | None = None, canary: int = 1, parallel: int = DEFAULT_PARALLEL,
             sequential: bool = False, timeout: float = 60, plain: bool = False) -> None:
     """Zero-downtime rolling restart: drain, wait idle, stop, start pinned, gate, enable."""
-    _lifecycle(c, "restart", host, pool, replica, plain,
-               lambda runner, h, sel, obs, proven: rollout.restart_host(
-                   runner, h, sel, obs, timeout, proven=proven), (canary, parallel, sequential))
+    def work_of() -> HostWork:
+        from fpm_fleet.rollout import hosts as rollout
+        return lambda runner, h, sel, obs, proven: rollout.restart_host(
+            runner, h, sel, obs, timeout, proven=proven)
+
+    _lifecycle(c, "restart", host, pool, replica, plain, work_of, (canary, parallel, sequential))
 
 
 @task(help={k: v for k, v in LIFECYCLE_HELP.items() if k != "timeout"})
 def start(c: Context, host: str | None = None, pool: str | None = None,
           replica: str | None = None, plain: bool = False) -> None:
     """Start replicas that are not running (pinned to current.release), gate, enable."""
-    _lifecycle(c, "start", host, pool, replica, plain,
-               lambda runner, h, sel, obs, _: rollout.start_host(runner, h, sel, obs))
+    def work_of() -> HostWork:
+        from fpm_fleet.rollout import hosts as rollout
+        return lambda runner, h, sel, obs, _: rollout.start_host(runner, h, sel, obs)
+
+    _lifecycle(c, "start", host, pool, replica, plain, work_of)
 
 
 @task(help={**LIFECYCLE_HELP, "force": "skip the guard (may take the last replica out)"})
@@ -215,9 +244,12 @@ def stop(c: Context, host: str | None = None, pool: str | None = None,
          replica: str | None = None, timeout: float = 60, force: bool = False,
          plain: bool = False) -> None:
     """Drain, wait idle, stop gracefully; never the last healthy replica unless --force."""
-    _lifecycle(c, "stop", host, pool, replica, plain,
-               lambda runner, h, sel, obs, _: rollout.stop_host(runner, h, sel, obs, timeout,
-                                                           force))
+    def work_of() -> HostWork:
+        from fpm_fleet.rollout import hosts as rollout
+        return lambda runner, h, sel, obs, _: rollout.stop_host(runner, h, sel, obs, timeout,
+                                                                force)
+
+    _lifecycle(c, "stop", host, pool, replica, plain, work_of)
 
 
 @task(iterable=["path"],
@@ -235,9 +267,11 @@ def stress(c: Context, host: str | None = None, pool: str | None = None,
            path: list[str] | None = None, workers: int = 2, atomic: bool = False,
            duration: float = 10, max_requests: int = 200_000, json_: bool = False) -> None:
     """Bounded load on a pool's virtual host on every host; failures (with reasons), latency."""
-    from fpm_fleet import stress as stress_mod
     with boundary(c, command_line()) as s:
-        sel = rollout.select(s.fleet, host, pool)
+        from fpm_fleet import output, report
+        from fpm_fleet import stress as stress_mod
+
+        sel = select(s.fleet, host, pool)
         loops = stress_mod.path_loops(path or [], workers, atomic)
         targets = stress_mod.targets(sel.hosts, _one_pool(sel))
         host_header = stress_mod.request_headers(targets[0])["Host"]

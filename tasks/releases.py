@@ -1,37 +1,37 @@
-"""Tasks for releases: deploy, rollback, releases, cleanup, unlock."""
+"""Tasks for releases: deploy, rollback, releases, cleanup, unlock.
+
+The rollout machinery is imported in the task bodies, once the first hosts are connecting
+(tasks/boundary.py: start-up is on the path of every deploy)."""
 
 from __future__ import annotations
 
 import datetime
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from invoke.context import Context
 from invoke.tasks import task
 
-from fpm_fleet import output, report
-from fpm_fleet import source as source_mod
 from fpm_fleet.core.errors import FleetError
-from fpm_fleet.core.events import Observer
-from fpm_fleet.core.inventory import Host
-from fpm_fleet.host import lock
-from fpm_fleet.host.pool import HostPool
-from fpm_fleet.notify import Notifier
-from fpm_fleet.releases import store
-from fpm_fleet.remote.group import (
+from fpm_fleet.core.inventory import Fleet, Host
+from fpm_fleet.core.selection import (
     DEFAULT_PARALLEL,
-    HostGroup,
-    KeptConnections,
-    Proven,
+    Selection,
+    first_hosts,
     roll_options,
+    select,
+    validate_name,
 )
-from fpm_fleet.remote.runner import Runner
-from fpm_fleet.remote.ssh import SSHRunner, connect
-from fpm_fleet.rollout import deploy
-from fpm_fleet.rollout import hosts as rollout
-from fpm_fleet.rollout.deploy import Plan, PoolOutcome
-from fpm_fleet.rollout.hosts import Selection
-from tasks.boundary import Session, boundary, command_line
+from tasks.boundary import FirstHosts, Session, boundary, command_line
 from tasks.fleet import ORDER_HELP, reporting_interrupts
+
+if TYPE_CHECKING:
+    from fpm_fleet.core.events import Observer
+    from fpm_fleet.remote.group import Proven
+    from fpm_fleet.remote.runner import Runner
+    from fpm_fleet.rollout.deploy import PoolOutcome
+
+    PoolWork = Callable[[Runner, Host, Observer, Proven | None], list[PoolOutcome]]
 
 COMMON_HELP = {
     **ORDER_HELP,
@@ -43,7 +43,37 @@ COMMON_HELP = {
     "plain": "plain lines instead of the live display",
 }
 
-PoolWork = Callable[[Runner, Host, Observer, Proven | None], list[PoolOutcome]]
+
+def first_of_rollout(host: str | None, pool: str | None, order: tuple[int, int, bool],
+                     dry_run: bool, *releases: str | None) -> FirstHosts:
+    """A rollout's first hosts (its canary stage), once its options are known to be valid:
+    a rollout refused for a bad option reaches no host. A dry run connects as it goes."""
+    def first(fleet: Fleet) -> tuple[Host, ...]:
+        for name in filter(None, releases):
+            validate_name(name)
+        canary, parallel = roll_options(*order)
+        return () if dry_run else first_hosts(select(fleet, host, pool).hosts, canary, parallel)
+    return first
+
+
+def first_of_deploy(host: str | None, pool: str | None, order: tuple[int, int, bool],
+                    dry_run: bool, release: str, ref: str | None, source: str | None
+                    ) -> FirstHosts:
+    """A deploy's first hosts once its options are valid (`check_request`, the source
+    directories exist), when it has nothing long to do here first: a git export or a
+    pool's build runs before any host is reached (either may take minutes, and fail). The
+    canary's login then overlaps the content scan too: a release refused for its content
+    has at most logged in to the canary host and run `true` there."""
+    def first(fleet: Fleet) -> tuple[Host, ...]:
+        from fpm_fleet import source as source_mod  # the request's own checks (10 ms)
+
+        pools = select(fleet, host, pool).pools
+        source_mod.check_request(pools, source_mod.Request(release, ref, source))
+        if ref is not None or any(p.build for p in pools):
+            return ()
+        source_mod.directories(pools, source)
+        return first_of_rollout(host, pool, order, dry_run, release)(fleet)
+    return first
 
 
 @task(name="deploy", help={**COMMON_HELP,
@@ -59,11 +89,17 @@ def deploy_(c: Context, release: str = "", source: str | None = None, ref: str |
             dry_run: bool = False, timeout: float = 60, plain: bool = False) -> None:
     """Upload a release to every host, activate it, health-gated rolling restart, auto-revert.
     The release is a directory, or a git revision (--ref); the pool's `build` runs first."""
-    with boundary(c, command_line()) as s:
+    first = first_of_deploy(host, pool, (canary, parallel, sequential), dry_run, release, ref,
+                            source)
+    with boundary(c, command_line(), first) as s:
+        from fpm_fleet import output
+        from fpm_fleet import source as source_mod
+        from fpm_fleet.rollout import deploy
+
         order = roll_options(canary, parallel, sequential)
         if release:
-            store.validate_name(release)
-        sel = rollout.select(s.fleet, host, pool)
+            validate_name(release)
+        sel = select(s.fleet, host, pool)
         request = source_mod.Request(release, ref, source)
         # export and build before any host is touched; the scratch copies go at the end
         with source_mod.prepared(sel.pools, request, output.PlainObserver()) as made:
@@ -84,6 +120,10 @@ def _run_rollout(s: Session, sel: Selection, title: str, order: tuple[int, int],
                  connector: Callable[[Host], Runner] | None = None) -> None:
     """The canary stage, then the rest `parallel` at a time (ARCHITECTURE.md, Deploy);
     webhooks told of it, never waited on beyond their timeout."""
+    from fpm_fleet import output, report
+    from fpm_fleet.notify import Notifier
+    from fpm_fleet.remote.group import HostGroup
+
     if dry_run:
         _dry_run(sel, title, body)
         return
@@ -93,7 +133,7 @@ def _run_rollout(s: Session, sel: Selection, title: str, order: tuple[int, int],
     results = None
     try:
         with reporting_interrupts(sel), output.progress(plain) as obs:
-            results = HostGroup(obs, connector=connector).roll(
+            results = HostGroup(obs, connector=connector, early=s.early).roll(
                 sel.hosts, notes.per_host(lambda runner, h, proven: body(runner, h, obs, proven)),
                 canary=canary, parallel=parallel)
         report.rollout_recap(title, results)
@@ -107,7 +147,11 @@ def _run_rollout(s: Session, sel: Selection, title: str, order: tuple[int, int],
 def _dry_run(sel: Selection, title: str, body: PoolWork) -> None:
     """The real rollout, host after host, with a Recorder for a runner: it reads the hosts'
     state over SSH and records every command that would change them."""
-    from fpm_fleet.remote.dryrun import Recorder, StepsInPlan  # dry runs only: start-up time
+    from fpm_fleet import output, report
+    from fpm_fleet.remote.dryrun import Recorder, StepsInPlan
+    from fpm_fleet.remote.group import HostGroup
+    from fpm_fleet.remote.ssh import SSHRunner, connect
+
     with output.progress(plain=True) as plain:
         obs = StepsInPlan(plain)
 
@@ -127,13 +171,22 @@ def rollback(c: Context, to: str | None = None, host: str | None = None,
              sequential: bool = False, dry_run: bool = False, timeout: float = 60,
              plain: bool = False) -> None:
     """Go back to the previous good release (or --to NAME), the same health-gated way."""
-    with boundary(c, command_line()) as s:
+    def first(fleet: Fleet) -> tuple[Host, ...]:  # the targets are read on every host first
+        first_of_rollout(host, pool, (canary, parallel, sequential), dry_run, to)(fleet)
+        return () if dry_run else select(fleet, host, pool).hosts
+
+    with boundary(c, command_line(), first) as s:
+        from fpm_fleet import output
+        from fpm_fleet.remote.group import KeptConnections
+        from fpm_fleet.rollout import deploy
+        from fpm_fleet.rollout.deploy import Plan
+
         order = roll_options(canary, parallel, sequential)
         if to:
-            store.validate_name(to)
-        sel = rollout.select(s.fleet, host, pool)
+            validate_name(to)
+        sel = select(s.fleet, host, pool)
         # the targets are read, then the hosts rolled, over one connection per host
-        kept = KeptConnections(output.PlainObserver())
+        kept = KeptConnections(output.PlainObserver(), early=s.early)
         try:
             targets = deploy.rollback_targets(sel, to, output.PlainObserver(), kept.runner)
             command = command_line()
@@ -154,7 +207,12 @@ def rollback(c: Context, to: str | None = None, host: str | None = None,
 def releases(c: Context, host: str | None = None, pool: str | None = None) -> None:
     """Per host: releases with creation time, size, current, previous, bad, pinned."""
     with boundary(c, command_line()) as s:
-        sel = rollout.select(s.fleet, host, pool)
+        from fpm_fleet import output
+        from fpm_fleet.host.pool import HostPool
+        from fpm_fleet.remote.group import HostGroup
+        from fpm_fleet.rollout import deploy
+
+        sel = select(s.fleet, host, pool)
         results = HostGroup(output.PlainObserver(), parallel=8, stop_on_failure=False).run(
             sel.hosts, lambda runner, h: [row for p in sel.pools
                                           for row in deploy.listing(HostPool(runner, h, p))])
@@ -176,7 +234,13 @@ def releases(c: Context, host: str | None = None, pool: str | None = None) -> No
 def cleanup(c: Context, host: str | None = None, pool: str | None = None) -> None:
     """Remove old releases beyond keep_releases (never current, previous or pinned)."""
     with boundary(c, command_line()) as s:
-        sel = rollout.select(s.fleet, host, pool)
+        from fpm_fleet import output
+        from fpm_fleet.host import lock
+        from fpm_fleet.host.pool import HostPool
+        from fpm_fleet.remote.group import HostGroup
+        from fpm_fleet.rollout import deploy
+
+        sel = select(s.fleet, host, pool)
         with output.progress(plain=True) as obs:
             def work(runner: Runner, h: Host) -> list[str]:
                 notes = []
@@ -198,7 +262,12 @@ def cleanup(c: Context, host: str | None = None, pool: str | None = None) -> Non
 def unlock(c: Context, host: str | None = None, pool: str | None = None) -> None:
     """Force-remove the deploy lock (after a crashed deploy); prints who held it."""
     with boundary(c, command_line()) as s:
-        sel = rollout.select(s.fleet, host, pool)
+        from fpm_fleet import output
+        from fpm_fleet.host import lock
+        from fpm_fleet.host.pool import HostPool
+        from fpm_fleet.remote.group import HostGroup
+
+        sel = select(s.fleet, host, pool)
         results = HostGroup(output.PlainObserver(), stop_on_failure=False).run(
             sel.hosts, lambda runner, h: [f"{p.name}: {lock.unlock(HostPool(runner, h, p))}"
                                           for p in sel.pools])

@@ -9,10 +9,10 @@ from invoke.context import Context
 from invoke.exceptions import Exit
 from invoke.tasks import task
 
-from fpm_fleet import output
 from fpm_fleet.core.errors import FleetError
 
-# The sandbox modules (and through them provisioning, Jinja2, the templates) are imported
+# The sandbox modules (and through them provisioning, Jinja2, the templates) and the output
+# (rich) are imported
 # by these tasks when they run: every `fab` run imports this module, and start-up is on the
 # path of every deploy.
 
@@ -28,6 +28,7 @@ DEFAULT_DIR = "sandbox"
 def up(c: Context, hosts: int = 3, dir: str = DEFAULT_DIR, release: str = "v1",
        bare: bool = False, strategy: str = "surge", web: str = "apache") -> None:
     """Boot N Debian 12 hosts (systemd), provision them, deploy the demo app."""
+    from fpm_fleet import output
     from fpm_fleet.sandbox import fleet as local_fleet
     from fpm_fleet.sandbox import hosts as sandbox
     started = time.monotonic()
@@ -47,6 +48,7 @@ def up(c: Context, hosts: int = 3, dir: str = DEFAULT_DIR, release: str = "v1",
             "purge": "also remove the cached base tree of the hosts (rebuilt by the next up)"})
 def down(c: Context, dir: str = DEFAULT_DIR, purge: bool = False) -> None:
     """Power off and remove every host: containers, namespaces, mounts, cgroups, files."""
+    from fpm_fleet import output
     from fpm_fleet.sandbox import base as sandbox_base
     from fpm_fleet.sandbox import hosts as sandbox
     base = Path(dir).resolve()
@@ -74,6 +76,7 @@ def down(c: Context, dir: str = DEFAULT_DIR, purge: bool = False) -> None:
 def build(c: Context, release: str = "v2", dest: str | None = None, unhealthy: bool = False,
           files: int = 0, asset: bool = False, dir: str = DEFAULT_DIR) -> None:
     """Build the demo application as release NAME, ready for `fab deploy`."""
+    from fpm_fleet import output
     from fpm_fleet.sandbox import demo as demo_app
     target = Path(dest) if dest else Path(dir).resolve() / "build" / "www"
     demo_app.build(target, release, healthy=not unhealthy, filler_files=files, asset=asset)

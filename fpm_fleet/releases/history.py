@@ -19,8 +19,6 @@ from fpm_fleet.releases import commands as rs
 from fpm_fleet.releases.store import Activation, parse_history_counted
 from fpm_fleet.remote.command import Command
 
-DEFAULT_LIMIT = 20
-
 
 @dataclass(frozen=True)
 class HistoryRow:
@@ -66,8 +64,9 @@ def results(entries: list[Activation]) -> list[str]:
     return ["reverted" if _reverted(e, n) else "ok" for e, n in zip(entries, nexts, strict=True)]
 
 
-def pool_history(host: str, pool: str, text: str, limit: int = DEFAULT_LIMIT) -> PoolHistory:
-    """The history file's text (as rs.read_history prints it) into rows (pure)."""
+def pool_history(host: str, pool: str, text: str, limit: int = 0) -> PoolHistory:
+    """The history file's text (as rs.read_history prints it) into rows, the newest
+    `limit` (0: all) first (pure)."""
     entries, skipped = parse_history_counted(text)
     rows = [HistoryRow(host, pool, e.time, e.user, e.kind, e.previous, e.release,
                        redact(e.command), result)
@@ -76,7 +75,7 @@ def pool_history(host: str, pool: str, text: str, limit: int = DEFAULT_LIMIT) ->
     return PoolHistory(host, pool, tuple(newest), len(entries), skipped)
 
 
-def read(at: HostPool, limit: int = DEFAULT_LIMIT) -> PoolHistory:
+def read(at: HostPool, limit: int = 0) -> PoolHistory:
     return at.ask(Command(rs.read_history(at.layout), "read history",
                           lambda res: pool_history(at.host.name, at.pool.name, res.stdout,
                                                    limit)))

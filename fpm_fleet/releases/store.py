@@ -15,8 +15,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from fpm_fleet.core.errors import ConfigError, RemoteError, RolloutError
+from fpm_fleet.core.errors import RemoteError, RolloutError
 from fpm_fleet.core.inventory import Host, Pool
+from fpm_fleet.core.selection import NAME
 from fpm_fleet.host.layout import Layout
 from fpm_fleet.host.pool import HostPool
 from fpm_fleet.releases import commands as rs
@@ -24,17 +25,6 @@ from fpm_fleet.releases.manifest import Entry, Manifest, parse_checksums, safe_m
 from fpm_fleet.remote import shell
 from fpm_fleet.remote.command import Command, action, probe, stdout, together
 from fpm_fleet.remote.runner import Runner
-
-NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,99}")
-
-
-def validate_name(name: str) -> str:
-    """Release names are letters, digits, '.', '_' and '-', not starting with '.'."""
-    if not NAME.fullmatch(name or ""):
-        raise ConfigError(f"release name {name!r} is not allowed: use letters, digits, "
-                          "'.', '_' and '-', not starting with '.'")
-    return name
-
 
 # --- stored manifests (TSV: kind, mode, digest, path) -----------------------------------------
 

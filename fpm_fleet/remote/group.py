@@ -23,22 +23,17 @@ from contextlib import closing
 from dataclasses import dataclass, field, replace
 from typing import IO, Generic, TypeVar
 
-from fpm_fleet.core.errors import FleetError, RemoteResult, RolloutError, UsageError
+from fpm_fleet.core.errors import FleetError, RemoteResult, RolloutError
 from fpm_fleet.core.events import Event, Observer
 from fpm_fleet.core.inventory import Host
+from fpm_fleet.core.selection import DEFAULT_PARALLEL, canary_stage
+from fpm_fleet.remote.ahead import Ahead
 from fpm_fleet.remote.command import Command
 from fpm_fleet.remote.runner import Interruptible, Runner
-from fpm_fleet.remote.ssh import SSHRunner, connect
+from fpm_fleet.remote.ssh import SSHRunner, connect, session_opened
 
 log = logging.getLogger("fpm_fleet.group")
 T = TypeVar("T")
-
-# Hosts rolled at once after the canary stage. Parallel hosts cost the fleet no capacity:
-# each host keeps serving during its own roll (at most one replica per pool out at a time).
-# The bound is the control machine's (one SSH connection, thread and gzip upload stream per
-# host) and the damage a release that passed the canary can still do: at most this many hosts
-# fail and revert at once.
-DEFAULT_PARALLEL = 5
 
 # What a rolling host calls once it has proven the release (its new replicas passed their
 # gates and serve): the next stage may start while it finishes (its old replicas drain).
@@ -111,6 +106,8 @@ class HostGroup:
     parallel: int = 1
     stop_on_failure: bool = True
     connector: Callable[[Host], Runner] | None = None
+    # connections the task opened before it loaded the rollout machinery (its first hosts)
+    early: Ahead[SSHRunner] | None = None
     _stop: threading.Event = field(default_factory=threading.Event)
     _interrupt: threading.Event = field(default_factory=threading.Event)
 
@@ -142,7 +139,7 @@ class HostGroup:
         stage = canary_stage(len(hosts), canary, parallel)
         rolling: _Rolling[T] = _Rolling(hosts, stage)
         wave = [h for i, h in enumerate(hosts) if i not in stage] if stage else []
-        warm = _Warm(self.connector or self._connect, wave, parallel)
+        warm = Ahead(wave, self.connector or self._connect_ahead, parallel)
 
         def run_host(i: int, threaded: bool) -> None:
             def with_proof(runner: Runner, host: Host) -> T:
@@ -173,7 +170,12 @@ class HostGroup:
         self._interrupt.set()  # the others stop at their next step
 
     def _connect(self, host: Host) -> Runner:
-        return ssh_runner(host, self.obs)
+        early = self.early.take(host) if self.early else None
+        return early or ssh_runner(host, self.obs)
+
+    def _connect_ahead(self, host: Host) -> Runner:
+        early = self.early.take(host) if self.early else None
+        return early or session_opened(ssh_runner(host, self.obs))
 
     def _one(self, host: Host, work: Callable[[Runner, Host], T], threaded: bool,
              opened: Callable[[Host], Runner | None] = lambda h: None) -> HostOutcome[T]:
@@ -201,42 +203,6 @@ class HostGroup:
         return HostOutcome(host.name, value, None, True, time.monotonic() - started)
 
 
-class _Warm:
-    """Connections to the hosts after the canary stage, opened while the canary rolls: a
-    handshake costs tens of ms of CPU per host, which would otherwise all land at the start
-    of the wave. Opening a connection runs no command, so a host the run never reaches
-    stays untouched: its connection is closed unused. A connection that failed fails its
-    host when the host's turn comes, as it would have then."""
-
-    def __init__(self, connect: Callable[[Host], Runner], hosts: Sequence[Host],
-                 at_once: int) -> None:
-        self._pool = ThreadPoolExecutor(max_workers=max(1, at_once))
-        self._lock = threading.Lock()
-        self._pending = {h.name: self._pool.submit(connect, h) for h in hosts}
-
-    def take(self, host: Host) -> Runner | None:
-        """The host's connection (None when none was opened ahead: the caller connects)."""
-        with self._lock:
-            opening = self._pending.pop(host.name, None)
-        return opening.result() if opening is not None else None
-
-    def close(self) -> None:
-        """Close what was opened and never taken, now or once its handshake ends."""
-        with self._lock:
-            left, self._pending = list(self._pending.values()), {}
-        for opening in left:
-            if not opening.cancel():
-                opening.add_done_callback(_close_unused)
-        self._pool.shutdown(wait=False)
-
-
-def _close_unused(opening: Future[Runner]) -> None:
-    if opening.exception() is None:
-        close = getattr(opening.result(), "close", None)
-        if close:
-            close()
-
-
 def ssh_runner(host: Host, obs: Observer) -> SSHRunner:
     """An SSH runner; a new host key trusted on the way is said as a warning."""
     def say(message: str) -> None:
@@ -252,9 +218,11 @@ class KeptConnections:
     closes what it opened itself, never these: `close` does, once the task is done."""
 
     def __init__(self, obs: Observer,
-                 opener: Callable[[Host, Observer], SSHRunner] | None = None) -> None:
+                 opener: Callable[[Host, Observer], SSHRunner] | None = None,
+                 early: Ahead[SSHRunner] | None = None) -> None:
         self.obs = obs
         self.opener = opener or ssh_runner
+        self.early = early  # connections the task opened at start-up
         self._open: dict[str, SSHRunner] = {}
         self._lock = threading.Lock()
 
@@ -262,7 +230,7 @@ class KeptConnections:
         with self._lock:
             kept = self._open.get(host.name)
         if kept is None:
-            kept = self.opener(host, self.obs)
+            kept = (self.early.take(host) if self.early else None) or self.opener(host, self.obs)
             with self._lock:
                 self._open[host.name] = kept
         return _Lent(kept)
@@ -358,22 +326,6 @@ class _Rolling(Generic[T]):
     def result(self) -> GroupResult[T]:
         return GroupResult(tuple(self.outcomes.get(i, HostOutcome(h.name, canary=i in self.stage))
                                  for i, h in enumerate(self.hosts)))
-
-
-def roll_options(canary: int, parallel: int, sequential: bool) -> tuple[int, int]:
-    """--canary, --parallel and --sequential as `roll`'s (canary, parallel)."""
-    if canary < 1:
-        raise UsageError(f"--canary must be at least 1 (got {canary}): the first host always "
-                         "rolls alone first")
-    if parallel < 1:
-        raise UsageError(f"--parallel must be at least 1 (got {parallel})")
-    return (1, 1) if sequential else (canary, parallel)
-
-
-def canary_stage(count: int, canary: int, parallel: int) -> range:
-    """The indexes of the hosts that roll first and must prove themselves. None when hosts
-    go one at a time: each already waits for the one before it to finish."""
-    return range(0) if parallel <= 1 else range(min(max(1, canary), count))
 
 
 def may_start(states: Sequence[HostState], stage: range, parallel: int) -> list[int]:

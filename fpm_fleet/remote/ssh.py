@@ -15,6 +15,7 @@ import errno
 import logging
 import os
 import socket
+import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -301,3 +302,25 @@ def session(host: Host) -> Iterator[SSHRunner]:
         yield runner
     finally:
         runner.close()
+
+
+def session_opened(runner: SSHRunner) -> SSHRunner:
+    """`runner` once the host opened its login session: sshd does that (PAM, logind) for the
+    first command of a connection, so a connection opened ahead (remote/ahead.py) runs
+    `true` to have it done by then. Closed, with the error raised, if that fails."""
+    try:
+        runner.run("true", "open the login session")
+    except BaseException:
+        runner.close()
+        raise
+    return runner
+
+
+def early_runner(host: Host) -> SSHRunner:
+    """A connection opened at start-up, before the task's own output exists: a new host key
+    trusted on the way is said on stderr (and in the log), as it happens."""
+    def say(message: str) -> None:
+        log.warning("[%s] host key: %s", host.name, message)
+        sys.stderr.write(f"warning: {host.name}: {message}\n")
+
+    return session_opened(SSHRunner(host, connect(host, say)))

@@ -15,6 +15,7 @@ from fpm_fleet.core.errors import FleetError, RemoteError, RolloutError
 from fpm_fleet.core.events import Event, Observer, step
 from fpm_fleet.core.inventory import SURGE, Host
 from fpm_fleet.core.redact import redact
+from fpm_fleet.core.selection import Selection
 from fpm_fleet.host import fpm, lock
 from fpm_fleet.host.pool import HostPool
 from fpm_fleet.releases import commands as release_shell
@@ -27,7 +28,7 @@ from fpm_fleet.remote.command import action, together
 from fpm_fleet.remote.group import HostGroup, Proven
 from fpm_fleet.remote.runner import Runner
 from fpm_fleet.rollout import hooks, replica, surge
-from fpm_fleet.rollout.hosts import Preflight, Selection, ordered, preflight, tracked
+from fpm_fleet.rollout.hosts import Preflight, ordered, preflight, tracked
 from fpm_fleet.source import Source
 from fpm_fleet.web import balancer, server
 

@@ -1,4 +1,4 @@
-"""Operations on the replicas of one host: selection, order, preflight, restart, start,
+"""Operations on the replicas of one host: order, preflight, restart, start,
 stop, and the recovery of a replica a failure or an interrupt left out of rotation.
 
 Within a host, pool after pool, replica after replica, those not serving first; each
@@ -11,9 +11,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from fpm_fleet.core.errors import AnswerError, RolloutError, UsageError
+from fpm_fleet.core.errors import AnswerError, RolloutError
 from fpm_fleet.core.events import Event, Observer
-from fpm_fleet.core.inventory import SURGE, Fleet, Host, Pool
+from fpm_fleet.core.inventory import SURGE, Host
+from fpm_fleet.core.selection import Selection
 from fpm_fleet.host import fpm
 from fpm_fleet.host.fpm import Process, StopOutcome
 from fpm_fleet.host.pool import HostPool, Replica
@@ -24,54 +25,6 @@ from fpm_fleet.remote.runner import Runner, shielded
 from fpm_fleet.rollout import replica, retire, surge
 from fpm_fleet.web import balancer, server
 from fpm_fleet.web.balancer import Balancer
-
-
-@dataclass(frozen=True)
-class Selection:
-    hosts: tuple[Host, ...]
-    pools: tuple[Pool, ...]
-    replica: int | None = None
-
-    def pool(self, name: str) -> Pool:
-        return next(p for p in self.pools if p.name == name)
-
-    def replicas(self, pool: Pool) -> list[int]:
-        """The selected replica numbers of `pool` (every one without --replica)."""
-        return [self.replica] if self.replica else list(pool.replica_numbers)
-
-
-def _names(value: str | None) -> list[str]:
-    return [v.strip() for v in (value or "").split(",") if v.strip()]
-
-
-def select(fleet: Fleet, host: str | None = None, pool: str | None = None,
-           replica: int | str | None = None) -> Selection:
-    """Resolve --host (comma list), --pool and --replica; unknown names list the valid ones."""
-    known_hosts = [h.name for h in fleet.hosts]
-    for name in _names(host):
-        if name not in known_hosts:
-            raise UsageError(f"unknown host {name!r}; valid hosts: {', '.join(known_hosts)}")
-    known_pools = [p.name for p in fleet.pools]
-    if pool and pool not in known_pools:
-        raise UsageError(f"unknown pool {pool!r}; valid pools: {', '.join(known_pools)}")
-    hosts = tuple(h for h in fleet.hosts if not _names(host) or h.name in _names(host))
-    pools = tuple(p for p in fleet.pools if not pool or p.name == pool)
-    n = _replica_number(replica, pools)
-    return Selection(hosts, pools, n)
-
-
-def _replica_number(replica: int | str | None, pools: tuple[Pool, ...]) -> int | None:
-    if replica in (None, "", 0, "0"):
-        return None
-    try:
-        n = int(replica)
-    except ValueError:
-        raise UsageError(f"--replica must be a number, got {replica!r}") from None
-    valid = sorted({i for p in pools for i in p.replica_numbers})
-    if n not in valid or any(n > p.replicas for p in pools):
-        raise UsageError(f"unknown replica {n}; valid replicas: "
-                         f"{', '.join(map(str, valid))} (use --pool to pick one pool)")
-    return n
 
 
 def ordered(at: HostPool, numbers: list[int]) -> list[Replica]:

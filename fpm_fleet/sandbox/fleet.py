@@ -14,10 +14,10 @@ from fpm_fleet import output, provision, stress
 from fpm_fleet.core import inventory
 from fpm_fleet.core.errors import FleetError
 from fpm_fleet.core.inventory import Host
+from fpm_fleet.core.selection import select
 from fpm_fleet.releases import manifest
 from fpm_fleet.remote.group import GroupResult, HostGroup
 from fpm_fleet.remote.runner import Runner
-from fpm_fleet.rollout import hosts as rollout
 from fpm_fleet.rollout.deploy import Plan, each_pool
 from fpm_fleet.sandbox import base as sandbox_base
 from fpm_fleet.sandbox import demo as demo_app
@@ -74,7 +74,7 @@ def provision_and_deploy(fleet: inventory.Fleet, base: Path, release: str) -> No
     source = demo_app.build(Path(pool.source), release)
     plan = Plan(release=release, command="sandbox.up", timeout=30, source=source,
                 manifest=manifest.scan(source))
-    sel = rollout.select(fleet)
+    sel = select(fleet)
     _check(HostGroup(obs, parallel=4).run(
         fleet.hosts, lambda runner, h: each_pool(runner, h, sel, {pool.name: plan}, obs)))
 

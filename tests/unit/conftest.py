@@ -305,7 +305,7 @@ def three_slow_hosts(inventory_data: dict[str, Any], build_fleet: Callable[..., 
     the selection of everything."""
     from fakes import FakePool, FakeRunner
 
-    from fpm_fleet.rollout.hosts import Selection
+    from fpm_fleet.core.selection import Selection
 
     monkeypatch.setattr("fpm_fleet.rollout.replica.POLL", 0)
     inventory_data["hosts"].append({"name": "web3", "address": "198.18.0.13"})

@@ -27,6 +27,7 @@ from typing import IO, Any, TypeVar
 from fpm_fleet.core.errors import RemoteError, RemoteResult
 from fpm_fleet.core.events import Event
 from fpm_fleet.core.inventory import Host, Pool
+from fpm_fleet.core.selection import Selection
 from fpm_fleet.host import fpm
 from fpm_fleet.host.layout import Layout
 from fpm_fleet.host.pool import HostPool, Replica
@@ -37,7 +38,6 @@ from fpm_fleet.remote.dryrun import Planned, Recorder
 from fpm_fleet.remote.runner import ask_by_running
 from fpm_fleet.rollout import deploy
 from fpm_fleet.rollout.deploy import Plan
-from fpm_fleet.rollout.hosts import Selection
 
 T = TypeVar("T")
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from fpm_fleet.core.errors import ConfigError, RolloutError
+from fpm_fleet.core.selection import validate_name
 from fpm_fleet.host import fpm
 from fpm_fleet.host.layout import Layout
 from fpm_fleet.host.pool import HostPool
@@ -22,21 +23,21 @@ from fpm_fleet.releases.manifest import Entry, Manifest
 
 @pytest.mark.parametrize("name", ["v42", "2024.01.01-1", "release_7", "A.b-C_9", "x" * 100])
 def test_validate_name_accepts_simple_names(name):
-    assert release.validate_name(name) == name
+    assert validate_name(name) == name
 
 
 @pytest.mark.parametrize("name", ["../x", "a/b", "v1;touch /tmp/x", ".", "..", "", "v 1",
                                   " v1", "v1 ", "$(id)", "v1'", "x" * 101, "v1\tx"])
 def test_validate_name_rejects_paths_metacharacters_and_spaces(name):
     with pytest.raises(ConfigError) as info:
-        release.validate_name(name)
+        validate_name(name)
     assert repr(name) in str(info.value)
     assert "not allowed" in str(info.value)
 
 
 def test_validate_name_rejects_a_trailing_newline():
     with pytest.raises(ConfigError):
-        release.validate_name("v1\n")
+        validate_name("v1\n")
 
 
 # --- stored manifests --------------------------------------------------------------------------

@@ -16,11 +16,11 @@ from pathlib import Path, PurePosixPath
 import pytest
 
 from fpm_fleet.core.errors import ConfigError
+from fpm_fleet.core.selection import validate_name
 from fpm_fleet.host.layout import Layout
 from fpm_fleet.releases import commands as rs
 from fpm_fleet.releases import manifest
 from fpm_fleet.releases import store as release
-from fpm_fleet.releases.store import validate_name
 from fpm_fleet.remote import shell
 
 SRV = Layout(dir=PurePosixPath("/srv/fpm-fleet/www"), pool="www")

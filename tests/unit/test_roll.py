@@ -19,6 +19,7 @@ from fakes import EventLog, FakePool, FakeRunner
 from fpm_fleet import report
 from fpm_fleet.core.errors import ConnectError, RolloutError, UsageError
 from fpm_fleet.core.inventory import Fleet, Host
+from fpm_fleet.core.selection import canary_stage, roll_options
 from fpm_fleet.host.fpm import Process
 from fpm_fleet.host.pool import HostPool
 from fpm_fleet.releases.store import ReleaseInfo
@@ -29,9 +30,7 @@ from fpm_fleet.remote.group import (
     HostState,
     KeptConnections,
     Proven,
-    canary_stage,
     may_start,
-    roll_options,
 )
 from fpm_fleet.remote.runner import Interruptible, Runner
 from fpm_fleet.rollout import deploy
