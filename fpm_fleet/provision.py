@@ -148,6 +148,18 @@ def join_groups(user: str, groups: list[str]) -> str:
             "printf '%s\\n' \"$g\"; }; done")
 
 
+LINGER_DIR = PurePosixPath("/var/lib/systemd/linger")  # logind: one file per lingering user
+
+
+def keep_user_manager(user: str) -> str:
+    """Have logind keep `user`'s systemd manager running between logins (linger); prints the
+    user when it changed that. Without it, every fpm-fleet run that finds no session of the
+    user open starts the manager on each host at the first command and stops it ten seconds
+    after the last: 60-80 ms more on the first command, and the CPU of both, per host."""
+    return (f"[ -e {q(LINGER_DIR / user)} ] || {{ loginctl enable-linger -- {q(user)} && "
+            f"printf '%s\\n' {q(user)}; }}")
+
+
 def manager_credential(user: str, apache_group: str) -> str:
     """balancer-manager's credential: a random password made on the host (it never leaves
     it, and never appears on a command line), kept in a netrc readable by root and the
@@ -198,6 +210,8 @@ def setup_host(login: Runner, fleet: Fleet, host: Host) -> SetupReport:
         if any(given):
             report.changes.append(f"gave {len([g for g in given if g])} paths of "
                                   f"{pool.name} to {host.user}")
+    if runner.run(keep_user_manager(host.user), f"linger {host.user}").stdout.strip():
+        report.changes.append(f"kept the systemd manager of {host.user} running (linger)")
     if host.user != "root":
         groups = sorted({host.web_server.group, *(pool.group for pool in fleet.pools)})
         joined = runner.run(join_groups(host.user, groups), f"add {host.user} to groups")
@@ -360,6 +374,7 @@ def check_host(runner: Runner, fleet: Fleet, host: Host) -> list[Check]:
     systemd = runner.run(shell.has_systemd(), "check for systemd", check=False).ok
     checks.append(Check(host.name, "systemd", systemd, "PID 1" if systemd else NO_SYSTEMD))
     checks.append(_check_sudo(runner, fleet, host))
+    checks.append(_check_linger(runner, host))
     tools = runner.run(shell.probe_tools(server.binary(host)),
                        "probe tools", check=False)
     for line in tools.stdout.splitlines():
@@ -395,6 +410,15 @@ def _check_sudo(runner: Runner, fleet: Fleet, host: Host) -> Check:
                      + "; run fab setup")
     return Check(host.name, "root", True, f"via sudo: the {len(argvs)} commands of "
                  "/etc/sudoers.d/fpm-fleet")
+
+
+def _check_linger(runner: Runner, host: Host) -> Check:
+    """The login user's systemd manager outlives its sessions (fab setup enables that)."""
+    kept = runner.run(f"test -e {q(LINGER_DIR / host.user)}", "check linger", check=False).ok
+    return Check(host.name, "linger", kept,
+                 f"the systemd manager of {host.user} stays running between logins" if kept
+                 else f"each login of {host.user} starts a systemd manager (60-80 ms); "
+                      "run fab setup")
 
 
 def _check_owner(at: HostPool) -> Check:

@@ -173,19 +173,25 @@ def _stage(runner: Runner, host: Host, layout: Layout, name: str, source: Path,
            ) -> tuple[list[Entry], int]:
     """Fill incoming/NAME.partial (hard links from the base + a tar of the rest), verify it."""
     send, keep = plan_delta(manifest, base_entries)
-    # the staging dir is made in the round trip of what comes next: with a base, the prune
-    # of its hard-linked copy (which reads the paths to keep); else the tar's extraction
+    # the staging dir is made in the round trip of what comes next, once the leftovers of
+    # interrupted uploads are gone: with a base, the prune of its hard-linked copy (which
+    # reads the paths to keep); else the tar's extraction
     if base_entries is not None:
-        runner.stream(shell.then(rs.prepare_staging(layout, name, base),
-                                 rs.prune_staging(layout, name)),
+        runner.stream(shell.then(_staging(layout, name, base), rs.prune_staging(layout, name)),
                       f"stage {name}: hard links from {base}, pruned",
                       io.BytesIO(b"".join(p.encode() + b"\0" for p in keep)))
         sent = _send_tar(runner, layout, name, source, send)
     else:
         sent = _send_tar(runner, layout, name, source, send,
-                         staging=rs.prepare_staging(layout, name, None))
+                         staging=_staging(layout, name, None))
     _verify(runner, host, layout, name, manifest, delta=base_entries is not None)
     return send, sent
+
+
+def _staging(layout: Layout, name: str, base: str | None) -> str:
+    """An empty incoming/ (what interrupted uploads left: only ever run under the lock),
+    then the staging dir of NAME, hard-linked from `base` when there is one."""
+    return shell.then(rs.clear_incoming(layout), rs.prepare_staging(layout, name, base))
 
 
 CAUSES = ("No space left on device", "Disk quota exceeded", "Read-only file system",

@@ -125,7 +125,6 @@ def converge(at: HostPool, target: str, obs: Observer, timeout: float,
 def deploy_pool(at: HostPool, plan: Plan, obs: Observer,
                 proven: Callable[[], None] | None = None) -> PoolOutcome:
     def body(record: PoolOutcome, pf: Preflight) -> PoolOutcome:
-        at.ask(action(release_shell.clear_incoming(at.layout), "clear interrupted uploads"))
         record = replace(record, upload=_upload(at, plan, record.before, obs))
         if plan.origin is not None:
             at.ask(action(origin.record(at.layout, plan.release, plan.origin),

@@ -18,6 +18,7 @@ def test_setup_rewrites_what_changed_and_a_second_run_changes_nothing(fleet2: Sa
     unit = fleet2.on_host("/etc/systemd/system/fpm-fleet-www@.service")
     unit.unlink()
     fleet2.run(0, "systemctl", "disable", "fpm-fleet-www@2.service")
+    fleet2.run(0, "loginctl", "disable-linger", "deploy")
 
     def apache_pid() -> str:
         return fleet2.run(0, "systemctl", "show", "-p", "MainPID", "--value",
@@ -29,6 +30,9 @@ def test_setup_rewrites_what_changed_and_a_second_run_changes_nothing(fleet2: Sa
     assert f"wrote{fleet2.remote_pool_dir(0) / 'conf' / 'www-1.conf'}" in said
     assert "wrote/etc/systemd/system/fpm-fleet-www@.service" in said
     assert "enabledfpm-fleet-www@2.service" in said
+    # the deploy user's systemd manager outlives its logins: no run starts and stops it
+    assert "keptthesystemdmanagerofdeployrunning(linger)" in said
+    assert fleet2.run(0, "test", "-e", "/var/lib/systemd/linger/deploy").returncode == 0
     assert fleet2.run(0, "systemctl", "is-enabled", "fpm-fleet-www@2.service").returncode == 0
     assert "[global]" in conf.read_text() and unit.exists()
     second = ok(fab("setup"))

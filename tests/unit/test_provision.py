@@ -158,3 +158,37 @@ def test_hand_over_leaves_the_lock_setup_itself_holds_alone(inventory_data, buil
     fleet = build_fleet(inventory_data)
     layout = Layout.of(fleet.hosts[0], fleet.pools[0])
     assert "! -path '/srv/fpm-fleet/www/state/lock*'" in provision.hand_over(layout, "deploy")
+
+
+def test_setup_keeps_the_deploy_users_systemd_manager_running(inventory_data, build_fleet):
+    fleet = build_fleet(inventory_data)
+    user = fleet.hosts[0].user
+    ex = recording(fleet.hosts[0], {"check for root": ROOT, f"linger {user}": result(f"{user}\n"),
+                                    "is Apache running": result()})
+    report = provision.setup_host(ex, fleet, fleet.hosts[0])
+    assert provision.keep_user_manager(user) in ex.commands
+    assert f"kept the systemd manager of {user} running (linger)" in report.changes
+
+
+def test_a_second_setup_finds_linger_on_and_reports_no_change(inventory_data, build_fleet):
+    fleet = build_fleet(inventory_data)
+    ex = recording(fleet.hosts[0], {"check for root": ROOT, "is Apache running": result()})
+    report = provision.setup_host(ex, fleet, fleet.hosts[0])
+    assert not any("linger" in c for c in report.changes)
+
+
+def test_keep_user_manager_enables_linger_only_when_it_is_off():
+    assert provision.keep_user_manager("deploy") == (
+        "[ -e /var/lib/systemd/linger/deploy ] || "
+        "{ loginctl enable-linger -- deploy && printf '%s\\n' deploy; }")
+
+
+@pytest.mark.parametrize(("exited", "ok"), [(0, True), (1, False)])
+def test_check_says_whether_logins_start_a_systemd_manager(inventory_data, build_fleet,
+                                                           exited, ok):
+    fleet = build_fleet(inventory_data)
+    ex = recording(fleet.hosts[0], {"check linger": result(exited=exited),
+                                    "list Apache modules": result(MODULES)})
+    checks = {c.name: c for c in provision.check_host(ex, fleet, fleet.hosts[0])}
+    assert checks["linger"].ok is ok
+    assert ("run fab setup" in checks["linger"].detail) is not ok
