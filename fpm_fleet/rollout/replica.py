@@ -193,27 +193,36 @@ def wait_unused(at: HostPool, replicas: list[Replica], timeout: float) -> None:
                            f"{timeout:g}s out of rotation")
 
 
-def gates(replicas: list[Replica], release: str) -> Command[dict[int, Gate]]:
+def gates(replicas: list[Replica], release: str,
+          pinned: dict[int, str | None] | None = None) -> Command[dict[int, Gate]]:
     """Ping, the app's health script and the pinned release of every replica, over each
-    replica's own socket, in one round trip (a dry run assumes they came up as intended)."""
+    replica's own socket, in one round trip (a dry run assumes they came up as intended).
+    `pinned`: each replica's pinned release as a probe under the same lock just read it
+    (a parked set, which nothing started since): the host is not probed again."""
     at = replicas[0].at
-    parts: list[Command[Any]] = [fpm.probe(at, [r.n for r in replicas])]
+    parts: list[Command[Any]] = [] if pinned is not None else [
+        fpm.probe(at, [r.n for r in replicas])]
     for r in replicas:
         parts += [fpm.health(r), fpm.ping(r)]
     both = together(f"gate {','.join(r.name for r in replicas)}", parts)
 
     def read(result: RemoteResult) -> dict[int, Gate]:
-        procs, *answers = both.read(result)
+        answers = list(both.read(result))
+        pins = pinned if pinned is not None else _pins(at, answers.pop(0))
         found = {}
         for i, r in enumerate(replicas):
             resp, ping = answers[2 * i], answers[2 * i + 1]
-            proc = procs[r.n] if procs[r.n].runs_master(at.layout) else None
             found[r.n] = Gate(ping=ping, health=resp.status if resp else None,
-                              release=proc.release if proc else None)
+                              release=pins.get(r.n))
         return found
 
     return Command(both.text, both.what, read, check=False,
                    assume=lambda: {r.n: Gate(True, 200, release) for r in replicas})
+
+
+def _pins(at: HostPool, procs: dict[int, Process]) -> dict[int, str | None]:
+    """The release each replica's live master is pinned to (None: no live master)."""
+    return {n: p.release if p.runs_master(at.layout) else None for n, p in procs.items()}
 
 
 def gate_once(r: Replica, release: str) -> Gate:
@@ -225,16 +234,16 @@ def health_gate(r: Replica, release: str, attempts: int = 20) -> Gate:
     return health_gate_set([r], release, attempts)[r.n]
 
 
-def health_gate_set(replicas: list[Replica], release: str,
-                    attempts: int = 20) -> dict[int, Gate]:
+def health_gate_set(replicas: list[Replica], release: str, attempts: int = 20,
+                    pinned: dict[int, str | None] | None = None) -> dict[int, Gate]:
     """Every replica's gate, one round trip per try, tried until all pass or one cannot
     pass any more (it is up and answers, on `release`: a failing health script will not
-    heal); the error names the first replica that failed."""
+    heal); the error names the first replica that failed. `pinned`: see `gates`."""
     passed: dict[int, Gate] = {}
     pending = list(replicas)
     found: dict[int, Gate] = {}
     for _ in range(attempts):
-        found = pending[0].ask(gates(pending, release))
+        found = pending[0].ask(gates(pending, release, pinned))
         passed |= {n: g for n, g in found.items() if not g.problems(release)}
         pending = [r for r in pending if r.n not in passed]
         if not pending or any(found[r.n].ping and found[r.n].release == release

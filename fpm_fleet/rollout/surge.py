@@ -106,9 +106,12 @@ def _bring_up(at: HostPool, new: list[Replica], release: str, procs: dict[int, P
         else:
             _start_set(at, new, release, procs, timeout)
             s.detail = f"pinned {release}"
+    # a parked set's pinned release is the one the probe under this lock just read:
+    # nothing started it since, so its gate only asks each replica (ping, health)
+    pinned = {r.n: procs[r.n].release for r in new} if parked else None
     with step(obs, host, "health", label):
         try:
-            replica.health_gate_set(new, release)
+            replica.health_gate_set(new, release, pinned=pinned)
         except RolloutError:
             _abandon(at, new)
             raise

@@ -256,6 +256,7 @@ class FakePool:
         self.current: str | None = release
         self.healthy = dict.fromkeys(pool.replica_numbers, True)
         self.unhealthy_releases: set[str] = set()  # the app's health fails on these
+        self.gates: list[Call] = []  # every gate asked, in order
         self.busy = dict.fromkeys(pool.replica_numbers, 0)
         self.fpm: dict[int, dict[str, int] | None] = {n: {} for n in pool.replica_numbers}
         self.connections = dict.fromkeys(pool.replica_numbers, 0)
@@ -335,12 +336,15 @@ class FakePool:
         return fcgi("pong") if self.pinned[n] else (124, "")
 
     def gate(self, call: Call) -> str:
-        """A set's gate in one round trip: the probe, then each replica's health and ping."""
-        parts = [("0", self.probe(), 0)]
-        for i, n in enumerate(self.ns(call)):
-            for j, answer in enumerate((self.health_of(n), self.ping(n))):
+        """A set's gate in one round trip: the probe (unless the gate of a parked set, which
+        has none), then each replica's health and ping."""
+        self.gates.append(call)
+        probed = "FPM_FLEET_MASTERS" in call.command
+        parts = [("0", self.probe(), 0)] if probed else []
+        for n in self.ns(call):
+            for answer in (self.health_of(n), self.ping(n)):
                 text, code = (answer[1], answer[0]) if isinstance(answer, tuple) else (answer, 0)
-                parts.append((str(1 + 2 * i + j), text, code))
+                parts.append((str(len(parts)), text, code))
         return sections_output(parts)
 
     def snapshot(self, call: Call) -> str:

@@ -18,7 +18,7 @@ from fpm_fleet.host.fpm import StopOutcome
 from fpm_fleet.remote.command import together
 from fpm_fleet.rollout import hosts as rollout
 from fpm_fleet.rollout import retire, surge
-from fpm_fleet.web import balancer
+from fpm_fleet.web import balancer, server
 
 
 @pytest.fixture
@@ -109,6 +109,10 @@ def test_keep_previous_parks_the_old_set_and_a_rollback_to_it_starts_nothing(sur
     assert not [c for c in fake.runner.calls[before:] if c.what.startswith(("start ", "stop "))]
     assert "parked set already runs v1" in next(e.detail for e in log.events
                                                 if e.step == "start" and e.kind == "done")
+    # its gate asks the replicas only: the preflight's probe, under the same lock, read
+    # their pinned release, and nothing started them since
+    assert "FPM_FLEET_MASTERS" not in fake.gates[-1].command
+    assert "FPM_FLEET_MASTERS" in fake.gates[0].command, "a started set's gate probes"
 
 
 def test_a_pool_already_serving_the_release_is_left_alone_unless_restarted(surge_pool):
@@ -256,3 +260,16 @@ def test_a_flip_the_balancer_refuses_brings_the_old_set_back_and_takes_the_new_o
         surge.surge_to(fake.at, "v2", EventLog(), 5)
     assert sorted(fake.serving()) == [1, 2]
     assert fake.pinned == {1: "v1", 2: "v1", 3: None, 4: None}
+
+
+def test_a_parked_replica_that_stopped_answering_fails_the_gate_of_a_rollback(surge_pool):
+    fake = surge_pool(keep_previous=True)
+    fake.current = "v2"
+    surge.surge_to(fake.at, "v2", EventLog(), 5)
+    fake.current = "v1"
+    seen = fake.at.ask(together("read www balancer and replicas",
+                                [server.read_command(fake.at), fpm.probe(fake.at)]))
+    fake.pinned[1] = None  # its master died after the preflight read it: no socket answers
+    with pytest.raises(RolloutError, match="www-1 failed its health gate on v1"):
+        surge.surge_to(fake.at, "v1", EventLog(), 5, seen=seen)
+    assert sorted(fake.serving()) == [3, 4], "the set serving v2 never left rotation"
