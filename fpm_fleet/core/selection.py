@@ -74,7 +74,8 @@ def validate_name(name: str) -> str:
 
 
 # Hosts rolled at once after the canary stage. Parallel hosts cost the fleet no capacity:
-# each host keeps serving during its own roll (at most one replica per pool out at a time).
+# each host keeps serving during its own roll (a surge starts the new set before the old
+# one leaves; a rolling pool has one replica out at a time).
 # The bound is the control machine's (one SSH connection, thread and gzip upload stream per
 # host) and the damage a release that passed the canary can still do: at most this many hosts
 # fail and revert at once.

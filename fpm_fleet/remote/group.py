@@ -170,12 +170,13 @@ class HostGroup:
         self._interrupt.set()  # the others stop at their next step
 
     def _connect(self, host: Host) -> Runner:
-        early = self.early.take(host) if self.early else None
-        return early or ssh_runner(host, self.obs)
+        return self._opened_early(host) or ssh_runner(host, self.obs)
 
     def _connect_ahead(self, host: Host) -> Runner:
-        early = self.early.take(host) if self.early else None
-        return early or session_opened(ssh_runner(host, self.obs))
+        return self._opened_early(host) or session_opened(ssh_runner(host, self.obs))
+
+    def _opened_early(self, host: Host) -> SSHRunner | None:
+        return self.early.take(host) if self.early else None
 
     def _one(self, host: Host, work: Callable[[Runner, Host], T], threaded: bool,
              opened: Callable[[Host], Runner | None] = lambda h: None) -> HostOutcome[T]:
