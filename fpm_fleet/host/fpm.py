@@ -134,12 +134,14 @@ def _names_release(layout: Layout, release: str) -> str:
 def start_set_command(layout: Layout, numbers: Iterable[int], release: str, sudo: bool,
                       enable: bool = True, reset: Iterable[int] | None = None) -> str:
     """Start several replicas at once (each `systemctl start` waits for its own FPM to
-    listen, so they run side by side); prints `N ok` or `N failed` per replica, a failed
-    one's last log lines on stderr. Without `enable` the services are not enabled at boot
-    here: a surge rollout leaves that to the host once the new set serves
-    (rollout/retire.py), off the path to the flip. `reset`: the
-    replicas whose failed state is cleared first (default all; a caller that knows which
-    units failed saves a sudo each on the path)."""
+    listen, so they run side by side); prints `N ok ROOT` or `N failed` per replica, a
+    failed one's last log lines on stderr. ROOT is what the new master pinned: the source
+    of the mount on current/ in its namespace (mountinfo's escapes, "-" for none), read by
+    the shell, so that the set's gate need not probe the host again. Without `enable` the
+    services are not enabled at boot here: a surge rollout leaves that to the host once the
+    new set serves (rollout/retire.py), off the path to the flip. `reset`: the replicas
+    whose failed state is cleared first (default all; a caller that knows which units
+    failed saves a sudo each on the path)."""
     to_reset = set(numbers if reset is None else reset)
 
     def one(n: int) -> str:
@@ -147,10 +149,13 @@ def start_set_command(layout: Layout, numbers: Iterable[int], release: str, sudo
             return _as_root(layout, n, verb, sudo)
         start = f"{root('enable')} && {root('start')}" if enable else root("start")
         clear = f"{root('reset-failed')} 2>/dev/null; " if n in to_reset else ""
-        return (f"{{ {clear}{start} "
-                f"&& echo '{n} ok' || {{ echo '{n} failed'; {root('journal')} >&2; }}; }} &")
+        pinned = (f"_pid=; read -r _pid <{q(layout.pid(n))}; "
+                  f"mount_root \"${{_pid:-0}}\" {q(mountinfo_escape(layout.current))}")
+        return (f"{{ {clear}{start} && {{ {pinned}; echo \"{n} ok $_root\"; }} "
+                f"|| {{ echo '{n} failed'; {root('journal')} >&2; }}; }} &")
 
-    return f"{_names_release(layout, release)}; " + " ".join(one(n) for n in numbers) + " wait"
+    return with_replica_lib(f"{_names_release(layout, release)}; "
+                            + " ".join(one(n) for n in numbers) + " wait")
 
 
 def unused_command(socks: Iterable[PathLike], ticks: int) -> str:
@@ -286,13 +291,16 @@ class Process:
     @property
     def release(self) -> str | None:
         """The release name the master pinned (basename of the bind mount's source)."""
-        if not self.pinned:
-            return None
-        return PurePosixPath(self.pinned.removesuffix("//deleted")).name
+        return release_of_root(self.pinned)
 
     @property
     def release_deleted(self) -> bool:
         return bool(self.pinned and self.pinned.endswith("//deleted"))
+
+
+def release_of_root(root: str | None) -> str | None:
+    """The release a pinned mount's source names: its basename (a deleted one's too)."""
+    return PurePosixPath(root.removesuffix("//deleted")).name if root else None
 
 
 def unescape_mountinfo(text: str) -> str:
@@ -400,21 +408,33 @@ def start(r: Replica, release: str) -> Command[RemoteResult]:
                   f"start {r.name} pinned to {release}")
 
 
-def parse_started(output: str, numbers: Iterable[int]) -> dict[int, bool]:
-    """start_set_command's `N ok` / `N failed` lines: whether each replica started."""
-    said = {int(n): word == "ok" for n, word in
-            (line.split() for line in output.splitlines() if len(line.split()) == 2
-             and line.split()[0].isdigit())}
-    return {n: said.get(n, False) for n in numbers}
+@dataclass(frozen=True)
+class Started:
+    """Whether replica n started, and the release its new master pinned (None: unknown)."""
+
+    ok: bool
+    release: str | None = None
+
+
+def parse_started(output: str, numbers: Iterable[int]) -> dict[int, Started]:
+    """start_set_command's `N ok ROOT` / `N failed` lines, per replica (not said: failed)."""
+    said = {}
+    for line in output.splitlines():
+        words = line.split()
+        if len(words) in (2, 3) and words[0].isdigit() and words[1] in ("ok", "failed"):
+            root = words[2] if len(words) == 3 and words[2] != "-" else None
+            said[int(words[0])] = Started(words[1] == "ok",
+                                          release_of_root(root and unescape_mountinfo(root)))
+    return {n: said.get(n, Started(False)) for n in numbers}
 
 
 def start_set(at: HostPool, numbers: list[int], release: str, enable: bool = True,
-              reset: Iterable[int] | None = None) -> Command[dict[int, bool]]:
+              reset: Iterable[int] | None = None) -> Command[dict[int, Started]]:
     return Command(start_set_command(at.layout, numbers, release, at.host.sudo, enable, reset),
                    f"start {', '.join(at.pool.replica_name(n) for n in numbers)} pinned to "
                    f"{release}", lambda res: parse_started(res.stdout, numbers), changes=True,
                    timeout=at.host.command_timeout,
-                   assume=lambda: dict.fromkeys(numbers, True))
+                   assume=lambda: dict.fromkeys(numbers, Started(True, release)))
 
 
 class StopOutcome(Enum):

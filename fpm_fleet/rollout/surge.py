@@ -100,15 +100,16 @@ def _bring_up(at: HostPool, new: list[Replica], release: str, procs: dict[int, P
     gate every replica."""
     host, label = at.host.name, _names(new)
     parked = all(runs(procs[r.n], at, release) for r in new)
+    # the gate asks each replica (ping, health); what each pinned it does not probe again:
+    # a parked set's, the probe under this lock just read it and nothing started it since;
+    # a started set's, the start read it once each master was up
     with step(obs, host, "start", label) as s:
         if parked:
             s.detail = f"parked set already runs {release}: nothing to start"
+            pinned = {r.n: procs[r.n].release for r in new}
         else:
-            _start_set(at, new, release, procs, timeout)
+            pinned = _start_set(at, new, release, procs, timeout)
             s.detail = f"pinned {release}"
-    # a parked set's pinned release is the one the probe under this lock just read:
-    # nothing started it since, so its gate only asks each replica (ping, health)
-    pinned = {r.n: procs[r.n].release for r in new} if parked else None
     with step(obs, host, "health", label):
         try:
             replica.health_gate_set(new, release, pinned=pinned)
@@ -118,11 +119,11 @@ def _bring_up(at: HostPool, new: list[Replica], release: str, procs: dict[int, P
 
 
 def _start_set(at: HostPool, new: list[Replica], release: str, procs: dict[int, Process],
-               timeout: float) -> None:
+               timeout: float) -> dict[int, str | None]:
     """Stop what still runs in the standby slots (a parked set on another release, or
     replicas someone started by hand, maybe in rotation: drained and waited on first, so
     no request in flight is cut), then start them all at once; any that does not start
-    takes the whole set away."""
+    takes the whole set away. Returns the release each new master pinned."""
     leftovers = [r for r in new if procs[r.n].alive or procs[r.n].strays]
     if leftovers:
         server.set_all(at, leftovers, server.DRAIN)
@@ -136,11 +137,12 @@ def _start_set(at: HostPool, new: list[Replica], release: str, procs: dict[int, 
     # enabled at boot later, by the host (retire.py): off the path to the new release
     started = at.ask(fpm.start_set(at, [r.n for r in new], release, enable=False,
                                    reset=reset))
-    failed = [at.pool.replica_name(n) for n, ok in started.items() if not ok]
+    failed = [at.pool.replica_name(n) for n, s in started.items() if not s.ok]
     if failed:
         _abandon(at, new)
         raise RolloutError(f"{at.host.name}: {', '.join(failed)} did not start on {release}; "
                            "the new set was stopped, the serving set never left rotation")
+    return {n: s.release for n, s in started.items()}
 
 
 def _unflip(at: HostPool, old: list[Replica], new: list[Replica], obs: Observer) -> None:

@@ -10,7 +10,7 @@
 # process of its own: the caller read every master's state, age and title with one ps
 # (FPM_FLEET_MASTERS, "PID STAT ETIMES ARGS" lines), the services' states with one
 # systemctl and the strays with one pass over the process table (replica-lib.sh's
-# count_strays); the mount is read here by the shell itself.
+# count_strays); the mount is read by the shell itself (replica-lib.sh's mount_root).
 probe() {
   pid=$2 state='' etimes='' title='' pinned=''
   # the title is the rest of the line (read trims the padding ps adds)
@@ -20,11 +20,9 @@ probe() {
 ${FPM_FLEET_MASTERS:-}
 PS
   state=${state%"${state#?}"}  # the first letter of ps's STAT is /proc's State
-  # fields 4 and 5 of a mountinfo line: the mount's root and its mount point; the last
-  # mount on the point is the one seen (no such file: the master is gone)
-  { while read -r _ _ _ root point _; do
-      [ "$point" = "$3" ] && pinned=$root
-    done <"/proc/$pid/mountinfo"; } 2>/dev/null
+  mount_root "$pid" "$3"  # "-" when the master is gone
+  # shellcheck disable=SC2154  # _root: set by mount_root (replica-lib.sh, sent before)
+  pinned=$_root
   printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$1" "$pid" "${state:--}" "${etimes:--}" \
     "${title:--}" "${pinned:--}" "${4:--}" "${5:-0}"
 }

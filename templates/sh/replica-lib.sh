@@ -60,3 +60,15 @@ wait_unused() {
     done
     echo "$i"
 }
+
+# Set _root to the source (root) of the mount on $2 in the mount namespace of process $1,
+# as mountinfo escapes it, "-" when there is none (or no such process). Fields 4 and 5 of a
+# mountinfo line are the mount's root and its mount point; the last mount on the point is
+# the one seen. The shell reads the file itself, and the answer is a variable, not output
+# (no subshell): this runs for every replica in every probe and start.
+mount_root() {
+    _root=-
+    { while read -r _ _ _ _mroot _mpoint _; do
+        [ "$_mpoint" = "$2" ] && _root=$_mroot
+      done <"/proc/$1/mountinfo"; } 2>/dev/null
+}

@@ -257,6 +257,7 @@ class FakePool:
         self.healthy = dict.fromkeys(pool.replica_numbers, True)
         self.unhealthy_releases: set[str] = set()  # the app's health fails on these
         self.gates: list[Call] = []  # every gate asked, in order
+        self.start_reads_pin = True  # False: a start cannot read what its masters pinned
         self.busy = dict.fromkeys(pool.replica_numbers, 0)
         self.fpm: dict[int, dict[str, int] | None] = {n: {} for n in pool.replica_numbers}
         self.connections = dict.fromkeys(pool.replica_numbers, 0)
@@ -409,7 +410,8 @@ class FakePool:
             self.pinned[n] = release
         if len(ns) == 1 and call.what.startswith(f"start {self.pool.replica_name(ns[0])} "):
             return ""
-        return "".join(f"{n} ok\n" for n in ns)
+        root = self.layout.release(release) if self.start_reads_pin else "-"
+        return "".join(f"{n} ok {root}\n" for n in ns)
 
     def read_current(self) -> Any:
         return f"releases/{self.current}\n" if self.current else (1, "")

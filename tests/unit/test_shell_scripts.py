@@ -69,6 +69,17 @@ def test_the_probe_the_stop_and_the_connection_count_send_the_same_library():
     assert fpm.probe_command(layout, [1]).startswith(lib)
     assert fpm.stop_command(layout, 1, sudo=True).startswith(lib)
     assert fpm.connections_command(layout.sock(1)).startswith(lib)
+    assert fpm.start_set_command(layout, [3], "v2", sudo=True).startswith(lib)
+
+
+def test_mount_root_reads_a_process_mount_and_says_dash_for_none_or_no_process(sh):
+    # this shell's own root mount, a mount point nothing is mounted on, a pid that is gone
+    command = shell.with_replica_lib(
+        'mount_root $$ /; echo "[$_root]"; mount_root $$ /no/such/point; echo "[$_root]"; '
+        'mount_root 999999999 /; echo "[$_root]"')
+    result = sh(command)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["[/]", "[-]", "[-]"]
 
 
 @pytest.mark.parametrize("name", sorted(p.name for p in SHELL_SCRIPTS.glob("*.sh")))

@@ -109,10 +109,9 @@ def test_keep_previous_parks_the_old_set_and_a_rollback_to_it_starts_nothing(sur
     assert not [c for c in fake.runner.calls[before:] if c.what.startswith(("start ", "stop "))]
     assert "parked set already runs v1" in next(e.detail for e in log.events
                                                 if e.step == "start" and e.kind == "done")
-    # its gate asks the replicas only: the preflight's probe, under the same lock, read
-    # their pinned release, and nothing started them since
-    assert "FPM_FLEET_MASTERS" not in fake.gates[-1].command
-    assert "FPM_FLEET_MASTERS" in fake.gates[0].command, "a started set's gate probes"
+    # no gate probes the host again: a parked set's pinned release is what the preflight's
+    # probe read under the same lock, a started set's what the start read
+    assert fake.gates and not any("FPM_FLEET_MASTERS" in g.command for g in fake.gates)
 
 
 def test_a_pool_already_serving_the_release_is_left_alone_unless_restarted(surge_pool):
@@ -123,8 +122,12 @@ def test_a_pool_already_serving_the_release_is_left_alone_unless_restarted(surge
 
 
 def test_the_start_and_stop_of_a_set_are_read_per_replica():
-    assert fpm.parse_started("3 ok\n4 failed\n", [3, 4]) == {3: True, 4: False}
-    assert fpm.parse_started("3 ok\n", [3, 4]) == {3: True, 4: False}
+    started = fpm.parse_started("3 ok /srv/fpm-fleet/www/releases/v2\n4 failed\n", [3, 4])
+    assert started == {3: fpm.Started(True, "v2"), 4: fpm.Started(False)}
+    assert fpm.parse_started("3 ok -\n", [3, 4]) == {3: fpm.Started(True, None),
+                                                     4: fpm.Started(False)}
+    assert fpm.parse_started("3 ok /srv/a\\040b/releases/v\\0401//deleted\n", [3]) == {
+        3: fpm.Started(True, "v 1")}
     stopped = fpm.parse_stopped_set("1 strays 2\n1 stopped\n2 not-running\n", [1, 2])
     assert stopped[1].outcome is StopOutcome.STOPPED and stopped[1].strays
     assert stopped[2].outcome is StopOutcome.NOT_RUNNING
@@ -273,3 +276,12 @@ def test_a_parked_replica_that_stopped_answering_fails_the_gate_of_a_rollback(su
     with pytest.raises(RolloutError, match="www-1 failed its health gate on v1"):
         surge.surge_to(fake.at, "v1", EventLog(), 5, seen=seen)
     assert sorted(fake.serving()) == [3, 4], "the set serving v2 never left rotation"
+
+
+def test_a_start_that_cannot_confirm_the_pinned_release_fails_the_gate(surge_pool):
+    fake = surge_pool()
+    fake.current = "v2"
+    fake.start_reads_pin = False  # the masters run and answer, but no pin was read
+    with pytest.raises(RolloutError, match="pinned release is none"):
+        surge.surge_to(fake.at, "v2", EventLog(), 5)
+    assert sorted(fake.serving()) == [1, 2], "the serving set never left rotation"
