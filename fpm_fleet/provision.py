@@ -413,12 +413,13 @@ def _check_sudo(runner: Runner, fleet: Fleet, host: Host) -> Check:
 
 
 def _check_linger(runner: Runner, host: Host) -> Check:
-    """The login user's systemd manager outlives its sessions (fab setup enables that)."""
+    """Whether the login user's systemd manager outlives its sessions (fab setup enables
+    that). Said, never a failure: without it every run is slower, not wrong."""
     kept = runner.run(f"test -e {q(LINGER_DIR / host.user)}", "check linger", check=False).ok
-    return Check(host.name, "linger", kept,
+    return Check(host.name, "linger", True,
                  f"the systemd manager of {host.user} stays running between logins" if kept
-                 else f"each login of {host.user} starts a systemd manager (60-80 ms); "
-                      "run fab setup")
+                 else f"not kept: each run's first login of {host.user} starts a systemd "
+                      "manager (60-80 ms); fab setup keeps it running")
 
 
 def _check_owner(at: HostPool) -> Check:

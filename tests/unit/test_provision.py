@@ -183,12 +183,12 @@ def test_keep_user_manager_enables_linger_only_when_it_is_off():
         "{ loginctl enable-linger -- deploy && printf '%s\\n' deploy; }")
 
 
-@pytest.mark.parametrize(("exited", "ok"), [(0, True), (1, False)])
+@pytest.mark.parametrize(("exited", "kept"), [(0, True), (1, False)])
 def test_check_says_whether_logins_start_a_systemd_manager(inventory_data, build_fleet,
-                                                           exited, ok):
+                                                           exited, kept):
     fleet = build_fleet(inventory_data)
     ex = recording(fleet.hosts[0], {"check linger": result(exited=exited),
                                     "list Apache modules": result(MODULES)})
     checks = {c.name: c for c in provision.check_host(ex, fleet, fleet.hosts[0])}
-    assert checks["linger"].ok is ok
-    assert ("run fab setup" in checks["linger"].detail) is not ok
+    assert checks["linger"].ok, "slower without it, not wrong: never a failure"
+    assert ("fab setup keeps it running" in checks["linger"].detail) is not kept
