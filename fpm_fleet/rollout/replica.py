@@ -197,8 +197,9 @@ def gates(replicas: list[Replica], release: str,
           pinned: dict[int, str | None] | None = None) -> Command[dict[int, Gate]]:
     """Ping, the app's health script and the pinned release of every replica, over each
     replica's own socket, in one round trip (a dry run assumes they came up as intended).
-    `pinned`: each replica's pinned release as a probe under the same lock just read it
-    (a parked set, which nothing started since): the host is not probed again."""
+    `pinned`: each replica's pinned release as already read under the same lock (a parked
+    set's by the preflight's probe, a started set's by the start): the host is not probed
+    again."""
     at = replicas[0].at
     parts: list[Command[Any]] = [] if pinned is not None else [
         fpm.probe(at, [r.n for r in replicas])]

@@ -12,7 +12,7 @@
 # systemctl and the strays with one pass over the process table (replica-lib.sh's
 # count_strays); the mount is read by the shell itself (replica-lib.sh's mount_root).
 probe() {
-  pid=$2 state='' etimes='' title='' pinned=''
+  pid=$2 state='' etimes='' title=''
   # the title is the rest of the line (read trims the padding ps adds)
   while read -r p s e t; do
     [ "$p" = "$pid" ] && { state=$s etimes=$e title=$t; }
