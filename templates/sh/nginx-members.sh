@@ -11,7 +11,8 @@
 # `nginx -t` (a failing config is put back, never loaded), a graceful reload (old workers
 # finish the requests they hold), and the read-back: the members endpoint of the running
 # nginx must answer the new states (newest workers only; `nginx -s reload` returns before
-# the master has loaded anything). On success it prints that answer.
+# the master has loaded anything), and no worker of the configuration before may still
+# accept (it would answer the old states). On success it prints that answer.
 set -u
 if [ "${1:-}" = --check ]; then
     if ! out=$(nginx -t -q 2>&1); then
@@ -107,6 +108,31 @@ settled() {
     done
     [ "$state" = active ]
 }
+# nginx's workers that accept now: after the reload one of them may still accept, and
+# answer the old states, for a moment after a new worker answered the new ones (until it
+# handles the master's QUIT). A caller that read the members then would rewrite the
+# others from those old states (seen: both members of a pool left down).
+accepting() {
+    master=$(systemctl show -p MainPID --value nginx.service 2>/dev/null)
+    case $master in ''|0|*[!0-9]*) return 0 ;; esac
+    ps -o pid=,args= --ppid "$master" 2>/dev/null |
+        awk '/worker process/ && !/shutting down/ { print $1 }'
+}
+# until no worker of `accepting` before the reload still accepts, at most 10 s: each is
+# gone (a zombie has no title) or shutting down (it closes its listening sockets as it
+# takes that title)
+old_workers_quit() {
+    tries=0
+    for pid in $1; do
+        while grep -qa "worker process" "/proc/$pid/cmdline" 2>/dev/null &&
+            ! grep -qa "shutting down" "/proc/$pid/cmdline" 2>/dev/null; do
+            tries=$((tries + 1))
+            [ "$tries" -lt 1000 ] || return 1
+            sleep 0.01
+        done
+    done
+}
+before=$(accepting)
 reloaded=0
 for _ in 1 2 3; do
     if out=$(systemctl reload nginx.service 2>&1); then reloaded=1; break; fi
@@ -131,5 +157,11 @@ while [ "$(running)" != "$members" ]; do
     fi
     sleep 0.1
 done
+if ! old_workers_quit "$before"; then
+    printf 'nginx loaded the new upstream of pool %s, but a worker of the old ' "$pool" >&2
+    echo "configuration still accepts connections after 10s: see journalctl -u nginx" >&2
+    rm -f "$old"
+    exit 5
+fi
 rm -f "$old"
 echo "$members"

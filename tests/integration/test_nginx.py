@@ -2,8 +2,9 @@
 nginx (surge pools). One command deploys both under load; and the traps of driving nginx,
 which has no runtime API (every member change is a rewrite, `nginx -t` and a graceful
 reload), each with its test: reloads while an earlier reload's old workers still drain,
-keep-alive connections to old workers, a reload nginx refuses, and nginx reloaded or
-restarted by someone else in the middle of a rollout.
+keep-alive connections to old workers, an old worker answering the members after a new one
+did, a reload nginx refuses, and nginx reloaded or restarted by someone else in the middle
+of a rollout.
 """
 
 from __future__ import annotations
@@ -195,6 +196,46 @@ def test_a_reload_nginx_refuses_changes_nothing_and_says_why(box: Sandbox) -> No
     ok(fab("restart", "--host", "h2", "--plain"))
     box.settled()
     assert members(box) != before and all(r["ok"] for r in box.status("--host", "h2"))
+
+
+CHANGES_READ_BACK = 100  # changes of a member, each followed by 5 reads of the members
+
+# as root on the host: toggle member N between up and drain through the helper (the other
+# members as STATES gives them), read the members 5 times after each change, print the reads
+# that did not answer what the helper had just confirmed
+TOGGLE_AND_READ = """
+stale=0
+for i in $(seq 1 "$CHANGES"); do
+    if [ $((i % 2)) = 1 ]; then s=drain; else s=up; fi
+    want=$(printf '%s\\n' "$STATES" | sed "s/^$N .*/$N $s/" |
+        /usr/local/lib/fpm-fleet/nginx-members www) || exit 1
+    for _ in 1 2 3 4 5; do
+        got=$(curl -sS --max-time 2 --unix-socket /run/fpm-fleet-nginx.sock \\
+            -H 'Host: www' http://fpm-fleet/members)
+        [ "$got" = "$want" ] || { stale=$((stale + 1)); echo "after $want: $got"; }
+    done
+done
+echo "stale $stale"
+"""
+
+
+def test_every_read_after_a_change_answers_the_new_states(box: Sandbox) -> None:
+    """Right after a reload an old worker may still accept and answer the old states (the
+    master tells it to quit only after starting the new ones): a rollout reading then would
+    write other members back. Under load (old workers busy, slower to quit) the helper
+    returns only once none of them accepts. Before it waited, this test saw 10 stale reads
+    of 500."""
+    before = members(box)
+    states = [word.split("=") for word in before.split()[1:]]
+    member = next(n for n, state in states if state == "up")
+    lines = "\n".join(f"{n} {state}" for n, state in states)
+    with load(box, hosts=["h2"]) as stats:
+        proc = box.run(NGINX_HOST, "env", f"CHANGES={CHANGES_READ_BACK}", f"STATES={lines}",
+                       f"N={member}", "sh", "-c", TOGGLE_AND_READ, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().endswith("stale 0"), proc.stdout[-2000:]
+    assert_no_failures(stats)
+    assert members(box) == before  # an even number of changes: back where it was
 
 
 def test_nginx_reloaded_by_someone_else_mid_rollout(box: Sandbox) -> None:

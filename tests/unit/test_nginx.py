@@ -4,6 +4,9 @@ nginx, systemctl and curl), the driver's read-back check, setup's rendering and 
 
 from __future__ import annotations
 
+import os
+import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -199,9 +202,18 @@ FAKE_NGINX = """#!/bin/sh
 [ ! -e "$FAKE/nginx-t-fails" ] || { echo "nginx: [emerg] broken" >&2; exit 1; }
 """
 FAKE_SYSTEMCTL = """#!/bin/sh
+if [ "$1" = show ]; then  # MainPID: the master named in $FAKE/master, if any
+    cat "$FAKE/master" 2>/dev/null || echo 0; exit 0
+fi
 [ ! -e "$FAKE/reload-fails" ] || { echo "nginx.service is not active" >&2; exit 1; }
 echo "$*" >> "$FAKE/calls"
 sed -n 's/.*return 200 "\\(.*\\)\\\\n";/\\1/p' "$FAKE/etc-nginx/www.conf" > "$FAKE/running"
+# an old worker (its pid in $FAKE/worker) handles the master's QUIT a while after the new
+# states already answer: it goes, and says so
+if [ -e "$FAKE/worker" ]; then
+    (sleep 0.3; kill "$(cat "$FAKE/worker")"; touch "$FAKE/old-worker-gone") \
+        </dev/null >/dev/null 2>&1 &
+fi
 """
 FAKE_CURL = """#!/bin/sh
 cat "$FAKE/running" 2>/dev/null
@@ -276,6 +288,43 @@ def test_helper_puts_back_a_config_nginx_refuses_or_cannot_load(helper, fault, c
     assert failed.returncode == code and said in failed.stderr
     assert "1s down;" not in (tmp / "etc-nginx" / "www.conf").read_text()
     assert (tmp / "calls").read_text().count("reload") == 1
+
+
+def _worker(title: str) -> subprocess.Popen[bytes]:
+    """A child of this test titled like one of nginx's workers (its master: this process)."""
+    return subprocess.Popen([title, "30"], executable="/bin/sleep")
+
+
+def test_helper_returns_once_no_worker_of_the_old_configuration_accepts(helper):
+    """After a reload, an old worker may answer the old states for a moment after a new one
+    answered the new: a caller reading the members then would write the others back from
+    them. The helper waits until each worker that accepted before is gone."""
+    run, tmp = helper
+    assert run("1 up\n2 up\n").returncode == 0
+    worker = _worker("nginx: worker process")
+    try:
+        (tmp / "master").write_text(f"{os.getpid()}\n")
+        (tmp / "worker").write_text(f"{worker.pid}\n")
+        done = run("1 up\n2 drain\n")
+        assert done.returncode == 0, done.stderr
+        assert (tmp / "old-worker-gone").exists()
+    finally:
+        worker.kill()
+        worker.wait()
+
+
+def test_helper_does_not_wait_for_workers_already_shutting_down(helper):
+    run, tmp = helper
+    leaving = _worker("nginx: worker process is shutting down")
+    try:
+        (tmp / "master").write_text(f"{os.getpid()}\n")
+        started = time.monotonic()
+        done = run("1 up\n2 drain\n")
+        assert done.returncode == 0, done.stderr
+        assert time.monotonic() - started < 5
+    finally:
+        leaving.kill()
+        leaving.wait()
 
 
 def test_setup_mode_writes_and_tests_without_a_reload(helper):
