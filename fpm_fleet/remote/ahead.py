@@ -1,7 +1,7 @@
 """Connections opened ahead of their use, each in a thread of its own.
 
 An SSH login is the slowest round trip of a run: the handshake, then the login session the
-first command opens on the host (PAM, logind: ~75 ms on a Debian host, twice that when the
+first command opens on the host (PAM, logind: ~30 ms on a Debian host, more when the
 user's systemd manager has to start). Two moments leave time to spend on it:
 - start-up: a task knows its first hosts as soon as the inventory is read, and still has
   to load the rollout machinery (about 0.1 s of imports, ARCHITECTURE.md, Start-up);

@@ -161,6 +161,26 @@ def test_a_refused_login_is_authentication_failed_naming_user_and_key(
     assert cause == f"authentication failed for user root with key {client_key}"
 
 
+def test_the_socket_ssh_runs_over_sends_at_once_and_acknowledges_at_once():
+    """No Nagle from the first packet (the handshake's back-to-back messages), and
+    TCP_QUICKACK set again before every read: sshd's Nagle otherwise holds a small packet
+    until our delayed ack, 40 ms at each connection's first command (measured)."""
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        sock = remote.dial(local_host(server.getsockname()[1]))
+        peer = server.accept()[0]
+        with sock, peer:
+            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
+            assert sock.gettimeout() == 1  # connect_timeout, until paramiko sets its own
+            for _ in range(3):
+                # a reply after a read is what turns delayed acks back on
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 0)
+                peer.sendall(b"x")
+                assert sock.recv(1) == b"x"
+                assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK) == 1
+                sock.sendall(b"y")
+                assert peer.recv(1) == b"y"
+
+
 # --- causes that a local test cannot produce for real: the classification alone ------------
 
 HOST = local_host(2222)
