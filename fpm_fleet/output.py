@@ -16,18 +16,48 @@ from dataclasses import asdict, is_dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from rich.console import Console, Group
-from rich.text import Text
-
 from fpm_fleet.core.events import Event, Observer
 
 if TYPE_CHECKING:
+    from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
-# Wide enough for the status table when output goes to a pipe or a CI log.
-err = Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() else 160)
-out = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
+    err: Console
+    out: Console
+
 log = logging.getLogger("fpm_fleet")
+
+
+def __getattr__(name: str) -> Console:
+    """`err` and `out`, rich's consoles, made at their first use: rich costs 40 ms to load,
+    which a run whose stderr is no terminal (CI, a pipe) spends after its rollout if at
+    all (start-up: ARCHITECTURE.md)."""
+    if name not in ("err", "out"):
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    from rich.console import Console
+
+    stream = sys.stderr if name == "err" else sys.stdout
+    # wide enough for the status table when output goes to a pipe or a CI log
+    made = Console(stderr=name == "err", highlight=False,
+                   width=None if stream.isatty() else 160)
+    globals()[name] = made
+    return made
+
+
+def console(name: str = "err") -> Console:
+    """`err` or `out`, made now if not yet."""
+    made = globals().get(name)
+    return made if made is not None else __getattr__(name)
+
+
+def plain_stderr() -> bool:
+    """Whether rich would write stderr without any style: no terminal, and none of the
+    variables that make rich style a pipe all the same."""
+    if "err" in globals():
+        return not console("err").is_terminal
+    forced = os.environ.get("TTY_COMPATIBLE") == "1" or os.environ.get("FORCE_COLOR")
+    return not forced and not sys.stderr.isatty()
 
 STYLE = {"start": "yellow", "done": "green", "fail": "bold red", "info": "cyan",
          "warn": "bold yellow"}
@@ -58,14 +88,23 @@ def start_log(log_dir: str, command: str) -> Path:
     return path
 
 
-def line(ev: Event) -> Text:
+def line_parts(ev: Event) -> list[tuple[str, str]]:
+    """A step's line as (text, style) parts: `[h1] www upload ok 0.064s  7 sent, ...`."""
     where = f"[{ev.host}]" + (f" {ev.target}" if ev.target else "")
-    text = Text(f"{where} {ev.step} ")
-    text.append(MARK[ev.kind], style=STYLE[ev.kind])
+    parts = [(f"{where} {ev.step} ", ""), (MARK[ev.kind], STYLE[ev.kind])]
     if ev.kind in ("done", "fail"):
-        text.append(f" {ev.elapsed:.3f}s")
+        parts.append((f" {ev.elapsed:.3f}s", ""))
     if ev.detail:
-        text.append(f"  {ev.detail}", style="dim" if ev.kind == "done" else "")
+        parts.append((f"  {ev.detail}", "dim" if ev.kind == "done" else ""))
+    return parts
+
+
+def line(ev: Event) -> Text:
+    from rich.text import Text
+
+    text = Text()
+    for part, style in line_parts(ev):
+        text.append(part, style=style)
     return text
 
 
@@ -75,10 +114,9 @@ def log_event(ev: Event) -> None:
 
 
 class PlainObserver:
-    """One line per finished step: for CI logs and pipes."""
+    """One line per finished step: for CI logs and pipes (styled on a terminal, --plain)."""
 
-    def __init__(self, console: Console = err) -> None:
-        self.console = console
+    def __init__(self) -> None:
         self.lock = threading.Lock()
 
     def event(self, ev: Event) -> None:
@@ -86,13 +124,21 @@ class PlainObserver:
         if ev.kind == "start":
             return
         with self.lock:
-            self.console.print(line(ev))
+            if plain_stderr():
+                _write_err("".join(part for part, _ in line_parts(ev)))
+            else:
+                console("err").print(line(ev))
+
+
+def _write_err(text: str) -> None:
+    sys.stderr.write(text + "\n")
+    sys.stderr.flush()
 
 
 @contextmanager
 def progress(plain: bool = False) -> Iterator[Observer]:
     """A live display on a TTY outside CI, plain lines otherwise."""
-    if plain or not err.is_terminal or os.environ.get("CI"):
+    if plain or plain_stderr() or os.environ.get("CI"):
         yield PlainObserver()
         return
     # rich.live and rich.table (11 ms) only for a live display: a plain run (CI, a pipe,
@@ -104,6 +150,7 @@ def progress(plain: bool = False) -> Iterator[Observer]:
 
 def table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> Table:
     from rich.table import Table  # recaps come after the rollout: not at start-up
+    from rich.text import Text
     t = Table(title=title, title_justify="left")
     for col in columns:
         t.add_column(col)
@@ -115,6 +162,8 @@ def table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> 
 
 
 def ok_text(ok: bool, yes: str = "ok", no: str = "FAIL") -> Text:
+    from rich.text import Text
+
     return Text(yes, style="green") if ok else Text(no, style="bold red")
 
 
@@ -128,9 +177,16 @@ def print_json(items: Any) -> None:
 
 
 def show(*renderables: Any) -> None:
-    out.print(Group(*renderables))
+    from rich.console import Group
+
+    console("out").print(Group(*renderables))
 
 
 def note(message: str, style: str = "") -> None:
     """One message on stderr, never cut into lines: a log path must stay one path."""
-    err.print(Text(message, style=style), soft_wrap=True)
+    if plain_stderr():
+        _write_err(message)
+        return
+    from rich.text import Text
+
+    console("err").print(Text(message, style=style), soft_wrap=True)

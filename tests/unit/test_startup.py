@@ -40,3 +40,20 @@ def test_fab_loads_the_tasks_without_what_only_some_tasks_need():
 
 def test_the_probe_sees_a_module_the_tasks_do_import():
     assert "fpm_fleet.status" in loaded_by("import fabfile\nimport fpm_fleet.status")
+
+
+def test_a_run_whose_stderr_is_no_terminal_writes_its_lines_without_rich():
+    """CI and pipes: the boundary's notes and the plain progress lines are written as they
+    are, and rich (40 ms to load) is not loaded before a recap table needs it."""
+    code = ("from fpm_fleet import output\n"
+            "from fpm_fleet.core.events import Event\n"
+            "output.note('stage: production', 'bold')\n"
+            "output.PlainObserver().event(Event('done', 'h1', 'upload', 'www', 'verified', "
+            "0.064))\n"
+            "import sys\nassert 'rich' not in sys.modules, 'rich loaded'\n"
+            "output.show(output.table('recap', ['host'], [['h1']]))")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                          text=True, timeout=60, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == "stage: production\n[h1] www upload ok 0.064s  verified\n"
+    assert "recap" in proc.stdout and "h1" in proc.stdout
