@@ -71,10 +71,12 @@ def probe(text: str, what: str, read: Callable[[RemoteResult], T], *,
     return Command(text, what, read, check=check)
 
 
-def together(what: str, parts: Sequence[Command[Any]]) -> Command[tuple[Any, ...]]:
+def together(what: str, parts: Sequence[Command[Any]],
+             at_once_from: int | None = None) -> Command[tuple[Any, ...]]:
     """Read-only commands in one round trip: each part's output and exit status are
     separated on the host (shell.sections) and read by the part's own parser (a part's
-    `check` does not apply: its parser sees its exit status)."""
+    `check` does not apply: its parser sees its exit status). From part `at_once_from` on,
+    the parts run at the same time (shell.sections)."""
     if any(p.changes for p in parts):
         raise ValueError("only read-only commands can share a round trip")
     names = [str(i) for i in range(len(parts))]
@@ -89,5 +91,5 @@ def together(what: str, parts: Sequence[Command[Any]]) -> Command[tuple[Any, ...
                                                   result.stderr if code else "")))
         return tuple(answers)
 
-    return Command(shell.sections(list(zip(names, (p.text for p in parts), strict=True))),
-                   what, read, check=False)
+    return Command(shell.sections(list(zip(names, (p.text for p in parts), strict=True)),
+                                  at_once_from), what, read, check=False)

@@ -123,13 +123,29 @@ def then(first: str, second: str) -> str:
     return f"{{ {first}\n}} && {{ {second}\n}}"
 
 
-def sections(parts: Sequence[tuple[str, str]]) -> str:
+def sections(parts: Sequence[tuple[str, str]], at_once_from: int | None = None) -> str:
     """Run several commands in one round trip; `split_sections` separates their outputs and
     exit statuses (each command runs in its own braces, so an `exit` in one ends them all:
-    the parts are probes, which do not exit)."""
-    return "; ".join(f"printf '\\n%s %s\\n' {q(SECTION)} {q(name)}; {{ {cmd}\n}}; "
-                     f"printf '\\n%s %s\\n' {q(SECTION_EXIT)} \"$?\""
-                     for name, cmd in parts)
+    the parts are probes, which do not exit).
+
+    From part `at_once_from` on, the parts run at the same time, once those before are done:
+    each in the background, its output kept in a file of a temporary directory, all printed
+    in order once the last is done. Worth it for parts that wait (a request to the web
+    server, a FastCGI answer): the round trip lasts as long as the longest, at the price of
+    three processes (mktemp, cat, rm)."""
+    def one(name: str, cmd: str) -> str:
+        return (f"printf '\\n%s %s\\n' {q(SECTION)} {q(name)}; {{ {cmd}\n}}; "
+                f"printf '\\n%s %s\\n' {q(SECTION_EXIT)} \"$?\"")
+
+    split = len(parts) if at_once_from is None else max(0, at_once_from)
+    if len(parts) - split < 2:
+        return "; ".join(one(name, cmd) for name, cmd in parts)
+    first = [one(name, cmd) + "; " for name, cmd in parts[:split]]
+    started = [f"{{ {one(name, cmd)}; }} >\"$_fpmf_at_once/{i}\" & "
+               for i, (name, cmd) in enumerate(parts[split:])]
+    files = " ".join(f'"$_fpmf_at_once/{i}"' for i in range(len(started)))
+    return ("".join(first) + "_fpmf_at_once=$(mktemp -d) || exit 1; " + "".join(started)
+            + f"wait; cat -- {files}; rm -rf -- \"$_fpmf_at_once\"")
 
 
 SECTION_EXIT = SECTION + "exit"

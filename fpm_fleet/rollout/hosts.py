@@ -104,7 +104,8 @@ def preflight(at: HostPool, obs: Observer) -> Preflight:
     waited, bal, procs, current, listed = at.ask(together(
         f"read {at.pool.name} retirement, balancer, replicas, current.release and releases",
         [retire.wait_retired(at), server.read_command(at), fpm.probe(at),
-         fpm.current_release(at), store.releases_read(at, sizes=False)]))
+         fpm.current_release(at), store.releases_read(at, sizes=False)],
+        at_once_from=1))  # what the old set's retirement leaves, read side by side
     _say_settled(at, obs, waited)
     healed = []
     for r in at.replicas():

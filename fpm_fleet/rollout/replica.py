@@ -205,7 +205,8 @@ def gates(replicas: list[Replica], release: str,
         fpm.probe(at, [r.n for r in replicas])]
     for r in replicas:
         parts += [fpm.health(r), fpm.ping(r)]
-    both = together(f"gate {','.join(r.name for r in replicas)}", parts)
+    # each replica answers on its own socket: asked side by side
+    both = together(f"gate {','.join(r.name for r in replicas)}", parts, at_once_from=0)
 
     def read(result: RemoteResult) -> dict[int, Gate]:
         answers = list(both.read(result))

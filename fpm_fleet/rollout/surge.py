@@ -59,7 +59,8 @@ def surge_to(at: HostPool, release: str, obs: Observer, timeout: float,
     `seen`: the balancer and replicas as the preflight read them under the same lock, when
     nothing changed them since (else they are read here)."""
     bal, procs = seen or at.ask(together(f"read {at.pool.name} balancer and replicas",
-                                         [server.read_command(at), fpm.probe(at)]))
+                                         [server.read_command(at), fpm.probe(at)],
+                                         at_once_from=0))
     old_ns, new_ns = pick_sets(at.pool, serving(at, bal, procs))
     old, new = at.replicas(old_ns) if old_ns else [], at.replicas(new_ns)
     if not force and old and all(runs(procs[r.n], at, release) for r in old):

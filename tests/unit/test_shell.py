@@ -194,6 +194,29 @@ def test_sections_roundtrip_through_sh_into_split_sections(sh):
         "failing": ("partial", 1)}
 
 
+def test_sections_from_at_once_from_run_side_by_side_after_those_before(sh, tmp_path):
+    """The first part runs alone (it makes the file both others read); the two after it run
+    at the same time: 0.4 s each, well under 0.8 s together. Outputs and exit statuses come
+    out as if they had run in turn, and the temporary directory is gone."""
+    flag, scratch = tmp_path / "first-done", tmp_path / "tmp"
+    scratch.mkdir()
+    started = time.monotonic()
+    result = sh(f"export TMPDIR={scratch}; " + shell.sections(
+        [("first", f"sleep 0.1; touch {flag}; echo a"),
+         ("slow", f"sleep 0.4; cat {flag} && echo b"),
+         ("failing", f"sleep 0.4; test -e {flag} && echo c; false")], at_once_from=1))
+    assert time.monotonic() - started < 0.75
+    assert shell.split_sections(result.stdout) == {
+        "first": ("a", 0), "slow": ("b", 0), "failing": ("c", 1)}
+    assert list(scratch.iterdir()) == []
+
+
+def test_sections_run_in_turn_when_fewer_than_two_would_run_at_once():
+    parts = [("a", "echo 1"), ("b", "echo 2")]
+    assert shell.sections(parts, at_once_from=1) == shell.sections(parts)
+    assert "mktemp" in shell.sections(parts, at_once_from=0)
+
+
 def test_split_sections_ignores_output_before_the_first_marker():
     text = (f"noise\n{shell.SECTION} a\n1\n{shell.SECTION_EXIT} 0\n{shell.SECTION} b\n2\n"
             f"{shell.SECTION_EXIT} 3\n")
