@@ -141,13 +141,20 @@ def start_set_command(layout: Layout, numbers: Iterable[int], release: str, sudo
     services are not enabled at boot here: a surge rollout leaves that to the host once the
     new set serves (rollout/retire.py), off the path to the flip. `reset`: the replicas
     whose failed state is cleared first (default all; a caller that knows which units
-    failed saves a sudo each on the path)."""
+    failed saves a sudo each on the path). A start systemd refuses for its start limit (the
+    unit's StartLimitBurst starts within StartLimitIntervalSec, there against crash loops,
+    reached by surges in quick succession: each set starts every other rollout) is reset
+    and tried once more: it is a deliberate start, not a loop."""
     to_reset = set(numbers if reset is None else reset)
 
     def one(n: int) -> str:
         def root(verb: str) -> str:
             return _as_root(layout, n, verb, sudo)
-        start = f"{root('enable')} && {root('start')}" if enable else root("start")
+        limited = (f"[ \"$(systemctl show -p Result --value {q(layout.unit(n))})\" = "
+                   "start-limit-hit ]")
+        again = f"{limited} && {root('reset-failed')} && {root('start')}"
+        started = f"{{ {root('start')} || {{ {again}; }}; }}"
+        start = f"{root('enable')} && {started}" if enable else started
         clear = f"{root('reset-failed')} 2>/dev/null; " if n in to_reset else ""
         pinned = (f"_pid=; read -r _pid <{q(layout.pid(n))}; "
                   f"mount_root \"${{_pid:-0}}\" {q(mountinfo_escape(layout.current))}")

@@ -104,7 +104,11 @@ case $1 in
     cat -- "$state/$unit.$3" 2>/dev/null || { [ "$3" = MainPID ] && echo 0 || echo success; };;
   start)
     [ ! -e "$state/$unit.start-fails" ] || exit 1
+    if [ -e "$state/$unit.start-limit" ]; then
+      echo start-limit-hit > "$state/$unit.Result"; exit 1
+    fi
     echo active > "$state/$unit.state";;
+  reset-failed) rm -f -- "$state/$unit.start-limit"; echo success > "$state/$unit.Result";;
   stop)
     echo inactive > "$state/$unit.state"; echo 0 > "$state/$unit.MainPID"
     [ ! -e "$state/$unit.stop-result" ] || cp -- "$state/$unit.stop-result" "$state/$unit.Result";;
@@ -167,6 +171,10 @@ class FakeSystemd:
     def on_stop(self, name: str, result: str) -> None:
         """The Result systemd reports once `systemctl stop` returns (`timeout`: SIGKILL)."""
         (self.state / f"{name}.stop-result").write_text(f"{result}\n")
+
+    def start_limit_hit(self, name: str) -> None:
+        """systemd refuses to start `name` until its start limit is reset (reset-failed)."""
+        (self.state / f"{name}.start-limit").touch()
 
     def start_fails(self, name: str, journal: str) -> None:
         (self.state / f"{name}.start-fails").touch()

@@ -277,8 +277,8 @@ def test_probe_fills_in_replicas_the_host_did_not_report(web):
 def test_a_set_starts_resetting_only_the_units_said_failed_and_stops_without_disable_if_told():
     layout = Layout(dir=PurePosixPath("/srv/fpm-fleet/www"), pool="www")
     start = fpm.start_set_command(layout, [3, 4], "v2", sudo=False, enable=False, reset={4})
-    assert "reset-failed fpm-fleet-www@4.service" in start
-    assert "reset-failed fpm-fleet-www@3.service" not in start
+    assert "reset-failed fpm-fleet-www@4.service 2>/dev/null" in start
+    assert "reset-failed fpm-fleet-www@3.service 2>/dev/null" not in start
     assert "reset-failed fpm-fleet-www@3.service" in fpm.start_set_command(layout, [3, 4], "v2",
                                                                            sudo=False)
     assert "disable" in fpm.stop_set_command(layout, [3], sudo=False)

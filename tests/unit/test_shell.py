@@ -643,6 +643,24 @@ def test_a_failed_start_exits_1_with_the_units_last_log_lines(fake_systemd, layo
         f"journalctl --no-pager -o cat -n 5 -u {layout.unit(1)}")
 
 
+def test_a_set_start_refused_for_the_start_limit_is_reset_and_tried_once_more(fake_systemd,
+                                                                              layout):
+    """Surges in quick succession start each set every other rollout: systemd's start limit
+    (against crash loops) refuses the eleventh start within a minute. A deliberate start is
+    reset and tried again; a start that fails for another reason is not."""
+    _point_current_release(layout, "v1")
+    fake_systemd.start_limit_hit(layout.unit(3))
+    fake_systemd.start_fails(layout.unit(4), "ERROR: unable to bind listening socket\n")
+    result = fake_systemd.run(fpm.start_set_command(layout, [3, 4], "v1", sudo=False,
+                                                    enable=False, reset=()))
+    assert sorted(result.stdout.split("\n")[:2]) == ["3 ok -", "4 failed"], result.stdout
+    calls = fake_systemd.calls()
+    assert calls.count(f"systemctl start {layout.unit(3)}") == 2
+    assert calls.count(f"systemctl reset-failed {layout.unit(3)}") == 1
+    assert calls.count(f"systemctl start {layout.unit(4)}") == 1
+    assert f"systemctl reset-failed {layout.unit(4)}" not in calls
+
+
 # --- pinning: the release bound on current/ in the master's own mount namespace (root only) -----
 
 def _can_pin() -> bool:
