@@ -73,11 +73,12 @@ def connect(host: Host, say: Callable[[str], None] | None = None) -> Connection:
     Every way this fails is one ConnectError naming the host and the cause, never paramiko's
     own exception: see `connect_failure`. `say` hears of a new host key trusted and saved.
     """
-    kwargs = connect_kwargs(host, _identity(host))
-    conn = Connection(host.address, user=host.user, port=host.port, connect_kwargs=kwargs)
+    conn = Connection(host.address, user=host.user, port=host.port,
+                      connect_kwargs=connect_kwargs(host, _identity(host)))
     conn.client.set_missing_host_key_policy(_host_keys(conn.client, host, say or log.warning))
     try:
-        kwargs["sock"] = dial(host)
+        # Fabric hands its connect_kwargs to paramiko's connect(): ours is the socket to use
+        conn.connect_kwargs["sock"] = dial(host)
         conn.open()
     except (paramiko.SSHException, OSError, EOFError) as exc:
         conn.close()
