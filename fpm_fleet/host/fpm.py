@@ -124,6 +124,12 @@ def _as_root(layout: Layout, n: int, verb: str, sudo: bool) -> str:
     return privileged(replica_command(verb, layout.unit(n)), sudo)
 
 
+def _unit_result(layout: Layout, n: int) -> str:
+    """The shell expansion of replica n's unit Result (success, timeout, start-limit-hit...):
+    a read, no sudo."""
+    return f"$(systemctl show -p Result --value {q(layout.unit(n))})"
+
+
 def _names_release(layout: Layout, release: str) -> str:
     """Exit 3 unless current.release names `release` (what a starting replica pins)."""
     return (f"[ \"$(basename -- \"$(readlink -- {q(layout.current_release)})\")\" = "
@@ -150,8 +156,7 @@ def start_set_command(layout: Layout, numbers: Iterable[int], release: str, sudo
     def one(n: int) -> str:
         def root(verb: str) -> str:
             return _as_root(layout, n, verb, sudo)
-        limited = (f"[ \"$(systemctl show -p Result --value {q(layout.unit(n))})\" = "
-                   "start-limit-hit ]")
+        limited = f"[ \"{_unit_result(layout, n)}\" = start-limit-hit ]"
         again = f"{limited} && {root('reset-failed')} && {root('start')}"
         started = f"{{ {root('start')} || {{ {again}; }}; }}"
         start = f"{root('enable')} && {started}" if enable else started
@@ -199,7 +204,7 @@ def stop_command(layout: Layout, n: int, sudo: bool) -> str:
         f"s=$({strays}); [ \"$s\" = 0 ] || echo \"strays $s\"; "
         f"if systemctl is-active --quiet {unit} || [ \"$s\" != 0 ]; then "
         f"{_as_root(layout, n, 'stop', sudo)} || exit 1; "
-        f"[ \"$(systemctl show -p Result --value {unit})\" != timeout ] || echo escalated; "
+        f"[ \"{_unit_result(layout, n)}\" != timeout ] || echo escalated; "
         f"echo stopped; else echo not-running; fi")
 
 

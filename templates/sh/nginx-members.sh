@@ -111,7 +111,7 @@ settled() {
 # nginx's workers that accept now: after the reload one of them may still accept, and
 # answer the old states, for a moment after a new worker answered the new ones (until it
 # handles the master's QUIT). A caller that read the members then would rewrite the
-# others from those old states (seen: both members of a pool left down).
+# others from those old states (a replica just put back would go down again).
 accepting() {
     master=$(systemctl show -p MainPID --value nginx.service 2>/dev/null)
     case $master in ''|0|*[!0-9]*) return 0 ;; esac
