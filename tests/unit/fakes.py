@@ -267,6 +267,7 @@ class FakePool:
         for matcher, answer in (
                 ("read balancer-manager", lambda c: self.answer("read bm", self.page())),
                 ("set ", self.set_flags),
+                (f"probe {name} replicas and their connections", lambda c: self.probed()),
                 (f"probe {name}", lambda c: self.probe()),
                 ("ping ", lambda c: self.ping(self.n(c))),
                 ("health ", lambda c: self.health_of(self.n(c))),
@@ -314,6 +315,11 @@ class FakePool:
 
     def probe(self) -> str:
         return "".join(probe_line(self.layout, n, rel) for n, rel in self.pinned.items())
+
+    def probed(self) -> str:
+        """status's probe: the masters, and the connections open on each replica's socket."""
+        counts = "".join(f"{n} {c}\n" for n, c in self.connections.items())
+        return sections_output([("0", self.probe(), 0), ("1", counts, 0)])
 
     def health_of(self, n: int) -> Any:
         if not self.pinned[n]:
