@@ -14,6 +14,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import select
 import socket
 import sys
 import time
@@ -280,30 +281,43 @@ class SSHRunner:
 
 
 def _drain(chan: paramiko.Channel, deadline: float) -> tuple[str, str, int]:
-    """Read stdout and stderr until the command exits; exit 124 on timeout."""
+    """Read stdout and stderr until the command exits; exit 124 on timeout.
+
+    The thread sleeps in select() on the channel's pipe, which paramiko sets when output,
+    EOF or the close arrives: it wakes once per arrival, not every millisecond (a 1 ms poll
+    cost each host's thread a wake-up a millisecond for the whole rollout)."""
     out, err = bytearray(), bytearray()
+    wake = chan.fileno()
     while True:
-        busy = False
-        if chan.recv_ready():
-            out += chan.recv(65536)
-            busy = True
-        if chan.recv_stderr_ready():
-            err += chan.recv_stderr(65536)
-            busy = True
-        pending = chan.recv_ready() or chan.recv_stderr_ready()
-        # sshd may send exit-status before the last output: wait for EOF as well.
-        if not pending and chan.eof_received and chan.exit_status_ready():
-            return out.decode(errors="replace"), err.decode(errors="replace"), \
-                chan.recv_exit_status()
-        if not pending and chan.closed:
-            transport = chan.get_transport()
-            if transport is None or not transport.is_active():
+        _take(chan, out, err)
+        if chan.eof_received or chan.closed:
+            _take(chan, out, err)  # what came with the EOF
+            # sshd may send exit-status after the EOF: wait for it (set on close too)
+            if not chan.status_event.wait(max(0.0, deadline - time.monotonic())):
+                return out.decode(errors="replace"), "timed out", 124
+            code = chan.recv_exit_status()  # -1: closed without one
+            if code < 0 and not _alive(chan):
                 raise EOFError("the connection closed before the command finished")
-            return out.decode(errors="replace"), err.decode(errors="replace"), -1
-        if time.monotonic() > deadline:
+            return out.decode(errors="replace"), err.decode(errors="replace"), code
+        left = deadline - time.monotonic()
+        if left <= 0:
             return out.decode(errors="replace"), "timed out", 124
-        if not busy:
-            time.sleep(0.001)
+        select.select([wake], [], [], min(left, WAKE_CHECK))
+
+
+WAKE_CHECK = 1.0  # seconds: select() also returns this often, whatever the pipe says
+
+
+def _alive(chan: paramiko.Channel) -> bool:
+    transport = chan.get_transport()
+    return transport is not None and transport.is_active()
+
+
+def _take(chan: paramiko.Channel, out: bytearray, err: bytearray) -> None:
+    while chan.recv_ready():
+        out += chan.recv(65536)
+    while chan.recv_stderr_ready():
+        err += chan.recv_stderr(65536)
 
 
 def _log(host: str, what: str, result: RemoteResult, seconds: float,

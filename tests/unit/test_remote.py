@@ -11,6 +11,7 @@ import errno
 import hashlib
 import hmac
 import io
+import os
 import socket
 import threading
 import time
@@ -297,13 +298,25 @@ def test_hashed_and_negated_patterns_match_as_openssh_does():
 
 class SlowChannel:
     """An exec channel whose input takes `send_seconds` to go out; the command then runs
-    `run_seconds` and exits 0 (with the command line it was given recorded)."""
+    `run_seconds` and exits 0 (with the command line it was given recorded). As paramiko's,
+    its pipe turns readable and its status event is set when the command's EOF and exit
+    status arrive."""
 
     def __init__(self, send_seconds: float, run_seconds: float, code: int = 0) -> None:
         self.send_seconds, self.run_seconds, self.code = send_seconds, run_seconds, code
         self.command = ""
         self.done_at = float("inf")
         self.closed = False
+        self.status_event = threading.Event()
+        self._pipe = os.pipe()
+        self.checks = 0  # how often the reader looked for output
+
+    def fileno(self) -> int:
+        return self._pipe[0]
+
+    def _exited(self) -> None:
+        os.write(self._pipe[1], b"x")
+        self.status_event.set()
 
     def settimeout(self, seconds: float) -> None:
         pass
@@ -316,8 +329,10 @@ class SlowChannel:
 
     def shutdown_write(self) -> None:
         self.done_at = time.monotonic() + self.run_seconds
+        threading.Timer(self.run_seconds, self._exited).start()
 
     def recv_ready(self) -> bool:
+        self.checks += 1
         return False
 
     recv_stderr_ready = recv_ready
@@ -334,6 +349,8 @@ class SlowChannel:
 
     def close(self) -> None:
         self.closed = True
+        for fd in self._pipe:
+            os.close(fd)
 
 
 class FakeTransport:
@@ -378,6 +395,15 @@ def test_commands_are_bounded_on_the_host_by_their_timeout():
     ssh_runner(chan, sudo=True).run("sudo -n -- systemctl start x", "start", timeout=42)
     # as the login user; the one root command inside gets the signal (sudo is not wrapped)
     assert chan.command == "timeout -k 5 42 sh -c 'sudo -n -- systemctl start x'"
+
+
+def test_waiting_for_a_command_sleeps_until_it_answers_instead_of_polling():
+    """Six hosts' threads wait on their commands for the whole rollout: each looks for output
+    when the channel says something arrived, not every millisecond."""
+    chan = SlowChannel(send_seconds=0, run_seconds=0.3)
+    result = ssh_runner(chan).run("sleep 0.3", "wait")
+    assert result.exited == 0
+    assert chan.checks < 20, f"looked {chan.checks} times in 0.3 s"
 
 
 def test_a_command_over_its_timeout_is_ended_on_the_host(sh):
