@@ -17,6 +17,7 @@ import os
 import select
 import socket
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -31,6 +32,7 @@ from fpm_fleet.core.errors import ConfigError, ConnectError, RemoteError, Remote
 from fpm_fleet.core.inventory import Host
 from fpm_fleet.remote import known_hosts
 from fpm_fleet.remote.command import Command
+from fpm_fleet.remote.hostshell import WAKE_CHECK, HostShell, Reply, ShellLost, take_output
 from fpm_fleet.remote.runner import ask_by_running
 from fpm_fleet.remote.shell import KILL_AFTER, bounded
 from fpm_fleet.streams import pump
@@ -215,15 +217,21 @@ def _tune(conn: Connection) -> None:
 
 
 class SSHRunner:
-    """The runner over one Fabric connection."""
+    """The runner over one Fabric connection. Commands go through the connection's host
+    shell (remote/hostshell.py: one channel for all of them), opened at the first command;
+    uploads, and a command while another thread holds the shell, get an exec channel of
+    their own (`host_shell=False`: every command does)."""
 
-    def __init__(self, host: Host, conn: Connection) -> None:
+    def __init__(self, host: Host, conn: Connection, host_shell: bool = True) -> None:
         self.host = host
         self.conn = conn
+        self.host_shell = host_shell
+        self._shell: HostShell | None = None
+        self._shell_lock = threading.Lock()
 
     def run(self, command: str, what: str, *, check: bool = True,
             timeout: float | None = None) -> RemoteResult:
-        result, _ = self._exec(command, what, None, timeout)
+        result = self._command(command, what, timeout)
         if check and not result.ok:
             raise RemoteError(self.host.name, what, result)
         return result
@@ -236,13 +244,59 @@ class SSHRunner:
             raise RemoteError(self.host.name, what, result)
         return result, sent
 
-    def _exec(self, command: str, what: str, source: IO[bytes] | None,
-              timeout: float | None) -> tuple[RemoteResult, int]:
-        """One exec channel on the Fabric connection's transport (Fabric's own `run` adds
-        threads and a 10 ms input poll per command; this is the hot path of a rollout)."""
+    def _command(self, command: str, what: str, timeout: float | None) -> RemoteResult:
+        if self.host_shell and self._shell_lock.acquire(blocking=False):
+            try:
+                return self._in_shell(command, what, timeout)
+            finally:
+                self._shell_lock.release()
+        result, _ = self._exec(command, what, None, timeout)
+        return result
+
+    def _transport(self, what: str) -> paramiko.Transport:
         transport = self.conn.client.get_transport()
         if transport is None or not transport.is_active():
             raise ConnectError(f"{self.host.name}: connection lost before {what}")
+        return transport
+
+    def _in_shell(self, command: str, what: str, timeout: float | None) -> RemoteResult:
+        """`command` through the host shell, bounded on the host as in an exec channel. A
+        shell that timed out, ended or broke is closed; the next command opens another."""
+        transport = self._transport(what)
+        limit = timeout or self.host.command_timeout
+        started = time.monotonic()
+        try:
+            if self._shell is None:
+                self._shell = HostShell.open(transport, self.host.connect_timeout)
+            reply = self._shell.run(command, limit, time.monotonic() + limit + CLIENT_GRACE)
+        except ShellLost as exc:
+            self._drop_shell()
+            if not transport.is_active():
+                raise ConnectError(f"{self.host.name}: connection lost during {what}") from None
+            reply = Reply("", str(exc), -1)
+        except (paramiko.SSHException, OSError, EOFError) as exc:
+            self._drop_shell()
+            raise ConnectError(f"{self.host.name}: connection lost during {what}: "
+                               f"{exc or type(exc).__name__}") from None
+        except BaseException:  # an interrupt mid-command: the reply would come later
+            self._drop_shell()
+            raise
+        if reply is None:  # the client's deadline, after the host's own
+            self._drop_shell()
+            reply = Reply("", "timed out", 124)
+        return self._result(command, what, reply.exited, reply.stdout, reply.stderr, limit,
+                            started)
+
+    def _drop_shell(self) -> None:
+        if self._shell is not None:
+            self._shell.close()
+            self._shell = None
+
+    def _exec(self, command: str, what: str, source: IO[bytes] | None,
+              timeout: float | None) -> tuple[RemoteResult, int]:
+        """One exec channel on the Fabric connection's transport (Fabric's own `run` adds
+        threads and a 10 ms input poll per command)."""
+        transport = self._transport(what)
         limit = timeout or self.host.command_timeout
         # bounded on the host, as the login user (hooks included); an upload is not bounded
         # (it ends with its input, however long that takes). The few root commands run
@@ -267,16 +321,23 @@ class SSHRunner:
         except (paramiko.SSHException, OSError, EOFError) as exc:
             raise ConnectError(f"{self.host.name}: connection lost during {what}: "
                                f"{exc or type(exc).__name__}") from None
-        if source is None and code in HOST_TIMEOUT_CODES:
-            stderr += f"\ntimed out on the host after {limit:g}s (command_timeout)"
+        return self._result(command, what, code, stdout, stderr,
+                            limit if source is None else None, started), sent
+
+    def _result(self, command: str, what: str, code: int, stdout: str, stderr: str,
+                bound: float | None, started: float) -> RemoteResult:
+        """The logged result (`bound`: the host's timeout, None for an upload)."""
+        if bound is not None and code in HOST_TIMEOUT_CODES:
+            stderr += f"\ntimed out on the host after {bound:g}s (command_timeout)"
         result = RemoteResult(command, code, stdout, stderr)
-        _log(self.host.name, what, result, time.monotonic() - started, source is not None)
-        return result, sent
+        _log(self.host.name, what, result, time.monotonic() - started, bound is None)
+        return result
 
     def ask(self, cmd: Command[T]) -> T:
         return ask_by_running(self, cmd)
 
     def close(self) -> None:
+        self._drop_shell()
         self.conn.close()
 
 
@@ -289,9 +350,9 @@ def _drain(chan: paramiko.Channel, deadline: float) -> tuple[str, str, int]:
     out, err = bytearray(), bytearray()
     wake = chan.fileno()
     while True:
-        _take(chan, out, err)
+        take_output(chan, out, err)
         if chan.eof_received or chan.closed:
-            _take(chan, out, err)  # what came with the EOF
+            take_output(chan, out, err)  # what came with the EOF
             # sshd may send exit-status after the EOF: wait for it (set on close too)
             if not chan.status_event.wait(max(0.0, deadline - time.monotonic())):
                 return out.decode(errors="replace"), "timed out", 124
@@ -305,19 +366,9 @@ def _drain(chan: paramiko.Channel, deadline: float) -> tuple[str, str, int]:
         select.select([wake], [], [], min(left, WAKE_CHECK))
 
 
-WAKE_CHECK = 1.0  # seconds: select() also returns this often, whatever the pipe says
-
-
 def _alive(chan: paramiko.Channel) -> bool:
     transport = chan.get_transport()
     return transport is not None and transport.is_active()
-
-
-def _take(chan: paramiko.Channel, out: bytearray, err: bytearray) -> None:
-    while chan.recv_ready():
-        out += chan.recv(65536)
-    while chan.recv_stderr_ready():
-        err += chan.recv_stderr(65536)
 
 
 def _log(host: str, what: str, result: RemoteResult, seconds: float,

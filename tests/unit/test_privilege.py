@@ -6,10 +6,12 @@ the sudoers file's lines, word for word; `fab setup` needs full root and says so
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
 import shutil
 import subprocess
+import threading
 from dataclasses import replace
 from pathlib import Path, PurePosixPath
 from types import SimpleNamespace
@@ -56,15 +58,26 @@ def deploy_fleet(inventory_data: dict[str, Any]) -> inventory.Fleet:
 # --- the runner ---------------------------------------------------------------------------------
 
 class FakeChannel:
+    """An exec channel whose command has already exited 0, silently."""
+
     def __init__(self) -> None:
         self.executed: list[str] = []
         self.eof_received = True
         self.closed = False
+        self.status_event = threading.Event()
+        self.status_event.set()
+        self._wake = os.pipe()
+
+    def fileno(self) -> int:
+        return self._wake[0]  # never waited on: the command has exited
 
     def settimeout(self, _: float) -> None: ...
     def exec_command(self, command: str) -> None: self.executed.append(command)
     def shutdown_write(self) -> None: ...
-    def close(self) -> None: ...
+    def close(self) -> None:
+        for fd in self._wake:
+            os.close(fd)
+
     def recv_ready(self) -> bool: return False
     def recv_stderr_ready(self) -> bool: return False
     def exit_status_ready(self) -> bool: return True
@@ -75,7 +88,9 @@ def test_the_runner_runs_commands_as_the_login_user_without_sudo(deploy_fleet):
     channel = FakeChannel()
     transport = SimpleNamespace(is_active=lambda: True, open_session=lambda timeout: channel)
     conn = SimpleNamespace(client=SimpleNamespace(get_transport=lambda: transport))
-    ex = SSHRunner(deploy_fleet.hosts[0], conn)  # type: ignore[arg-type]
+    # in an exec channel; the host shell runs a command's text the same way (its loop,
+    # templates/sh/command-loop.sh, and test_hostshell.py)
+    ex = SSHRunner(deploy_fleet.hosts[0], conn, host_shell=False)  # type: ignore[arg-type]
     ex.run("tar -xzf - -C /srv/fpm-fleet/www/incoming/v1.partial", "upload")
     # no sudo: only bounded on the host by the command timeout
     assert channel.executed == [

@@ -378,8 +378,11 @@ class FakeConnection:
 
 
 def ssh_runner(chan: SlowChannel, **host: object) -> remote.SSHRunner:
+    """A runner whose commands each get an exec channel (the host shell has tests of its
+    own, test_hostshell.py)."""
     return remote.SSHRunner(local_host(22, **host),
-                              FakeConnection(FakeTransport(chan)))  # type: ignore[arg-type]
+                            FakeConnection(FakeTransport(chan)),  # type: ignore[arg-type]
+                            host_shell=False)
 
 
 def test_a_long_upload_is_no_timeout_the_deadline_starts_once_the_input_is_sent():
