@@ -57,8 +57,8 @@ def probe_command(layout: Layout, numbers: Iterable[int]) -> str:
     nums = list(numbers)
     # what is read for every replica at once: the process table, the masters (one ps), the
     # services' states (one systemctl: is-active prints one line per unit, in order), the
-    # pid files (the shell's own read) and the strays (one awk); a process costs a few ms
-    # on the host, and this runs in every preflight and gate
+    # pid files (the shell's own read), the strays (one awk) and the pinned mounts (one
+    # awk); a process costs a few ms on the host, and this runs in every preflight and gate
     pids = [f"_pid{n}=; read -r _pid{n} 2>/dev/null <{q(layout.pid(n))}; "
             f"case $_pid{n} in ''|*[!0-9]*) _pid{n}=-;; esac" for n in nums]
     strays = " ".join(f"\"$_pid{n} \"{q(f'php-fpm: pool {layout.replica(n)}')}"
@@ -74,8 +74,11 @@ def probe_command(layout: Layout, numbers: Iterable[int]) -> str:
                     "systemctl is-active " + " ".join(q(layout.unit(n)) for n in nums)
                     + " 2>/dev/null"),
         _read_lines([f"_strays{n}" for n in nums], f"count_strays {strays}"),
-        "; ".join(f"probe {n} \"$_pid{n}\" {q(mountinfo_escape(layout.current))} "
-                  f"\"$_unit{n}\" \"$_strays{n}\"" for n in nums)]
+        _read_lines([f"_pinned{n}" for n in nums],
+                    f"mount_roots {q(mountinfo_escape(layout.current))} "
+                    + " ".join(f"\"$_pid{n}\"" for n in nums)),
+        "; ".join(f"probe {n} \"$_pid{n}\" \"$_pinned{n}\" \"$_unit{n}\" \"$_strays{n}\""
+                  for n in nums)]
     return "\n".join(lines)
 
 
@@ -161,8 +164,8 @@ def start_set_command(layout: Layout, numbers: Iterable[int], release: str, sudo
         started = f"{{ {root('start')} || {{ {again}; }}; }}"
         start = f"{root('enable')} && {started}" if enable else started
         clear = f"{root('reset-failed')} 2>/dev/null; " if n in to_reset else ""
-        pinned = (f"_pid=; read -r _pid <{q(layout.pid(n))}; "
-                  f"mount_root \"${{_pid:-0}}\" {q(mountinfo_escape(layout.current))}")
+        pinned = (f"_pid=; read -r _pid <{q(layout.pid(n))}; _root=$(mount_roots "
+                  f"{q(mountinfo_escape(layout.current))} \"${{_pid:-0}}\")")
         return (f"{{ {clear}{start} && {{ {pinned}; echo \"{n} ok $_root\"; }} "
                 f"|| {{ echo '{n} failed'; {root('journal')} >&2; }}; }} &")
 

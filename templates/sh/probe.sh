@@ -1,16 +1,16 @@
 # shellcheck shell=sh
 # The replica probe: sent after replica-lib.sh, then called once per replica as
-# `probe N PID MOUNT-ROOT SERVICE-STATE STRAYS`, PID the one its pid file names ("-" for
+# `probe N PID PINNED SERVICE-STATE STRAYS`, PID the one its pid file names ("-" for
 # none). Prints one TSV line of 8 fields: N, the master's pid, its state, its age in
-# seconds, its process title, the release mounted on MOUNT-ROOT (as mountinfo escapes it)
-# in its mount namespace, the service's state and how many of the replica's workers run
-# outside that master. "-" stands for what is not there (no pid file, no such process,
-# nothing mounted).
+# seconds, its process title, the release mounted on the pool's current/ in its mount
+# namespace (PINNED, as mountinfo escapes it), the service's state and how many of the
+# replica's workers run outside that master. "-" stands for what is not there (no pid
+# file, no such process, nothing mounted).
 # It runs for every replica of a pool in each rollout's preflight and gate, so it starts no
 # process of its own: the caller read every master's state, age and title with one ps
 # (FPM_FLEET_MASTERS, "PID STAT ETIMES ARGS" lines), the services' states with one
-# systemctl and the strays with one pass over the process table (replica-lib.sh's
-# count_strays); the mount is read by the shell itself (replica-lib.sh's mount_root).
+# systemctl, the strays with one pass over the process table (replica-lib.sh's
+# count_strays) and the mounts with one awk (replica-lib.sh's mount_roots).
 probe() {
   pid=$2 state='' etimes='' title=''
   # the title is the rest of the line (read trims the padding ps adds)
@@ -20,9 +20,6 @@ probe() {
 ${FPM_FLEET_MASTERS:-}
 PS
   state=${state%"${state#?}"}  # the first letter of ps's STAT is /proc's State
-  mount_root "$pid" "$3"  # "-" when the master is gone
-  # shellcheck disable=SC2154  # _root: set by mount_root (replica-lib.sh, sent before)
-  pinned=$_root
   printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$1" "$pid" "${state:--}" "${etimes:--}" \
-    "${title:--}" "${pinned:--}" "${4:--}" "${5:-0}"
+    "${title:--}" "${3:--}" "${4:--}" "${5:-0}"
 }

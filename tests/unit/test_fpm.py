@@ -148,7 +148,8 @@ def test_the_probe_and_stop_commands_name_the_replicas_service_and_worker_title(
     probe = fpm.probe_command(layout, [1])
     assert "$(systemctl is-active fpm-fleet-www@1.service 2>/dev/null)" in probe
     assert "count_strays \"$_pid1 \"'php-fpm: pool www-1'" in probe
-    assert probe.endswith('probe 1 "$_pid1" /srv/fpm-fleet/www/current "$_unit1" "$_strays1"')
+    assert '$(mount_roots /srv/fpm-fleet/www/current "$_pid1")' in probe
+    assert probe.endswith('probe 1 "$_pid1" "$_pinned1" "$_unit1" "$_strays1"')
     stop = fpm.stop_command(layout, 1, sudo=False)
     assert "systemctl stop fpm-fleet-www@1.service || exit 1;" in stop
     assert ("count_workers_outside \"$(systemctl show -p MainPID --value "

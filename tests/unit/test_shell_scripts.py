@@ -72,14 +72,25 @@ def test_the_probe_the_stop_and_the_connection_count_send_the_same_library():
     assert fpm.start_set_command(layout, [3], "v2", sudo=True).startswith(lib)
 
 
-def test_mount_root_reads_a_process_mount_and_says_dash_for_none_or_no_process(sh):
-    # this shell's own root mount, a mount point nothing is mounted on, a pid that is gone
-    command = shell.with_replica_lib(
-        'mount_root $$ /; echo "[$_root]"; mount_root $$ /no/such/point; echo "[$_root]"; '
-        'mount_root 999999999 /; echo "[$_root]"')
+def test_mount_roots_reads_each_process_mount_and_says_dash_for_none_or_no_process(sh):
+    # this shell's own root mount, twice around a pid that is gone (it ends nothing: mawk
+    # stops at a missing file named on its command line), a pid file that named none
+    command = shell.with_replica_lib('mount_roots / $$ 999999999 $$ -; '
+                                     'echo "[$(mount_roots /no/such/point $$)]"')
     result = sh(command)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.split() == ["[/]", "[-]", "[-]"]
+    assert result.stdout.split() == ["/", "-", "/", "-", "[-]"]
+
+
+def test_mount_roots_compares_the_point_as_mountinfo_escapes_it(sh, tmp_path):
+    """A mount point with a space is written `\\040` in mountinfo: compared as is, never
+    unescaped on the way (awk's -v would turn it into a space)."""
+    info = tmp_path / "proc" / "7" / "mountinfo"
+    info.parent.mkdir(parents=True)
+    info.write_text("1 2 0:1 /rel/a /srv/my\\040pool/current rw - ext4 x rw\n")
+    lib = shell.with_replica_lib("").replace('"/proc/"', f'"{tmp_path}/proc/"')
+    result = sh(lib + "mount_roots '/srv/my\\040pool/current' 7")
+    assert result.stdout == "/rel/a\n", result.stderr
 
 
 @pytest.mark.parametrize("name", sorted(p.name for p in SHELL_SCRIPTS.glob("*.sh")))
