@@ -4,8 +4,12 @@ unit."""
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 import shlex
+import signal
+import subprocess
+import time
 from pathlib import PurePosixPath
 
 import pytest
@@ -487,6 +491,29 @@ def test_unit_stops_gracefully_within_stop_timeout_and_restarts_a_dead_master(
     # systemd's SIGKILL comes a few seconds after FPM's own process_control_timeout
     assert service["TimeoutStopSec"] == ["30"]
     assert service["Restart"] == ["always"]
+
+
+def test_a_stop_first_lowers_the_replicas_cpu_priority(inventory_data, build_fleet):
+    """ExecStop, run for real on a process group of our own (systemd passes MAINPID and
+    turns `$$` into `$`): every process of the group ends at nice 19, and a failure
+    (no autogroup file) fails nothing."""
+    fleet = build_fleet(inventory_data)
+    service = unit(render.unit_file(fleet.hosts[0], fleet.pools[0]).text)["Service"]
+    (stop,) = service["ExecStop"]
+    assert stop.startswith("-/bin/sh -c ")
+    script = shlex.split(stop[1:].replace("$$", "$"))[2]
+    leader = subprocess.Popen(["sh", "-c", "sleep 30 & sleep 30"], start_new_session=True)
+    try:
+        time.sleep(0.2)
+        done = subprocess.run(["sh", "-c", script], env={**os.environ, "MAINPID": str(leader.pid)},
+                              check=False)
+        group = subprocess.run(["ps", "-o", "ni=", "-g", str(leader.pid)], capture_output=True,
+                               text=True, check=True).stdout.split()
+    finally:
+        os.killpg(leader.pid, signal.SIGTERM)
+        leader.wait()
+    assert done.returncode == 0
+    assert len(group) == 3 and set(group) == {"19"}
 
 
 def test_unit_starts_before_apache_and_at_boot(fleet):
